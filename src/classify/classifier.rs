@@ -1,0 +1,205 @@
+use std::time::SystemTime;
+
+use http::{HeaderMap, Response, StatusCode};
+
+use super::{Classification, ErrorClass};
+
+/// Decides what a provider's response or a transport error means.
+///
+/// Every layer of this crate asks a `Classifier`, so a user who teaches it a
+/// new provider teaches the limiter, the retry and the breaker at once.
+/// [`Provider`](super::Provider) is the implementation for the known
+/// providers; implement the trait for anything else.
+///
+/// ```
+/// use http::{HeaderMap, StatusCode};
+/// use tower_llm_resilience::classify::{Classifier, ErrorClass, Provider};
+///
+/// let body = br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
+/// let status = StatusCode::from_u16(529).unwrap();
+/// let c = Provider::Anthropic.classify(status, &HeaderMap::new(), Some(body));
+/// assert_eq!(c.class, Some(ErrorClass::Overloaded));
+/// assert!(c.is_retryable());
+/// ```
+pub trait Classifier: Send + Sync {
+    /// Classifies a response from its status, its headers and, for an error
+    /// response, a bounded prefix of its body (`None` when the body was not
+    /// read).
+    fn classify(
+        &self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: Option<&[u8]>,
+    ) -> Classification;
+
+    /// Classifies a failure of the inner service (no response at all).
+    ///
+    /// The default walks the error's `source()` chain: this crate's
+    /// [`Error`](crate::Error), I/O errors (timed out, refused, reset,
+    /// broken pipe...), tower's and tokio's `Elapsed`, and hyper's and
+    /// hyper-util's errors (with the `hyper` feature).
+    fn classify_error(&self, error: &(dyn std::error::Error + 'static)) -> Classification {
+        classify_transport_error(error)
+    }
+
+    /// Classifies a whole response: the [`Classification`] that
+    /// [`ClassifyLayer`](super::ClassifyLayer) stored in its extensions (it
+    /// read the body's prefix), else one made from the status and headers.
+    fn classify_response<B>(&self, response: &Response<B>) -> Classification
+    where
+        Self: Sized,
+    {
+        match response.extensions().get::<Classification>() {
+            Some(c) => *c,
+            None => self.classify(response.status(), response.headers(), None),
+        }
+    }
+}
+
+impl<C: Classifier + ?Sized> Classifier for std::sync::Arc<C> {
+    fn classify(
+        &self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: Option<&[u8]>,
+    ) -> Classification {
+        (**self).classify(status, headers, body)
+    }
+
+    fn classify_error(&self, error: &(dyn std::error::Error + 'static)) -> Classification {
+        (**self).classify_error(error)
+    }
+}
+
+impl<C: Classifier + ?Sized> Classifier for &C {
+    fn classify(
+        &self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: Option<&[u8]>,
+    ) -> Classification {
+        (**self).classify(status, headers, body)
+    }
+
+    fn classify_error(&self, error: &(dyn std::error::Error + 'static)) -> Classification {
+        (**self).classify_error(error)
+    }
+}
+
+/// The class of a transport error, found by walking its `source()` chain.
+///
+/// ```
+/// use std::io;
+/// use tower_llm_resilience::classify::{classify_transport_error, ErrorClass};
+///
+/// let e = io::Error::new(io::ErrorKind::ConnectionRefused, "refused");
+/// assert_eq!(classify_transport_error(&e).class, Some(ErrorClass::Connect));
+/// ```
+pub fn classify_transport_error(error: &(dyn std::error::Error + 'static)) -> Classification {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(class) = class_of(e) {
+            return class;
+        }
+        next = e.source();
+    }
+    Classification::failure(ErrorClass::Other)
+}
+
+fn class_of(e: &(dyn std::error::Error + 'static)) -> Option<Classification> {
+    use std::io::ErrorKind;
+
+    if let Some(ours) = e.downcast_ref::<crate::Error>() {
+        return Some(*ours.classification());
+    }
+    if e.is::<tower::timeout::error::Elapsed>() || e.is::<tokio::time::error::Elapsed>() {
+        return Some(Classification::failure(ErrorClass::Timeout));
+    }
+    if let Some(io) = e.downcast_ref::<std::io::Error>() {
+        let class = match io.kind() {
+            ErrorKind::TimedOut | ErrorKind::WouldBlock => ErrorClass::Timeout,
+            ErrorKind::ConnectionRefused
+            | ErrorKind::ConnectionReset
+            | ErrorKind::ConnectionAborted
+            | ErrorKind::NotConnected
+            | ErrorKind::BrokenPipe
+            | ErrorKind::UnexpectedEof
+            | ErrorKind::AddrNotAvailable
+            | ErrorKind::HostUnreachable
+            | ErrorKind::NetworkUnreachable
+            | ErrorKind::NetworkDown => ErrorClass::Connect,
+            ErrorKind::Interrupted => ErrorClass::Cancelled,
+            // Look further down the chain (an I/O error may wrap another).
+            _ => return None,
+        };
+        return Some(Classification::failure(class));
+    }
+    #[cfg(feature = "hyper")]
+    {
+        if let Some(client) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
+            if client.is_connect() {
+                return Some(Classification::failure(ErrorClass::Connect));
+            }
+            return None;
+        }
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            let class = if h.is_timeout() {
+                ErrorClass::Timeout
+            } else if h.is_canceled() || h.is_incomplete_message() || h.is_closed() {
+                ErrorClass::Connect
+            } else {
+                return None;
+            };
+            return Some(Classification::failure(class));
+        }
+    }
+    None
+}
+
+/// The wall clock, read only when a response carries an absolute date and no
+/// `Date` header to measure it against.
+pub(crate) fn wall_clock() -> SystemTime {
+    SystemTime::now()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io;
+
+    #[derive(Debug)]
+    struct Wrapper(io::Error);
+
+    impl std::fmt::Display for Wrapper {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("wrapped")
+        }
+    }
+
+    impl std::error::Error for Wrapper {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn walks_the_source_chain() {
+        let e = Wrapper(io::Error::new(io::ErrorKind::TimedOut, "slow"));
+        assert_eq!(
+            classify_transport_error(&e).class,
+            Some(ErrorClass::Timeout)
+        );
+        let e = Wrapper(io::Error::new(io::ErrorKind::ConnectionReset, "reset"));
+        assert_eq!(
+            classify_transport_error(&e).class,
+            Some(ErrorClass::Connect)
+        );
+        let e = Wrapper(io::Error::other("strange"));
+        assert_eq!(classify_transport_error(&e).class, Some(ErrorClass::Other));
+        let e = tower::timeout::error::Elapsed::new();
+        assert_eq!(
+            classify_transport_error(&e).class,
+            Some(ErrorClass::Timeout)
+        );
+    }
+}

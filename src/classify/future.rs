@@ -1,0 +1,171 @@
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io::IoSlice;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use http::{response::Parts, Response};
+use http_body::{Body, Frame};
+use pin_project_lite::pin_project;
+use tokio::time::Sleep;
+
+use super::{BodyPrefix, Classifier, PeekedBody};
+
+pin_project! {
+    /// The response future of [`Classify`](super::Classify).
+    pub struct ResponseFuture<F, C, B: Body> {
+        #[pin]
+        state: State<F, B>,
+        classifier: C,
+        max_body: usize,
+        read_timeout: Duration,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, B: Body> {
+        Calling {
+            #[pin]
+            future: F,
+        },
+        Reading {
+            #[pin]
+            deadline: Sleep,
+            parts: Option<Parts>,
+            body: Option<B>,
+            read: VecDeque<Frame<B::Data>>,
+            prefix: BytesMut,
+        },
+        Done,
+    }
+}
+
+impl<F, C, B: Body> ResponseFuture<F, C, B> {
+    pub(crate) fn new(future: F, classifier: C, max_body: usize, read_timeout: Duration) -> Self {
+        ResponseFuture {
+            state: State::Calling { future },
+            classifier,
+            max_body,
+            read_timeout,
+        }
+    }
+}
+
+impl<F, C, B: Body + std::fmt::Debug> std::fmt::Debug for ResponseFuture<F, C, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match self.state {
+            State::Calling { .. } => "calling",
+            State::Reading { .. } => "reading error body",
+            State::Done => "done",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish()
+    }
+}
+
+fn copy_prefix<D: Buf>(data: &D, prefix: &mut BytesMut, max: usize) {
+    let mut slices = [IoSlice::new(&[]); 8];
+    let n = data.chunks_vectored(&mut slices);
+    for slice in &slices[..n] {
+        let room = max.saturating_sub(prefix.len());
+        prefix.extend_from_slice(&slice[..slice.len().min(room)]);
+    }
+}
+
+impl<F, C, B, E> Future for ResponseFuture<F, C, B>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    C: Classifier,
+    B: Body + Unpin,
+{
+    type Output = Result<Response<PeekedBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Calling { future } => {
+                    let response = ready!(future.poll(cx))?;
+                    if response.status().as_u16() < 400 || *this.max_body == 0 {
+                        let c =
+                            this.classifier
+                                .classify(response.status(), response.headers(), None);
+                        let mut response = response.map(PeekedBody::new);
+                        response.extensions_mut().insert(c);
+                        this.state.set(State::Done);
+                        return Poll::Ready(Ok(response));
+                    }
+                    let (parts, body) = response.into_parts();
+                    this.state.set(State::Reading {
+                        deadline: tokio::time::sleep(*this.read_timeout),
+                        parts: Some(parts),
+                        body: Some(body),
+                        read: VecDeque::new(),
+                        prefix: BytesMut::new(),
+                    });
+                }
+                StateProj::Reading {
+                    mut deadline,
+                    parts,
+                    body,
+                    read,
+                    prefix,
+                } => {
+                    let mut error = None;
+                    let mut ended = false;
+                    let max = *this.max_body;
+                    while let Some(b) = body.as_mut().filter(|_| prefix.len() < max) {
+                        if b.is_end_stream() {
+                            ended = true;
+                            break;
+                        }
+                        match Pin::new(b).poll_frame(cx) {
+                            Poll::Ready(Some(Ok(frame))) => {
+                                if let Some(data) = frame.data_ref() {
+                                    copy_prefix(data, prefix, max);
+                                }
+                                read.push_back(frame);
+                            }
+                            Poll::Ready(Some(Err(e))) => {
+                                error = Some(e);
+                                break;
+                            }
+                            Poll::Ready(None) => {
+                                ended = true;
+                                break;
+                            }
+                            Poll::Pending => {
+                                // A stalled body: classify from what came.
+                                ready!(deadline.as_mut().poll(cx));
+                                break;
+                            }
+                        }
+                    }
+                    let Some(mut parts) = parts.take() else {
+                        unreachable!("parts are taken once, as the state ends");
+                    };
+                    let c = this
+                        .classifier
+                        .classify(parts.status, &parts.headers, Some(prefix));
+                    parts.extensions.insert(c);
+                    parts
+                        .extensions
+                        .insert(BodyPrefix(std::mem::take(prefix).freeze()));
+                    let rest = if ended || error.is_some() {
+                        None
+                    } else {
+                        body.take()
+                    };
+                    let body = PeekedBody::from_parts(std::mem::take(read), error, rest);
+                    this.state.set(State::Done);
+                    return Poll::Ready(Ok(Response::from_parts(parts, body)));
+                }
+                StateProj::Done => panic!("ResponseFuture polled after completion"),
+            }
+        }
+    }
+}

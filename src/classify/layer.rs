@@ -1,0 +1,69 @@
+use std::time::Duration;
+
+use tower::Layer;
+
+use super::{Classify, Provider, DEFAULT_BODY_PREFIX};
+
+/// Classifies every response next to the wire and stores the
+/// [`Classification`](super::Classification) in its extensions, reading a
+/// bounded prefix of error bodies (see the [module docs](super)).
+///
+/// Defaults: the [`Provider::Auto`] classifier, a body prefix of
+/// [`DEFAULT_BODY_PREFIX`] (8 KiB), and 5 s to read it.
+#[derive(Clone, Debug)]
+pub struct ClassifyLayer<C = Provider> {
+    classifier: C,
+    max_body: usize,
+    read_timeout: Duration,
+}
+
+/// How long a slow error body may take to yield its prefix before the
+/// response is classified from what arrived.
+pub(crate) const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl ClassifyLayer {
+    /// A layer with the [`Provider::Auto`] classifier.
+    pub const fn new() -> Self {
+        ClassifyLayer::with_classifier(Provider::Auto)
+    }
+}
+
+impl Default for ClassifyLayer {
+    fn default() -> Self {
+        ClassifyLayer::new()
+    }
+}
+
+impl<C> ClassifyLayer<C> {
+    /// A layer with the given classifier.
+    pub const fn with_classifier(classifier: C) -> Self {
+        ClassifyLayer {
+            classifier,
+            max_body: DEFAULT_BODY_PREFIX,
+            read_timeout: DEFAULT_READ_TIMEOUT,
+        }
+    }
+
+    /// How many bytes of an error body to read at most (default 8 KiB;
+    /// 0 reads none and classifies from the status and headers).
+    pub const fn max_body(mut self, bytes: usize) -> Self {
+        self.max_body = bytes;
+        self
+    }
+
+    /// How long to wait for an error body's prefix (default 5 s).
+    pub const fn read_timeout(mut self, timeout: Duration) -> Self {
+        self.read_timeout = timeout;
+        self
+    }
+}
+
+impl<S, C: Clone> Layer<S> for ClassifyLayer<C> {
+    type Service = Classify<S, C>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Classify::new(inner, self.classifier.clone())
+            .max_body(self.max_body)
+            .read_timeout(self.read_timeout)
+    }
+}

@@ -1,0 +1,78 @@
+//! What a provider's response means: one error taxonomy for every layer.
+//!
+//! [`ErrorClass`] names what went wrong (rate limited, quota exhausted,
+//! overloaded, context length exceeded...). A [`Classifier`] turns a
+//! response's status, headers and the first bytes of an error body into a
+//! [`Classification`]: the class, the wait the server asked for, and the
+//! rate-limit state its headers report. [`Provider`] is the classifier for
+//! OpenAI, Azure OpenAI, Anthropic, Gemini, Groq, OpenRouter and any
+//! OpenAI-compatible or plain HTTP server.
+//!
+//! ```
+//! use http::{HeaderMap, StatusCode};
+//! use std::time::Duration;
+//! use tower_llm_resilience::classify::{Classifier, ErrorClass, Provider};
+//!
+//! // The same status, two meanings: only the body tells them apart.
+//! let mut headers = HeaderMap::new();
+//! headers.insert("retry-after-ms", "1500".parse().unwrap());
+//! let slow_down = br#"{"error":{"type":"tokens","code":"rate_limit_exceeded"}}"#;
+//! let c = Provider::OpenAi.classify(StatusCode::TOO_MANY_REQUESTS, &headers, Some(slow_down));
+//! assert_eq!(c.class, Some(ErrorClass::RateLimited));
+//! assert_eq!(c.retry_after, Some(Duration::from_millis(1500)));
+//! assert!(c.is_retryable());
+//!
+//! let broke = br#"{"error":{"type":"insufficient_quota","code":"insufficient_quota"}}"#;
+//! let c = Provider::OpenAi.classify(StatusCode::TOO_MANY_REQUESTS, &HeaderMap::new(), Some(broke));
+//! assert_eq!(c.class, Some(ErrorClass::QuotaExhausted));
+//! assert!(!c.is_retryable());
+//! ```
+//!
+//! # Reading error bodies without breaking streaming
+//!
+//! Headers alone cannot tell `insufficient_quota` from `rate_limit_exceeded`.
+//! [`ClassifyLayer`] sits next to the HTTP client and, **only for error
+//! responses** (status 400 and above), reads at most
+//! [`DEFAULT_BODY_PREFIX`] bytes of the body, classifies, stores the
+//! [`Classification`] in the response's extensions and hands the body on
+//! whole: the bytes it read are replayed first, then the rest of the stream.
+//! Successful responses, streamed or not, pass through untouched. Every
+//! layer's [`Classifier::classify_response`] reuses that stored
+//! classification.
+//!
+//! # Robustness
+//!
+//! Every parser takes arbitrary input: a malformed value gives `None`, an
+//! absurd wait (`retry-after: 99999999999`, a date in year 9999) is clamped
+//! to [`MAX_SERVER_WAIT`], a negative or NaN one is ignored, a date in the
+//! past is a zero wait.
+
+mod body;
+mod class;
+mod classification;
+mod classifier;
+mod future;
+mod headers;
+mod layer;
+mod peek;
+mod provider;
+mod service;
+#[cfg(feature = "tower-http")]
+mod tower_http;
+
+pub use self::body::{parse_error_body, ErrorBody, DEFAULT_BODY_PREFIX};
+pub use self::class::{ErrorClass, UnknownClass};
+pub use self::classification::{Classification, LimitState, RateLimits};
+pub use self::classifier::{classify_transport_error, Classifier};
+pub use self::future::ResponseFuture;
+pub use self::headers::{
+    parse_go_duration, parse_retry_after, parse_retry_after_ms, parse_rfc3339_reset,
+    MAX_SERVER_WAIT,
+};
+pub use self::layer::ClassifyLayer;
+pub use self::peek::{BodyPrefix, PeekedBody};
+pub use self::provider::Provider;
+pub use self::service::Classify;
+#[cfg(feature = "tower-http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower-http")))]
+pub use self::tower_http::{FromTowerHttp, TowerHttpClassifier};

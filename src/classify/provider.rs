@@ -1,0 +1,212 @@
+use std::cell::OnceCell;
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderMap, StatusCode};
+
+use super::body::parse_error_body;
+use super::classifier::wall_clock;
+use super::headers::{self, response_now};
+use super::{Classification, Classifier, ErrorClass, LimitState};
+
+/// The AI providers whose signals this crate knows, as a [`Classifier`].
+///
+/// Every profile but [`Generic`](Self::Generic) reads every provider's
+/// signals (OpenAI's `x-ratelimit-*` and `retry-after-ms`, Azure's
+/// `x-ms-retry-after-ms`, Anthropic's `anthropic-ratelimit-*`, Gemini's
+/// `RetryInfo`, every known error code): their names do not collide, and
+/// gateways and OpenAI-compatible servers mix them. The profile names the
+/// provider in [`Classification::provider`] and tells the limiter which
+/// window a provider's headers describe (see
+/// [`request_limit_window`](Self::request_limit_window)).
+/// [`Auto`](Self::Auto), the default, detects the provider from each
+/// response's headers where they are unambiguous.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Provider {
+    /// Detect from the response's headers (see [`Provider::detect`]); read
+    /// every provider's signals.
+    #[default]
+    Auto,
+    /// OpenAI, and OpenAI-compatible servers such as vLLM, LiteLLM, Ollama.
+    OpenAi,
+    /// Azure OpenAI (deployments; `x-ms-retry-after-ms`, remaining `-1`).
+    AzureOpenAi,
+    /// Anthropic (`anthropic-ratelimit-*` with RFC 3339 resets, 529).
+    Anthropic,
+    /// Google Gemini API (`RESOURCE_EXHAUSTED` with `RetryInfo` and
+    /// `QuotaFailure`).
+    Gemini,
+    /// Groq (OpenAI-style headers; `x-ratelimit-*-requests` counts per day).
+    Groq,
+    /// OpenRouter (OpenAI-style; 402 when credits run out).
+    OpenRouter,
+    /// Any HTTP server: status codes, `Retry-After` and the IETF `RateLimit`
+    /// fields only, no provider-specific headers or bodies.
+    Generic,
+}
+
+impl Provider {
+    /// The provider a response's headers name, when they are unambiguous:
+    /// `anthropic-*` rate-limit or organisation headers, Azure's `x-ms-*` /
+    /// `apim-request-id`, OpenAI's `openai-*`, Groq's `x-groq-region`.
+    ///
+    /// ```
+    /// use http::HeaderMap;
+    /// use tower_llm_resilience::classify::Provider;
+    ///
+    /// let mut headers = HeaderMap::new();
+    /// headers.insert("openai-processing-ms", "120".parse().unwrap());
+    /// assert_eq!(Provider::detect(&headers), Some(Provider::OpenAi));
+    /// assert_eq!(Provider::detect(&HeaderMap::new()), None);
+    /// ```
+    pub fn detect(headers: &HeaderMap) -> Option<Provider> {
+        if headers.is_empty() {
+            return None;
+        }
+        let any = |names: &[&str]| names.iter().any(|n| headers.contains_key(*n));
+        if any(&[
+            "anthropic-ratelimit-requests-limit",
+            "anthropic-ratelimit-tokens-limit",
+            "anthropic-ratelimit-input-tokens-limit",
+            "anthropic-organization-id",
+        ]) {
+            Some(Provider::Anthropic)
+        } else if any(&[
+            "x-ms-region",
+            "apim-request-id",
+            "x-ms-retry-after-ms",
+            "azureml-model-session",
+        ]) {
+            Some(Provider::AzureOpenAi)
+        } else if any(&["x-groq-region"]) {
+            Some(Provider::Groq)
+        } else if any(&[
+            "openai-processing-ms",
+            "openai-version",
+            "openai-organization",
+            "openai-project",
+        ]) {
+            Some(Provider::OpenAi)
+        } else {
+            None
+        }
+    }
+
+    /// The window the provider's `requests` limit header describes, when it
+    /// is known and not simply "until reset": Groq reports requests per day.
+    /// `None` means the header does not say; learn the window from the
+    /// reset time or use the configured one.
+    pub const fn request_limit_window(self) -> Option<Duration> {
+        match self {
+            Provider::Groq => Some(Duration::from_secs(24 * 60 * 60)),
+            _ => None,
+        }
+    }
+
+    /// The profile's name in snake_case.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Provider::Auto => "auto",
+            Provider::OpenAi => "openai",
+            Provider::AzureOpenAi => "azure_openai",
+            Provider::Anthropic => "anthropic",
+            Provider::Gemini => "gemini",
+            Provider::Groq => "groq",
+            Provider::OpenRouter => "openrouter",
+            Provider::Generic => "generic",
+        }
+    }
+
+    /// Classifies with `now` as the wall-clock time used for absolute dates
+    /// when the response has no `Date` header. [`Classifier::classify`] uses
+    /// the system clock; this form makes tests deterministic.
+    pub fn classify_at(
+        self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: Option<&[u8]>,
+        now: SystemTime,
+    ) -> Classification {
+        self.classify_with(status, headers, body, &|| now)
+    }
+
+    fn classify_with(
+        self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: Option<&[u8]>,
+        clock: &dyn Fn() -> SystemTime,
+    ) -> Classification {
+        let date = OnceCell::new();
+        let now = || *date.get_or_init(|| response_now(headers, clock()));
+        let mut c = Classification::success().with_status(status);
+        c.provider = Some(match self {
+            Provider::Auto => Provider::detect(headers).unwrap_or(Provider::Auto),
+            named => named,
+        });
+        if self == Provider::Generic {
+            c.retry_after = headers::header_str(headers, http::header::RETRY_AFTER.as_str())
+                .and_then(|v| headers::parse_retry_after(v, now()));
+            headers::ietf_rate_limit(headers, &mut c.limits);
+        } else {
+            c.retry_after = headers::retry_after(headers, &now);
+            c.limits = headers::rate_limits(headers, &now);
+            c.should_retry = headers::should_retry(headers);
+        }
+        let Some(by_status) = ErrorClass::from_status(status) else {
+            return c; // success
+        };
+        let mut class = by_status;
+        if self != Provider::Generic {
+            if let Some(found) = body.map(parse_error_body) {
+                if let Some(by_body) = found.class {
+                    // A specific code decides; a generic one (a gRPC status,
+                    // `invalid_request_error`) only fills in for an
+                    // unknown status.
+                    if found.is_specific() || by_status == ErrorClass::Other {
+                        class = by_body;
+                    }
+                    c.code = found.code;
+                }
+                if c.retry_after.is_none() {
+                    c.retry_after = found.retry_delay;
+                }
+            }
+        }
+        c.class = Some(class);
+        if class == ErrorClass::RateLimited && c.retry_after.is_none() {
+            c.retry_after = exhausted_reset(&c);
+        }
+        c
+    }
+}
+
+/// For a 429 without `Retry-After`: the latest reset among the dimensions
+/// the headers report as exhausted.
+fn exhausted_reset(c: &Classification) -> Option<Duration> {
+    let l = &c.limits;
+    [l.requests, l.tokens, l.input_tokens, l.output_tokens]
+        .into_iter()
+        .flatten()
+        .filter(|s: &LimitState| s.remaining == Some(0))
+        .filter_map(|s| s.reset)
+        .max()
+}
+
+impl fmt::Display for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Classifier for Provider {
+    fn classify(
+        &self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: Option<&[u8]>,
+    ) -> Classification {
+        self.classify_with(status, headers, body, &wall_clock)
+    }
+}

@@ -1,0 +1,490 @@
+//! The crate's one error type.
+
+use std::fmt;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+
+use crate::classify::{BodyPrefix, Classification, ErrorClass};
+
+/// A boxed error of any kind, as tower uses.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The error every layer of this crate returns.
+///
+/// It is opaque: ask it what happened with [`class`](Self::class),
+/// [`status`](Self::status), [`retry_after`](Self::retry_after) and the
+/// `is_*` predicates, never by matching its message. The failure of an inner
+/// service is kept as the [`source`](std::error::Error::source).
+///
+/// Two families of errors share the type:
+///
+/// - **The provider's**: it answered with an error status
+///   ([`is_response`](Self::is_response)) or the transport failed
+///   ([`is_transport`](Self::is_transport)); the class says what that means.
+/// - **A layer's own decision**: the rate limiter cannot admit the request
+///   ([`is_over_capacity`](Self::is_over_capacity),
+///   [`is_rate_limit_timeout`](Self::is_rate_limit_timeout)), the retry
+///   layer stops ([`is_retry_after_too_long`](Self::is_retry_after_too_long),
+///   [`is_retry_budget_exhausted`](Self::is_retry_budget_exhausted),
+///   [`is_deadline_exceeded`](Self::is_deadline_exceeded),
+///   [`is_body_too_large`](Self::is_body_too_large)), or the breaker is open
+///   ([`is_circuit_open`](Self::is_circuit_open)). These still carry the
+///   class of the provider's state that caused them (a breaker opened by
+///   `insufficient_quota` says [`ErrorClass::QuotaExhausted`]).
+///
+/// [`retry_after`](Self::retry_after) answers "would waiting help, and how
+/// long": `Some` when a server or a layer knows when the call may succeed.
+///
+/// The error never holds request headers, so an API key cannot leak through
+/// its `Debug` or `Display`.
+pub struct Error {
+    inner: Box<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    kind: Kind,
+    classification: Classification,
+    source: Option<BoxError>,
+    body: Option<Bytes>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(dead_code)] // some kinds belong to layers not yet merged
+enum Kind {
+    /// The provider answered with an error status.
+    Response,
+    /// The inner service failed before a response.
+    Transport,
+    /// The request's cost exceeds what the window can ever admit.
+    OverCapacity { cost: u64, capacity: u64 },
+    /// The request would wait for the limiter longer than allowed.
+    RateLimitTimeout { wait: Duration },
+    /// The server asked to wait longer than the retry cap.
+    RetryAfterTooLong { cap: Duration },
+    /// The shared retry budget is spent.
+    RetryBudgetExhausted,
+    /// The next attempt could not start before the overall deadline.
+    DeadlineExceeded,
+    /// A body to replay was larger than the buffering cap.
+    BodyTooLarge { limit: usize },
+    /// The circuit breaker of the request's key is open.
+    CircuitOpen,
+    /// The shared store (e.g. Redis) could not be reached.
+    StoreUnavailable,
+}
+
+#[allow(dead_code)] // some constructors belong to layers not yet merged
+impl Error {
+    fn new(kind: Kind, classification: Classification) -> Self {
+        Error {
+            inner: Box::new(Inner {
+                kind,
+                classification,
+                source: None,
+                body: None,
+            }),
+        }
+    }
+
+    pub(crate) fn with_source(mut self, source: impl Into<BoxError>) -> Self {
+        self.inner.source = Some(source.into());
+        self
+    }
+
+    /// An error response from the provider, as classified.
+    ///
+    /// A layer uses this to turn a final error response into an `Err`; the
+    /// classification keeps the status, the server's wait and the
+    /// rate-limit headers.
+    pub fn from_response(classification: Classification) -> Self {
+        let mut c = classification;
+        c.class.get_or_insert(ErrorClass::Other);
+        Error::new(Kind::Response, c)
+    }
+
+    /// An error response from the provider: its classification (stored by
+    /// [`ClassifyLayer`](crate::classify::ClassifyLayer), else made by
+    /// `classifier` from the status and headers) and the body prefix that
+    /// layer read, so that the provider's message is not lost.
+    pub fn from_error_response<B>(
+        response: &Response<B>,
+        classifier: &impl crate::Classifier,
+    ) -> Self {
+        let mut error = Error::from_response(classifier.classify_response(response));
+        if let Some(BodyPrefix(body)) = response.extensions().get::<BodyPrefix>() {
+            error.inner.body = Some(body.clone());
+        }
+        error
+    }
+
+    /// The first bytes of the provider's error body (up to the
+    /// [`ClassifyLayer`](crate::classify::ClassifyLayer)'s cap), when the
+    /// error came from a response that layer read.
+    pub fn body(&self) -> Option<&[u8]> {
+        self.inner.body.as_deref()
+    }
+
+    /// A transport failure of the inner service, with its class (see
+    /// [`Classifier::classify_error`](crate::classify::Classifier::classify_error)).
+    ///
+    /// When `error` already is (or boxes) this crate's `Error`, it is
+    /// returned as it is, so that errors pass through stacked layers
+    /// unchanged.
+    pub fn from_transport(
+        error: impl Into<BoxError>,
+        classify: impl FnOnce(&(dyn std::error::Error + 'static)) -> Classification,
+    ) -> Self {
+        let error: BoxError = error.into();
+        match error.downcast::<Error>() {
+            Ok(ours) => *ours,
+            Err(other) => {
+                let mut c = classify(&*other);
+                c.class.get_or_insert(ErrorClass::Other);
+                Error::new(Kind::Transport, c).with_source(other)
+            }
+        }
+    }
+
+    pub(crate) fn over_capacity(cost: u64, capacity: u64) -> Self {
+        Error::new(
+            Kind::OverCapacity { cost, capacity },
+            Classification::failure(ErrorClass::InvalidRequest),
+        )
+    }
+
+    pub(crate) fn rate_limit_timeout(wait: Duration) -> Self {
+        Error::new(
+            Kind::RateLimitTimeout { wait },
+            Classification::failure(ErrorClass::RateLimited).with_retry_after(wait),
+        )
+    }
+
+    pub(crate) fn retry_after_too_long(last: Classification, cap: Duration) -> Self {
+        Error::new(Kind::RetryAfterTooLong { cap }, last)
+    }
+
+    pub(crate) fn retry_budget_exhausted(last: Classification) -> Self {
+        Error::new(Kind::RetryBudgetExhausted, last)
+    }
+
+    pub(crate) fn deadline_exceeded(last: Classification) -> Self {
+        Error::new(Kind::DeadlineExceeded, last)
+    }
+
+    pub(crate) fn body_too_large(limit: usize) -> Self {
+        Error::new(
+            Kind::BodyTooLarge { limit },
+            Classification::failure(ErrorClass::InvalidRequest),
+        )
+    }
+
+    pub(crate) fn circuit_open(class: ErrorClass, retry_after: Option<Duration>) -> Self {
+        let mut c = Classification::failure(class);
+        c.retry_after = retry_after;
+        Error::new(Kind::CircuitOpen, c)
+    }
+
+    pub(crate) fn store_unavailable(source: impl Into<BoxError>) -> Self {
+        Error::new(
+            Kind::StoreUnavailable,
+            Classification::failure(ErrorClass::Connect),
+        )
+        .with_source(source)
+    }
+
+    /// What went wrong, in the crate's taxonomy.
+    pub fn class(&self) -> ErrorClass {
+        self.inner.classification.class.unwrap_or(ErrorClass::Other)
+    }
+
+    /// The provider's status, when the error comes from (or was caused by) a
+    /// response.
+    pub fn status(&self) -> Option<StatusCode> {
+        self.inner.classification.status
+    }
+
+    /// How long to wait before the call may succeed, when anyone knows: the
+    /// server's `Retry-After` (even when it was above the retry cap), the
+    /// time until an open breaker half-opens or a quota resets, or the
+    /// limiter's wait.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.inner.classification.retry_after
+    }
+
+    /// The full classification behind the error: status, class, the
+    /// server's wait, its rate-limit headers and the provider's error code.
+    pub fn classification(&self) -> &Classification {
+        &self.inner.classification
+    }
+
+    /// The provider's error code that decided the class, such as
+    /// `"insufficient_quota"`.
+    pub fn code(&self) -> Option<&'static str> {
+        self.inner.classification.code
+    }
+
+    /// Whether sending the same request again may succeed. `false` for every
+    /// layer decision that waiting will not change (over capacity, body too
+    /// large) and for non-retryable classes.
+    pub fn is_retryable(&self) -> bool {
+        match self.inner.kind {
+            Kind::OverCapacity { .. } | Kind::BodyTooLarge { .. } => false,
+            Kind::RateLimitTimeout { .. }
+            | Kind::RetryAfterTooLong { .. }
+            | Kind::RetryBudgetExhausted
+            | Kind::DeadlineExceeded
+            | Kind::CircuitOpen
+            | Kind::StoreUnavailable => self.class().is_retryable(),
+            Kind::Response | Kind::Transport => self.inner.classification.is_retryable(),
+        }
+    }
+
+    /// The provider answered with an error status.
+    pub fn is_response(&self) -> bool {
+        self.inner.kind == Kind::Response
+    }
+
+    /// The inner service failed before any response (connection, timeout).
+    pub fn is_transport(&self) -> bool {
+        self.inner.kind == Kind::Transport
+    }
+
+    /// The class is [`ErrorClass::RateLimited`] or [`ErrorClass::SlowDown`].
+    pub fn is_rate_limited(&self) -> bool {
+        matches!(self.class(), ErrorClass::RateLimited | ErrorClass::SlowDown)
+    }
+
+    /// The class is [`ErrorClass::QuotaExhausted`].
+    pub fn is_quota_exhausted(&self) -> bool {
+        self.class() == ErrorClass::QuotaExhausted
+    }
+
+    /// The class is [`ErrorClass::Overloaded`].
+    pub fn is_overloaded(&self) -> bool {
+        self.class() == ErrorClass::Overloaded
+    }
+
+    /// The class is [`ErrorClass::ServerError`].
+    pub fn is_server_error(&self) -> bool {
+        self.class() == ErrorClass::ServerError
+    }
+
+    /// The class is [`ErrorClass::Timeout`].
+    pub fn is_timeout(&self) -> bool {
+        self.class() == ErrorClass::Timeout
+    }
+
+    /// The class is [`ErrorClass::Connect`].
+    pub fn is_connect(&self) -> bool {
+        self.class() == ErrorClass::Connect
+    }
+
+    /// The class is [`ErrorClass::Auth`] or [`ErrorClass::Permission`].
+    pub fn is_auth(&self) -> bool {
+        matches!(self.class(), ErrorClass::Auth | ErrorClass::Permission)
+    }
+
+    /// The class is [`ErrorClass::InvalidRequest`] or
+    /// [`ErrorClass::ContextLengthExceeded`]: the request must change.
+    pub fn is_invalid_request(&self) -> bool {
+        matches!(
+            self.class(),
+            ErrorClass::InvalidRequest | ErrorClass::ContextLengthExceeded
+        )
+    }
+
+    /// The class is [`ErrorClass::ContextLengthExceeded`].
+    pub fn is_context_length_exceeded(&self) -> bool {
+        self.class() == ErrorClass::ContextLengthExceeded
+    }
+
+    /// The limiter refused a request whose cost exceeds what its window can
+    /// ever admit; it would wait forever, so it fails at once.
+    pub fn is_over_capacity(&self) -> bool {
+        matches!(self.inner.kind, Kind::OverCapacity { .. })
+    }
+
+    /// The request would have waited for the limiter longer than its
+    /// configured maximum; [`retry_after`](Self::retry_after) says how long.
+    pub fn is_rate_limit_timeout(&self) -> bool {
+        matches!(self.inner.kind, Kind::RateLimitTimeout { .. })
+    }
+
+    /// The server asked for a wait above the retry layer's cap; the wait it
+    /// asked for is in [`retry_after`](Self::retry_after).
+    pub fn is_retry_after_too_long(&self) -> bool {
+        matches!(self.inner.kind, Kind::RetryAfterTooLong { .. })
+    }
+
+    /// The retry budget shared by the service's clones is spent.
+    pub fn is_retry_budget_exhausted(&self) -> bool {
+        self.inner.kind == Kind::RetryBudgetExhausted
+    }
+
+    /// No further attempt could start before the overall deadline.
+    pub fn is_deadline_exceeded(&self) -> bool {
+        self.inner.kind == Kind::DeadlineExceeded
+    }
+
+    /// A request body to buffer for replay was larger than the cap.
+    pub fn is_body_too_large(&self) -> bool {
+        matches!(self.inner.kind, Kind::BodyTooLarge { .. })
+    }
+
+    /// The circuit breaker refused the call without sending it.
+    pub fn is_circuit_open(&self) -> bool {
+        self.inner.kind == Kind::CircuitOpen
+    }
+
+    /// A shared store (such as Redis) could not be reached.
+    pub fn is_store_unavailable(&self) -> bool {
+        self.inner.kind == Kind::StoreUnavailable
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.inner.classification;
+        let mut d = f.debug_struct("Error");
+        d.field("kind", &self.inner.kind)
+            .field("class", &self.class());
+        if let Some(status) = c.status {
+            d.field("status", &status);
+        }
+        if let Some(wait) = c.retry_after {
+            d.field("retry_after", &wait);
+        }
+        if let Some(code) = c.code {
+            d.field("code", &code);
+        }
+        if let Some(body) = &self.inner.body {
+            d.field("body_len", &body.len());
+        }
+        if let Some(source) = &self.inner.source {
+            d.field("source", source);
+        }
+        d.finish()
+    }
+}
+
+struct Secs(Duration);
+
+impl fmt::Display for Secs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:.3}s", self.0.as_secs_f64())
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.inner.classification;
+        let class = self.class();
+        match self.inner.kind {
+            Kind::Response => match c.status {
+                Some(status) => write!(f, "provider answered {status} ({class}")?,
+                None => write!(f, "provider answered with an error ({class}")?,
+            },
+            Kind::Transport => write!(f, "request failed before a response ({class}")?,
+            Kind::OverCapacity { cost, capacity } => {
+                return write!(
+                    f,
+                    "request cost {cost} exceeds the rate limit's whole window capacity {capacity}; it can never be admitted"
+                )
+            }
+            Kind::RateLimitTimeout { wait } => {
+                return write!(
+                    f,
+                    "rate limit: admission would wait {}, longer than the configured maximum",
+                    Secs(wait)
+                )
+            }
+            Kind::RetryAfterTooLong { cap } => {
+                write!(f, "server asked to wait longer than the retry cap {} ({class}", Secs(cap))?
+            }
+            Kind::RetryBudgetExhausted => write!(f, "retry budget exhausted ({class}")?,
+            Kind::DeadlineExceeded => {
+                write!(f, "deadline exceeded before the next attempt ({class}")?
+            }
+            Kind::BodyTooLarge { limit } => {
+                return write!(f, "request body larger than the {limit}-byte replay buffer")
+            }
+            Kind::CircuitOpen => write!(f, "circuit breaker open ({class}")?,
+            Kind::StoreUnavailable => return f.write_str("rate-limit store unavailable"),
+        }
+        if let Some(code) = c.code {
+            write!(f, ": {code}")?;
+        }
+        if let Some(wait) = c.retry_after {
+            write!(f, ", retry after {}", Secs(wait))?;
+        }
+        f.write_str(")")
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.inner
+            .source
+            .as_ref()
+            .map(|e| &**e as &(dyn std::error::Error + 'static))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn response_error_reports_its_classification() {
+        let mut c = Classification::failure(ErrorClass::QuotaExhausted)
+            .with_status(StatusCode::TOO_MANY_REQUESTS);
+        c.code = Some("insufficient_quota");
+        let e = Error::from_response(c);
+        assert!(e.is_response());
+        assert!(e.is_quota_exhausted());
+        assert!(!e.is_retryable());
+        assert_eq!(e.status(), Some(StatusCode::TOO_MANY_REQUESTS));
+        assert_eq!(e.code(), Some("insufficient_quota"));
+        assert_eq!(
+            e.to_string(),
+            "provider answered 429 Too Many Requests (quota_exhausted: insufficient_quota)"
+        );
+    }
+
+    #[test]
+    fn transport_errors_keep_their_source_and_pass_ours_through() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        let e = Error::from_transport(io, |_| Classification::failure(ErrorClass::Connect));
+        assert!(e.is_transport() && e.is_connect() && e.is_retryable());
+        assert_eq!(std::error::Error::source(&e).unwrap().to_string(), "reset");
+
+        let ours = Error::over_capacity(10, 5);
+        let boxed: BoxError = Box::new(ours);
+        let back = Error::from_transport(boxed, |_| unreachable!("not classified again"));
+        assert!(back.is_over_capacity());
+        assert!(!back.is_retryable());
+    }
+
+    #[test]
+    fn layer_errors_say_when() {
+        let e = Error::rate_limit_timeout(Duration::from_secs(3));
+        assert!(e.is_rate_limit_timeout() && e.is_rate_limited() && e.is_retryable());
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(3)));
+        let e = Error::circuit_open(ErrorClass::QuotaExhausted, Some(Duration::from_secs(60)));
+        assert!(e.is_circuit_open() && e.is_quota_exhausted() && !e.is_retryable());
+        assert_eq!(
+            e.to_string(),
+            "circuit breaker open (quota_exhausted, retry after 60.000s)"
+        );
+    }
+
+    #[test]
+    fn error_is_small_and_thread_safe() {
+        fn assert_send_sync<T: Send + Sync + 'static>() {}
+        assert_send_sync::<Error>();
+        assert_eq!(std::mem::size_of::<Error>(), std::mem::size_of::<usize>());
+    }
+}
