@@ -95,10 +95,10 @@ const CODES: &[(&str, ErrorClass, u8)] = &[
 
 /// Phrases in a message that name a class no code does: Anthropic reports
 /// a spent credit balance and an over-long prompt as a plain
-/// `invalid_request_error`.
+/// `invalid_request_error`. ("You exceeded your current quota" is not one:
+/// Gemini says it for per-minute limits too; its `QuotaFailure` decides.)
 const PHRASES: &[(&str, ErrorClass)] = &[
     ("credit balance is too low", ErrorClass::QuotaExhausted),
-    ("exceeded your current quota", ErrorClass::QuotaExhausted),
     (
         "reached your specified api usage limits",
         ErrorClass::QuotaExhausted,

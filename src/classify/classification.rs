@@ -31,7 +31,8 @@ pub struct Classification {
     /// recognised in the body (`"insufficient_quota"`, `"overloaded_error"`,
     /// `"RESOURCE_EXHAUSTED"`...).
     pub code: Option<&'static str>,
-    /// The provider whose rules classified this response.
+    /// The provider the response came from: the classifier's profile, or
+    /// what [`Provider::Auto`] detected; `None` when it could not tell.
     pub provider: Option<Provider>,
 }
 

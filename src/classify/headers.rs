@@ -4,9 +4,9 @@
 
 use std::time::{Duration, SystemTime};
 
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderValue};
 
-use super::{LimitState, RateLimits};
+use super::{LimitState, Provider, RateLimits};
 
 /// The longest wait a server-given value is taken at: one day. A larger
 /// `Retry-After` or reset is clamped to it (a per-day quota resets within a
@@ -179,139 +179,267 @@ fn count_f64(f: f64) -> Option<u64> {
     (f >= 0.0 && f.is_finite()).then(|| f.min(u64::MAX as f64) as u64)
 }
 
-pub(crate) fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get(name)
-        .and_then(|v: &HeaderValue| v.to_str().ok())
+/// The values of every header this crate reads, found in one pass over the
+/// map: a response carries 10-30 headers, and one pass with a `match` on
+/// each name costs less than twenty-odd hashed look-ups.
+#[derive(Debug, Default)]
+pub(crate) struct Scan<'a> {
+    retry_after: Option<&'a str>,
+    retry_after_ms: Option<&'a str>,
+    ms_retry_after_ms: Option<&'a str>,
+    should_retry: Option<&'a str>,
+    date: Option<&'a str>,
+    /// requests, tokens × limit, remaining, reset
+    openai: [[Option<&'a str>; 3]; 2],
+    /// requests, tokens, input tokens, output tokens × limit, remaining, reset
+    anthropic: [[Option<&'a str>; 3]; 4],
+    ratelimit: Option<&'a HeaderValue>,
+    ratelimit_policy: Option<&'a HeaderValue>,
+    /// The older IETF draft's limit, remaining, reset.
+    legacy: [Option<&'a str>; 3],
+    seen: Seen,
 }
 
-/// The reference time for absolute dates in a response: its `Date` header
-/// when present (so the client's clock skew does not matter), else `now`.
-pub(crate) fn response_now(headers: &HeaderMap, fallback: SystemTime) -> SystemTime {
-    header_str(headers, http::header::DATE.as_str())
-        .and_then(|d| httpdate::parse_http_date(d).ok())
-        .unwrap_or(fallback)
+/// Which provider-identifying headers a scan saw.
+#[derive(Clone, Copy, Debug, Default)]
+struct Seen {
+    anthropic: bool,
+    azure: bool,
+    groq: bool,
+    openai: bool,
 }
 
-/// The server-given wait: `retry-after-ms`, then `x-ms-retry-after-ms`, then
-/// `Retry-After`.
-pub(crate) fn retry_after(headers: &HeaderMap, now: &dyn Fn() -> SystemTime) -> Option<Duration> {
-    header_str(headers, "retry-after-ms")
-        .and_then(parse_retry_after_ms)
-        .or_else(|| header_str(headers, "x-ms-retry-after-ms").and_then(parse_retry_after_ms))
-        .or_else(|| {
-            header_str(headers, http::header::RETRY_AFTER.as_str())
-                .and_then(|v| parse_retry_after(v, now()))
-        })
-}
+impl<'a> Scan<'a> {
+    pub(crate) fn new(headers: &'a HeaderMap) -> Self {
+        let mut scan = Scan::default();
+        for (name, value) in headers {
+            let name = name.as_str();
+            let slot: &mut Option<&'a str> = match name {
+                "retry-after" => &mut scan.retry_after,
+                "retry-after-ms" => &mut scan.retry_after_ms,
+                "x-ms-retry-after-ms" => {
+                    scan.seen.azure = true;
+                    &mut scan.ms_retry_after_ms
+                }
+                "x-should-retry" => &mut scan.should_retry,
+                "date" => &mut scan.date,
+                "ratelimit" => {
+                    scan.ratelimit.get_or_insert(value);
+                    continue;
+                }
+                "ratelimit-policy" => {
+                    scan.ratelimit_policy.get_or_insert(value);
+                    continue;
+                }
+                "ratelimit-limit" => &mut scan.legacy[0],
+                "ratelimit-remaining" => &mut scan.legacy[1],
+                "ratelimit-reset" => &mut scan.legacy[2],
+                "x-ms-region" | "apim-request-id" | "azureml-model-session" => {
+                    scan.seen.azure = true;
+                    continue;
+                }
+                "x-groq-region" => {
+                    scan.seen.groq = true;
+                    continue;
+                }
+                "openai-processing-ms"
+                | "openai-version"
+                | "openai-organization"
+                | "openai-project" => {
+                    scan.seen.openai = true;
+                    continue;
+                }
+                "anthropic-organization-id" => {
+                    scan.seen.anthropic = true;
+                    continue;
+                }
+                _ => {
+                    if let Some(rest) = name.strip_prefix("x-ratelimit-") {
+                        match openai_slot(rest) {
+                            Some((dim, part)) => &mut scan.openai[dim][part],
+                            None => continue,
+                        }
+                    } else if let Some(rest) = name.strip_prefix("anthropic-ratelimit-") {
+                        scan.seen.anthropic = true;
+                        match anthropic_slot(rest) {
+                            Some((dim, part)) => &mut scan.anthropic[dim][part],
+                            None => continue,
+                        }
+                    } else {
+                        continue;
+                    }
+                }
+            };
+            if slot.is_none() {
+                *slot = value.to_str().ok();
+            }
+        }
+        scan
+    }
 
-/// `x-should-retry: true|false`.
-pub(crate) fn should_retry(headers: &HeaderMap) -> Option<bool> {
-    let value = header_str(headers, "x-should-retry")?.trim();
-    if value.eq_ignore_ascii_case("true") {
-        Some(true)
-    } else if value.eq_ignore_ascii_case("false") {
-        Some(false)
-    } else {
-        None
+    /// The provider the headers name, when they are unambiguous.
+    pub(crate) fn detected(&self) -> Option<Provider> {
+        let seen = self.seen;
+        if seen.anthropic {
+            Some(Provider::Anthropic)
+        } else if seen.azure {
+            Some(Provider::AzureOpenAi)
+        } else if seen.groq {
+            Some(Provider::Groq)
+        } else if seen.openai {
+            Some(Provider::OpenAi)
+        } else {
+            None
+        }
+    }
+
+    /// The reference time for absolute dates: the response's `Date` when
+    /// present (so the client's clock skew does not matter), else `fallback`.
+    pub(crate) fn now(&self, fallback: impl FnOnce() -> SystemTime) -> SystemTime {
+        self.date
+            .and_then(|d| httpdate::parse_http_date(d).ok())
+            .unwrap_or_else(fallback)
+    }
+
+    /// The server-given wait: `retry-after-ms`, then `x-ms-retry-after-ms`,
+    /// then `Retry-After`.
+    pub(crate) fn retry_after(&self, now: &dyn Fn() -> SystemTime) -> Option<Duration> {
+        self.retry_after_ms
+            .and_then(parse_retry_after_ms)
+            .or_else(|| self.ms_retry_after_ms.and_then(parse_retry_after_ms))
+            .or_else(|| self.rfc_retry_after(now))
+    }
+
+    /// `Retry-After` alone (RFC 9110).
+    pub(crate) fn rfc_retry_after(&self, now: &dyn Fn() -> SystemTime) -> Option<Duration> {
+        self.retry_after.and_then(|v| parse_retry_after(v, now()))
+    }
+
+    /// `x-should-retry: true|false`.
+    pub(crate) fn should_retry(&self) -> Option<bool> {
+        let value = self.should_retry?.trim();
+        if value.eq_ignore_ascii_case("true") {
+            Some(true)
+        } else if value.eq_ignore_ascii_case("false") {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
+    /// Every rate-limit header style at once: OpenAI/Groq/Azure
+    /// `x-ratelimit-*`, Anthropic `anthropic-ratelimit-*`, then the IETF
+    /// `RateLimit` fields for dimensions still unknown. Header names do not
+    /// collide between providers, so reading all of them is safe.
+    pub(crate) fn rate_limits(&self, now: &dyn Fn() -> SystemTime) -> RateLimits {
+        let openai = |[limit, remaining, reset]: [Option<&str>; 3]| {
+            LimitState::new(
+                limit.and_then(parse_count),
+                remaining.and_then(parse_count),
+                reset.and_then(parse_go_duration),
+            )
+            .non_empty()
+        };
+        let anthropic = |[limit, remaining, reset]: [Option<&str>; 3]| {
+            LimitState::new(
+                limit.and_then(parse_count),
+                remaining.and_then(parse_count),
+                reset.and_then(|v| parse_rfc3339_reset(v, now())),
+            )
+            .non_empty()
+        };
+        let mut limits = RateLimits {
+            requests: openai(self.openai[0]).or_else(|| anthropic(self.anthropic[0])),
+            tokens: openai(self.openai[1]).or_else(|| anthropic(self.anthropic[1])),
+            input_tokens: anthropic(self.anthropic[2]),
+            output_tokens: anthropic(self.anthropic[3]),
+        };
+        self.ietf(&mut limits);
+        limits
+    }
+
+    /// The IETF draft's fields (draft-ietf-httpapi-ratelimit-headers):
+    /// `RateLimit-Policy: "default";q=100;w=60` and
+    /// `RateLimit: "default";r=50;t=30`, plus the older
+    /// `RateLimit-Limit` / `RateLimit-Remaining` / `RateLimit-Reset` trio. The
+    /// first policy fills `requests`, or `tokens` when its name mentions
+    /// tokens; a dimension already known from provider headers is kept.
+    pub(crate) fn ietf(&self, limits: &mut RateLimits) {
+        if limits.requests.is_some() && limits.tokens.is_some() {
+            return;
+        }
+        let mut found: [LimitState; 2] = Default::default();
+        if let Some(value) = self.ratelimit_policy {
+            ietf_field(value, true, &mut found);
+        }
+        if let Some(value) = self.ratelimit {
+            ietf_field(value, false, &mut found);
+        }
+        let [limit, remaining, reset] = self.legacy;
+        let legacy = &mut found[0];
+        if legacy.limit.is_none() {
+            // "10, 10;w=1": the first number is the limit.
+            legacy.limit = limit.and_then(|v| parse_count(v.split([',', ';']).next().unwrap_or(v)));
+        }
+        if legacy.remaining.is_none() {
+            legacy.remaining = remaining.and_then(parse_count);
+        }
+        if legacy.reset.is_none() {
+            legacy.reset = reset
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .and_then(secs_f64);
+        }
+        let [requests, tokens] = found;
+        if limits.requests.is_none() {
+            limits.requests = requests.non_empty();
+        }
+        if limits.tokens.is_none() {
+            limits.tokens = tokens.non_empty();
+        }
     }
 }
 
-fn openai_state(headers: &HeaderMap, names: &[HeaderName; 3]) -> Option<LimitState> {
-    let get = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
-    LimitState::new(
-        get(&names[0]).and_then(parse_count),
-        get(&names[1]).and_then(parse_count),
-        get(&names[2]).and_then(parse_go_duration),
-    )
-    .non_empty()
-}
-
-fn anthropic_state(
-    headers: &HeaderMap,
-    names: &[HeaderName; 3],
-    now: &dyn Fn() -> SystemTime,
-) -> Option<LimitState> {
-    let get = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
-    LimitState::new(
-        get(&names[0]).and_then(parse_count),
-        get(&names[1]).and_then(parse_count),
-        get(&names[2]).and_then(|v| parse_rfc3339_reset(v, now())),
-    )
-    .non_empty()
-}
-
-macro_rules! names {
-    ($prefix:literal, $dim:literal) => {
-        [
-            HeaderName::from_static(concat!($prefix, "limit-", $dim)),
-            HeaderName::from_static(concat!($prefix, "remaining-", $dim)),
-            HeaderName::from_static(concat!($prefix, "reset-", $dim)),
-        ]
+fn openai_slot(rest: &str) -> Option<(usize, usize)> {
+    let (part, dim) = rest.split_once('-')?;
+    let part = match part {
+        "limit" => 0,
+        "remaining" => 1,
+        "reset" => 2,
+        _ => return None,
     };
-    (anthropic $dim:literal) => {
-        [
-            HeaderName::from_static(concat!("anthropic-ratelimit-", $dim, "-limit")),
-            HeaderName::from_static(concat!("anthropic-ratelimit-", $dim, "-remaining")),
-            HeaderName::from_static(concat!("anthropic-ratelimit-", $dim, "-reset")),
-        ]
+    let dim = match dim {
+        "requests" => 0,
+        "tokens" => 1,
+        _ => return None,
     };
+    Some((dim, part))
 }
 
-struct Names {
-    openai_requests: [HeaderName; 3],
-    openai_tokens: [HeaderName; 3],
-    anthropic_requests: [HeaderName; 3],
-    anthropic_tokens: [HeaderName; 3],
-    anthropic_input: [HeaderName; 3],
-    anthropic_output: [HeaderName; 3],
-}
-
-fn names() -> &'static Names {
-    static NAMES: std::sync::OnceLock<Names> = std::sync::OnceLock::new();
-    NAMES.get_or_init(|| Names {
-        openai_requests: names!("x-ratelimit-", "requests"),
-        openai_tokens: names!("x-ratelimit-", "tokens"),
-        anthropic_requests: names!(anthropic "requests"),
-        anthropic_tokens: names!(anthropic "tokens"),
-        anthropic_input: names!(anthropic "input-tokens"),
-        anthropic_output: names!(anthropic "output-tokens"),
-    })
-}
-
-/// Every rate-limit header style at once: OpenAI/Groq/Azure
-/// `x-ratelimit-*`, Anthropic `anthropic-ratelimit-*`, then the IETF
-/// `RateLimit` fields for dimensions still unknown. Header names do not
-/// collide between providers, so reading all of them is safe.
-pub(crate) fn rate_limits(headers: &HeaderMap, now: &dyn Fn() -> SystemTime) -> RateLimits {
-    let names = names();
-    let mut limits = RateLimits {
-        requests: openai_state(headers, &names.openai_requests)
-            .or_else(|| anthropic_state(headers, &names.anthropic_requests, now)),
-        tokens: openai_state(headers, &names.openai_tokens)
-            .or_else(|| anthropic_state(headers, &names.anthropic_tokens, now)),
-        input_tokens: anthropic_state(headers, &names.anthropic_input, now),
-        output_tokens: anthropic_state(headers, &names.anthropic_output, now),
+fn anthropic_slot(rest: &str) -> Option<(usize, usize)> {
+    let (dim, part) = rest.rsplit_once('-')?;
+    let part = match part {
+        "limit" => 0,
+        "remaining" => 1,
+        "reset" => 2,
+        _ => return None,
     };
-    if limits.requests.is_none() || limits.tokens.is_none() {
-        ietf_rate_limit(headers, &mut limits);
-    }
-    limits
+    let dim = match dim {
+        "requests" => 0,
+        "tokens" => 1,
+        "input-tokens" => 2,
+        "output-tokens" => 3,
+        _ => return None,
+    };
+    Some((dim, part))
 }
 
-/// The IETF draft's fields (draft-ietf-httpapi-ratelimit-headers):
-/// `RateLimit-Policy: "default";q=100;w=60` and
-/// `RateLimit: "default";r=50;t=30`, plus the older
-/// `RateLimit-Limit` / `RateLimit-Remaining` / `RateLimit-Reset` trio. The
-/// first policy fills `requests`, or `tokens` when its name mentions
-/// tokens; a dimension already known from provider headers is kept.
-pub(crate) fn ietf_rate_limit(headers: &HeaderMap, limits: &mut RateLimits) {
+/// One `RateLimit` or `RateLimit-Policy` field into `found` (requests,
+/// tokens); the first entry of each kind wins.
+fn ietf_field(value: &HeaderValue, is_policy: bool, found: &mut [LimitState; 2]) {
     use sfv::{BareItem, ListEntry, Parser};
 
-    let mut found: [(Option<bool>, LimitState); 2] = Default::default();
-    let slot_of = |name: &str| -> usize {
-        let tokens = name.to_ascii_lowercase().contains("token");
-        usize::from(tokens)
+    let Ok(list) = Parser::new(value.as_bytes()).parse::<sfv::List>() else {
+        return;
     };
     let number = |item: &BareItem| -> Option<f64> {
         match item {
@@ -320,62 +448,31 @@ pub(crate) fn ietf_rate_limit(headers: &HeaderMap, limits: &mut RateLimits) {
             _ => None,
         }
     };
-    for (field, is_policy) in [("ratelimit-policy", true), ("ratelimit", false)] {
-        let Some(value) = headers.get(field) else {
+    let mut done = [false; 2];
+    for entry in list {
+        let ListEntry::Item(item) = entry else {
             continue;
         };
-        let Ok(list) = Parser::new(value.as_bytes()).parse::<sfv::List>() else {
-            continue;
+        let name = match &item.bare_item {
+            BareItem::String(s) => s.as_str(),
+            BareItem::Token(t) => t.as_str(),
+            _ => continue,
         };
-        for entry in list {
-            let ListEntry::Item(item) = entry else {
-                continue;
-            };
-            let name = match &item.bare_item {
-                BareItem::String(s) => s.as_str(),
-                BareItem::Token(t) => t.as_str(),
-                _ => continue,
-            };
-            let slot = slot_of(name);
-            let (seen, state) = &mut found[slot];
-            if seen.is_some_and(|was_policy| was_policy == is_policy) {
-                continue; // first entry of each field wins
-            }
-            *seen = Some(is_policy);
-            for (key, value) in &item.params {
-                let Some(n) = number(value) else { continue };
-                match (is_policy, key.as_str()) {
-                    (true, "q") => state.limit = count_f64(n),
-                    (true, "w") => state.window = secs_f64(n),
-                    (false, "r") => state.remaining = count_f64(n),
-                    (false, "t") => state.reset = secs_f64(n),
-                    _ => {}
-                }
+        let slot = usize::from(name.to_ascii_lowercase().contains("token"));
+        if std::mem::replace(&mut done[slot], true) {
+            continue;
+        }
+        let state = &mut found[slot];
+        for (key, value) in &item.params {
+            let Some(n) = number(value) else { continue };
+            match (is_policy, key.as_str()) {
+                (true, "q") => state.limit = count_f64(n),
+                (true, "w") => state.window = secs_f64(n),
+                (false, "r") => state.remaining = count_f64(n),
+                (false, "t") => state.reset = secs_f64(n),
+                _ => {}
             }
         }
-    }
-    // The older draft's three plain fields.
-    let (_, legacy) = &mut found[0];
-    if legacy.limit.is_none() {
-        legacy.limit = header_str(headers, "ratelimit-limit").and_then(|v| {
-            let first = v.split([',', ';']).next().unwrap_or(v);
-            parse_count(first)
-        });
-    }
-    if legacy.remaining.is_none() {
-        legacy.remaining = header_str(headers, "ratelimit-remaining").and_then(parse_count);
-    }
-    if legacy.reset.is_none() {
-        legacy.reset = header_str(headers, "ratelimit-reset")
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .and_then(secs_f64);
-    }
-    let [(_, requests), (_, tokens)] = found;
-    if limits.requests.is_none() {
-        limits.requests = requests.non_empty();
-    }
-    if limits.tokens.is_none() {
-        limits.tokens = tokens.non_empty();
     }
 }
 
@@ -445,14 +542,20 @@ mod tests {
     fn retry_after_precedence() {
         let now = SystemTime::UNIX_EPOCH;
         let h = map(&[("retry-after", "20"), ("retry-after-ms", "1500")]);
-        assert_eq!(retry_after(&h, &|| now), Some(Duration::from_millis(1500)));
+        assert_eq!(
+            Scan::new(&h).retry_after(&|| now),
+            Some(Duration::from_millis(1500))
+        );
         let h = map(&[("retry-after", "20"), ("x-ms-retry-after-ms", "250.5")]);
         assert_eq!(
-            retry_after(&h, &|| now),
+            Scan::new(&h).retry_after(&|| now),
             Some(Duration::from_micros(250_500))
         );
         let h = map(&[("retry-after", "20"), ("retry-after-ms", "junk")]);
-        assert_eq!(retry_after(&h, &|| now), Some(Duration::from_secs(20)));
+        assert_eq!(
+            Scan::new(&h).retry_after(&|| now),
+            Some(Duration::from_secs(20))
+        );
     }
 
     #[test]
@@ -483,7 +586,7 @@ mod tests {
             ("x-ratelimit-remaining-tokens", "1999000"),
             ("x-ratelimit-reset-tokens", "30ms"),
         ]);
-        let limits = rate_limits(&h, &|| SystemTime::UNIX_EPOCH);
+        let limits = Scan::new(&h).rate_limits(&|| SystemTime::UNIX_EPOCH);
         assert_eq!(
             limits.requests,
             Some(LimitState::new(
@@ -509,7 +612,9 @@ mod tests {
             ("x-ratelimit-remaining-requests", "-1"),
             ("x-ratelimit-remaining-tokens", "-1"),
         ]);
-        assert!(rate_limits(&h, &|| SystemTime::UNIX_EPOCH).is_empty());
+        assert!(Scan::new(&h)
+            .rate_limits(&|| SystemTime::UNIX_EPOCH)
+            .is_empty());
     }
 
     #[test]
@@ -532,7 +637,7 @@ mod tests {
                 "2024-05-01T12:00:09Z",
             ),
         ]);
-        let limits = rate_limits(&h, &|| now);
+        let limits = Scan::new(&h).rate_limits(&|| now);
         assert_eq!(
             limits.requests,
             Some(LimitState::new(
@@ -569,7 +674,7 @@ mod tests {
             ),
             ("ratelimit", "\"default\";r=50;t=30, \"tokens\";r=4000;t=12"),
         ]);
-        let limits = rate_limits(&h, &|| SystemTime::UNIX_EPOCH);
+        let limits = Scan::new(&h).rate_limits(&|| SystemTime::UNIX_EPOCH);
         let mut requests = LimitState::new(Some(100), Some(50), Some(Duration::from_secs(30)));
         requests.window = Some(Duration::from_secs(60));
         assert_eq!(limits.requests, Some(requests));
@@ -583,7 +688,9 @@ mod tests {
             ("ratelimit-reset", "7"),
         ]);
         assert_eq!(
-            rate_limits(&legacy, &|| SystemTime::UNIX_EPOCH).requests,
+            Scan::new(&legacy)
+                .rate_limits(&|| SystemTime::UNIX_EPOCH)
+                .requests,
             Some(LimitState::new(
                 Some(10),
                 Some(3),
@@ -594,20 +701,17 @@ mod tests {
             ("ratelimit", "\"a\";r=-5;t=NaN"),
             ("ratelimit-policy", "(((("),
         ]);
-        assert!(rate_limits(&garbage, &|| SystemTime::UNIX_EPOCH).is_empty());
+        assert!(Scan::new(&garbage)
+            .rate_limits(&|| SystemTime::UNIX_EPOCH)
+            .is_empty());
     }
 
     #[test]
     fn should_retry_header() {
-        assert_eq!(
-            should_retry(&map(&[("x-should-retry", "true")])),
-            Some(true)
-        );
-        assert_eq!(
-            should_retry(&map(&[("x-should-retry", "FALSE")])),
-            Some(false)
-        );
-        assert_eq!(should_retry(&map(&[("x-should-retry", "maybe")])), None);
-        assert_eq!(should_retry(&HeaderMap::new()), None);
+        let says = |v: &'static str| Scan::new(&map(&[("x-should-retry", v)])).should_retry();
+        assert_eq!(says("true"), Some(true));
+        assert_eq!(says("FALSE"), Some(false));
+        assert_eq!(says("maybe"), None);
+        assert_eq!(Scan::new(&HeaderMap::new()).should_retry(), None);
     }
 }

@@ -6,7 +6,7 @@ use http::{HeaderMap, StatusCode};
 
 use super::body::parse_error_body;
 use super::classifier::wall_clock;
-use super::headers::{self, response_now};
+use super::headers::Scan;
 use super::{Classification, Classifier, ErrorClass, LimitState};
 
 /// The AI providers whose signals this crate knows, as a [`Classifier`].
@@ -61,36 +61,7 @@ impl Provider {
     /// assert_eq!(Provider::detect(&HeaderMap::new()), None);
     /// ```
     pub fn detect(headers: &HeaderMap) -> Option<Provider> {
-        if headers.is_empty() {
-            return None;
-        }
-        let any = |names: &[&str]| names.iter().any(|n| headers.contains_key(*n));
-        if any(&[
-            "anthropic-ratelimit-requests-limit",
-            "anthropic-ratelimit-tokens-limit",
-            "anthropic-ratelimit-input-tokens-limit",
-            "anthropic-organization-id",
-        ]) {
-            Some(Provider::Anthropic)
-        } else if any(&[
-            "x-ms-region",
-            "apim-request-id",
-            "x-ms-retry-after-ms",
-            "azureml-model-session",
-        ]) {
-            Some(Provider::AzureOpenAi)
-        } else if any(&["x-groq-region"]) {
-            Some(Provider::Groq)
-        } else if any(&[
-            "openai-processing-ms",
-            "openai-version",
-            "openai-organization",
-            "openai-project",
-        ]) {
-            Some(Provider::OpenAi)
-        } else {
-            None
-        }
+        Scan::new(headers).detected()
     }
 
     /// The window the provider's `requests` limit header describes, when it
@@ -138,21 +109,25 @@ impl Provider {
         body: Option<&[u8]>,
         clock: &dyn Fn() -> SystemTime,
     ) -> Classification {
-        let date = OnceCell::new();
-        let now = || *date.get_or_init(|| response_now(headers, clock()));
         let mut c = Classification::success().with_status(status);
-        c.provider = Some(match self {
-            Provider::Auto => Provider::detect(headers).unwrap_or(Provider::Auto),
-            named => named,
-        });
-        if self == Provider::Generic {
-            c.retry_after = headers::header_str(headers, http::header::RETRY_AFTER.as_str())
-                .and_then(|v| headers::parse_retry_after(v, now()));
-            headers::ietf_rate_limit(headers, &mut c.limits);
-        } else {
-            c.retry_after = headers::retry_after(headers, &now);
-            c.limits = headers::rate_limits(headers, &now);
-            c.should_retry = headers::should_retry(headers);
+        if !headers.is_empty() {
+            let scan = Scan::new(headers);
+            let date = OnceCell::new();
+            let now = || *date.get_or_init(|| scan.now(clock));
+            c.provider = match self {
+                Provider::Auto => scan.detected(),
+                named => Some(named),
+            };
+            if self == Provider::Generic {
+                c.retry_after = scan.rfc_retry_after(&now);
+                scan.ietf(&mut c.limits);
+            } else {
+                c.retry_after = scan.retry_after(&now);
+                c.limits = scan.rate_limits(&now);
+                c.should_retry = scan.should_retry();
+            }
+        } else if self != Provider::Auto {
+            c.provider = Some(self);
         }
         let Some(by_status) = ErrorClass::from_status(status) else {
             return c; // success
