@@ -120,8 +120,8 @@ const CANNED: &[Canned] = &[
 fn main() {
     let started = std::time::Instant::now();
     println!(
-        "{:<28} {:<8} {:<12} {:<24} {:<10} {:>10}  {}",
-        "response", "status", "provider", "class", "retryable", "wait", "code"
+        "{:<28} {:<8} {:<12} {:<24} {:<10} {:>10}  code",
+        "response", "status", "provider", "class", "retryable", "wait"
     );
     for canned in CANNED {
         let mut headers = HeaderMap::new();
