@@ -266,3 +266,29 @@ async fn many_responses_through_one_layer() {
         ]
     );
 }
+
+#[tokio::test]
+async fn a_body_of_endless_empty_frames_is_bounded() {
+    // Always ready, never ending, never any bytes: the layer must stop.
+    let endless = futures::stream::repeat_with(|| Ok::<_, io::Error>(Frame::data(Bytes::new())));
+    let mut response = Some(
+        Response::builder()
+            .status(500)
+            .body(StreamBody::new(endless))
+            .unwrap(),
+    );
+    let svc = ClassifyLayer::new().layer(service_fn(move |_: Request<()>| {
+        let r = response.take().unwrap();
+        async move { Ok::<_, Infallible>(r) }
+    }));
+    let res = svc.oneshot(Request::new(())).await.unwrap();
+    assert_eq!(
+        res.extensions().get::<Classification>().unwrap().class,
+        Some(ErrorClass::ServerError)
+    );
+    // The body is still the whole stream: it goes on yielding frames.
+    let mut body = res.into_body();
+    for _ in 0..100 {
+        assert!(body.frame().await.unwrap().unwrap().is_data());
+    }
+}

@@ -67,6 +67,9 @@ impl<F, C, B: Body + std::fmt::Debug> std::fmt::Debug for ResponseFuture<F, C, B
     }
 }
 
+/// The most frames read from one error body, whatever their size.
+const MAX_FRAMES: usize = 64;
+
 fn copy_prefix<D: Buf>(data: &D, prefix: &mut BytesMut, max: usize) {
     let mut slices = [IoSlice::new(&[]); 8];
     let n = data.chunks_vectored(&mut slices);
@@ -118,7 +121,12 @@ where
                     let mut error = None;
                     let mut ended = false;
                     let max = *this.max_body;
-                    while let Some(b) = body.as_mut().filter(|_| prefix.len() < max) {
+                    // Bounded in bytes and in frames: a hostile body of empty
+                    // frames must not grow the buffer or spin forever.
+                    while let Some(b) = body
+                        .as_mut()
+                        .filter(|_| prefix.len() < max && read.len() < MAX_FRAMES)
+                    {
                         if b.is_end_stream() {
                             ended = true;
                             break;
