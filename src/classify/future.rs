@@ -93,7 +93,14 @@ where
             match this.state.as_mut().project() {
                 StateProj::Calling { future } => {
                     let response = ready!(future.poll(cx))?;
-                    if response.status().as_u16() < 400 || *this.max_body == 0 {
+                    if response.status().as_u16() < 400 {
+                        // Success: nothing to read, nothing stored (an
+                        // extension costs allocations on every response);
+                        // layers classify it from its headers.
+                        this.state.set(State::Done);
+                        return Poll::Ready(Ok(response.map(PeekedBody::new)));
+                    }
+                    if *this.max_body == 0 {
                         let c =
                             this.classifier
                                 .classify(response.status(), response.headers(), None);

@@ -4,9 +4,11 @@ use tower::Layer;
 
 use super::{Classify, Provider, DEFAULT_BODY_PREFIX};
 
-/// Classifies every response next to the wire and stores the
-/// [`Classification`](super::Classification) in its extensions, reading a
-/// bounded prefix of error bodies (see the [module docs](super)).
+/// Classifies every error response next to the wire, reading a bounded
+/// prefix of its body, and stores the [`Classification`](super::Classification)
+/// and the [`BodyPrefix`](super::BodyPrefix) in its extensions (see the
+/// [module docs](super)). Successful responses pass through untouched, with
+/// no allocation; layers classify them from their headers.
 ///
 /// Defaults: the [`Provider::Auto`] classifier, a body prefix of
 /// [`DEFAULT_BODY_PREFIX`] (8 KiB), and 5 s to read it.
