@@ -27,6 +27,15 @@
 //! assert!(!c.is_retryable());
 //! ```
 //!
+//! # Circuit breaking
+//!
+//! [`CircuitBreakerLayer`] keeps one breaker per key: it opens when the
+//! share of provider faults (5xx, overload, timeouts) in its window reaches
+//! a threshold, and at once on `quota_exhausted` (until the provider's
+//! reset) or an auth failure; while open, calls fail fast with an error
+//! that [`is_circuit_open`](Error::is_circuit_open) and says until when. A
+//! 400 storm never opens it. See [`circuit_breaker`].
+//!
 //! # Cargo features
 //!
 //! - `tower-http` (default): adapters between [`classify::Classifier`] and
@@ -42,11 +51,13 @@
     unreachable_pub
 )]
 
+pub mod circuit_breaker;
 pub mod classify;
 mod error;
 pub mod events;
 pub mod key;
 
+pub use self::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
 pub use self::classify::{Classification, Classifier, ErrorClass, Provider};
 pub use self::error::{BoxError, Error};
 pub use self::key::{Key, KeyFn};

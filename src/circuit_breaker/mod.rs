@@ -1,0 +1,103 @@
+//! Circuit breaking that knows a dead provider from an empty wallet.
+//!
+//! [`CircuitBreakerLayer`] keeps one breaker per [`Key`](crate::Key)
+//! (provider, model, API key: the same key function as the rate limiter).
+//! A breaker is **closed** while the provider answers; it **opens** when the
+//! share of failed calls (or of slow calls) in its sliding window reaches a
+//! threshold, once the window holds a minimum number of calls; while open,
+//! calls fail at once with an error that says why and until when; after the
+//! open time it turns **half-open** and lets a few probe calls through: if
+//! they all succeed it closes, if one fails it opens again (for longer, if
+//! [`open_backoff`](CircuitBreakerLayer::open_backoff) is set). These are
+//! the states of Resilience4j and Polly.
+//!
+//! What counts comes from [`classify`](crate::classify), once for every
+//! layer:
+//!
+//! - server errors, overload (503, 529), timeouts and connection failures
+//!   are failures;
+//! - the caller's faults (400, context length exceeded, 404 model not
+//!   found) are not recorded: a storm of bad requests says nothing about the
+//!   provider's health and never opens the breaker;
+//! - a 429 rate limit is not a failure by default (it is the limiter's job;
+//!   see [`count_rate_limited`](CircuitBreakerLayer::count_rate_limited));
+//! - **quota is not health**: one `quota_exhausted` answer (OpenAI
+//!   `insufficient_quota`, Anthropic's spend limit, Gemini's daily quota,
+//!   OpenRouter's 402) opens the key's breaker at once, until the reset the
+//!   provider gave (its `Retry-After`, or the reset of the rate limit it
+//!   reports spent) or for
+//!   [`quota_open_duration`](CircuitBreakerLayer::quota_open_duration); an
+//!   auth or permission failure opens it at once for
+//!   [`auth_open_duration`](CircuitBreakerLayer::auth_open_duration).
+//!
+//! The breaker sits outermost, above the retry layer, so it sees one
+//! outcome per logical call: a provider that is down fails fast before
+//! retries burn time. It also works alone over a raw HTTP client that
+//! returns a 500 as `Ok`: every `Ok` response is classified too, and passed
+//! on unchanged.
+//!
+//! ```
+//! use std::time::Duration;
+//! use http::{Request, Response};
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//! use tower_llm_resilience::circuit_breaker::{CircuitBreakerLayer, Window};
+//! use tower_llm_resilience::{ErrorClass, Key};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! // A provider that is down: every answer is a 503.
+//! let provider = service_fn(|_req: Request<String>| async {
+//!     Ok::<_, std::convert::Infallible>(Response::builder().status(503).body(String::new()).unwrap())
+//! });
+//! let client = ServiceBuilder::new()
+//!     .layer(
+//!         CircuitBreakerLayer::new()
+//!             .window(Window::Count(10))
+//!             .minimum_calls(5)
+//!             .open_duration(Duration::from_secs(30)),
+//!     )
+//!     .service(provider);
+//! for _ in 0..5 {
+//!     let response = client.clone().oneshot(Request::new(String::new())).await.unwrap();
+//!     assert_eq!(response.status(), 503); // passed on, and counted
+//! }
+//! let err = client.clone().oneshot(Request::new(String::new())).await.unwrap_err();
+//! assert!(err.is_circuit_open());
+//! assert_eq!(err.class(), ErrorClass::Overloaded);
+//! assert!(err.retry_after().unwrap() <= Duration::from_secs(30));
+//! # }
+//! ```
+//!
+//! # Readiness
+//!
+//! An open breaker does not make the service unready: `poll_ready` only
+//! asks the inner service, and `call` fails fast with the typed error. A
+//! breaker is per key, which `poll_ready` cannot know, and an unready
+//! service would park its callers (or a `Buffer`'s worker) for the whole
+//! open time instead of telling them.
+//!
+//! # Cost
+//!
+//! A closed breaker admits a call with one atomic load (no lock) and
+//! records its outcome under a short `std::sync::Mutex` (no async mutex, no
+//! lock across `.await`, no allocation per call for a known key). A count
+//! window with no slow-call rate reads no clock at all.
+//!
+//! # The state machine alone
+//!
+//! [`Circuit`] is the breaker without tower: driven by an explicit `now`,
+//! usable around anything that is not a tower service.
+
+mod circuit;
+mod config;
+mod future;
+mod layer;
+mod service;
+mod shared;
+mod window;
+
+pub use self::circuit::{Circuit, Permit, Rejected, Transition};
+pub use self::config::{Config, Outcome, Window};
+pub use self::future::ResponseFuture;
+pub use self::layer::{CircuitBreakerLayer, DEFAULT_MAX_KEYS};
+pub use self::service::CircuitBreaker;

@@ -1,0 +1,119 @@
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::Response;
+use tokio::time::Instant;
+use tower::Service;
+
+use super::future::ResponseFuture;
+use super::shared::Breakers;
+use crate::classify::Classifier;
+use crate::events::CircuitState;
+use crate::key::{Key, KeyFn};
+use crate::{BoxError, Error};
+
+/// The service of [`CircuitBreakerLayer`](super::CircuitBreakerLayer): one
+/// breaker per key, shared by every clone of the service.
+///
+/// `poll_ready` only asks the inner service: an open breaker does not make
+/// the service unready (which would park every caller, or a `Buffer`'s
+/// worker, for the whole open time and hide why), it makes `call` return
+/// at once an error that [`is_circuit_open`](crate::Error::is_circuit_open),
+/// whose [`class`](crate::Error::class) says why it opened and whose
+/// [`retry_after`](crate::Error::retry_after) says when it lets a probe
+/// through. The breaker is keyed, so readiness could not know the key
+/// anyway.
+pub struct CircuitBreaker<S, K, C> {
+    inner: S,
+    key_fn: K,
+    breakers: Arc<Breakers<C>>,
+}
+
+impl<S, K, C> CircuitBreaker<S, K, C> {
+    pub(crate) fn new(inner: S, key_fn: K, breakers: Arc<Breakers<C>>) -> Self {
+        CircuitBreaker {
+            inner,
+            key_fn,
+            breakers,
+        }
+    }
+
+    /// The state of `key`'s breaker now ([`CircuitState::Closed`] for a
+    /// key not seen yet). An open breaker whose time is up reads open until
+    /// the next call of its key turns it half-open.
+    pub fn state(&self, key: &Key) -> CircuitState {
+        self.breakers.state(key)
+    }
+
+    /// How many keys have a breaker now (at most the layer's `max_keys`).
+    pub fn keys(&self) -> usize {
+        self.breakers.len()
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, unwrapped.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone, K: Clone, C> Clone for CircuitBreaker<S, K, C> {
+    fn clone(&self) -> Self {
+        CircuitBreaker {
+            inner: self.inner.clone(),
+            key_fn: self.key_fn.clone(),
+            breakers: Arc::clone(&self.breakers),
+        }
+    }
+}
+
+impl<S: std::fmt::Debug, K: std::fmt::Debug, C> std::fmt::Debug for CircuitBreaker<S, K, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CircuitBreaker")
+            .field("inner", &self.inner)
+            .field("key_fn", &self.key_fn)
+            .field("config", &self.breakers.context().config)
+            .field("keys", &self.breakers.len())
+            .finish()
+    }
+}
+
+impl<S, K, C, Req, B> Service<Req> for CircuitBreaker<S, K, C>
+where
+    S: Service<Req, Response = Response<B>>,
+    S::Error: Into<BoxError>,
+    K: KeyFn<Req>,
+    C: Classifier,
+{
+    type Response = Response<B>;
+    type Error = Error;
+    type Future = ResponseFuture<S::Future, C>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        let classifier = &self.breakers.context().classifier;
+        self.inner
+            .poll_ready(cx)
+            .map_err(|e| Error::from_transport(e, |e| classifier.classify_error(e)))
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        let key = self.key_fn.key(&request);
+        let cell = self.breakers.cell(&key);
+        match cell.acquire() {
+            Ok(permit) => {
+                let start = cell.context.config.slow_calls_enabled().then(Instant::now);
+                ResponseFuture::called(self.inner.call(request), cell, permit, start)
+            }
+            Err(error) => ResponseFuture::rejected(error),
+        }
+    }
+}
