@@ -23,7 +23,10 @@ fn req() -> Req {
 }
 
 fn req_for(model: &'static str) -> Req {
-    Request::builder().header("x-model", model).body(String::new()).unwrap()
+    Request::builder()
+        .header("x-model", model)
+        .body(String::new())
+        .unwrap()
 }
 
 fn by_model(req: &Req) -> Key {
@@ -34,7 +37,10 @@ fn by_model(req: &Req) -> Key {
 }
 
 fn response(status: u16) -> Response<String> {
-    Response::builder().status(status).body(String::new()).unwrap()
+    Response::builder()
+        .status(status)
+        .body(String::new())
+        .unwrap()
 }
 
 /// A provider whose next answers are set by the test, counting the calls
@@ -115,7 +121,11 @@ async fn opens_on_failure_rate_but_not_before_minimum_calls() {
     let mut svc = small().events(events).layer(provider.service());
     for i in 0..4 {
         let r = send(&mut svc, req()).await.unwrap();
-        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "passed on as it is");
+        assert_eq!(
+            r.status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "passed on as it is"
+        );
         assert_eq!(svc.state(&Key::DEFAULT), CircuitState::Closed, "call {i}");
     }
     send(&mut svc, req()).await.unwrap(); // the 5th failure: the minimum
@@ -124,10 +134,18 @@ async fn opens_on_failure_rate_but_not_before_minimum_calls() {
     assert!(err.is_circuit_open(), "{err:?}");
     assert_eq!(err.class(), ErrorClass::Overloaded);
     assert_eq!(err.retry_after(), Some(Duration::from_secs(10)));
-    assert_eq!(provider.calls(), 5, "the rejected call never reached the provider");
+    assert_eq!(
+        provider.calls(),
+        5,
+        "the rejected call never reached the provider"
+    );
     assert_eq!(
         *seen.lock().unwrap(),
-        vec![(CircuitState::Closed, CircuitState::Open, Some(ErrorClass::Overloaded))]
+        vec![(
+            CircuitState::Closed,
+            CircuitState::Open,
+            Some(ErrorClass::Overloaded)
+        )]
     );
 }
 
@@ -137,7 +155,11 @@ async fn a_failure_rate_below_the_threshold_keeps_it_closed() {
     let mut svc = small().layer(provider.service());
     // 4 failures in every 10 calls: 40 % < 50 %.
     for i in 0..100 {
-        provider.set(if [4, 6, 8, 9].contains(&(i % 10)) { 500 } else { 200 });
+        provider.set(if [4, 6, 8, 9].contains(&(i % 10)) {
+            500
+        } else {
+            200
+        });
         send(&mut svc, req()).await.unwrap();
         assert_eq!(svc.state(&Key::DEFAULT), CircuitState::Closed, "call {i}");
     }
@@ -160,7 +182,11 @@ async fn opens_on_slow_call_rate() {
     assert_eq!(svc.state(&Key::DEFAULT), CircuitState::Open);
     let err = send(&mut svc, req()).await.unwrap_err();
     assert!(err.is_circuit_open());
-    assert_eq!(err.class(), ErrorClass::Timeout, "slow calls open it as timeouts");
+    assert_eq!(
+        err.class(),
+        ErrorClass::Timeout,
+        "slow calls open it as timeouts"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -279,7 +305,12 @@ async fn context_length_errors_from_the_body_do_not_count() {
     let provider = service_fn(move |_req: Req| {
         seen.fetch_add(1, Ordering::SeqCst);
         async move {
-            Ok::<_, BoxError>(Response::builder().status(400).body(body.to_string()).unwrap())
+            Ok::<_, BoxError>(
+                Response::builder()
+                    .status(400)
+                    .body(body.to_string())
+                    .unwrap(),
+            )
         }
     });
     let mut svc = small().layer(ClassifyLayer::with_classifier(Provider::OpenAi).layer(provider));
@@ -332,11 +363,18 @@ async fn one_insufficient_quota_opens_it_at_once_until_the_reset() {
         .layer(ClassifyLayer::with_classifier(Provider::OpenAi).layer(provider));
     let r = send(&mut svc, req()).await.unwrap();
     assert_eq!(r.status(), 429);
-    assert_eq!(svc.state(&Key::DEFAULT), CircuitState::Open, "at once, no minimum");
+    assert_eq!(
+        svc.state(&Key::DEFAULT),
+        CircuitState::Open,
+        "at once, no minimum"
+    );
     let err = send(&mut svc, req()).await.unwrap_err();
     assert!(err.is_circuit_open() && err.is_quota_exhausted(), "{err:?}");
     assert_eq!(err.retry_after(), Some(Duration::from_secs(3600)));
-    assert_eq!(*quota.lock().unwrap(), vec![Some(Duration::from_secs(3600))]);
+    assert_eq!(
+        *quota.lock().unwrap(),
+        vec![Some(Duration::from_secs(3600))]
+    );
     assert_eq!(events.counters().snapshot().quota_exhausted, 1);
 
     advance(Duration::from_secs(3599)).await;
@@ -362,10 +400,16 @@ async fn a_quota_error_uses_the_spent_limit_reset_or_the_configured_time() {
             let mut c = Classification::failure(ErrorClass::QuotaExhausted);
             if with_reset {
                 let mut limits = RateLimits::EMPTY;
-                limits.requests =
-                    Some(LimitState::new(Some(100), Some(3), Some(Duration::from_secs(5))));
-                limits.tokens =
-                    Some(LimitState::new(Some(1000), Some(0), Some(Duration::from_secs(90))));
+                limits.requests = Some(LimitState::new(
+                    Some(100),
+                    Some(3),
+                    Some(Duration::from_secs(5)),
+                ));
+                limits.tokens = Some(LimitState::new(
+                    Some(1000),
+                    Some(0),
+                    Some(Duration::from_secs(90)),
+                ));
                 c.limits = limits;
             }
             Err::<Response<String>, BoxError>(Error::from_response(c).into())
@@ -405,7 +449,11 @@ async fn auth_failures_open_it_at_once() {
     send(&mut svc, req()).await.unwrap();
     let err = send(&mut svc, req()).await.unwrap_err();
     assert_eq!(err.class(), ErrorClass::Permission);
-    assert_eq!(err.retry_after(), Some(Duration::from_secs(300)), "the default");
+    assert_eq!(
+        err.retry_after(),
+        Some(Duration::from_secs(300)),
+        "the default"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -447,9 +495,16 @@ async fn keys_are_isolated_and_clones_share_the_breakers() {
     for _ in 0..5 {
         send(&mut one, req_for("a")).await.unwrap();
     }
-    assert_eq!(two.state(&Key::from_static("a")), CircuitState::Open, "shared");
+    assert_eq!(
+        two.state(&Key::from_static("a")),
+        CircuitState::Open,
+        "shared"
+    );
     assert_eq!(two.state(&Key::from_static("b")), CircuitState::Closed);
-    assert!(send(&mut two, req_for("a")).await.unwrap_err().is_circuit_open());
+    assert!(send(&mut two, req_for("a"))
+        .await
+        .unwrap_err()
+        .is_circuit_open());
     for _ in 0..20 {
         send(&mut two, req_for("b")).await.unwrap();
     }
@@ -491,7 +546,10 @@ async fn half_open_admits_only_the_set_number_of_probes() {
     for _ in 0..3 {
         responders.push(handle.next_request().await.unwrap().1);
     }
-    assert_pending!(handle.poll_request(), "no fourth request reached the provider");
+    assert_pending!(
+        handle.poll_request(),
+        "no fourth request reached the provider"
+    );
 
     // A dropped probe gives its slot back: one more call passes.
     drop(probes.pop());
@@ -549,7 +607,10 @@ async fn the_number_of_keys_is_bounded() {
         }
     }
     assert_eq!(svc.state(&Key::from_static("k0")), CircuitState::Open);
-    assert!(send(&mut svc, req_for("k0")).await.unwrap_err().is_circuit_open());
+    assert!(send(&mut svc, req_for("k0"))
+        .await
+        .unwrap_err()
+        .is_circuit_open());
     assert_eq!(provider.calls(), 1 + 27);
 }
 
@@ -566,7 +627,11 @@ async fn a_time_window_forgets_old_failures() {
     for _ in 0..4 {
         send(&mut svc, req()).await.unwrap();
     }
-    assert_eq!(svc.state(&Key::DEFAULT), CircuitState::Closed, "4 + 4 apart");
+    assert_eq!(
+        svc.state(&Key::DEFAULT),
+        CircuitState::Closed,
+        "4 + 4 apart"
+    );
     send(&mut svc, req()).await.unwrap();
     assert_eq!(svc.state(&Key::DEFAULT), CircuitState::Open);
 }
