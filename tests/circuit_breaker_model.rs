@@ -418,6 +418,44 @@ proptest! {
     }
 }
 
+fn closed_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => Just(Op::Acquire),
+        3 => (any::<usize>(), prop_oneof![Just(Kind::Success), class().prop_map(Kind::Failure)], 0u64..3_000)
+            .prop_map(|(i, k, e)| Op::Complete(i, k, e)),
+        2 => (0u64..2_000).prop_map(Op::Advance),
+    ]
+}
+
+fn time_params() -> impl Strategy<Value = Params> {
+    (
+        1u64..10,
+        2u32..12,
+        prop_oneof![Just(0.3), Just(0.5), Just(0.7)],
+    )
+        .prop_map(|(secs, minimum, failure_rate)| Params {
+            window: Window::Time(Duration::from_secs(secs)),
+            minimum,
+            failure_rate,
+            slow_rate: None,
+            slow_ms: 1_000,
+            open_ms: 5_000,
+            factor: 1.0,
+            max_ms: 5_000,
+            probes: 2,
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1_000))]
+
+    /// Time windows, where what leaves the window decides.
+    #[test]
+    fn time_windows_follow_the_model(p in time_params(), ops in prop::collection::vec(closed_op(), 1..300)) {
+        check(p, ops)?;
+    }
+}
+
 /// Absurd inputs never panic or overflow.
 #[test]
 fn absurd_config_and_outcomes() {
