@@ -646,3 +646,29 @@ async fn readiness_is_the_inner_service_s() {
     handle.allow(1);
     assert_ready_ok!(ready.poll());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_healthy_full_window_then_an_outage() {
+    // The window fills with successes (the lock-free path then skips
+    // them), and each failure replaces one: 10 of 20 open it.
+    let provider = Scripted::new(200);
+    let mut svc = CircuitBreakerLayer::new().layer(provider.service());
+    for _ in 0..50 {
+        send(&mut svc, req()).await.unwrap();
+    }
+    provider.set(500);
+    for i in 0..9 {
+        send(&mut svc, req()).await.unwrap();
+        assert_eq!(
+            svc.state(&Key::DEFAULT),
+            CircuitState::Closed,
+            "failure {i}"
+        );
+    }
+    provider.set(200);
+    send(&mut svc, req()).await.unwrap(); // 9 failures in the last 20
+    assert_eq!(svc.state(&Key::DEFAULT), CircuitState::Closed);
+    provider.set(500);
+    send(&mut svc, req()).await.unwrap(); // a success leaves: 10 of 20
+    assert_eq!(svc.state(&Key::DEFAULT), CircuitState::Open);
+}

@@ -93,6 +93,11 @@ impl Permit {
         }
     }
 
+    /// The generation it belongs to.
+    pub(crate) const fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// Whether the call is a half-open probe.
     pub const fn is_probe(&self) -> bool {
         self.probe
@@ -167,14 +172,20 @@ impl Circuit {
         self.generation
     }
 
-    /// State and generation in one word, for the service's lock-free check.
+    /// State, generation and whether the window is full of plain
+    /// successes, in one word, for the service's lock-free paths.
     pub(crate) fn packed(&self) -> u64 {
         let code = match self.state {
             State::Closed => CLOSED,
             State::Open { .. } => 1,
             State::HalfOpen { .. } => 2,
         };
-        self.generation << 2 | code
+        let clean = if self.state == State::Closed && self.window.is_full_and_clean() {
+            CLEAN
+        } else {
+            0
+        };
+        self.generation << 3 | clean | code
     }
 
     /// Asks to make one call now. An open circuit whose time is up turns
@@ -376,7 +387,7 @@ impl Circuit {
     fn set(&mut self, state: State) -> Transition {
         let from = self.state();
         self.state = state;
-        self.generation = self.generation.wrapping_add(1) & (u64::MAX >> 2);
+        self.generation = self.generation.wrapping_add(1) & (u64::MAX >> 3);
         self.window.reset();
         Transition {
             from,
@@ -415,15 +426,24 @@ impl<F: FnOnce() -> Instant> LazyNow<F> {
 }
 
 const CLOSED: u64 = 0;
+const CLEAN: u64 = 4;
 
 /// Whether a packed word says closed.
 pub(crate) const fn is_closed(packed: u64) -> bool {
     packed & 3 == CLOSED
 }
 
+/// Whether a packed word says closed, with a count window full of plain
+/// successes: one more plain success of the same generation would change
+/// nothing (every slot of the ring holds the same flags, so which one it
+/// overwrites does not matter), and can be skipped without the lock.
+pub(crate) const fn is_closed_and_clean(packed: u64, generation: u64) -> bool {
+    packed & 3 == CLOSED && packed & CLEAN != 0 && packed >> 3 == generation
+}
+
 /// The generation of a packed word.
 pub(crate) const fn generation_of(packed: u64) -> u64 {
-    packed >> 2
+    packed >> 3
 }
 
 fn deadline(now: Instant, wait: Duration) -> Instant {

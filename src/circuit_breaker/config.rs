@@ -269,6 +269,16 @@ pub(crate) enum OutcomeKind {
 }
 
 impl Outcome {
+    /// Whether this is a success that is not slow under `config`.
+    pub(crate) fn is_plain_success(&self, config: &Config) -> bool {
+        match self.kind {
+            OutcomeKind::Success { elapsed } => {
+                !(config.slow_calls_enabled() && elapsed > config.slow_call_duration)
+            }
+            _ => false,
+        }
+    }
+
     /// The provider answered well, after `elapsed`.
     pub const fn success(elapsed: Duration) -> Self {
         Outcome {

@@ -10,8 +10,9 @@ use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
 use super::circuit::Permit;
+use super::config::Outcome;
 use super::shared::Cell;
-use crate::classify::Classifier;
+use crate::classify::{Classification, Classifier};
 use crate::{BoxError, Error};
 
 pin_project! {
@@ -123,9 +124,17 @@ where
                     Error::from_transport(e, |e| context.classifier.classify_error(e))
                 });
                 let outcome = match &result {
-                    Ok(response) => context
-                        .config
-                        .outcome(&context.classifier.classify_response(response), elapsed),
+                    Ok(response) => match response.extensions().get::<Classification>() {
+                        Some(c) => context.config.outcome(c, elapsed),
+                        // Below 400 and unclassified: a success, without
+                        // scanning its headers (every `Provider` classes
+                        // such a status as a success; the breaker needs
+                        // nothing else from them).
+                        None if response.status().as_u16() < 400 => Outcome::success(elapsed),
+                        None => context
+                            .config
+                            .outcome(&context.classifier.classify_response(response), elapsed),
+                    },
                     Err(error) => context.config.outcome(error.classification(), elapsed),
                 };
                 guard.cell.record(guard.permit, outcome);

@@ -6,7 +6,7 @@ use tokio::time::Instant;
 use tower::Service;
 
 use super::future::ResponseFuture;
-use super::shared::Breakers;
+use super::shared::{Breakers, Cell};
 use crate::classify::Classifier;
 use crate::events::CircuitState;
 use crate::key::{Key, KeyFn};
@@ -23,10 +23,14 @@ use crate::{BoxError, Error};
 /// [`retry_after`](crate::Error::retry_after) says when it lets a probe
 /// through. The breaker is keyed, so readiness could not know the key
 /// anyway.
+///
+/// Each clone remembers the breaker of the last key it called, so that a
+/// stack with one key (or a run of calls with the same key) skips the map.
 pub struct CircuitBreaker<S, K, C> {
     inner: S,
     key_fn: K,
     breakers: Arc<Breakers<C>>,
+    last: Option<Arc<Cell<C>>>,
 }
 
 impl<S, K, C> CircuitBreaker<S, K, C> {
@@ -35,6 +39,7 @@ impl<S, K, C> CircuitBreaker<S, K, C> {
             inner,
             key_fn,
             breakers,
+            last: None,
         }
     }
 
@@ -72,6 +77,7 @@ impl<S: Clone, K: Clone, C> Clone for CircuitBreaker<S, K, C> {
             inner: self.inner.clone(),
             key_fn: self.key_fn.clone(),
             breakers: Arc::clone(&self.breakers),
+            last: self.last.clone(),
         }
     }
 }
@@ -107,7 +113,14 @@ where
 
     fn call(&mut self, request: Req) -> Self::Future {
         let key = self.key_fn.key(&request);
-        let cell = self.breakers.cell(&key);
+        let cell = match &self.last {
+            Some(cell) if *cell.key() == key => Arc::clone(cell),
+            _ => {
+                let (cell, kept) = self.breakers.cell(&key);
+                self.last = kept.then(|| Arc::clone(&cell));
+                cell
+            }
+        };
         match cell.acquire() {
             Ok(permit) => {
                 let start = cell.context.config.slow_calls_enabled().then(Instant::now);

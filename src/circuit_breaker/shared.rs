@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use tokio::time::Instant;
 
-use super::circuit::{generation_of, is_closed, Circuit, Permit, Transition};
+use super::circuit::{generation_of, is_closed, is_closed_and_clean, Circuit, Permit, Transition};
 use super::config::{Config, Outcome};
 use crate::classify::ErrorClass;
 use crate::events::{CircuitState, Event, Events};
@@ -34,6 +34,10 @@ pub(crate) struct Cell<C> {
 }
 
 impl<C> Cell<C> {
+    pub(crate) fn key(&self) -> &Key {
+        &self.key
+    }
+
     fn new(key: Key, context: Arc<Context<C>>, now: Instant) -> Self {
         let circuit = Circuit::new(context.config, now);
         Cell {
@@ -77,14 +81,24 @@ impl<C> Cell<C> {
 
     /// Records the outcome of the call `permit` allowed.
     pub(crate) fn record(&self, permit: Permit, outcome: Outcome) {
-        if outcome == Outcome::ignored() && !permit.is_probe() {
-            return;
+        if !permit.is_probe() {
+            if outcome == Outcome::ignored() {
+                return;
+            }
+            // A healthy breaker: a plain success changes nothing.
+            let word = self.word.load(Ordering::Acquire);
+            if is_closed_and_clean(word, permit.generation())
+                && outcome.is_plain_success(&self.context.config)
+            {
+                return;
+            }
         }
         let transition = {
             let mut circuit = self.lock();
             let t = circuit.record(permit, outcome, Instant::now);
-            if t.is_some() {
-                self.word.store(circuit.packed(), Ordering::Release);
+            let packed = circuit.packed();
+            if self.word.load(Ordering::Relaxed) != packed {
+                self.word.store(packed, Ordering::Release);
             }
             t
         };
@@ -137,16 +151,19 @@ impl<C> Breakers<C> {
     /// exist, the idle closed ones (no call in flight) are forgotten first;
     /// if all are busy or open, the new key gets a breaker that is not
     /// kept (its calls pass and are judged alone), so memory stays bounded.
-    pub(crate) fn cell(&self, key: &Key) -> Arc<Cell<C>> {
+    ///
+    /// The second value says whether the breaker is kept (so that a caller
+    /// may cache it: a cached breaker is never forgotten, as it is not idle).
+    pub(crate) fn cell(&self, key: &Key) -> (Arc<Cell<C>>, bool) {
         {
             let cells = self.cells.read().unwrap_or_else(PoisonError::into_inner);
             if let Some(cell) = cells.get(key) {
-                return Arc::clone(cell);
+                return (Arc::clone(cell), true);
             }
         }
         let mut cells = self.cells.write().unwrap_or_else(PoisonError::into_inner);
         if let Some(cell) = cells.get(key) {
-            return Arc::clone(cell);
+            return (Arc::clone(cell), true);
         }
         if cells.len() >= self.max_keys {
             cells.retain(|_, cell| {
@@ -158,10 +175,11 @@ impl<C> Breakers<C> {
             Arc::clone(&self.context),
             Instant::now(),
         ));
-        if cells.len() < self.max_keys {
+        let kept = cells.len() < self.max_keys;
+        if kept {
             cells.insert(key.clone(), Arc::clone(&cell));
         }
-        cell
+        (cell, kept)
     }
 
     /// The state of `key`'s breaker (closed when it has none).

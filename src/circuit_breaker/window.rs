@@ -52,6 +52,19 @@ impl Outcomes {
         }
     }
 
+    /// Whether this is a count window whose every slot holds a plain
+    /// success.
+    pub(crate) fn is_full_and_clean(&self) -> bool {
+        match self {
+            Outcomes::Count(w) => {
+                w.totals.calls as usize == w.ring.len()
+                    && w.totals.failures == 0
+                    && w.totals.slow == 0
+            }
+            Outcomes::Time(_) => false,
+        }
+    }
+
     /// The size of a count window, which caps the minimum number of calls.
     pub(crate) fn capacity(&self) -> u32 {
         match self {

@@ -1,0 +1,171 @@
+//! What a closed circuit breaker costs per request, in one run: a no-op
+//! baseline, ours, tower-resilience 0.13's and failsafe 1.3's, on one
+//! thread and with two threads sharing one breaker. Compare ratios to the
+//! same run's baseline (see ANCHOR-BENCH.md for the method).
+
+use std::convert::Infallible;
+use std::future::{ready, Ready};
+use std::hint::black_box;
+use std::sync::{Arc, Barrier};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Bencher, Criterion};
+use http::{Request, Response};
+use tower::{Layer, Service, ServiceExt};
+use tower_llm_resilience::circuit_breaker::CircuitBreakerLayer;
+
+/// The inner service: answers 200 at once.
+#[derive(Clone, Copy)]
+struct Noop;
+
+impl Service<Request<String>> for Noop {
+    type Response = Response<String>;
+    type Error = Infallible;
+    type Future = Ready<Result<Response<String>, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Request<String>) -> Self::Future {
+        ready(Ok(Response::new(String::new())))
+    }
+}
+
+/// failsafe's future-aware breaker as a tower service.
+#[derive(Clone)]
+struct Failsafe<S, B> {
+    inner: S,
+    breaker: B,
+}
+
+impl<S, B> Service<Request<String>> for Failsafe<S, B>
+where
+    S: Service<Request<String>>,
+    B: failsafe::futures::CircuitBreaker,
+{
+    type Response = S::Response;
+    type Error = failsafe::Error<S::Error>;
+    type Future = failsafe::futures::ResponseFuture<
+        S::Future,
+        B::FailurePolicy,
+        B::Instrument,
+        failsafe::Any,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(failsafe::Error::Inner)
+    }
+
+    fn call(&mut self, req: Request<String>) -> Self::Future {
+        self.breaker.call(self.inner.call(req))
+    }
+}
+
+async fn one<S>(svc: &mut S)
+where
+    S: Service<Request<String>>,
+{
+    if let Ok(svc) = svc.ready().await {
+        black_box(svc.call(Request::new(String::new())).await.is_ok());
+    }
+}
+
+/// One thread: `iters` requests inside one `block_on`, so that the runtime's
+/// entry cost is not counted.
+fn single<S>(b: &mut Bencher<'_>, mut svc: S)
+where
+    S: Service<Request<String>>,
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    b.iter_custom(|iters| {
+        rt.block_on(async {
+            let start = Instant::now();
+            for _ in 0..iters {
+                one(&mut svc).await;
+            }
+            start.elapsed()
+        })
+    });
+}
+
+/// Two threads, each on its own current-thread runtime, share one breaker
+/// (clones of one service); the time is per request on each thread.
+fn contended<S>(b: &mut Bencher<'_>, svc: S)
+where
+    S: Service<Request<String>> + Clone + Send + 'static,
+{
+    b.iter_custom(|iters| {
+        let barrier = Arc::new(Barrier::new(2));
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let mut svc = svc.clone();
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    barrier.wait();
+                    rt.block_on(async {
+                        let start = Instant::now();
+                        for _ in 0..iters {
+                            one(&mut svc).await;
+                        }
+                        start.elapsed()
+                    })
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .max()
+            .unwrap_or(Duration::ZERO)
+    });
+}
+
+fn ours() -> impl Service<Request<String>> + Clone + Send + 'static {
+    CircuitBreakerLayer::new().layer(Noop)
+}
+
+fn tower_resilience() -> impl Service<Request<String>> + Clone + Send + 'static {
+    tower_resilience::circuitbreaker::CircuitBreakerLayer::builder()
+        .failure_rate_threshold(0.5)
+        .build()
+        .unwrap()
+        .layer(Noop)
+}
+
+fn failsafe() -> impl Service<Request<String>> + Clone + Send + 'static {
+    Failsafe {
+        inner: Noop,
+        breaker: failsafe::Config::new().build(),
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let mut g = c.benchmark_group("circuit_breaker");
+    g.bench_function("baseline no-op", |b| single(b, Noop));
+    g.bench_function("ours, closed", |b| single(b, ours()));
+    g.bench_function("tower-resilience 0.13, closed", |b| {
+        single(b, tower_resilience())
+    });
+    g.bench_function("failsafe 1.3, closed", |b| single(b, failsafe()));
+    g.bench_function("2 threads: baseline no-op", |b| contended(b, Noop));
+    g.bench_function("2 threads: ours, closed", |b| contended(b, ours()));
+    g.bench_function("2 threads: tower-resilience 0.13, closed", |b| {
+        contended(b, tower_resilience())
+    });
+    g.bench_function("2 threads: failsafe 1.3, closed", |b| {
+        contended(b, failsafe())
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
