@@ -38,15 +38,11 @@ struct Figures {
     opened: u64,
 }
 
+type Answer =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<String>, BoxError>> + Send>>;
+
 /// 503 during [t0, t0 + 60 s), 200 otherwise.
-fn provider(
-    t0: Instant,
-    hits: Arc<AtomicU32>,
-) -> impl Fn(
-    Request<String>,
-) -> std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<Response<String>, BoxError>> + Send>,
-> + Clone {
+fn provider(t0: Instant, hits: Arc<AtomicU32>) -> impl Fn(Request<String>) -> Answer + Clone {
     move |_req| {
         let now = Instant::now();
         let down = now >= t0 && now < t0 + OUTAGE;

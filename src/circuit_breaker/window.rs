@@ -18,6 +18,8 @@ pub(crate) struct Totals {
 const FAILURE: u8 = 1;
 const SLOW: u8 = 2;
 
+// One per key, inside the key's `Arc`: its size costs no copy.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub(crate) enum Outcomes {
     Count(CountWindow),
@@ -92,7 +94,7 @@ impl CountWindow {
     }
 
     fn record(&mut self, failure: bool, slow: bool) -> Totals {
-        let flags = u8::from(failure) * FAILURE | u8::from(slow) * SLOW;
+        let flags = (u8::from(failure) * FAILURE) | (u8::from(slow) * SLOW);
         let len = self.ring.len();
         if self.totals.calls as usize == len {
             let old = self.ring[self.next];
