@@ -6,6 +6,7 @@
 use std::convert::Infallible;
 use std::future::{ready, Ready};
 use std::hint::black_box;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Barrier};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -13,7 +14,8 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Bencher, Criterion};
 use http::{Request, Response};
 use tower::{Layer, Service, ServiceExt};
-use tower_llm_resilience::circuit_breaker::CircuitBreakerLayer;
+use tower_llm_resilience::circuit_breaker::{CircuitBreakerLayer, Window};
+use tower_llm_resilience::Key;
 
 /// The inner service: answers 200 at once.
 #[derive(Clone, Copy)]
@@ -133,6 +135,27 @@ fn ours() -> impl Service<Request<String>> + Clone + Send + 'static {
     CircuitBreakerLayer::new().layer(Noop)
 }
 
+/// Four keys in turn: every call misses the per-clone cache and looks its
+/// key up in the shared map.
+fn ours_keyed() -> impl Service<Request<String>> + Clone + Send + 'static {
+    const KEYS: [Key; 4] = [
+        Key::from_static("gpt-4o"),
+        Key::from_static("gpt-4o-mini"),
+        Key::from_static("claude-sonnet"),
+        Key::from_static("gemini-flash"),
+    ];
+    let next = Arc::new(AtomicUsize::new(0));
+    let key_fn = move |_: &Request<String>| KEYS[next.fetch_add(1, Relaxed) % KEYS.len()].clone();
+    CircuitBreakerLayer::new().key_fn(key_fn).layer(Noop)
+}
+
+/// A time window: one clock read per recorded call.
+fn ours_time_window() -> impl Service<Request<String>> + Clone + Send + 'static {
+    CircuitBreakerLayer::new()
+        .window(Window::Time(Duration::from_secs(30)))
+        .layer(Noop)
+}
+
 fn tower_resilience() -> impl Service<Request<String>> + Clone + Send + 'static {
     tower_resilience::circuitbreaker::CircuitBreakerLayer::builder()
         .failure_rate_threshold(0.5)
@@ -152,6 +175,10 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("circuit_breaker");
     g.bench_function("baseline no-op", |b| single(b, Noop));
     g.bench_function("ours, closed", |b| single(b, ours()));
+    g.bench_function("ours, closed, 4 keys in turn", |b| single(b, ours_keyed()));
+    g.bench_function("ours, closed, time window", |b| {
+        single(b, ours_time_window())
+    });
     g.bench_function("tower-resilience 0.13, closed", |b| {
         single(b, tower_resilience())
     });
