@@ -128,6 +128,7 @@ impl Rejected {
 
 /// A change of state, for events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Transition {
     /// The state before.
     pub from: CircuitState,
