@@ -10,7 +10,7 @@ use std::time::Duration;
 use http::{Request, Response};
 use proptest::prelude::*;
 use tokio::time::Instant;
-use tower::{service_fn, Layer, Service, ServiceExt};
+use tower::{service_fn, Layer, ServiceExt};
 use tower_llm_resilience::circuit_breaker::{
     Circuit, CircuitBreakerLayer, Config, Outcome, Window,
 };
