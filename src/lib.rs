@@ -27,6 +27,15 @@
 //! assert!(!c.is_retryable());
 //! ```
 //!
+//! # Retrying
+//!
+//! [`retry::RetryLayer`] retries what [`classify`] calls retryable, waits
+//! what the server asks (`Retry-After`, `retry-after-ms`) up to a cap,
+//! otherwise backs off with jitter, and stops on max attempts, an overall
+//! deadline or a shared retry budget with a typed [`Error`].
+//! [`retry::RetryLayer::policy`] gives the same rules as a
+//! `tower::retry::Policy`.
+//!
 //! # Cargo features
 //!
 //! - `tower-http` (default): adapters between [`classify::Classifier`] and
@@ -46,7 +55,9 @@ pub mod classify;
 mod error;
 pub mod events;
 pub mod key;
+pub mod retry;
 
 pub use self::classify::{Classification, Classifier, ErrorClass, Provider};
 pub use self::error::{BoxError, Error};
 pub use self::key::{Key, KeyFn};
+pub use self::retry::{RetryLayer, RetryPolicy};
