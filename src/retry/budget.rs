@@ -165,7 +165,8 @@ fn add(slot: &AtomicU64, epoch: u32) {
     let mut current = slot.load(Ordering::Relaxed);
     loop {
         let (e, n) = unpack(current);
-        let next = if e == epoch || !live(epoch, e) {
+        let newer = e != epoch && (e.wrapping_sub(epoch) as usize) < SLOTS;
+        let next = if e == epoch || newer {
             // Same slot, or another thread already moved it to a newer epoch.
             pack(e, n.saturating_add(1))
         } else {
