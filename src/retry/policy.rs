@@ -453,3 +453,77 @@ where
         Some(replay(request))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Provider;
+    use proptest::prelude::*;
+
+    fn config() -> Config<Provider> {
+        let mut c = Config::new(Provider::Auto);
+        c.rng = Arc::new(Mutex::new(SmallRng::seed_from_u64(3)));
+        c
+    }
+
+    proptest! {
+        #[test]
+        fn every_decision_is_bounded(
+            server in proptest::option::of(any::<u64>()),
+            attempt in any::<u32>(),
+            cap_ms in any::<u64>(),
+            jitter in any::<f64>(),
+            deadline in proptest::option::of(any::<u64>()),
+            class in 0usize..ErrorClass::ALL.len(),
+        ) {
+            let mut config = config();
+            config.max_retry_after = Duration::from_millis(cap_ms);
+            config.server_jitter = if jitter.is_nan() { 0.0 } else { jitter.clamp(0.0, 1.0) };
+            config.deadline = deadline.map(Duration::from_millis);
+            config.budget = None;
+            let mut c = Classification::failure(ErrorClass::ALL[class]);
+            c.retry_after = server.map(|ms| Duration::from_millis(ms).min(crate::classify::MAX_SERVER_WAIT));
+            let now = Instant::now();
+            let mut attempts = Attempts { made: attempt, started: Some(now), previous: Duration::MAX };
+            match config.decide(&c, c.is_retryable(), &mut attempts, now) {
+                Decision::Retry { wait, server_chose: true } => {
+                    let server = c.retry_after.unwrap();
+                    prop_assert!(server <= config.max_retry_after);
+                    prop_assert!(wait >= server);
+                    prop_assert!(wait <= server + SERVER_JITTER_MAX.min(server.mul_f64(config.server_jitter)));
+                }
+                Decision::Retry { wait, server_chose: false } => {
+                    prop_assert!(c.retry_after.is_none());
+                    prop_assert!(wait <= config.backoff.cap());
+                }
+                Decision::GiveUp(GiveUp::RetryAfterTooLong) => {
+                    prop_assert!(c.retry_after.unwrap() > config.max_retry_after);
+                }
+                Decision::GiveUp(_) => {}
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn decision_order() {
+        let config = config();
+        let now = Instant::now();
+        let mut a = Attempts::default();
+        let c = Classification::failure(ErrorClass::RateLimited).with_retry_after(Duration::from_secs(2));
+        match config.decide(&c, true, &mut a, now) {
+            Decision::Retry { wait, server_chose } => {
+                assert!(server_chose && wait >= Duration::from_secs(2));
+                assert!(wait <= Duration::from_millis(2200));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(a.made, 2);
+        let mut a = Attempts { made: 8, ..Attempts::default() };
+        assert_eq!(config.decide(&c, true, &mut a, now), Decision::GiveUp(GiveUp::MaxAttempts));
+        let c = Classification::failure(ErrorClass::ServerError);
+        let mut a = Attempts { made: 4, ..Attempts::default() };
+        assert_eq!(config.decide(&c, true, &mut a, now), Decision::GiveUp(GiveUp::MaxAttempts));
+        let mut a = Attempts::default();
+        assert_eq!(config.decide(&c, false, &mut a, now), Decision::GiveUp(GiveUp::NotRetryable));
+    }
+}
