@@ -308,7 +308,7 @@ async fn events_and_spike_alert() {
     let (result, _) = run(
         layer.clone(),
         vec![
-            Reply::Status(503, &[("retry-after-ms", "100")]),
+            Reply::Status(503, &[("retry-after-ms", "1500")]),
             Reply::Status(503, &[]),
             Reply::Status(503, &[]),
         ],
@@ -429,4 +429,25 @@ async fn policy_respects_max_attempts_and_the_cap() {
     send.send_response(response(429, &[("retry-after", "3600")]));
     assert_eq!(call.await.unwrap().unwrap().status(), 429);
     assert_eq!(start.elapsed(), Duration::ZERO);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_short_server_wait_is_a_floor_under_the_backoff() {
+    // The server says 100 ms, the backoff says 1 s then 2 s: the backoff wins,
+    // so a request refused again does not burn its attempts at once.
+    let ms: &'static [(&str, &str)] = &[("retry-after-ms", "100")];
+    let (result, arrivals) = run(
+        quiet(),
+        vec![
+            Reply::Status(429, ms),
+            Reply::Status(429, ms),
+            Reply::Status(200, &[]),
+        ],
+    )
+    .await;
+    assert!(result.is_ok());
+    assert_eq!(
+        arrivals,
+        [Duration::ZERO, Duration::from_secs(1), Duration::from_secs(3)]
+    );
 }

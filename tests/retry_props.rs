@@ -73,7 +73,7 @@ proptest! {
 
 #[test]
 fn full_jitter_mean_is_half_the_bound() {
-    let b = Backoff::new(Duration::from_millis(500), Duration::from_secs(8));
+    let b = Backoff::new(Duration::from_millis(500), Duration::from_secs(8)).jitter(Jitter::Full);
     let mut rng = SmallRng::seed_from_u64(42);
     for retry in 0..6 {
         let n = 100_000;

@@ -86,7 +86,7 @@ impl<C> RetryLayer<C> {
     /// Attempts in all for one class, e.g. more for a 429 whose wait the
     /// server tells than for a 5xx (defaults:
     /// [`DEFAULT_RATE_LIMITED_ATTEMPTS`](super::DEFAULT_RATE_LIMITED_ATTEMPTS),
-    /// 8, for `rate_limited` and `slow_down`). It does not make a class
+    /// 10, for `rate_limited` and `slow_down`). It does not make a class
     /// retryable; see [`retry_if`](Self::retry_if) for that.
     pub fn max_attempts_for(mut self, class: ErrorClass, attempts: u32) -> Self {
         let attempts = attempts.max(1);
@@ -98,7 +98,7 @@ impl<C> RetryLayer<C> {
     }
 
     /// The backoff when the server gives no wait (default
-    /// [`Backoff::default`]: 500 ms doubling to 8 s, full jitter).
+    /// [`Backoff::default`]: 500 ms doubling to 8 s, equal jitter).
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.config.backoff = backoff;
         self

@@ -16,8 +16,8 @@
 //!   `is_retry_after_too_long()` holds and whose `retry_after()` is the
 //!   server's wait.
 //! - Otherwise it backs off exponentially ([`Backoff`]: 500 ms doubling to
-//!   8 s, full [`Jitter`]).
-//! - It stops after [`RetryLayer::max_attempts`] (4 in all; 8 for
+//!   8 s, equal [`Jitter`]).
+//! - It stops after [`RetryLayer::max_attempts`] (4 in all; 10 for
 //!   `rate_limited` and `slow_down`, whose waits the server paces), before
 //!   an attempt that could not start before the overall
 //!   [`deadline`](RetryLayer::deadline), and when the shared

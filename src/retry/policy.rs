@@ -21,10 +21,12 @@ use crate::{BoxError, Error};
 /// Default attempts (first + retries) for every retryable class: 4, one more
 /// than openai-python's and anthropic-sdk-python's 3.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 4;
-/// Default attempts for `rate_limited` and `slow_down`: 8. The server says
-/// how long to wait, so each retry is paced by the provider rather than
-/// guessed; the deadline and [`DEFAULT_MAX_RETRY_AFTER`] bound the total.
-pub const DEFAULT_RATE_LIMITED_ATTEMPTS: u32 = 8;
+/// Default attempts for `rate_limited` and `slow_down`: 10. A 429 means a
+/// window is full; with the default backoff as a floor under the server's
+/// wait, 9 retries span about 24 s on average and at most about 48 s plus
+/// the server's waits: enough to ride out a per-minute limit (OpenAI's and
+/// Anthropic's are per minute), where 2 retries give up within seconds.
+pub const DEFAULT_RATE_LIMITED_ATTEMPTS: u32 = 10;
 /// Default cap on a server-given wait: 60 s. anthropic-sdk-python and older
 /// openai-python releases honour `Retry-After` up to 60 s; a longer wait
 /// usually means a per-day limit or a quota, which the caller should see at
@@ -244,22 +246,26 @@ impl<C> Config<C> {
         if attempts.made >= self.max_attempts_for(class) {
             return Decision::GiveUp(GiveUp::MaxAttempts);
         }
+        let backoff = {
+            let mut rng = match self.rng.lock() {
+                Ok(rng) => rng,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            let retry = attempts.made.saturating_sub(1);
+            self.backoff.wait(retry, attempts.previous, &mut *rng)
+        };
+        // The server's wait is a floor: a request refused again and again
+        // still backs off, so it does not burn its attempts on the short
+        // waits of a sliding window that is full.
         let (wait, server_chose) = match c.retry_after {
             Some(server) if server > self.max_retry_after => {
                 return Decision::GiveUp(GiveUp::RetryAfterTooLong)
             }
-            Some(server) => (self.server_wait(server), true),
-            None => {
-                let mut rng = match self.rng.lock() {
-                    Ok(rng) => rng,
-                    Err(poisoned) => poisoned.into_inner(),
-                };
-                let retry = attempts.made.saturating_sub(1);
-                (
-                    self.backoff.wait(retry, attempts.previous, &mut *rng),
-                    false,
-                )
+            Some(server) => {
+                let server = self.server_wait(server);
+                (server.max(backoff), server >= backoff)
             }
+            None => (backoff, false),
         };
         if let (Some(deadline), Some(started)) = (self.deadline, attempts.started) {
             let past = match now.checked_add(wait) {
@@ -272,7 +278,7 @@ impl<C> Config<C> {
         }
         // A wait the server chose is the provider pacing its own load; the
         // budget guards against retries that nobody asked for.
-        if !server_chose {
+        if c.retry_after.is_none() {
             if let Some(budget) = &self.budget {
                 if !budget.withdraw() {
                     return Decision::GiveUp(GiveUp::Budget);
@@ -486,16 +492,15 @@ mod tests {
             let now = Instant::now();
             let mut attempts = Attempts { made: attempt, started: Some(now), previous: Duration::MAX };
             match config.decide(&c, c.is_retryable(), &mut attempts, now) {
-                Decision::Retry { wait, server_chose: true } => {
-                    let server = c.retry_after.unwrap();
-                    prop_assert!(server <= config.max_retry_after);
-                    prop_assert!(wait >= server);
-                    prop_assert!(wait <= server + SERVER_JITTER_MAX.min(server.mul_f64(config.server_jitter)));
-                }
-                Decision::Retry { wait, server_chose: false } => {
-                    prop_assert!(c.retry_after.is_none());
-                    prop_assert!(wait <= config.backoff.cap());
-                }
+                Decision::Retry { wait, .. } => match c.retry_after {
+                    Some(server) => {
+                        prop_assert!(server <= config.max_retry_after);
+                        prop_assert!(wait >= server);
+                        let jitter = SERVER_JITTER_MAX.min(server.mul_f64(config.server_jitter));
+                        prop_assert!(wait <= (server + jitter).max(config.backoff.cap()));
+                    }
+                    None => prop_assert!(wait <= config.backoff.cap()),
+                },
                 Decision::GiveUp(GiveUp::RetryAfterTooLong) => {
                     prop_assert!(c.retry_after.unwrap() > config.max_retry_after);
                 }
@@ -518,7 +523,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(a.made, 2);
-        let mut a = Attempts { made: 8, ..Attempts::default() };
+        let mut a = Attempts { made: 10, ..Attempts::default() };
         assert_eq!(config.decide(&c, true, &mut a, now), Decision::GiveUp(GiveUp::MaxAttempts));
         let c = Classification::failure(ErrorClass::ServerError);
         let mut a = Attempts { made: 4, ..Attempts::default() };
