@@ -34,7 +34,9 @@ use http::{Request, Response, StatusCode};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
-use tower::retry::backoff::{Backoff as _, ExponentialBackoff, ExponentialBackoffMaker, MakeBackoff};
+use tower::retry::backoff::{
+    Backoff as _, ExponentialBackoff, ExponentialBackoffMaker, MakeBackoff,
+};
 use tower::{Layer, Service, ServiceExt};
 use tower_llm_resilience::retry::RetryLayer;
 
@@ -285,7 +287,6 @@ where
 }
 
 fn main() {
-
     let scenarios = [
         Scenario {
             name: "burst: 60 requests at once, limit 20 per 10 s",
@@ -310,17 +311,25 @@ fn main() {
             run(scenario, "ours (RetryLayer defaults)", |p| {
                 RetryLayer::new().seed(1).layer(p)
             }),
-            run(scenario, "tower Retry + ExponentialBackoff, 3 retries", |p| {
-                let backoff = ExponentialBackoffMaker::new(
-                    Duration::from_millis(500),
-                    Duration::from_secs(8),
-                    0.99,
-                    Seeded(SmallRng::seed_from_u64(1)),
-                )
-                .unwrap()
-                .make_backoff();
-                tower::retry::RetryLayer::new(StockPolicy { backoff, retries: 3 }).layer(p)
-            }),
+            run(
+                scenario,
+                "tower Retry + ExponentialBackoff, 3 retries",
+                |p| {
+                    let backoff = ExponentialBackoffMaker::new(
+                        Duration::from_millis(500),
+                        Duration::from_secs(8),
+                        0.99,
+                        Seeded(SmallRng::seed_from_u64(1)),
+                    )
+                    .unwrap()
+                    .make_backoff();
+                    tower::retry::RetryLayer::new(StockPolicy {
+                        backoff,
+                        retries: 3,
+                    })
+                    .layer(p)
+                },
+            ),
             run(scenario, "openai-python-like, 2 retries", |p| {
                 tower::retry::RetryLayer::new(OpenAiPythonPolicy {
                     retries_taken: 0,

@@ -32,8 +32,10 @@ fn response(status: u16, headers: &[(&str, &str)]) -> Response<String> {
     let mut r = Response::new(String::new());
     *r.status_mut() = StatusCode::from_u16(status).unwrap();
     for (k, v) in headers {
-        r.headers_mut()
-            .insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        r.headers_mut().insert(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
     }
     r
 }
@@ -105,8 +107,7 @@ async fn retryable_classes_are_retried() {
         );
     }
     for kind in [io::ErrorKind::ConnectionRefused, io::ErrorKind::TimedOut] {
-        let (result, arrivals) =
-            run(quiet(), vec![Reply::Io(kind), Reply::Status(200, &[])]).await;
+        let (result, arrivals) = run(quiet(), vec![Reply::Io(kind), Reply::Status(200, &[])]).await;
         assert!(result.is_ok(), "{kind:?}");
         assert_eq!(arrivals.len(), 2);
     }
@@ -168,8 +169,16 @@ async fn retry_after_ms_is_waited_not_the_backoff() {
             vec![Reply::Status(429, ms), Reply::Status(200, &[])],
         )
         .await;
-        assert!(arrivals[1] >= Duration::from_millis(1500), "{:?}", arrivals[1]);
-        assert!(arrivals[1] <= Duration::from_millis(1650), "{:?}", arrivals[1]);
+        assert!(
+            arrivals[1] >= Duration::from_millis(1500),
+            "{:?}",
+            arrivals[1]
+        );
+        assert!(
+            arrivals[1] <= Duration::from_millis(1650),
+            "{:?}",
+            arrivals[1]
+        );
         distinct.insert(arrivals[1]);
     }
     assert!(distinct.len() > 10, "jitter spreads the clients");
@@ -448,6 +457,10 @@ async fn a_short_server_wait_is_a_floor_under_the_backoff() {
     assert!(result.is_ok());
     assert_eq!(
         arrivals,
-        [Duration::ZERO, Duration::from_secs(1), Duration::from_secs(3)]
+        [
+            Duration::ZERO,
+            Duration::from_secs(1),
+            Duration::from_secs(3)
+        ]
     );
 }

@@ -174,7 +174,10 @@ mod tests {
             assert!(full <= bound);
             let eq = b.jitter(Jitter::Equal).wait(n, Duration::ZERO, &mut rng);
             assert!(eq >= bound / 2 && eq <= bound);
-            assert_eq!(b.jitter(Jitter::None).wait(n, Duration::ZERO, &mut rng), bound);
+            assert_eq!(
+                b.jitter(Jitter::None).wait(n, Duration::ZERO, &mut rng),
+                bound
+            );
             let d = b
                 .jitter(Jitter::Decorrelated)
                 .wait(n, Duration::from_secs(4), &mut rng);
@@ -192,7 +195,9 @@ mod tests {
         assert_eq!(b.bound(50), Duration::from_secs(1));
         let b = Backoff::new(Duration::from_secs(10), Duration::from_secs(2));
         assert_eq!(b.bound(0), Duration::from_secs(2));
-        let d = b.jitter(Jitter::Decorrelated).wait(3, Duration::MAX, &mut rng);
+        let d = b
+            .jitter(Jitter::Decorrelated)
+            .wait(3, Duration::MAX, &mut rng);
         assert!(d <= Duration::from_secs(2));
     }
 }

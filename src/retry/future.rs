@@ -11,7 +11,7 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower::Service;
 
-use super::policy::{Attempts, Config, Decision, Failure, GiveUp};
+use super::policy::{classify_response, Attempts, Config, Decision, Failure, GiveUp};
 use super::replay::replay;
 use crate::classify::Classifier;
 use crate::{BoxError, Error};
@@ -79,14 +79,15 @@ where
                     let config = &**this.config;
                     let (failure, c, retryable) = match ready!(future.poll(cx)) {
                         Ok(response) => {
-                            let c = config.classifier.classify_response(&response);
+                            let c = classify_response(&config.classifier, &response);
                             if c.is_success() {
                                 return Poll::Ready(Ok(response));
                             }
                             (Failure::Response(response), c, c.is_retryable())
                         }
                         Err(e) => {
-                            let e = Error::from_transport(e, |e| config.classifier.classify_error(e));
+                            let e =
+                                Error::from_transport(e, |e| config.classifier.classify_error(e));
                             let c = *e.classification();
                             let retryable = e.is_retryable();
                             (Failure::Error(e), c, retryable)
@@ -119,7 +120,9 @@ where
                     let request = match this.request.take() {
                         Some(request) => request,
                         // Unreachable: a retry is only scheduled with a copy.
-                        None => return Poll::Ready(Err(Error::deadline_exceeded(Default::default()))),
+                        None => {
+                            return Poll::Ready(Err(Error::deadline_exceeded(Default::default())))
+                        }
                     };
                     *this.request = Some(replay(&request));
                     let future = this.service.call(request);

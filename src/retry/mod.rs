@@ -64,8 +64,8 @@
 //! once, up to a cap, into `Full<Bytes>`.
 
 mod backoff;
-mod buffer;
 mod budget;
+mod buffer;
 mod future;
 mod layer;
 mod policy;
@@ -74,8 +74,8 @@ mod service;
 mod spike;
 
 pub use self::backoff::{Backoff, Jitter};
-pub use self::buffer::{BufferBody, BufferBodyLayer, BufferFuture, DEFAULT_BUFFER_LIMIT};
 pub use self::budget::RetryBudget;
+pub use self::buffer::{BufferBody, BufferBodyLayer, BufferFuture, DEFAULT_BUFFER_LIMIT};
 pub use self::future::ResponseFuture;
 pub use self::layer::RetryLayer;
 pub use self::policy::{

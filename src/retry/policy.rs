@@ -308,7 +308,12 @@ impl<C> Config<C> {
     }
 
     /// The error returned when the layer gives up on a failure.
-    pub(crate) fn give_up_error<B>(&self, why: GiveUp, failure: Failure<B>, c: Classification) -> Error
+    pub(crate) fn give_up_error<B>(
+        &self,
+        why: GiveUp,
+        failure: Failure<B>,
+        c: Classification,
+    ) -> Error
     where
         C: Classifier,
     {
@@ -329,6 +334,25 @@ impl<C> Config<C> {
     }
 }
 
+/// What a response means: the classification [`ClassifyLayer`] stored, else
+/// for an error status (400 and above) the classifier's answer. A status
+/// below 400 without a stored classification is a success without asking
+/// the classifier, so that the success path parses no header (every known
+/// provider's rules call such a response a success; a classifier that
+/// disagrees must run inside [`ClassifyLayer`], whose stored answer wins).
+///
+/// [`ClassifyLayer`]: crate::classify::ClassifyLayer
+pub(crate) fn classify_response<C: Classifier, B>(
+    classifier: &C,
+    response: &Response<B>,
+) -> Classification {
+    match response.extensions().get::<Classification>() {
+        Some(c) => *c,
+        None if response.status().as_u16() < 400 => Classification::success(),
+        None => classifier.classify(response.status(), response.headers(), None),
+    }
+}
+
 /// A failed attempt: an error response or an error.
 pub(crate) enum Failure<B> {
     Response(Response<B>),
@@ -337,10 +361,10 @@ pub(crate) enum Failure<B> {
 
 /// How an inner service's error type tells [`RetryPolicy`] what it means.
 ///
-/// Implemented for this crate's [`Error`] (its own classification) and for
+/// Implemented for this crate's [`Error`] (its own classification), for
 /// [`BoxError`] (this crate's `Error` inside one, else the classifier's
 /// [`classify_error`](Classifier::classify_error)), the error types of the
-/// stacks this crate builds.
+/// stacks this crate builds, and for `Infallible`.
 pub trait ClassifyError {
     /// The classification of this error, and whether it may be retried.
     fn classify_with<C: Classifier>(&self, classifier: &C) -> (Classification, bool);
@@ -349,6 +373,12 @@ pub trait ClassifyError {
 impl ClassifyError for Error {
     fn classify_with<C: Classifier>(&self, _: &C) -> (Classification, bool) {
         (*self.classification(), self.is_retryable())
+    }
+}
+
+impl ClassifyError for std::convert::Infallible {
+    fn classify_with<C: Classifier>(&self, _: &C) -> (Classification, bool) {
+        match *self {}
     }
 }
 
@@ -434,7 +464,7 @@ where
     ) -> Option<Self::Future> {
         let (c, retryable) = match result {
             Ok(response) => {
-                let c = self.config.classifier.classify_response(response);
+                let c = classify_response(&self.config.classifier, response);
                 if c.is_success() {
                     return None;
                 }
@@ -514,7 +544,8 @@ mod tests {
         let config = config();
         let now = Instant::now();
         let mut a = Attempts::default();
-        let c = Classification::failure(ErrorClass::RateLimited).with_retry_after(Duration::from_secs(2));
+        let c = Classification::failure(ErrorClass::RateLimited)
+            .with_retry_after(Duration::from_secs(2));
         match config.decide(&c, true, &mut a, now) {
             Decision::Retry { wait, server_chose } => {
                 assert!(server_chose && wait >= Duration::from_secs(2));
@@ -523,12 +554,27 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(a.made, 2);
-        let mut a = Attempts { made: 10, ..Attempts::default() };
-        assert_eq!(config.decide(&c, true, &mut a, now), Decision::GiveUp(GiveUp::MaxAttempts));
+        let mut a = Attempts {
+            made: 10,
+            ..Attempts::default()
+        };
+        assert_eq!(
+            config.decide(&c, true, &mut a, now),
+            Decision::GiveUp(GiveUp::MaxAttempts)
+        );
         let c = Classification::failure(ErrorClass::ServerError);
-        let mut a = Attempts { made: 4, ..Attempts::default() };
-        assert_eq!(config.decide(&c, true, &mut a, now), Decision::GiveUp(GiveUp::MaxAttempts));
+        let mut a = Attempts {
+            made: 4,
+            ..Attempts::default()
+        };
+        assert_eq!(
+            config.decide(&c, true, &mut a, now),
+            Decision::GiveUp(GiveUp::MaxAttempts)
+        );
         let mut a = Attempts::default();
-        assert_eq!(config.decide(&c, false, &mut a, now), Decision::GiveUp(GiveUp::NotRetryable));
+        assert_eq!(
+            config.decide(&c, false, &mut a, now),
+            Decision::GiveUp(GiveUp::NotRetryable)
+        );
     }
 }
