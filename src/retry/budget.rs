@@ -9,6 +9,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 const SLOTS: usize = 10;
+/// A mark slot never written.
+const EMPTY: u64 = u64::MAX;
+/// How many deposits pass between two clock reads.
+const MARK_EVERY: u64 = 16;
 
 /// Limits retries to a share of the traffic, as Finagle and Envoy do, so that
 /// a provider outage does not multiply the load on it: over the last
@@ -29,9 +33,10 @@ const SLOTS: usize = 10;
 /// It is the same idea, but it takes a `std::sync::Mutex` on every deposit
 /// (every request), panics on out-of-range arguments, and checks then
 /// withdraws in two steps, so concurrent retries can overdraw it. This one
-/// is lock-free (one atomic add per request in the common case, a
-/// compare-and-swap per withdrawal), clamps its arguments, and withdraws
-/// atomically against the current slot.
+/// is lock-free, reads the clock on one request in 16 only (one atomic add
+/// per request otherwise; a clock read under tokio's `test-util` takes a
+/// mutex), clamps its arguments, and withdraws with a compare-and-swap
+/// against the current slot.
 ///
 /// ```
 /// use std::time::Duration;
@@ -58,8 +63,12 @@ struct Inner {
     per_mille: u64,
     /// Retries always allowed in a window.
     reserve: u64,
-    /// Per slot: epoch in the high 32 bits, count in the low 32 bits.
-    deposits: [AtomicU64; SLOTS],
+    /// Requests ever deposited.
+    total: AtomicU64,
+    /// Per slot: epoch in the high 32 bits, the low 32 bits of `total` when
+    /// the slot's epoch was first seen in the low 32 bits.
+    marks: [AtomicU64; SLOTS],
+    /// Per slot: epoch in the high 32 bits, retries in the low 32 bits.
     withdrawals: [AtomicU64; SLOTS],
 }
 
@@ -89,7 +98,8 @@ impl RetryBudget {
                 window,
                 per_mille: (ratio * 1000.0).round() as u64,
                 reserve,
-                deposits: Default::default(),
+                total: AtomicU64::new(0),
+                marks: std::array::from_fn(|i| AtomicU64::new(if i == 0 { 0 } else { EMPTY })),
                 withdrawals: Default::default(),
             }),
         }
@@ -97,9 +107,22 @@ impl RetryBudget {
 
     /// Records one request (a first attempt). Called once per request by the
     /// retry layer.
+    ///
+    /// It is one atomic add; every [`MARK_EVERY`]th deposit also reads the
+    /// clock and marks where the current slot of the window starts, so the
+    /// requests in the window are counted to within `MARK_EVERY` without a
+    /// clock read per request. Unmarked history counts as no requests (the
+    /// safe side: fewer retries, the reserve still applies).
     pub fn deposit(&self) {
-        let epoch = self.inner.epoch(Instant::now());
-        add(&self.inner.deposits[epoch as usize % SLOTS], epoch);
+        let n = self
+            .inner
+            .total
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_add(1);
+        if n % MARK_EVERY == 0 {
+            let epoch = self.inner.epoch(Instant::now());
+            self.inner.mark(epoch, n);
+        }
     }
 
     /// Takes one retry from the budget; `false` when it is spent.
@@ -108,7 +131,7 @@ impl RetryBudget {
         let epoch = inner.epoch(Instant::now());
         let allowed = inner
             .reserve
-            .saturating_add(sum(&inner.deposits, epoch).saturating_mul(inner.per_mille) / 1000);
+            .saturating_add(inner.requests(epoch).saturating_mul(inner.per_mille) / 1000);
         let slot = &inner.withdrawals[epoch as usize % SLOTS];
         loop {
             let current = slot.load(Ordering::Acquire);
@@ -134,12 +157,46 @@ impl RetryBudget {
         let epoch = inner.epoch(Instant::now());
         let allowed = inner
             .reserve
-            .saturating_add(sum(&inner.deposits, epoch).saturating_mul(inner.per_mille) / 1000);
+            .saturating_add(inner.requests(epoch).saturating_mul(inner.per_mille) / 1000);
         allowed.saturating_sub(sum(&inner.withdrawals, epoch))
     }
 }
 
 impl Inner {
+    /// Marks the start of `epoch`'s slot at deposit count `total`, if the
+    /// slot does not hold a mark of that epoch yet.
+    fn mark(&self, epoch: u32, total: u64) {
+        let slot = &self.marks[epoch as usize % SLOTS];
+        let current = slot.load(Ordering::Acquire);
+        let (e, _) = unpack(current);
+        if e != epoch || current == EMPTY {
+            let _ = slot.compare_exchange(
+                current,
+                pack(epoch, total & u64::from(u32::MAX)),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// Requests deposited since the oldest mark still in the window.
+    fn requests(&self, epoch: u32) -> u64 {
+        let total = self.total.load(Ordering::Acquire);
+        self.mark(epoch, total);
+        let oldest = self
+            .marks
+            .iter()
+            .map(|m| m.load(Ordering::Acquire))
+            .filter(|m| *m != EMPTY)
+            .map(unpack)
+            .filter(|(e, _)| live(*e, epoch))
+            .max_by_key(|(e, _)| epoch.wrapping_sub(*e));
+        match oldest {
+            Some((_, mark)) => u64::from((total as u32).wrapping_sub(mark as u32)),
+            None => 0,
+        }
+    }
+
     fn epoch(&self, now: Instant) -> u32 {
         let elapsed = now.saturating_duration_since(self.origin);
         let n = elapsed.as_nanos() / self.slot.as_nanos().max(1);
@@ -159,24 +216,6 @@ fn unpack(v: u64) -> (u32, u64) {
 
 fn live(slot_epoch: u32, now: u32) -> bool {
     (now.wrapping_sub(slot_epoch) as usize) < SLOTS
-}
-
-fn add(slot: &AtomicU64, epoch: u32) {
-    let mut current = slot.load(Ordering::Relaxed);
-    loop {
-        let (e, n) = unpack(current);
-        let newer = e != epoch && (e.wrapping_sub(epoch) as usize) < SLOTS;
-        let next = if e == epoch || newer {
-            // Same slot, or another thread already moved it to a newer epoch.
-            pack(e, n.saturating_add(1))
-        } else {
-            pack(epoch, 1)
-        };
-        match slot.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Relaxed) {
-            Ok(_) => return,
-            Err(actual) => current = actual,
-        }
-    }
 }
 
 fn sum(slots: &[AtomicU64; SLOTS], epoch: u32) -> u64 {
@@ -220,12 +259,24 @@ mod tests {
         assert!(!b.withdraw());
         assert_eq!(b.remaining(), 0);
         tokio::time::advance(Duration::from_secs(11)).await;
+        // Old deposits and withdrawals have left the window; requests made
+        // before any mark of the window count as none (the safe side).
         for _ in 0..5 {
             b.deposit();
         }
-        // old deposits and withdrawals have left the window
+        assert_eq!(b.remaining(), 0);
+        for _ in 0..5 {
+            b.deposit();
+        }
         assert!(b.withdraw());
         assert!(!b.withdraw());
+        // A busy client marks the window itself, every 16 requests.
+        tokio::time::advance(Duration::from_secs(11)).await;
+        for _ in 0..100 {
+            b.deposit();
+        }
+        let left = b.remaining();
+        assert!((16..=20).contains(&left), "{left}");
 
         let reserve = RetryBudget::new(Duration::from_secs(2), 0.0, 3);
         assert_eq!(reserve.remaining(), 6);
