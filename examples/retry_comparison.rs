@@ -286,7 +286,8 @@ where
     })
 }
 
-fn main() {
+/// Prints the tables; panics if our policy loses a request in a scenario.
+pub fn main() {
     let scenarios = [
         Scenario {
             name: "burst: 60 requests at once, limit 20 per 10 s",
@@ -339,6 +340,7 @@ fn main() {
                 .layer(p)
             }),
         ];
+        assert_eq!(rows[0].failed, 0, "ours lost a request in {}", scenario.name);
         for r in rows {
             println!(
                 "| {} | {} | {} | {} | {} | {:.1} s | {:.1} s | {:.1} s |",
@@ -369,5 +371,6 @@ fn main() {
             attempts.iter().min().unwrap(),
             attempts.iter().max().unwrap()
         );
+        assert!(lost.iter().all(|l| *l == 0), "ours lost requests in {}", scenario.name);
     }
 }
