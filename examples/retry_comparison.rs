@@ -340,7 +340,11 @@ pub fn main() {
                 .layer(p)
             }),
         ];
-        assert_eq!(rows[0].failed, 0, "ours lost a request in {}", scenario.name);
+        assert_eq!(
+            rows[0].failed, 0,
+            "ours lost a request in {}",
+            scenario.name
+        );
         for r in rows {
             println!(
                 "| {} | {} | {} | {} | {} | {:.1} s | {:.1} s | {:.1} s |",
@@ -371,6 +375,10 @@ pub fn main() {
             attempts.iter().min().unwrap(),
             attempts.iter().max().unwrap()
         );
-        assert!(lost.iter().all(|l| *l == 0), "ours lost requests in {}", scenario.name);
+        assert!(
+            lost.iter().all(|l| *l == 0),
+            "ours lost requests in {}",
+            scenario.name
+        );
     }
 }

@@ -133,19 +133,29 @@ impl Backoff {
         let bound = self.bound(retry);
         let wait = match self.jitter {
             Jitter::None => bound,
-            Jitter::Full => bound.mul_f64(unit(rng)),
+            Jitter::Full => scale(bound, unit(rng)),
             Jitter::Equal => {
                 let half = bound / 2;
-                half.saturating_add((bound - half).mul_f64(unit(rng)))
+                half.saturating_add(scale(bound - half, unit(rng)))
             }
             Jitter::Decorrelated => {
                 let low = self.base.min(self.cap);
                 let high = previous.saturating_mul(3).max(low);
-                low.saturating_add((high - low).mul_f64(unit(rng)))
+                low.saturating_add(scale(high - low, unit(rng)))
             }
         };
         wait.min(self.cap)
     }
+}
+
+/// `d * x` for `x` in `[0, 1]`, never above `d` and never panicking
+/// (`Duration::mul_f64` panics when rounding lifts a product of a huge
+/// duration above `Duration::MAX`).
+pub(crate) fn scale(d: Duration, x: f64) -> Duration {
+    let x = if x.is_nan() { 0.0 } else { x.clamp(0.0, 1.0) };
+    Duration::try_from_secs_f64(d.as_secs_f64() * x)
+        .unwrap_or(d)
+        .min(d)
 }
 
 /// A uniform draw in `[0, 1)`.
@@ -193,6 +203,10 @@ mod tests {
         assert!(b.wait(u32::MAX, Duration::MAX, &mut rng) <= Duration::MAX);
         let b = Backoff::new(Duration::from_secs(1), Duration::from_secs(2)).factor(f64::NAN);
         assert_eq!(b.bound(50), Duration::from_secs(1));
+        for x in [0.0, 0.5, 0.999_999_999_999, 1.0, f64::NAN, 7.0] {
+            assert!(scale(Duration::MAX, x) <= Duration::MAX);
+        }
+        assert_eq!(scale(Duration::from_secs(2), 0.5), Duration::from_secs(1));
         let b = Backoff::new(Duration::from_secs(10), Duration::from_secs(2));
         assert_eq!(b.bound(0), Duration::from_secs(2));
         let d = b

@@ -10,7 +10,7 @@ use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use tokio::time::{Instant, Sleep};
 
-use super::backoff::unit;
+use super::backoff::{scale, unit};
 use super::replay::replay;
 use super::spike::SpikeAlert;
 use super::{Backoff, RetryBudget};
@@ -301,9 +301,7 @@ impl<C> Config<C> {
             };
             unit(&mut *rng)
         };
-        let extra = server
-            .mul_f64(self.server_jitter * draw)
-            .min(SERVER_JITTER_MAX);
+        let extra = scale(server, self.server_jitter * draw).min(SERVER_JITTER_MAX);
         server.saturating_add(extra)
     }
 
@@ -537,6 +535,41 @@ mod tests {
                 Decision::GiveUp(_) => {}
             }
         }
+    }
+
+    #[test]
+    fn huge_waits_never_panic() {
+        let mut config = config();
+        config.max_retry_after = Duration::MAX;
+        config.server_jitter = 1.0;
+        config.deadline = Some(Duration::MAX);
+        config.backoff = Backoff::new(Duration::MAX, Duration::MAX);
+        let now = Instant::now();
+        for _ in 0..100 {
+            let c =
+                Classification::failure(ErrorClass::RateLimited).with_retry_after(Duration::MAX);
+            let mut a = Attempts {
+                made: 1,
+                started: Some(now),
+                previous: Duration::MAX,
+            };
+            // now + Duration::MAX overflows an Instant: past any deadline.
+            assert_eq!(
+                config.decide(&c, true, &mut a, now),
+                Decision::GiveUp(GiveUp::Deadline)
+            );
+        }
+        config.deadline = None;
+        let c = Classification::failure(ErrorClass::ServerError);
+        let mut a = Attempts {
+            made: u32::MAX - 1,
+            ..Attempts::default()
+        };
+        config.max_attempts = u32::MAX;
+        assert!(matches!(
+            config.decide(&c, true, &mut a, now),
+            Decision::Retry { .. }
+        ));
     }
 
     #[tokio::test(start_paused = true)]

@@ -25,6 +25,14 @@ pub struct Retry<S, C = crate::Provider> {
     config: Arc<Config<C>>,
 }
 
+impl<S> Retry<S> {
+    /// Wraps `inner` with the defaults of [`RetryLayer::new`](super::RetryLayer::new)
+    /// (use the layer's builder to change them).
+    pub fn new(inner: S) -> Self {
+        tower::Layer::layer(&super::RetryLayer::new(), inner)
+    }
+}
+
 impl<S, C> Retry<S, C> {
     pub(crate) fn from_config(inner: S, config: Arc<Config<C>>) -> Self {
         Retry { inner, config }
