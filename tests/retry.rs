@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tokio::time::Instant;
-use tower::{Layer, ServiceBuilder, ServiceExt};
+use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 use tower_llm_resilience::classify::{Classifier, Provider};
 use tower_llm_resilience::events::{Event, Events};
 use tower_llm_resilience::retry::{Backoff, BufferBodyLayer, Jitter, RetryBudget, RetryLayer};
@@ -463,4 +463,65 @@ async fn a_short_server_wait_is_a_floor_under_the_backoff() {
             Duration::from_secs(3)
         ]
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_retry_waits_for_the_inner_service_to_be_ready() {
+    // Inside the stack, the inner service is the rate limiter: a retry must
+    // take a permit (poll_ready) like the first attempt.
+    let (service, mut handle): (Mock, Handle) = mock::pair();
+    handle.allow(1);
+    let mut service = quiet().layer(service);
+    let start = Instant::now();
+    service.ready().await.unwrap();
+    let call = tokio::spawn(service.call(request()));
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_response(response(503, &[]));
+    // The backoff (1 s) passes, but no permit: no attempt.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(!call.is_finished());
+    handle.allow(1);
+    let (_, send) = handle.next_request().await.unwrap();
+    assert_eq!(start.elapsed(), Duration::from_secs(5));
+    send.send_response(response(200, &[]));
+    assert!(call.await.unwrap().is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_typed_error_keeps_the_transport_failure_as_its_source() {
+    let (result, arrivals) = run(
+        quiet().deadline(Duration::from_millis(500)),
+        vec![Reply::Io(io::ErrorKind::ConnectionReset)],
+    )
+    .await;
+    let err = result.unwrap_err();
+    assert!(err.is_deadline_exceeded() && err.is_connect());
+    // The chain leads to the io error.
+    let mut next = std::error::Error::source(&err);
+    let mut found = false;
+    while let Some(e) = next {
+        found |= e
+            .downcast_ref::<io::Error>()
+            .is_some_and(|e| e.kind() == io::ErrorKind::ConnectionReset);
+        next = e.source();
+    }
+    assert!(found, "{err:?}");
+    assert_eq!(arrivals.len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn policy_in_towers_retry_honours_the_deadline() {
+    let (service, mut handle): (Mock, Handle) = mock::pair();
+    let policy = quiet().deadline(Duration::from_millis(2500)).policy();
+    let service = tower::retry::RetryLayer::new(policy).layer(service);
+    let start = Instant::now();
+    let call = tokio::spawn(service.oneshot(request()));
+    for at in [0, 1] {
+        let (_, send) = handle.next_request().await.unwrap();
+        assert_eq!(start.elapsed(), Duration::from_secs(at));
+        send.send_response(response(500, &[]));
+    }
+    // the third attempt would start at 3 s: the last 500 comes back at 1 s
+    assert_eq!(call.await.unwrap().unwrap().status(), 500);
+    assert_eq!(start.elapsed(), Duration::from_secs(1));
 }
