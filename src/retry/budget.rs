@@ -108,9 +108,9 @@ impl RetryBudget {
     /// Records one request (a first attempt). Called once per request by the
     /// retry layer.
     ///
-    /// It is one atomic add; every [`MARK_EVERY`]th deposit also reads the
+    /// It is one atomic add; every 16th deposit also reads the
     /// clock and marks where the current slot of the window starts, so the
-    /// requests in the window are counted to within `MARK_EVERY` without a
+    /// requests in the window are counted to within 16 without a
     /// clock read per request. Unmarked history counts as no requests (the
     /// safe side: fewer retries, the reserve still applies).
     pub fn deposit(&self) {
