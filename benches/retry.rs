@@ -9,6 +9,7 @@
 use std::convert::Infallible;
 use std::future::{ready, Ready};
 use std::hint::black_box;
+use std::sync::{Arc, Barrier};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -104,6 +105,45 @@ where
     });
 }
 
+/// Two threads, each on its own current-thread runtime, share one layer's
+/// state (clones of one service: one budget); the time is per request on
+/// each thread.
+fn contended<S>(b: &mut Bencher<'_>, svc: S)
+where
+    S: Service<Request<String>> + Clone + Send + 'static,
+{
+    b.iter_custom(|iters| {
+        let barrier = Arc::new(Barrier::new(2));
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let mut svc = svc.clone();
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    barrier.wait();
+                    rt.block_on(async {
+                        let start = Instant::now();
+                        for _ in 0..iters {
+                            if let Ok(svc) = svc.ready().await {
+                                black_box(svc.call(request()).await.is_ok());
+                            }
+                        }
+                        start.elapsed()
+                    })
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .max()
+            .unwrap_or_default()
+    });
+}
+
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("retry_success_path");
     g.bench_function("baseline_noop", |b| single(b, Noop, request));
@@ -130,6 +170,16 @@ fn bench(c: &mut Criterion) {
                 .max_attempts(4)
                 .build();
         single(b, layer.layer(Noop), || Cloned(request()))
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("retry_success_path_2_threads");
+    g.bench_function("baseline_noop", |b| contended(b, Noop));
+    g.bench_function("ours_retry_layer", |b| {
+        contended(b, RetryLayer::new().layer(Noop))
+    });
+    g.bench_function("tower_retry_never", |b| {
+        contended(b, tower::retry::RetryLayer::new(Never).layer(Noop))
     });
     g.finish();
 }

@@ -11,7 +11,7 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower::Service;
 
-use super::policy::{classify_response, Attempts, Config, Decision, Failure, GiveUp};
+use super::policy::{classify_response, is_success, Attempts, Config, Decision, Failure, GiveUp};
 use super::replay::replay;
 use crate::classify::Classifier;
 use crate::{BoxError, Error};
@@ -36,7 +36,9 @@ pin_project! {
     #[project = StateProj]
     enum State<F> {
         Called { #[pin] future: F },
-        Waiting { #[pin] sleep: Sleep },
+        // Boxed: allocated only when a retry is scheduled, so the future
+        // stays small (and cheap to move) on the success path.
+        Waiting { sleep: Pin<Box<Sleep>> },
         Retrying,
     }
 }
@@ -79,6 +81,9 @@ where
                     let config = &**this.config;
                     let (failure, c, retryable) = match ready!(future.poll(cx)) {
                         Ok(response) => {
+                            if is_success(&response) {
+                                return Poll::Ready(Ok(response));
+                            }
                             let c = classify_response(&config.classifier, &response);
                             if c.is_success() {
                                 return Poll::Ready(Ok(response));
@@ -100,7 +105,7 @@ where
                     };
                     match decision {
                         Decision::Retry { wait, .. } => this.state.set(State::Waiting {
-                            sleep: tokio::time::sleep(wait),
+                            sleep: Box::pin(tokio::time::sleep(wait)),
                         }),
                         Decision::GiveUp(why) => {
                             return Poll::Ready(Err(config.give_up_error(why, failure, c)))
@@ -108,7 +113,7 @@ where
                     }
                 }
                 StateProj::Waiting { sleep } => {
-                    ready!(sleep.poll(cx));
+                    ready!(sleep.as_mut().poll(cx));
                     this.state.set(State::Retrying);
                 }
                 StateProj::Retrying => {

@@ -351,6 +351,16 @@ pub(crate) fn classify_response<C: Classifier, B>(
     }
 }
 
+/// Whether a response is a success, without building a [`Classification`]
+/// (a few hundred bytes) on the success path; same rule as
+/// [`classify_response`].
+pub(crate) fn is_success<B>(response: &Response<B>) -> bool {
+    match response.extensions().get::<Classification>() {
+        Some(c) => c.is_success(),
+        None => response.status().as_u16() < 400,
+    }
+}
+
 /// A failed attempt: an error response or an error.
 pub(crate) enum Failure<B> {
     Response(Response<B>),
@@ -462,6 +472,9 @@ where
     ) -> Option<Self::Future> {
         let (c, retryable) = match result {
             Ok(response) => {
+                if is_success(response) {
+                    return None;
+                }
                 let c = classify_response(&self.config.classifier, response);
                 if c.is_success() {
                     return None;
