@@ -11,18 +11,28 @@
 //!   `x-ms-retry-after-ms`, `Retry-After` in seconds or as a date, Gemini's
 //!   `RetryInfo`), the layer waits at least that, plus up to 10 % (at most
 //!   1 s) so that clients told the same instant do not return together.
+//!   The wait is a floor: when the backoff for that attempt is longer, the
+//!   backoff wins, so a request refused again and again by a full sliding
+//!   window does not spend its attempts on its short waits.
 //!   A server wait above [`RetryLayer::max_retry_after`] (60 s) is not slept
 //!   through: the caller gets, at once, an [`Error`](crate::Error) for which
 //!   `is_retry_after_too_long()` holds and whose `retry_after()` is the
 //!   server's wait.
-//! - Otherwise it backs off exponentially ([`Backoff`]: 500 ms doubling to
+//! - Without a server wait it backs off exponentially ([`Backoff`]: 500 ms doubling to
 //!   8 s, equal [`Jitter`]).
 //! - It stops after [`RetryLayer::max_attempts`] (4 in all; 10 for
 //!   `rate_limited` and `slow_down`, whose waits the server paces), before
 //!   an attempt that could not start before the overall
 //!   [`deadline`](RetryLayer::deadline), and when the shared
 //!   [`RetryBudget`] is spent (20 % of requests plus 1/s, so an outage does
-//!   not multiply the load).
+//!   not multiply the load; retries whose wait the server chose do not draw
+//!   from it).
+//! - A response below 400 without a stored
+//!   [`Classification`](crate::Classification) is a success without asking
+//!   the classifier (no header is parsed on the success path); every error
+//!   status is classified. A classifier that calls some 2xx a failure must
+//!   run inside [`ClassifyLayer`](crate::classify::ClassifyLayer), whose
+//!   stored answer wins.
 //!
 //! When [`Retry`] stops on a failure it returns a typed
 //! [`Error`](crate::Error): the provider's last error response (class,
