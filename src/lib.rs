@@ -36,6 +36,15 @@
 //! that [`is_circuit_open`](Error::is_circuit_open) and says until when. A
 //! 400 storm never opens it. See [`circuit_breaker`].
 //!
+//! # Retrying
+//!
+//! [`retry::RetryLayer`] retries what [`classify`] calls retryable, waits
+//! what the server asks (`Retry-After`, `retry-after-ms`) up to a cap,
+//! otherwise backs off with jitter, and stops on max attempts, an overall
+//! deadline or a shared retry budget with a typed [`Error`].
+//! [`retry::RetryLayer::policy`] gives the same rules as a
+//! `tower::retry::Policy`.
+//!
 //! # Cargo features
 //!
 //! - `tower-http` (default): adapters between [`classify::Classifier`] and
@@ -56,8 +65,10 @@ pub mod classify;
 mod error;
 pub mod events;
 pub mod key;
+pub mod retry;
 
 pub use self::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
 pub use self::classify::{Classification, Classifier, ErrorClass, Provider};
 pub use self::error::{BoxError, Error};
 pub use self::key::{Key, KeyFn};
+pub use self::retry::{RetryLayer, RetryPolicy};

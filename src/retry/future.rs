@@ -1,0 +1,150 @@
+//! The response future of [`Retry`](super::Retry).
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+use tower::Service;
+
+use super::policy::{classify_response, is_success, Attempts, Config, Decision, Failure, GiveUp};
+use super::replay::replay;
+use crate::classify::Classifier;
+use crate::{BoxError, Error};
+
+pin_project! {
+    /// The future of [`Retry`](super::Retry): the current attempt, the wait
+    /// before the next one, or the wait for the inner service's readiness.
+    pub struct ResponseFuture<S, B, C>
+    where
+        S: Service<Request<B>>,
+    {
+        #[pin]
+        state: State<S::Future>,
+        service: S,
+        request: Option<Request<B>>,
+        config: Arc<Config<C>>,
+        attempts: Attempts,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Called { #[pin] future: F },
+        // Boxed: allocated only when a retry is scheduled, so the future
+        // stays small (and cheap to move) on the success path.
+        Waiting { sleep: Pin<Box<Sleep>> },
+        Retrying,
+    }
+}
+
+impl<S, B, C> ResponseFuture<S, B, C>
+where
+    S: Service<Request<B>>,
+{
+    pub(crate) fn new(
+        future: S::Future,
+        service: S,
+        request: Option<Request<B>>,
+        config: Arc<Config<C>>,
+        attempts: Attempts,
+    ) -> Self {
+        ResponseFuture {
+            state: State::Called { future },
+            service,
+            request,
+            config,
+            attempts,
+        }
+    }
+}
+
+impl<S, B, C, ResB> Future for ResponseFuture<S, B, C>
+where
+    S: Service<Request<B>, Response = Response<ResB>>,
+    S::Error: Into<BoxError>,
+    C: Classifier,
+    B: Clone,
+{
+    type Output = Result<Response<ResB>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Called { future } => {
+                    let config = &**this.config;
+                    let (failure, c, retryable) = match ready!(future.poll(cx)) {
+                        Ok(response) => {
+                            if is_success(&response) {
+                                return Poll::Ready(Ok(response));
+                            }
+                            let c = classify_response(&config.classifier, &response);
+                            if c.is_success() {
+                                return Poll::Ready(Ok(response));
+                            }
+                            (Failure::Response(response), c, c.is_retryable())
+                        }
+                        Err(e) => {
+                            let e =
+                                Error::from_transport(e, |e| config.classifier.classify_error(e));
+                            let c = *e.classification();
+                            let retryable = e.is_retryable();
+                            (Failure::Error(e), c, retryable)
+                        }
+                    };
+                    let decision = if this.request.is_some() {
+                        config.decide(&c, retryable, this.attempts, Instant::now())
+                    } else {
+                        Decision::GiveUp(GiveUp::MaxAttempts)
+                    };
+                    match decision {
+                        Decision::Retry { wait, .. } => this.state.set(State::Waiting {
+                            sleep: Box::pin(tokio::time::sleep(wait)),
+                        }),
+                        Decision::GiveUp(why) => {
+                            return Poll::Ready(Err(config.give_up_error(why, failure, c)))
+                        }
+                    }
+                }
+                StateProj::Waiting { sleep } => {
+                    ready!(sleep.as_mut().poll(cx));
+                    this.state.set(State::Retrying);
+                }
+                StateProj::Retrying => {
+                    let config = &**this.config;
+                    if let Err(e) = ready!(this.service.poll_ready(cx)) {
+                        let e = Error::from_transport(e, |e| config.classifier.classify_error(e));
+                        return Poll::Ready(Err(e));
+                    }
+                    let request = match this.request.take() {
+                        Some(request) => request,
+                        // Unreachable: a retry is only scheduled with a copy.
+                        None => {
+                            return Poll::Ready(Err(Error::deadline_exceeded(Default::default())))
+                        }
+                    };
+                    *this.request = Some(replay(&request));
+                    let future = this.service.call(request);
+                    this.state.set(State::Called { future });
+                }
+            }
+        }
+    }
+}
+
+impl<S, B, C> fmt::Debug for ResponseFuture<S, B, C>
+where
+    S: Service<Request<B>>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("attempts", &self.attempts.made)
+            .finish_non_exhaustive()
+    }
+}

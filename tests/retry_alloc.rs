@@ -1,0 +1,97 @@
+//! The retry layer allocates nothing per request on the success path when
+//! the request's copy allocates nothing (an empty `String` body, no
+//! headers): the layer itself adds no allocation.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::convert::Infallible;
+use std::future::{ready, Ready};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use tower::{Layer, Service, ServiceExt};
+use tower_llm_resilience::retry::RetryLayer;
+
+struct Counting;
+
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        System.alloc(layout)
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[derive(Clone, Copy)]
+struct Noop;
+
+impl Service<Request<String>> for Noop {
+    type Response = Response<String>;
+    type Error = Infallible;
+    type Future = Ready<Result<Response<String>, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Request<String>) -> Self::Future {
+        ready(Ok(Response::new(String::new())))
+    }
+}
+
+#[test]
+fn success_path_allocates_nothing() {
+    let mut service = RetryLayer::new().seed(1).layer(Noop);
+    let mut policy_service =
+        tower::retry::RetryLayer::new(RetryLayer::new().seed(1).policy()).layer(Noop);
+    futures::executor::block_on(async {
+        // warm up (lazy statics, the budget's first marks)
+        for _ in 0..100 {
+            service
+                .ready()
+                .await
+                .unwrap()
+                .call(Request::new(String::new()))
+                .await
+                .unwrap();
+            policy_service
+                .ready()
+                .await
+                .unwrap()
+                .call(Request::new(String::new()))
+                .await
+                .unwrap();
+        }
+        let before = ALLOCS.load(Ordering::Relaxed);
+        for _ in 0..1000 {
+            let r = service
+                .ready()
+                .await
+                .unwrap()
+                .call(Request::new(String::new()))
+                .await;
+            assert!(r.is_ok());
+        }
+        let ours = ALLOCS.load(Ordering::Relaxed) - before;
+        let before = ALLOCS.load(Ordering::Relaxed);
+        for _ in 0..1000 {
+            let r = policy_service
+                .ready()
+                .await
+                .unwrap()
+                .call(Request::new(String::new()))
+                .await;
+            assert!(r.is_ok());
+        }
+        let policy = ALLOCS.load(Ordering::Relaxed) - before;
+        assert_eq!((ours, policy), (0, 0));
+    });
+}
