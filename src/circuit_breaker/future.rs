@@ -126,11 +126,12 @@ where
                 let outcome = match &result {
                     Ok(response) => match response.extensions().get::<Classification>() {
                         Some(c) => context.config.outcome(c, elapsed),
-                        // Below 400 and unclassified: a success, without
-                        // scanning its headers (every `Provider` classes
-                        // such a status as a success; the breaker needs
+                        // Not an error status and unclassified: a success,
+                        // without scanning its headers (the breaker needs
                         // nothing else from them).
-                        None if response.status().as_u16() < 400 => Outcome::success(elapsed),
+                        None if !context.classifier.is_error_status(response.status()) => {
+                            Outcome::success(elapsed)
+                        }
                         None => context
                             .config
                             .outcome(&context.classifier.classify_response(response), elapsed),

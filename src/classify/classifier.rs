@@ -32,6 +32,18 @@ pub trait Classifier: Send + Sync {
         body: Option<&[u8]>,
     ) -> Classification;
 
+    /// Whether a response with this status can be a failure at all.
+    ///
+    /// The layers take a response whose status this says `false` for, and
+    /// that carries no stored classification, as a success without calling
+    /// [`classify`](Self::classify), so that the success path scans no
+    /// header; [`ClassifyLayer`](super::ClassifyLayer) reads no body for
+    /// it. The default is `status >= 400`, which every [`Provider`](super::Provider)
+    /// follows; override it for a server that reports failures with a 2xx.
+    fn is_error_status(&self, status: StatusCode) -> bool {
+        status.as_u16() >= 400
+    }
+
     /// Classifies a failure of the inner service (no response at all).
     ///
     /// The default walks the error's `source()` chain: this crate's
@@ -66,6 +78,10 @@ impl<C: Classifier + ?Sized> Classifier for std::sync::Arc<C> {
         (**self).classify(status, headers, body)
     }
 
+    fn is_error_status(&self, status: StatusCode) -> bool {
+        (**self).is_error_status(status)
+    }
+
     fn classify_error(&self, error: &(dyn std::error::Error + 'static)) -> Classification {
         (**self).classify_error(error)
     }
@@ -79,6 +95,10 @@ impl<C: Classifier + ?Sized> Classifier for &C {
         body: Option<&[u8]>,
     ) -> Classification {
         (**self).classify(status, headers, body)
+    }
+
+    fn is_error_status(&self, status: StatusCode) -> bool {
+        (**self).is_error_status(status)
     }
 
     fn classify_error(&self, error: &(dyn std::error::Error + 'static)) -> Classification {

@@ -93,7 +93,7 @@ where
             match this.state.as_mut().project() {
                 StateProj::Calling { future } => {
                     let response = ready!(future.poll(cx))?;
-                    if response.status().as_u16() < 400 {
+                    if !this.classifier.is_error_status(response.status()) {
                         // Success: nothing to read, nothing stored (an
                         // extension costs allocations on every response);
                         // layers classify it from its headers.

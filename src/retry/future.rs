@@ -81,7 +81,7 @@ where
                     let config = &**this.config;
                     let (failure, c, retryable) = match ready!(future.poll(cx)) {
                         Ok(response) => {
-                            if is_success(&response) {
+                            if is_success(&config.classifier, &response) {
                                 return Poll::Ready(Ok(response));
                             }
                             let c = classify_response(&config.classifier, &response);

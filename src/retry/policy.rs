@@ -333,11 +333,9 @@ impl<C> Config<C> {
 }
 
 /// What a response means: the classification [`ClassifyLayer`] stored, else
-/// for an error status (400 and above) the classifier's answer. A status
-/// below 400 without a stored classification is a success without asking
-/// the classifier, so that the success path parses no header (every known
-/// provider's rules call such a response a success; a classifier that
-/// disagrees must run inside [`ClassifyLayer`], whose stored answer wins).
+/// for an error status ([`Classifier::is_error_status`]) the classifier's
+/// answer. Any other status without a stored classification is a success
+/// without classifying it, so that the success path scans no header.
 ///
 /// [`ClassifyLayer`]: crate::classify::ClassifyLayer
 pub(crate) fn classify_response<C: Classifier, B>(
@@ -346,7 +344,7 @@ pub(crate) fn classify_response<C: Classifier, B>(
 ) -> Classification {
     match response.extensions().get::<Classification>() {
         Some(c) => *c,
-        None if response.status().as_u16() < 400 => Classification::success(),
+        None if !classifier.is_error_status(response.status()) => Classification::success(),
         None => classifier.classify(response.status(), response.headers(), None),
     }
 }
@@ -354,10 +352,10 @@ pub(crate) fn classify_response<C: Classifier, B>(
 /// Whether a response is a success, without building a [`Classification`]
 /// (a few hundred bytes) on the success path; same rule as
 /// [`classify_response`].
-pub(crate) fn is_success<B>(response: &Response<B>) -> bool {
+pub(crate) fn is_success<C: Classifier, B>(classifier: &C, response: &Response<B>) -> bool {
     match response.extensions().get::<Classification>() {
         Some(c) => c.is_success(),
-        None => response.status().as_u16() < 400,
+        None => !classifier.is_error_status(response.status()),
     }
 }
 
@@ -472,7 +470,7 @@ where
     ) -> Option<Self::Future> {
         let (c, retryable) = match result {
             Ok(response) => {
-                if is_success(response) {
+                if is_success(&self.config.classifier, response) {
                     return None;
                 }
                 let c = classify_response(&self.config.classifier, response);
