@@ -33,6 +33,13 @@
 //!   tower-http's `ClassifyResponse`.
 //! - `hyper` (default): classify hyper's and hyper-util's client errors
 //!   (connect, timeout, closed connection) without string matching.
+//! - `sim` (off): [`sim`], a simulated OpenAI- / Anthropic-shaped provider
+//!   with sliding-window limits and seeded faults, in process or on loopback.
+//!
+//! # Running a batch
+//!
+//! [`batch::Batch`] drives many requests through the stack with bounded
+//! concurrency and returns one result per input, in input order.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![warn(
@@ -42,10 +49,14 @@
     unreachable_pub
 )]
 
+pub mod batch;
 pub mod classify;
 mod error;
 pub mod events;
 pub mod key;
+#[cfg(feature = "sim")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sim")))]
+pub mod sim;
 
 pub use self::classify::{Classification, Classifier, ErrorClass, Provider};
 pub use self::error::{BoxError, Error};
