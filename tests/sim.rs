@@ -37,7 +37,9 @@ fn messages(text: &str) -> Request<String> {
         "system": "Answer positive, negative or neutral.",
         "messages": [{"role": "user", "content": format!("Text: {text}")}]
     });
-    Request::post("/v1/messages").body(body.to_string()).unwrap()
+    Request::post("/v1/messages")
+        .body(body.to_string())
+        .unwrap()
 }
 
 async fn send(sim: &SimProvider, req: Request<String>) -> std::io::Result<(Response<()>, Bytes)> {
@@ -88,7 +90,10 @@ async fn completion_has_real_shape_usage_and_headers() {
     let c = classify(Provider::OpenAi, &r, &body);
     assert_eq!(c.class, None);
     assert_eq!(c.limits.requests.unwrap().remaining, Some(59));
-    assert_eq!(c.limits.requests.unwrap().reset, Some(Duration::from_secs(60)));
+    assert_eq!(
+        c.limits.requests.unwrap().reset,
+        Some(Duration::from_secs(60))
+    );
 
     let log = sim.log();
     assert_eq!(log.len(), 1);
@@ -109,7 +114,9 @@ async fn anthropic_messages_shape_and_headers() {
         .tpm(40_000)
         .wall_clock(wall_start())
         .build();
-    let (r, body) = send(&sim, messages("Terrible, it arrived broken")).await.unwrap();
+    let (r, body) = send(&sim, messages("Terrible, it arrived broken"))
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["type"], "message");
@@ -119,11 +126,17 @@ async fn anthropic_messages_shape_and_headers() {
     let h = r.headers();
     assert_eq!(h["anthropic-ratelimit-requests-limit"], "50");
     assert_eq!(h["anthropic-ratelimit-requests-remaining"], "49");
-    assert_eq!(h["anthropic-ratelimit-requests-reset"], "2027-01-15T08:01:00Z");
+    assert_eq!(
+        h["anthropic-ratelimit-requests-reset"],
+        "2027-01-15T08:01:00Z"
+    );
     let c = classify(Provider::Auto, &r, &body);
     assert_eq!(c.provider, Some(Provider::Anthropic));
     assert_eq!(c.limits.requests.unwrap().limit, Some(50));
-    assert_eq!(c.limits.requests.unwrap().reset, Some(Duration::from_secs(60)));
+    assert_eq!(
+        c.limits.requests.unwrap().reset,
+        Some(Duration::from_secs(60))
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -261,7 +274,10 @@ async fn injected_faults_classify_as_their_class() {
             Style::Anthropic => Provider::Anthropic,
         };
         for (fault, status, class) in cases {
-            let sim = SimProvider::builder().style(style).fault(fault, 1.0).build();
+            let sim = SimProvider::builder()
+                .style(style)
+                .fault(fault, 1.0)
+                .build();
             let (r, body) = send(&sim, chat("x")).await.unwrap();
             assert_eq!(r.status().as_u16(), status, "{style:?} {fault:?}");
             let c = classify(provider, &r, &body);
@@ -418,7 +434,10 @@ async fn loopback_http_end_to_end() {
     assert_eq!(log.len(), 4, "each request logged once");
     for (i, s) in log.iter().enumerate() {
         assert_eq!(s.seq, i as u64);
-        assert_eq!(s.client_request_id.as_deref(), Some(format!("item-{i}").as_str()));
+        assert_eq!(
+            s.client_request_id.as_deref(),
+            Some(format!("item-{i}").as_str())
+        );
     }
     assert_eq!(log[0].label, Some("positive"));
     assert_eq!(log[1].label, Some("negative"));

@@ -265,10 +265,7 @@ impl SimProvider {
         };
         let wall = self.wall(now);
         let mut headers = HeaderMap::new();
-        headers.insert(
-            http::header::DATE,
-            header(httpdate::fmt_http_date(wall)),
-        );
+        headers.insert(http::header::DATE, header(httpdate::fmt_http_date(wall)));
         headers.insert(
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
@@ -279,7 +276,8 @@ impl SimProvider {
         };
         headers.insert(id_header, header(format!("req_sim_{seq}")));
 
-        let decision = self.decide_inner(now, wall, parts, body, draw, st, &mut served, &mut headers);
+        let decision =
+            self.decide_inner(now, wall, parts, body, draw, st, &mut served, &mut headers);
         let decision = match decision {
             Ok((status, body, delay)) => {
                 served.status = Some(status);
@@ -321,22 +319,46 @@ impl SimProvider {
             Endpoint::Messages
         } else {
             st.stats.invalid += 1;
-            return Ok(error(style, StatusCode::NOT_FOUND, "not_found_error", None, "Unknown endpoint."));
+            return Ok(error(
+                style,
+                StatusCode::NOT_FOUND,
+                "not_found_error",
+                None,
+                "Unknown endpoint.",
+            ));
         };
         if parts.method != Method::POST {
             st.stats.invalid += 1;
-            return Ok(error(style, StatusCode::METHOD_NOT_ALLOWED, "invalid_request_error", None, "Only POST is supported."));
+            return Ok(error(
+                style,
+                StatusCode::METHOD_NOT_ALLOWED,
+                "invalid_request_error",
+                None,
+                "Only POST is supported.",
+            ));
         }
         let body = match body {
             Ok(b) => b,
             Err(_) => {
                 st.stats.invalid += 1;
-                return Ok(error(style, StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", None, "Request body too large."));
+                return Ok(error(
+                    style,
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "invalid_request_error",
+                    None,
+                    "Request body too large.",
+                ));
             }
         };
         let Some(parsed) = format::parse(&body) else {
             st.stats.invalid += 1;
-            return Ok(error(style, StatusCode::BAD_REQUEST, "invalid_request_error", None, "We could not parse the JSON body of your request."));
+            return Ok(error(
+                style,
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                None,
+                "We could not parse the JSON body of your request.",
+            ));
         };
         let prompt_tokens = count_tokens(parsed.chars);
         let max_tokens = parsed.max_tokens.unwrap_or(cfg.default_max_tokens);
@@ -350,7 +372,13 @@ impl SimProvider {
             if (start..end).contains(&served.at) {
                 served.outcome = Outcome::Outage;
                 st.stats.outage += 1;
-                return Ok(error(style, StatusCode::SERVICE_UNAVAILABLE, "overloaded", Some("server_is_overloaded"), "The server is overloaded or not ready yet."));
+                return Ok(error(
+                    style,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "overloaded",
+                    Some("server_is_overloaded"),
+                    "The server is overloaded or not ready yet.",
+                ));
             }
         }
         // 2. quota
@@ -378,19 +406,40 @@ impl SimProvider {
                 Fault::ConnectionReset => {
                     st.stats.resets += 1;
                     served.outcome = Outcome::Fault(fault);
-                    return Err(io::Error::new(io::ErrorKind::ConnectionReset, "simulated connection reset"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::ConnectionReset,
+                        "simulated connection reset",
+                    ));
                 }
                 Fault::ServerError => {
                     st.stats.server_errors += 1;
-                    Some(error(style, StatusCode::INTERNAL_SERVER_ERROR, "server_error", None, "The server had an error while processing your request. Sorry about that!"))
+                    Some(error(
+                        style,
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "server_error",
+                        None,
+                        "The server had an error while processing your request. Sorry about that!",
+                    ))
                 }
                 Fault::ServiceUnavailable => {
                     st.stats.unavailable += 1;
-                    Some(error(style, StatusCode::SERVICE_UNAVAILABLE, "overloaded", Some("server_is_overloaded"), "The server is overloaded or not ready yet."))
+                    Some(error(
+                        style,
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "overloaded",
+                        Some("server_is_overloaded"),
+                        "The server is overloaded or not ready yet.",
+                    ))
                 }
                 Fault::Overloaded => {
                     st.stats.overloaded += 1;
-                    Some(error(style, status_529(), "overloaded_error", Some("overloaded_error"), "Overloaded"))
+                    Some(error(
+                        style,
+                        status_529(),
+                        "overloaded_error",
+                        Some("overloaded_error"),
+                        "Overloaded",
+                    ))
                 }
                 Fault::InvalidApiKey => {
                     st.stats.invalid_api_key += 1;
@@ -426,12 +475,19 @@ impl SimProvider {
             };
             self.limit_headers(now, wall, st, headers);
             if let Some(wait) = wait {
-                headers.insert(http::header::RETRY_AFTER, header(ceil_secs(wait).to_string()));
+                headers.insert(
+                    http::header::RETRY_AFTER,
+                    header(ceil_secs(wait).to_string()),
+                );
                 if style == Style::OpenAi {
                     headers.insert("retry-after-ms", header(ceil_ms(wait).to_string()));
                 }
             }
-            let unit = if by_requests { "requests per min (RPM)" } else { "tokens per min (TPM)" };
+            let unit = if by_requests {
+                "requests per min (RPM)"
+            } else {
+                "tokens per min (TPM)"
+            };
             let message = match (style, wait) {
                 (Style::OpenAi, Some(w)) => format!(
                     "Rate limit reached for {model} in organization org-sim on {unit}: Limit {limit}, Used {used}, Requested {requested}. Please try again in {}.",
@@ -445,8 +501,20 @@ impl SimProvider {
                 ),
             };
             return Ok(match style {
-                Style::OpenAi => error(style, StatusCode::TOO_MANY_REQUESTS, kind, Some("rate_limit_exceeded"), &message),
-                Style::Anthropic => error(style, StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", None, &message),
+                Style::OpenAi => error(
+                    style,
+                    StatusCode::TOO_MANY_REQUESTS,
+                    kind,
+                    Some("rate_limit_exceeded"),
+                    &message,
+                ),
+                Style::Anthropic => error(
+                    style,
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limit_error",
+                    None,
+                    &message,
+                ),
             });
         }
         // 5. admitted: served
@@ -497,7 +565,13 @@ impl SimProvider {
         Ok((StatusCode::OK, body.to_string(), cfg.latency + slow))
     }
 
-    fn limit_headers(&self, now: Instant, wall: SystemTime, st: &mut State, headers: &mut HeaderMap) {
+    fn limit_headers(
+        &self,
+        now: Instant,
+        wall: SystemTime,
+        st: &mut State,
+        headers: &mut HeaderMap,
+    ) {
         let cfg = &*self.config;
         let rem_r = cfg.rpm.saturating_sub(st.requests.used(now));
         let rem_t = cfg.tpm.saturating_sub(st.tokens.used(now));
@@ -513,12 +587,30 @@ impl SimProvider {
                 headers.insert("x-ratelimit-reset-tokens", header(go_duration(reset_t)));
             }
             Style::Anthropic => {
-                headers.insert("anthropic-ratelimit-requests-limit", header(cfg.rpm.to_string()));
-                headers.insert("anthropic-ratelimit-requests-remaining", header(rem_r.to_string()));
-                headers.insert("anthropic-ratelimit-requests-reset", header(rfc3339_ceil(wall + reset_r)));
-                headers.insert("anthropic-ratelimit-tokens-limit", header(cfg.tpm.to_string()));
-                headers.insert("anthropic-ratelimit-tokens-remaining", header(rem_t.to_string()));
-                headers.insert("anthropic-ratelimit-tokens-reset", header(rfc3339_ceil(wall + reset_t)));
+                headers.insert(
+                    "anthropic-ratelimit-requests-limit",
+                    header(cfg.rpm.to_string()),
+                );
+                headers.insert(
+                    "anthropic-ratelimit-requests-remaining",
+                    header(rem_r.to_string()),
+                );
+                headers.insert(
+                    "anthropic-ratelimit-requests-reset",
+                    header(rfc3339_ceil(wall + reset_r)),
+                );
+                headers.insert(
+                    "anthropic-ratelimit-tokens-limit",
+                    header(cfg.tpm.to_string()),
+                );
+                headers.insert(
+                    "anthropic-ratelimit-tokens-remaining",
+                    header(rem_t.to_string()),
+                );
+                headers.insert(
+                    "anthropic-ratelimit-tokens-reset",
+                    header(rfc3339_ceil(wall + reset_t)),
+                );
             }
         }
     }

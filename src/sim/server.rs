@@ -98,6 +98,8 @@ impl Drop for SimServer {
 
 impl fmt::Debug for SimServer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SimServer").field("addr", &self.addr).finish()
+        f.debug_struct("SimServer")
+            .field("addr", &self.addr)
+            .finish()
     }
 }

@@ -73,11 +73,9 @@ impl Window {
     /// How long until the window is empty again ("fully replenished").
     pub(crate) fn reset_after(&mut self, now: Instant) -> Duration {
         self.expire(now);
-        self.entries
-            .back()
-            .map_or(Duration::ZERO, |&(at, _)| {
-                (at + self.len).saturating_duration_since(now)
-            })
+        self.entries.back().map_or(Duration::ZERO, |&(at, _)| {
+            (at + self.len).saturating_duration_since(now)
+        })
     }
 }
 
@@ -91,7 +89,10 @@ mod tests {
         let len = Duration::from_secs(60);
         let mut w = Window::new(len);
         for i in 0..3 {
-            assert_eq!(w.wait_for(t0 + Duration::from_secs(i), 1, 3), Some(Duration::ZERO));
+            assert_eq!(
+                w.wait_for(t0 + Duration::from_secs(i), 1, 3),
+                Some(Duration::ZERO)
+            );
             w.admit(t0 + Duration::from_secs(i), 1);
         }
         let now = t0 + Duration::from_secs(10);
