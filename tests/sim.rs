@@ -467,3 +467,24 @@ async fn loopback_connection_reset_drops_the_connection() {
     assert_eq!(sim.log().len(), 1);
     server.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn batched_prompt_gets_a_json_array_of_labels() {
+    let sim = SimProvider::builder().build();
+    let prompt = "Classify each text as positive, negative or neutral. Answer with a JSON array of labels, in order.\n1. I love it\n2. awful, broken\n3. a chair";
+    let body = serde_json::json!({"messages": [{"role": "user", "content": prompt}]});
+    let req = Request::post("/v1/chat/completions")
+        .body(body.to_string())
+        .unwrap();
+    let (r, body) = send(&sim, req).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let content = v["choices"][0]["message"]["content"].as_str().unwrap();
+    let labels: Vec<String> = serde_json::from_str(content).unwrap();
+    assert_eq!(labels, vec!["positive", "negative", "neutral"]);
+    assert_eq!(sim.log()[0].labels, vec!["positive", "negative", "neutral"]);
+    assert_eq!(
+        v["usage"]["completion_tokens"],
+        (content.len() as u64).div_ceil(4).min(16)
+    );
+}

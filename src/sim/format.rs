@@ -94,6 +94,37 @@ pub fn text_of_prompt(message: &str) -> &str {
         .trim()
 }
 
+/// The texts of a batched prompt, one per numbered line (`1. text` or
+/// `1) text`), when the message asks for a "JSON array"; `None` otherwise.
+/// The provider then answers a JSON array of labels, one per text, in order.
+///
+/// ```
+/// use tower_llm_resilience::sim::batched_texts;
+/// let prompt = "Label each text; answer with a JSON array of labels.\n1. I love it\n2) awful";
+/// assert_eq!(batched_texts(prompt), Some(vec!["I love it", "awful"]));
+/// assert_eq!(batched_texts("Text: I love it"), None);
+/// ```
+pub fn batched_texts(message: &str) -> Option<Vec<&str>> {
+    if !message.to_ascii_lowercase().contains("json array") {
+        return None;
+    }
+    let texts: Vec<&str> = message
+        .lines()
+        .filter_map(|line| {
+            let line = line.trim_start();
+            let digits = line.len() - line.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+            if digits == 0 {
+                return None;
+            }
+            let rest = &line[digits..];
+            rest.strip_prefix(". ")
+                .or_else(|| rest.strip_prefix(") "))
+                .map(str::trim)
+        })
+        .collect();
+    (!texts.is_empty()).then_some(texts)
+}
+
 /// What the provider reads from a request body.
 #[derive(Debug)]
 pub(crate) struct Parsed {

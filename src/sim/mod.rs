@@ -27,7 +27,8 @@
 //! - charged at admission, as OpenAI does: prompt tokens + `max_tokens`
 //!   (or `max_completion_tokens`; default 16 when absent); nothing is
 //!   refunded when the completion is shorter;
-//! - completion tokens = `ceil(label length / 4)`, capped at `max_tokens`;
+//! - completion tokens = `ceil(content length / 4)`, capped at
+//!   `max_tokens` (the content is the label, or a JSON array of labels);
 //!   reported in `usage` (`prompt_tokens` / `completion_tokens`, or
 //!   `input_tokens` / `output_tokens`).
 //!
@@ -36,7 +37,9 @@
 //! The completion is a sentiment label ([`label`]) of the text the prompt
 //! asks about ([`text_of_prompt`]: what follows the last `Text:` of the last
 //! user message, else its last line), so a test can check every label it
-//! got against what the provider served ([`SimProvider::log`]).
+//! got against what the provider served ([`SimProvider::log`]). A prompt
+//! that asks for a "JSON array" and lists numbered texts (`1. …`) is
+//! answered with a JSON array of labels, one per text ([`batched_texts`]).
 //!
 //! # Order of decisions for one request
 //!
@@ -88,6 +91,6 @@ mod server;
 mod window;
 
 pub use self::config::{Fault, SimProviderBuilder, Style};
-pub use self::format::{count_tokens, go_duration, label, text_of_prompt};
+pub use self::format::{batched_texts, count_tokens, go_duration, label, text_of_prompt};
 pub use self::provider::{Outcome, Served, SimProvider, SimStats};
 pub use self::server::SimServer;

@@ -72,8 +72,13 @@ pub struct Served {
     /// Tokens charged against the window at admission (prompt plus
     /// `max_tokens`; 0 unless admitted).
     pub charged_tokens: u64,
-    /// The label served (`Some` only when completed).
+    /// The label served (`Some` only when completed; for a batched prompt,
+    /// the first of [`labels`](Self::labels)).
     pub label: Option<&'static str>,
+    /// Every label served, in order: one for a plain prompt, one per text
+    /// for a batched prompt ([`batched_texts`](super::batched_texts)); empty
+    /// unless completed.
+    pub labels: Vec<&'static str>,
     /// The client's `x-request-id` or `idempotency-key` header, if any.
     pub client_request_id: Option<String>,
     /// The text that was labelled (see [`text_of_prompt`](super::text_of_prompt)).
@@ -260,6 +265,7 @@ impl SimProvider {
             completion_tokens: 0,
             charged_tokens: 0,
             label: None,
+            labels: Vec::new(),
             client_request_id,
             text: String::new(),
         };
@@ -527,10 +533,20 @@ impl SimProvider {
             st.stats.slow += 1;
         }
         st.stats.completed += 1;
-        let label = format::label(&served.text);
-        let completion = count_tokens(label.len()).min(max_tokens);
+        let (content, labels) = match format::batched_texts(&parsed.last_user) {
+            Some(texts) => {
+                let labels: Vec<&'static str> = texts.into_iter().map(format::label).collect();
+                (json!(labels).to_string(), labels)
+            }
+            None => {
+                let label = format::label(&served.text);
+                (label.to_owned(), vec![label])
+            }
+        };
+        let completion = count_tokens(content.len()).min(max_tokens);
         served.outcome = Outcome::Completed;
-        served.label = Some(label);
+        served.label = labels.first().copied();
+        served.labels = labels;
         served.charged_tokens = cost;
         served.completion_tokens = completion;
         let seq = served.seq;
@@ -542,7 +558,7 @@ impl SimProvider {
                 "model": model,
                 "choices": [{
                     "index": 0,
-                    "message": {"role": "assistant", "content": label},
+                    "message": {"role": "assistant", "content": content},
                     "finish_reason": "stop"
                 }],
                 "usage": {
@@ -556,7 +572,7 @@ impl SimProvider {
                 "type": "message",
                 "role": "assistant",
                 "model": model,
-                "content": [{"type": "text", "text": label}],
+                "content": [{"type": "text", "text": content}],
                 "stop_reason": "end_turn",
                 "stop_sequence": null,
                 "usage": {"input_tokens": prompt_tokens, "output_tokens": completion}
