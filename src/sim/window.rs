@@ -103,4 +103,47 @@ mod tests {
         assert_eq!(w.used(t0 + len), 2);
         assert_eq!(w.used(t0 + len + Duration::from_secs(2)), 0);
     }
+
+    proptest::proptest! {
+        /// `wait_for` is the earliest time at which the cost fits, checked
+        /// against a brute-force count; admitting never exceeds the limit.
+        #[test]
+        fn wait_for_matches_brute_force(
+            steps in proptest::collection::vec((0u64..5_000, 1u64..40), 1..60),
+            limit in 1u64..200,
+        ) {
+            let t0 = Instant::now();
+            let len = Duration::from_secs(10);
+            let mut w = Window::new(len);
+            let mut all: Vec<(Instant, u64)> = Vec::new();
+            let mut now = t0;
+            for (gap_ms, cost) in steps {
+                now += Duration::from_millis(gap_ms);
+                let in_window = |all: &[(Instant, u64)], at: Instant| -> u64 {
+                    all.iter().filter(|(t, _)| *t + len > at).map(|(_, c)| c).sum()
+                };
+                let got = w.wait_for(now, cost, limit);
+                if cost > limit {
+                    proptest::prop_assert_eq!(got, None);
+                    continue;
+                }
+                let mut candidates: Vec<Duration> = all
+                    .iter()
+                    .map(|(t, _)| (*t + len).saturating_duration_since(now))
+                    .collect();
+                candidates.push(Duration::ZERO);
+                candidates.sort();
+                let expected = candidates
+                    .into_iter()
+                    .find(|d| in_window(&all, now + *d) + cost <= limit);
+                proptest::prop_assert_eq!(got, expected);
+                if got == Some(Duration::ZERO) {
+                    w.admit(now, cost);
+                    all.push((now, cost));
+                    proptest::prop_assert!(in_window(&all, now) <= limit);
+                    proptest::prop_assert_eq!(w.used(now), in_window(&all, now));
+                }
+            }
+        }
+    }
 }
