@@ -214,6 +214,14 @@ async fn tpm_charges_prompt_plus_max_tokens_at_admission() {
     assert!(String::from_utf8_lossy(&body).contains("Request too large"));
     assert_eq!(sim.stats().rate_limited_tokens, 2);
     assert_eq!(sim.max_in_any_window().1, sim.stats().tokens_admitted);
+
+    // too large is reported as such even when the requests window is full too
+    let sim = SimProvider::builder().rpm(1).tpm(1_000).build();
+    assert_eq!(send(&sim, chat("a")).await.unwrap().0.status(), 200);
+    let (r, body) = send(&sim, chat_with("b", 5_000)).await.unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(String::from_utf8_lossy(&body).contains("Request too large"));
+    assert_eq!(sim.log()[1].outcome, Outcome::RateLimitedTokens);
 }
 
 #[tokio::test(start_paused = true)]

@@ -465,7 +465,9 @@ impl SimProvider {
             (r, t) => Some((r, t)),
         };
         if let Some((wait_r, wait_t)) = blocked {
-            let by_requests = wait_r != Some(Duration::ZERO);
+            // a request larger than the token window is reported as such,
+            // whatever the requests window says
+            let by_requests = wait_r != Some(Duration::ZERO) && wait_t.is_some();
             let wait = match (wait_r, wait_t) {
                 (Some(r), Some(t)) => Some(r.max(t)),
                 _ => None, // larger than the window: waiting cannot help
