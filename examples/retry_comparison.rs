@@ -32,7 +32,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
+use rand::{RngExt, SeedableRng};
 use tokio::time::Instant;
 use tower::retry::backoff::{
     Backoff as _, ExponentialBackoff, ExponentialBackoffMaker, MakeBackoff,
@@ -119,7 +119,7 @@ struct Seeded(SmallRng);
 
 impl tower::util::rng::Rng for Seeded {
     fn next_u64(&mut self) -> u64 {
-        self.0.gen()
+        self.0.random()
     }
 }
 
@@ -188,7 +188,7 @@ impl<B: Clone> tower::retry::Policy<Request<B>, Response<String>, Infallible>
             _ => {
                 let n = self.retries_taken;
                 let base = (0.5 * 2f64.powi(n as i32)).min(8.0);
-                let jitter = 1.0 - 0.25 * self.rng.lock().unwrap().gen::<f64>();
+                let jitter = 1.0 - 0.25 * self.rng.lock().unwrap().random::<f64>();
                 base * jitter
             }
         };

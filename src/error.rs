@@ -74,6 +74,8 @@ enum Kind {
     CircuitOpen,
     /// The shared store (e.g. Redis) could not be reached.
     StoreUnavailable,
+    /// The caller cancelled the call before it finished (batch driver).
+    Cancelled,
 }
 
 #[allow(dead_code)] // some constructors belong to layers not yet merged
@@ -195,6 +197,13 @@ impl Error {
         .with_source(source)
     }
 
+    pub(crate) fn cancelled() -> Self {
+        Error::new(
+            Kind::Cancelled,
+            Classification::failure(ErrorClass::Cancelled),
+        )
+    }
+
     /// What went wrong, in the crate's taxonomy.
     pub fn class(&self) -> ErrorClass {
         self.inner.classification.class.unwrap_or(ErrorClass::Other)
@@ -237,7 +246,8 @@ impl Error {
             | Kind::RetryBudgetExhausted
             | Kind::DeadlineExceeded
             | Kind::CircuitOpen
-            | Kind::StoreUnavailable => self.class().is_retryable(),
+            | Kind::StoreUnavailable
+            | Kind::Cancelled => self.class().is_retryable(),
             Kind::Response | Kind::Transport => self.inner.classification.is_retryable(),
         }
     }
@@ -343,6 +353,12 @@ impl Error {
     pub fn is_store_unavailable(&self) -> bool {
         self.inner.kind == Kind::StoreUnavailable
     }
+
+    /// The caller cancelled the call (e.g. a [`batch`](crate::batch) run's
+    /// cancellation token fired) before it finished.
+    pub fn is_cancelled(&self) -> bool {
+        self.inner.kind == Kind::Cancelled
+    }
 }
 
 impl fmt::Debug for Error {
@@ -413,6 +429,7 @@ impl fmt::Display for Error {
             }
             Kind::CircuitOpen => write!(f, "circuit breaker open ({class}")?,
             Kind::StoreUnavailable => return f.write_str("rate-limit store unavailable"),
+            Kind::Cancelled => return f.write_str("cancelled before it finished"),
         }
         if let Some(code) = c.code {
             write!(f, ": {code}")?;

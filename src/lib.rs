@@ -51,6 +51,13 @@
 //!   tower-http's `ClassifyResponse`.
 //! - `hyper` (default): classify hyper's and hyper-util's client errors
 //!   (connect, timeout, closed connection) without string matching.
+//! - `sim` (off): [`sim`], a simulated OpenAI- / Anthropic-shaped provider
+//!   with sliding-window limits and seeded faults, in process or on loopback.
+//!
+//! # Running a batch
+//!
+//! [`batch::Batch`] drives many requests through the stack with bounded
+//! concurrency and returns one result per input, in input order.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![warn(
@@ -60,12 +67,16 @@
     unreachable_pub
 )]
 
+pub mod batch;
 pub mod circuit_breaker;
 pub mod classify;
 mod error;
 pub mod events;
 pub mod key;
 pub mod retry;
+#[cfg(feature = "sim")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sim")))]
+pub mod sim;
 
 pub use self::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
 pub use self::classify::{Classification, Classifier, ErrorClass, Provider};

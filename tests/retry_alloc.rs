@@ -3,9 +3,9 @@
 //! headers): the layer itself adds no allocation.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::convert::Infallible;
 use std::future::{ready, Ready};
-use std::cell::Cell;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};

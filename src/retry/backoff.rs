@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use rand::Rng;
+use rand::{Rng, RngExt};
 
 /// How the wait is spread around the exponential bound, so that clients who
 /// failed together do not all come back at the same instant.
@@ -160,7 +160,7 @@ pub(crate) fn scale(d: Duration, x: f64) -> Duration {
 
 /// A uniform draw in `[0, 1)`.
 pub(crate) fn unit(rng: &mut impl Rng) -> f64 {
-    let x: f64 = rng.gen();
+    let x: f64 = rng.random();
     if (0.0..1.0).contains(&x) {
         x
     } else {

@@ -150,7 +150,7 @@ impl<C> Config<C> {
             deadline: None,
             budget: Some(RetryBudget::default()),
             predicate: None,
-            rng: Arc::new(Mutex::new(SmallRng::from_entropy())),
+            rng: Arc::new(Mutex::new(SmallRng::seed_from_u64(process_seed()))),
             events: None,
             spike: None,
         }
@@ -497,6 +497,18 @@ where
         }
         Some(replay(request))
     }
+}
+
+/// A seed that differs between processes (std's `RandomState` is keyed
+/// from the OS per process) and between layers of one process, so that
+/// clients started together do not draw the same jitter.
+fn process_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAYERS: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(LAYERS.fetch_add(1, Ordering::Relaxed));
+    hasher.finish()
 }
 
 #[cfg(test)]
