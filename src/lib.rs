@@ -46,7 +46,9 @@ pub mod classify;
 mod error;
 pub mod events;
 pub mod key;
+pub mod rate_limit;
 
 pub use self::classify::{Classification, Classifier, ErrorClass, Provider};
 pub use self::error::{BoxError, Error};
 pub use self::key::{Key, KeyFn};
+pub use self::rate_limit::{Limits, RateLimitLayer};
