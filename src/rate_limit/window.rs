@@ -432,7 +432,12 @@ impl Window {
                 }
             }
         }
-        self.last = self.dims.iter().filter_map(|d| d.log.back()).map(|e| e.at).max();
+        self.last = self
+            .dims
+            .iter()
+            .filter_map(|d| d.log.back())
+            .map(|e| e.at)
+            .max();
     }
 
     /// Replaces the token charge of reservation `id` with what the request
@@ -629,17 +634,43 @@ mod tests {
         let mut w = Window::new(&limits, t0);
         // Provider says only 1 remains, resetting in 10 s.
         assert_eq!(
-            w.learn(Dimension::Requests, MINUTE, Some(100), Some(1), Some(Duration::from_secs(10)), false, t0),
+            w.learn(
+                Dimension::Requests,
+                MINUTE,
+                Some(100),
+                Some(1),
+                Some(Duration::from_secs(10)),
+                false,
+                t0
+            ),
             Some(100)
         );
-        assert!(matches!(w.acquire(&Costs::new(0, 0), t0, None), Admission::Reserved { at, .. } if at == t0));
+        assert!(
+            matches!(w.acquire(&Costs::new(0, 0), t0, None), Admission::Reserved { at, .. } if at == t0)
+        );
         assert!(
             matches!(w.acquire(&Costs::new(0, 0), t0, None), Admission::Reserved { at, .. } if at == t0 + Duration::from_secs(10))
         );
         // A higher provider limit does not loosen without opt-in.
-        w.learn(Dimension::Requests, MINUTE, Some(1000), None, None, false, t0);
+        w.learn(
+            Dimension::Requests,
+            MINUTE,
+            Some(1000),
+            None,
+            None,
+            false,
+            t0,
+        );
         assert_eq!(w.limit_of(Dimension::Requests, MINUTE), Some(100));
-        w.learn(Dimension::Requests, MINUTE, Some(1000), None, None, true, t0);
+        w.learn(
+            Dimension::Requests,
+            MINUTE,
+            Some(1000),
+            None,
+            None,
+            true,
+            t0,
+        );
         assert_eq!(w.limit_of(Dimension::Requests, MINUTE), Some(1000));
         w.learn(Dimension::Requests, MINUTE, Some(10), None, None, false, t0);
         assert_eq!(w.limit_of(Dimension::Requests, MINUTE), Some(10));
