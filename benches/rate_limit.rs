@@ -17,7 +17,10 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{Request, Response};
 use tower::{Layer, Service, ServiceExt};
-use tower_llm_resilience::rate_limit::{Dimension, Limits, RateLimitLayer};
+use tower_llm_resilience::key::Key;
+use tower_llm_resilience::rate_limit::{
+    Costs, Dimension, Limits, MemoryStore, RateLimitLayer, Store,
+};
 
 #[derive(Clone, Copy)]
 struct Noop;
@@ -121,6 +124,17 @@ fn per_request(c: &mut Criterion) {
         b.iter_custom(|n| run(&rt, &mut tr, n, body))
     });
 
+    // The decision alone, next to governor's check: clock read, lock, map
+    // lookup, window update, reservation.
+    let store = MemoryStore::new(no_wait_limits());
+    let key = Key::DEFAULT;
+    let one = Costs::new(0, 0);
+    g.bench_function("ours_store_decision_op", |b| {
+        b.iter(|| {
+            let now = tokio::time::Instant::now();
+            black_box(store.try_acquire(&key, &one, now, None))
+        })
+    });
     let gov = governor::RateLimiter::direct(governor::Quota::per_second(NonZeroU32::MAX));
     g.bench_function("governor_check_op", |b| {
         b.iter(|| black_box(gov.check().is_ok()))

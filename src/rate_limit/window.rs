@@ -304,7 +304,7 @@ impl DimState {
         let seen: u64 = self
             .log
             .iter()
-            .filter(|e| e.at <= now && window_start.map_or(true, |s| e.at > s))
+            .filter(|e| e.at <= now && window_start.is_none_or(|s| e.at > s))
             .map(|e| e.cost)
             .sum();
         let ext = self
@@ -530,10 +530,10 @@ impl Window {
     /// would lose no information (its limits aside, which come back from
     /// configuration).
     pub fn is_idle(&self, now: Instant) -> bool {
-        self.gate.map_or(true, |g| g <= now)
+        self.gate.is_none_or(|g| g <= now)
             && self.dims.iter().all(|d| {
-                d.log.back().map_or(true, |e| e.at + d.limit.window <= now)
-                    && d.external.map_or(true, |x| x.until <= now)
+                d.log.back().is_none_or(|e| e.at + d.limit.window <= now)
+                    && d.external.is_none_or(|x| x.until <= now)
             })
     }
 
