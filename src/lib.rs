@@ -45,6 +45,21 @@
 //! [`retry::RetryLayer::policy`] gives the same rules as a
 //! `tower::retry::Policy`.
 //!
+//! # Rate limiting
+//!
+//! [`RateLimitLayer`] spends a provider's quota without 429s: an exact
+//! sliding window over requests and tokens (per minute, per day, input and
+//! output separately), first-come-first-served waiting, costs corrected
+//! from the response, limits learned from headers, one gate per key after
+//! a `Retry-After`. See [`rate_limit`].
+//!
+//! ```
+//! use tower_llm_resilience::{Limits, RateLimitLayer};
+//!
+//! let limiter = RateLimitLayer::new(Limits::new().requests_per_minute(500).tokens_per_minute(200_000));
+//! # let _ = limiter;
+//! ```
+//!
 //! # Cargo features
 //!
 //! - `tower-http` (default): adapters between [`classify::Classifier`] and
@@ -73,6 +88,7 @@ pub mod classify;
 mod error;
 pub mod events;
 pub mod key;
+pub mod rate_limit;
 pub mod retry;
 #[cfg(feature = "sim")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sim")))]
@@ -83,3 +99,4 @@ pub use self::classify::{Classification, Classifier, ErrorClass, Provider};
 pub use self::error::{BoxError, Error};
 pub use self::key::{Key, KeyFn};
 pub use self::retry::{RetryLayer, RetryPolicy};
+pub use self::rate_limit::{Limits, RateLimitLayer};

@@ -1,0 +1,194 @@
+//! What a request will cost before it is sent.
+
+use bytes::Bytes;
+use http::Request;
+
+use super::window::Costs;
+
+/// The caller's own token estimate for a request, set as a request
+/// extension; it wins over any [`Estimator`]. Counted as input tokens.
+///
+/// ```
+/// use tower_llm_resilience::rate_limit::TokenEstimate;
+///
+/// let mut req = http::Request::new(String::from("{}"));
+/// req.extensions_mut().insert(TokenEstimate(1_200));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TokenEstimate(pub u32);
+
+/// The real token usage of a response, set as a response extension by
+/// whoever can read it (a layer that parsed the body's `usage`, the
+/// simulated provider); the limiter then corrects the request's charge.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TokenUsage {
+    /// Input (prompt) tokens used.
+    pub input_tokens: u64,
+    /// Output (completion) tokens used.
+    pub output_tokens: u64,
+}
+
+/// Estimates what a request will cost in tokens when the caller did not
+/// say ([`TokenEstimate`]). Called only when the key's limits count
+/// tokens; must be cheap and must never read an unbounded body.
+pub trait Estimator<Req>: Send + Sync {
+    /// The request's estimated cost.
+    fn estimate(&self, request: &Req) -> Costs;
+}
+
+impl<Req, F: Fn(&Req) -> Costs + Send + Sync> Estimator<Req> for F {
+    fn estimate(&self, request: &Req) -> Costs {
+        self(request)
+    }
+}
+
+/// Request bodies whose bytes can be looked at without consuming them.
+pub trait BodyBytes {
+    /// The body's bytes, when they are in memory.
+    fn body_bytes(&self) -> Option<&[u8]>;
+}
+
+impl BodyBytes for String {
+    fn body_bytes(&self) -> Option<&[u8]> {
+        Some(self.as_bytes())
+    }
+}
+impl BodyBytes for &'static str {
+    fn body_bytes(&self) -> Option<&[u8]> {
+        Some(self.as_bytes())
+    }
+}
+impl BodyBytes for Vec<u8> {
+    fn body_bytes(&self) -> Option<&[u8]> {
+        Some(self)
+    }
+}
+impl BodyBytes for Bytes {
+    fn body_bytes(&self) -> Option<&[u8]> {
+        Some(self)
+    }
+}
+impl BodyBytes for () {
+    fn body_bytes(&self) -> Option<&[u8]> {
+        None
+    }
+}
+impl<D> BodyBytes for http_body_util::Empty<D> {
+    fn body_bytes(&self) -> Option<&[u8]> {
+        None
+    }
+}
+
+/// An estimator for OpenAI- and Anthropic-style JSON chat bodies: input
+/// tokens = body bytes / 4 (JSON punctuation makes this a slight
+/// over-estimate, which is the safe side), output tokens = the body's
+/// `max_tokens`, `max_completion_tokens` or `max_output_tokens`, else
+/// [`default_max_tokens`](Self::default_max_tokens).
+///
+/// It scans at most [`scan_limit`](Self::scan_limit) bytes (default
+/// 1 MiB); a longer body counts as its full length / 4 for input and the
+/// default for output. A body it cannot see counts the default only.
+#[derive(Clone, Copy, Debug)]
+pub struct JsonEstimator {
+    default_max_tokens: u64,
+    scan_limit: usize,
+}
+
+impl Default for JsonEstimator {
+    fn default() -> Self {
+        JsonEstimator {
+            default_max_tokens: 1024,
+            scan_limit: 1 << 20,
+        }
+    }
+}
+
+impl JsonEstimator {
+    /// The default estimator.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Output tokens assumed when the body sets no maximum (default 1024;
+    /// OpenAI's real default is the model's maximum, so a client that
+    /// relies on it should set `max_tokens` or pass a [`TokenEstimate`]).
+    pub fn default_max_tokens(mut self, n: u64) -> Self {
+        self.default_max_tokens = n;
+        self
+    }
+
+    /// The most body bytes scanned for a `max_tokens` field (default 1 MiB).
+    pub fn scan_limit(mut self, n: usize) -> Self {
+        self.scan_limit = n;
+        self
+    }
+
+    /// Estimates from raw body bytes.
+    pub fn estimate_bytes(&self, body: Option<&[u8]>) -> Costs {
+        let Some(body) = body else {
+            return Costs::new(0, self.default_max_tokens);
+        };
+        let input = (body.len() as u64).div_ceil(4);
+        let scanned = &body[..body.len().min(self.scan_limit)];
+        let output = [
+            "\"max_completion_tokens\"",
+            "\"max_tokens\"",
+            "\"max_output_tokens\"",
+        ]
+        .iter()
+        .find_map(|k| field_u64(scanned, k.as_bytes()))
+        .unwrap_or(self.default_max_tokens);
+        Costs::new(input, output)
+    }
+}
+
+impl<B: BodyBytes> Estimator<Request<B>> for JsonEstimator {
+    fn estimate(&self, request: &Request<B>) -> Costs {
+        self.estimate_bytes(request.body().body_bytes())
+    }
+}
+
+/// The unsigned integer after `"name"` and a colon, if any.
+fn field_u64(hay: &[u8], name: &[u8]) -> Option<u64> {
+    let pos = hay.windows(name.len()).position(|w| w == name)?;
+    let rest = &hay[pos + name.len()..];
+    let rest = trim(rest);
+    let rest = trim(rest.strip_prefix(b":")?);
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 {
+        return None;
+    }
+    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
+}
+
+fn trim(b: &[u8]) -> &[u8] {
+    let n = b.iter().take_while(|c| c.is_ascii_whitespace()).count();
+    &b[n..]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_max_tokens_and_counts_bytes() {
+        let e = JsonEstimator::new();
+        let body =
+            br#"{"model":"gpt-4o","max_tokens": 200,"messages":[{"role":"user","content":"hi"}]}"#;
+        let c = e.estimate_bytes(Some(body));
+        assert_eq!(c.output_tokens, 200);
+        assert_eq!(c.input_tokens, (body.len() as u64).div_ceil(4));
+        let c = e.estimate_bytes(Some(br#"{"max_completion_tokens":7}"#));
+        assert_eq!(c.output_tokens, 7);
+        let c = e.estimate_bytes(Some(br#"{"max_tokens":"x"}"#));
+        assert_eq!(c.output_tokens, 1024);
+        assert_eq!(e.estimate_bytes(None), Costs::new(0, 1024));
+    }
+
+    #[test]
+    fn scan_is_bounded() {
+        let e = JsonEstimator::new().scan_limit(8);
+        let c = e.estimate_bytes(Some(br#"{"aaaaaaaaaa":1,"max_tokens":5}"#));
+        assert_eq!(c.output_tokens, 1024);
+    }
+}

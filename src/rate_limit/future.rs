@@ -1,0 +1,373 @@
+//! [`ResponseFuture`]: reserve, wait, send, learn.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+use tower::Service;
+
+use super::estimate::TokenUsage;
+use super::service::Shared;
+use super::store::{Decision, Reservation, Store};
+use super::window::{Costs, Dimension};
+use crate::classify::{Classifier, ErrorClass, LimitState};
+use crate::events::Event;
+use crate::key::Key;
+use crate::{BoxError, Error};
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+/// Gives a reservation back if the request was never sent.
+struct Guard<St: Store> {
+    store: Arc<St>,
+    reservation: Option<Reservation>,
+}
+
+impl<St: Store> Drop for Guard<St> {
+    fn drop(&mut self) {
+        if let Some(r) = self.reservation.take() {
+            self.store.cancel(&r);
+        }
+    }
+}
+
+pin_project! {
+    /// The future of [`RateLimit`](super::RateLimit): it reserves capacity,
+    /// waits until the admission instant (one timer, no polling), sends the
+    /// request, and learns from the response.
+    pub struct ResponseFuture<S, Req, K, C, E, St>
+    where
+        S: Service<Req>,
+        St: Store,
+    {
+        #[pin]
+        state: State<S::Future, St::Acquire, St>,
+        // The inner service and the request, boxed: only a request that
+        // must wait (or ask a remote store) carries them.
+        parked: Option<Box<(S, Req)>>,
+        key: Key,
+        started: Instant,
+        reservation: Option<Reservation>,
+        shared: Arc<Shared<K, C, E, St>>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, A, St: Store> {
+        Acquiring { #[pin] acquire: A },
+        // Boxed: only a waiting request pays for the timer's size.
+        Waiting { sleep: Pin<Box<Sleep>>, guard: Box<Guard<St>> },
+        Calling { #[pin] future: F },
+        Failed { error: Option<Error> },
+        Done,
+    }
+}
+
+impl<S, Req, K, C, E, St> ResponseFuture<S, Req, K, C, E, St>
+where
+    S: Service<Req>,
+    St: Store,
+{
+    /// Starts a request: decides at once when the store can (the
+    /// in-memory store always can), and on the common path (admitted now)
+    /// calls the ready inner service right away, with no clone of it.
+    pub(crate) fn start(
+        inner: &mut S,
+        request: Req,
+        key: Key,
+        costs: Costs,
+        shared: &Arc<Shared<K, C, E, St>>,
+    ) -> Self
+    where
+        S: Clone,
+    {
+        let now = Instant::now();
+        let deadline = shared.max_wait.and_then(|d| now.checked_add(d));
+        let state = match shared.store.try_acquire(&key, &costs, now, deadline) {
+            None => {
+                let acquire = shared.store.acquire(&key, &costs, now, deadline);
+                State::Acquiring { acquire }
+            }
+            Some(Ok(Decision::Admitted(r))) if r.at <= now => {
+                let future = inner.call(request);
+                return ResponseFuture {
+                    state: State::Calling { future },
+                    parked: None,
+                    key,
+                    started: now,
+                    reservation: Some(r),
+                    shared: shared.clone(),
+                };
+            }
+            Some(Ok(Decision::Admitted(r))) => {
+                let state = State::waiting(r, now, &key, shared);
+                let clone = inner.clone();
+                return ResponseFuture {
+                    state,
+                    parked: Some(Box::new((std::mem::replace(inner, clone), request))),
+                    key,
+                    started: now,
+                    reservation: None,
+                    shared: shared.clone(),
+                };
+            }
+            Some(decision) => State::Failed {
+                error: Some(refused(decision, now)),
+            },
+        };
+        let clone = inner.clone();
+        ResponseFuture {
+            state,
+            parked: Some(Box::new((std::mem::replace(inner, clone), request))),
+            key,
+            started: now,
+            reservation: None,
+            shared: shared.clone(),
+        }
+    }
+}
+
+impl<F, A, St: Store> State<F, A, St> {
+    fn waiting<K, C, E>(
+        r: Reservation,
+        started: Instant,
+        key: &Key,
+        shared: &Arc<Shared<K, C, E, St>>,
+    ) -> Self {
+        shared.events.emit(Event::RateLimitWait {
+            key,
+            wait: r.at - started,
+        });
+        State::Waiting {
+            sleep: Box::pin(tokio::time::sleep_until(r.at)),
+            guard: Box::new(Guard {
+                store: shared.store.clone(),
+                reservation: Some(r),
+            }),
+        }
+    }
+}
+
+/// The error for a decision that admits nothing.
+fn refused(decision: Result<Decision, Error>, started: Instant) -> Error {
+    match decision {
+        Ok(Decision::TooLate(at)) => {
+            Error::rate_limit_timeout(at.saturating_duration_since(started))
+        }
+        Ok(Decision::Never { cost, capacity }) => Error::over_capacity(cost, capacity),
+        Ok(Decision::Admitted(_)) => unreachable!("an admission is not refused"),
+        Err(e) => e,
+    }
+}
+
+impl<S, Req, K, C, E, St> fmt::Debug for ResponseFuture<S, Req, K, C, E, St>
+where
+    S: Service<Req>,
+    St: Store,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match self.state {
+            State::Acquiring { .. } => "acquiring",
+            State::Waiting { .. } => "waiting",
+            State::Calling { .. } => "calling",
+            State::Failed { .. } => "failed",
+            State::Done => "done",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("key", &self.key)
+            .field("state", &state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, B, RB, K, C, E, St> Future for ResponseFuture<S, Request<B>, K, C, E, St>
+where
+    S: Service<Request<B>, Response = Response<RB>>,
+    S::Error: Into<BoxError>,
+    C: Classifier,
+    St: Store,
+{
+    type Output = Result<Response<RB>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Acquiring { acquire } => {
+                    let r = match ready!(acquire.poll(cx)) {
+                        Ok(Decision::Admitted(r)) => r,
+                        refusal => {
+                            this.state.set(State::Done);
+                            return Poll::Ready(Err(refused(refusal, *this.started)));
+                        }
+                    };
+                    if r.at <= Instant::now() {
+                        *this.reservation = Some(r);
+                        let (mut inner, req) =
+                            *this.parked.take().expect("polled after completion");
+                        let future = inner.call(req);
+                        this.state.set(State::Calling { future });
+                    } else {
+                        let state = State::waiting(r, *this.started, this.key, this.shared);
+                        this.state.set(state);
+                    }
+                }
+                StateProj::Failed { error } => {
+                    let error = error.take().expect("polled after completion");
+                    this.state.set(State::Done);
+                    return Poll::Ready(Err(error));
+                }
+                StateProj::Waiting { sleep, guard } => {
+                    // A cancellation ahead of us may have moved us earlier.
+                    if let Some(r) = &guard.reservation {
+                        if let Some(at) = this.shared.store.watch(r, cx.waker()) {
+                            if at < sleep.deadline() {
+                                sleep.as_mut().reset(at);
+                            }
+                        }
+                    }
+                    ready!(sleep.as_mut().poll(cx));
+                    let classifier = &this.shared.classifier;
+                    let parked = this.parked.as_mut().expect("polled after completion");
+                    if let Err(e) = ready!(parked.0.poll_ready(cx)) {
+                        this.state.set(State::Done);
+                        // Not sent: the guard gives the reservation back.
+                        return Poll::Ready(Err(Error::from_transport(e, |e| {
+                            classifier.classify_error(e)
+                        })));
+                    }
+                    let waited = Instant::now().saturating_duration_since(*this.started);
+                    this.shared.events.emit(Event::RateLimitAdmitted {
+                        key: this.key,
+                        waited,
+                    });
+                    *this.reservation = guard.reservation.take();
+                    if let Some(r) = this.reservation.as_ref() {
+                        this.shared.store.unwatch(r);
+                    }
+                    let (mut inner, req) = *this.parked.take().expect("polled after completion");
+                    let future = inner.call(req);
+                    this.state.set(State::Calling { future });
+                }
+                StateProj::Calling { future } => {
+                    let result = ready!(future.poll(cx));
+                    this.state.set(State::Done);
+                    let shared = &**this.shared;
+                    return Poll::Ready(match result {
+                        Ok(response) => {
+                            after_response(shared, this.key, this.reservation.as_ref(), &response);
+                            Ok(response)
+                        }
+                        Err(e) => Err(Error::from_transport(e, |e| {
+                            shared.classifier.classify_error(e)
+                        })),
+                    });
+                }
+                StateProj::Done => panic!("ResponseFuture polled after completion"),
+            }
+        }
+    }
+}
+
+/// Whether a response may tell the limiter anything: any non-2xx status,
+/// a stored [`Classification`](crate::Classification), or a header whose
+/// name contains `ratelimit` or `retry-after` (OpenAI, Azure, Groq,
+/// Anthropic and IETF rate-limit headers). Skips the classifier's header
+/// parsing on the common plain success.
+fn worth_classifying<RB>(response: &Response<RB>) -> bool {
+    if !response.status().is_success()
+        || response
+            .extensions()
+            .get::<crate::Classification>()
+            .is_some()
+    {
+        return true;
+    }
+    response.headers().keys().any(|name| {
+        let n = name.as_str().as_bytes();
+        contains(n, b"ratelimit") || contains(n, b"retry-after")
+    })
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.len() >= needle.len() && hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Learns from a response: usage correction, the provider's budget, the
+/// shared gate. Cheap when the response carries nothing to learn.
+fn after_response<K, C, E, St, RB>(
+    shared: &Shared<K, C, E, St>,
+    key: &Key,
+    reservation: Option<&Reservation>,
+    response: &Response<RB>,
+) where
+    C: Classifier,
+    St: Store,
+{
+    if let (Some(r), Some(usage)) = (reservation, response.extensions().get::<TokenUsage>()) {
+        let actual = Costs::new(usage.input_tokens, usage.output_tokens);
+        if actual != r.costs {
+            shared.store.correct(r, &actual, Instant::now());
+        }
+    }
+    if !worth_classifying(response) {
+        return;
+    }
+    let c = shared.classifier.classify_response(response);
+    if c.limits.is_empty() && c.is_success() {
+        return;
+    }
+    let now = Instant::now();
+    let request_window = c
+        .provider
+        .and_then(|p| p.request_limit_window())
+        .unwrap_or(MINUTE);
+    let dims: [(Dimension, Option<LimitState>, Duration); 4] = [
+        (Dimension::Requests, c.limits.requests, request_window),
+        (Dimension::Tokens, c.limits.tokens, MINUTE),
+        (Dimension::InputTokens, c.limits.input_tokens, MINUTE),
+        (Dimension::OutputTokens, c.limits.output_tokens, MINUTE),
+    ];
+    for (dimension, state, default_window) in dims {
+        let Some(state) = state else { continue };
+        let window = state.window.unwrap_or(default_window);
+        if let Some(limit) = shared.store.learn(key, dimension, window, state, now) {
+            shared.events.emit(Event::LimitLearned {
+                key,
+                dimension: dimension.as_str(),
+                limit,
+                remaining: state.remaining,
+            });
+        }
+    }
+    if let Some(class) = c.class {
+        if matches!(
+            class,
+            ErrorClass::RateLimited | ErrorClass::SlowDown | ErrorClass::QuotaExhausted
+        ) {
+            shared.events.emit(Event::RateLimitedResponse {
+                key,
+                class,
+                retry_after: c.retry_after,
+            });
+            if class == ErrorClass::QuotaExhausted {
+                shared.events.emit(Event::QuotaExhausted {
+                    key,
+                    until: c.retry_after,
+                });
+            }
+            if let Some(wait) = c.retry_after {
+                if let Some(until) = now.checked_add(wait) {
+                    shared.store.gate(key, until);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! [`RateLimitLayer`]: the limiter's configuration.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower::Layer;
+
+use super::estimate::JsonEstimator;
+use super::service::{RateLimit, Shared};
+use super::store::MemoryStore;
+use super::window::Limits;
+use crate::classify::Provider;
+use crate::events::Events;
+use crate::key::{Key, SingleKey};
+
+/// Applies [`RateLimit`] to a service: an exact sliding-window limiter over
+/// requests and tokens, keyed, learning from the provider's headers.
+///
+/// All services made by one layer, and all their clones, share one store:
+/// they are the same limiter.
+///
+/// Defaults: one key for everything ([`SingleKey`]), classifier
+/// [`Provider::Auto`], estimator [`JsonEstimator`], no max wait (a request
+/// waits as long as the window needs, which is bounded by the longest
+/// window), events to a fresh [`Events`], the in-memory store with at most
+/// 10,000 keys, headers only ever tighten limits.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower::ServiceBuilder;
+/// use tower_llm_resilience::rate_limit::{Limits, RateLimitLayer};
+///
+/// let limiter = RateLimitLayer::new(
+///     Limits::new().requests_per_minute(500).tokens_per_minute(200_000),
+/// )
+/// .max_wait(Duration::from_secs(30));
+/// let svc = ServiceBuilder::new().layer(limiter).service(tower::service_fn(
+///     |_req: http::Request<String>| async { Ok::<_, std::convert::Infallible>(http::Response::new(())) },
+/// ));
+/// # let _ = svc;
+/// ```
+#[derive(Debug)]
+pub struct RateLimitLayer<K = SingleKey, C = Provider, E = JsonEstimator, St = MemoryStore> {
+    key_fn: K,
+    classifier: C,
+    estimator: E,
+    store: St,
+    events: Events,
+    max_wait: Option<Duration>,
+    estimate: bool,
+}
+
+impl<K: Clone, C: Clone, E: Clone, St: Clone> Clone for RateLimitLayer<K, C, E, St> {
+    fn clone(&self) -> Self {
+        RateLimitLayer {
+            key_fn: self.key_fn.clone(),
+            classifier: self.classifier.clone(),
+            estimator: self.estimator.clone(),
+            store: self.store.clone(),
+            events: self.events.clone(),
+            max_wait: self.max_wait,
+            estimate: self.estimate,
+        }
+    }
+}
+
+impl RateLimitLayer {
+    /// A limiter where every key has `limits`.
+    pub fn new(limits: Limits) -> Self {
+        let estimate = limits.counts_tokens();
+        RateLimitLayer {
+            key_fn: SingleKey,
+            classifier: Provider::Auto,
+            estimator: JsonEstimator::default(),
+            store: MemoryStore::new(limits),
+            events: Events::new(),
+            max_wait: None,
+            estimate,
+        }
+    }
+}
+
+impl<K, C, E> RateLimitLayer<K, C, E, MemoryStore> {
+    /// Gives each key its own limits (called once per new key).
+    pub fn key_limits(mut self, f: impl Fn(&Key) -> Limits + Send + Sync + 'static) -> Self {
+        self.store = self.store.key_limits(f);
+        self.estimate = true;
+        self
+    }
+
+    /// Whether the provider's `limit` headers may raise the configured
+    /// limits (default `false`: headers only ever tighten).
+    pub fn learn_limits(mut self, yes: bool) -> Self {
+        self.store = self.store.learn_limits(yes);
+        self
+    }
+
+    /// The most keys held at once (default 10,000).
+    pub fn max_keys(mut self, n: usize) -> Self {
+        self.store = self.store.max_keys(n);
+        self
+    }
+
+    /// Keys unused this long may be evicted when the map is full, even if
+    /// their windows still count something (default: never; idle keys
+    /// whose windows are empty are always evictable).
+    pub fn idle_timeout(mut self, d: Duration) -> Self {
+        self.store = self.store.idle_timeout(d);
+        self
+    }
+}
+
+impl<K, C, E, St> RateLimitLayer<K, C, E, St> {
+    /// Picks each request's key (default [`SingleKey`]).
+    pub fn key_fn<K2>(self, key_fn: K2) -> RateLimitLayer<K2, C, E, St> {
+        RateLimitLayer {
+            key_fn,
+            classifier: self.classifier,
+            estimator: self.estimator,
+            store: self.store,
+            events: self.events,
+            max_wait: self.max_wait,
+            estimate: self.estimate,
+        }
+    }
+
+    /// What responses mean (default [`Provider::Auto`]).
+    pub fn classifier<C2>(self, classifier: C2) -> RateLimitLayer<K, C2, E, St> {
+        RateLimitLayer {
+            key_fn: self.key_fn,
+            classifier,
+            estimator: self.estimator,
+            store: self.store,
+            events: self.events,
+            max_wait: self.max_wait,
+            estimate: self.estimate,
+        }
+    }
+
+    /// Estimates token costs when the request has no [`TokenEstimate`](super::TokenEstimate)
+    /// (default [`JsonEstimator`]).
+    pub fn estimator<E2>(self, estimator: E2) -> RateLimitLayer<K, C, E2, St> {
+        RateLimitLayer {
+            key_fn: self.key_fn,
+            classifier: self.classifier,
+            estimator,
+            store: self.store,
+            events: self.events,
+            max_wait: self.max_wait,
+            estimate: self.estimate,
+        }
+    }
+
+    /// Where the windows live (default [`MemoryStore`]).
+    pub fn store<St2>(self, store: St2) -> RateLimitLayer<K, C, E, St2> {
+        RateLimitLayer {
+            key_fn: self.key_fn,
+            classifier: self.classifier,
+            estimator: self.estimator,
+            store,
+            events: self.events,
+            max_wait: self.max_wait,
+            estimate: true,
+        }
+    }
+
+    /// The longest a request may wait for admission; past it, the call
+    /// fails at once with a rate-limit-timeout error and reserves nothing
+    /// (default: no limit).
+    pub fn max_wait(mut self, d: Duration) -> Self {
+        self.max_wait = Some(d);
+        self
+    }
+
+    /// Where waits, 429s and learned limits are reported (default: a fresh
+    /// [`Events`]).
+    pub fn events(mut self, events: Events) -> Self {
+        self.events = events;
+        self
+    }
+}
+
+impl<S, K, C, E, St> Layer<S> for RateLimitLayer<K, C, E, St>
+where
+    K: Clone,
+    C: Clone,
+    E: Clone,
+    St: Clone,
+{
+    type Service = RateLimit<S, K, C, E, St>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        let shared = Arc::new(Shared {
+            key_fn: self.key_fn.clone(),
+            classifier: self.classifier.clone(),
+            estimator: self.estimator.clone(),
+            store: Arc::new(self.store.clone()),
+            events: self.events.clone(),
+            max_wait: self.max_wait,
+            estimate: self.estimate,
+        });
+        RateLimit::from_shared(inner, shared)
+    }
+}

@@ -1,0 +1,118 @@
+//! [`RateLimit`]: the service.
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response};
+use tower::Service;
+
+use super::estimate::{Estimator, TokenEstimate};
+use super::future::ResponseFuture;
+use super::store::Store;
+use super::window::Costs;
+use crate::classify::Classifier;
+use crate::events::Events;
+use crate::key::KeyFn;
+use crate::{BoxError, Error};
+
+pub(crate) struct Shared<K, C, E, St> {
+    pub(crate) key_fn: K,
+    pub(crate) classifier: C,
+    pub(crate) estimator: E,
+    pub(crate) store: Arc<St>,
+    pub(crate) events: Events,
+    pub(crate) max_wait: Option<Duration>,
+    pub(crate) estimate: bool,
+}
+
+/// Holds each request until its key's windows have room, then sends it;
+/// learns from each response. Made by [`RateLimitLayer`](super::RateLimitLayer).
+///
+/// `poll_ready` only asks the inner service; `call` takes the ready inner
+/// service (leaving a clone in its place) into the returned future, which
+/// reserves capacity, waits if it must, checks the inner service is still
+/// ready, and sends. Nothing is reserved before `call`, and a future dropped
+/// while it waits gives its reservation back.
+pub struct RateLimit<S, K, C, E, St> {
+    inner: S,
+    shared: Arc<Shared<K, C, E, St>>,
+}
+
+impl<S, K, C, E, St> RateLimit<S, K, C, E, St> {
+    pub(crate) fn from_shared(inner: S, shared: Arc<Shared<K, C, E, St>>) -> Self {
+        RateLimit { inner, shared }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, unwrapped.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    /// The store (to peek at a key's state, or share it).
+    pub fn store(&self) -> &St {
+        &self.shared.store
+    }
+}
+
+impl<S: Clone, K, C, E, St> Clone for RateLimit<S, K, C, E, St> {
+    fn clone(&self) -> Self {
+        RateLimit {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, K, C, E, St: fmt::Debug> fmt::Debug for RateLimit<S, K, C, E, St> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimit")
+            .field("inner", &self.inner)
+            .field("store", &self.shared.store)
+            .field("max_wait", &self.shared.max_wait)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, B, RB, K, C, E, St> Service<Request<B>> for RateLimit<S, K, C, E, St>
+where
+    S: Service<Request<B>, Response = Response<RB>> + Clone,
+    S::Error: Into<BoxError>,
+    K: KeyFn<Request<B>>,
+    C: Classifier,
+    E: Estimator<Request<B>>,
+    St: Store,
+{
+    type Response = Response<RB>;
+    type Error = Error;
+    type Future = ResponseFuture<S, Request<B>, K, C, E, St>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        let classifier = &self.shared.classifier;
+        self.inner
+            .poll_ready(cx)
+            .map_err(|e| Error::from_transport(e, |e| classifier.classify_error(e)))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let shared = &self.shared;
+        let key = shared.key_fn.key(&request);
+        let costs = match request.extensions().get::<TokenEstimate>() {
+            Some(&TokenEstimate(n)) => Costs::tokens(n.into()),
+            None if shared.estimate => shared.estimator.estimate(&request),
+            None => Costs::new(0, 0),
+        };
+        ResponseFuture::start(&mut self.inner, request, key, costs, shared)
+    }
+}
