@@ -381,3 +381,18 @@ async fn clones_are_the_same_limiter() {
     b.oneshot(req(2)).await.unwrap();
     assert_eq!(t0.elapsed(), ms(1000));
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_service_and_its_future_are_send() {
+    fn send<T: Send + 'static>(t: T) -> T {
+        t
+    }
+    let (mock, mut handle) = mock::pair::<Req, Resp>();
+    let mut svc = send(RateLimitLayer::new(Limits::new().requests_per_minute(10)).layer(mock));
+    svc.ready().await.unwrap();
+    let fut = send(svc.call(req(1)));
+    let call = tokio::spawn(fut);
+    let (_, send_response) = handle.next_request().await.unwrap();
+    send_response.send_response(Response::new(String::new()));
+    assert_eq!(call.await.unwrap().unwrap().status(), StatusCode::OK);
+}

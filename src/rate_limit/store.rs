@@ -447,7 +447,7 @@ impl Store for MemoryStore {
     }
 
     fn gate(&self, key: &Key, until: Instant) {
-        self.with_window(key, until, |w| w.gate(until));
+        self.with_window(key, Instant::now(), |w| w.gate(until));
     }
 
     fn learn(

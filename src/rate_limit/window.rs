@@ -124,6 +124,7 @@ pub struct Limits {
 
 const MINUTE: Duration = Duration::from_secs(60);
 const DAY: Duration = Duration::from_secs(24 * 60 * 60);
+const MAX_WINDOW: Duration = Duration::from_secs(366 * 24 * 60 * 60);
 
 impl Limits {
     /// No limits (everything is admitted at once).
@@ -132,11 +133,13 @@ impl Limits {
     }
 
     /// Adds (or replaces) the limit of `dimension` over `window`. A zero
-    /// window is ignored.
+    /// window is ignored; a window longer than a year is cut to a year
+    /// (so that no instant arithmetic can overflow).
     pub fn window(mut self, dimension: Dimension, window: Duration, limit: u64) -> Self {
         if window.is_zero() {
             return self;
         }
+        let window = window.min(MAX_WINDOW);
         match self
             .limits
             .iter_mut()
@@ -252,7 +255,7 @@ impl DimState {
     fn prune(&mut self, now: Instant) {
         while let Some(e) = self.log.front() {
             if e.at + self.limit.window <= now {
-                self.sum -= e.cost;
+                self.sum = self.sum.saturating_sub(e.cost);
                 self.log.pop_front();
             } else {
                 break;
@@ -279,7 +282,7 @@ impl DimState {
             if sum <= allowed {
                 break;
             }
-            sum -= e.cost;
+            sum = sum.saturating_sub(e.cost);
             t = t.max(e.at + self.limit.window);
         }
         Some(t)
@@ -440,7 +443,7 @@ impl Window {
         for d in &mut self.dims {
             if let Some(i) = find(&d.log, id) {
                 if let Some(e) = d.log.remove(i) {
-                    d.sum -= e.cost;
+                    d.sum = d.sum.saturating_sub(e.cost);
                 }
             }
         }
@@ -453,7 +456,7 @@ impl Window {
                     break;
                 }
                 d.log.pop_back();
-                d.sum -= e.cost;
+                d.sum = d.sum.saturating_sub(e.cost);
                 match later.iter_mut().find(|x| x.0 == e.id) {
                     Some(x) => x.2[k] = e.cost,
                     None => {
@@ -516,7 +519,7 @@ impl Window {
             let cost = d.limit.dimension.cost(actual);
             if let Some(i) = find(&d.log, id) {
                 let e = &mut d.log[i];
-                d.sum = d.sum - e.cost + cost;
+                d.sum = d.sum.saturating_sub(e.cost).saturating_add(cost);
                 e.cost = cost;
             }
         }
@@ -739,6 +742,39 @@ mod tests {
         assert_eq!(w.limit_of(Dimension::Requests, MINUTE), Some(1000));
         w.learn(Dimension::Requests, MINUTE, Some(10), None, None, false, t0);
         assert_eq!(w.limit_of(Dimension::Requests, MINUTE), Some(10));
+    }
+
+    #[test]
+    fn absurd_inputs_do_not_panic() {
+        let t0 = Instant::now();
+        let limits = Limits::new()
+            .window(Dimension::Tokens, Duration::MAX, u64::MAX)
+            .window(Dimension::Requests, Duration::from_nanos(1), 0);
+        let mut w = Window::new(&limits, t0);
+        assert!(matches!(
+            w.acquire(&Costs::tokens(u64::MAX), t0, None),
+            Admission::Never { .. }
+        ));
+        let limits = Limits::new().window(Dimension::Tokens, Duration::MAX, u64::MAX);
+        let mut w = Window::new(&limits, t0);
+        assert!(matches!(
+            w.acquire(&Costs::new(u64::MAX, u64::MAX), t0, None),
+            Admission::Reserved { .. }
+        ));
+        assert!(matches!(
+            w.acquire(&Costs::tokens(1), t0, Some(t0)),
+            Admission::TooLate { .. }
+        ));
+        w.learn(
+            Dimension::Tokens,
+            MAX_WINDOW,
+            Some(0),
+            Some(0),
+            Some(Duration::MAX),
+            false,
+            t0,
+        );
+        w.prune(t0 + Duration::from_secs(1));
     }
 
     #[test]
