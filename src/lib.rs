@@ -98,5 +98,5 @@ pub use self::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
 pub use self::classify::{Classification, Classifier, ErrorClass, Provider};
 pub use self::error::{BoxError, Error};
 pub use self::key::{Key, KeyFn};
-pub use self::retry::{RetryLayer, RetryPolicy};
 pub use self::rate_limit::{Limits, RateLimitLayer};
+pub use self::retry::{RetryLayer, RetryPolicy};
