@@ -2,6 +2,29 @@
 //! Azure OpenAI, Gemini, Groq, OpenRouter, any OpenAI-compatible server):
 //! rate limits, quotas, overloads and outages handled once, for every stack.
 //!
+//! ```
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//! use tower_llm_resilience::{LlmLayer, Provider};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! // Any tower HTTP client: hyper-util's `Client`, a tonic channel, a mock.
+//! let http_client = tower::service_fn(|_req: http::Request<String>| async {
+//!     Ok::<_, std::convert::Infallible>(http::Response::new(String::from(r#"{"choices":[]}"#)))
+//! });
+//! let mut client = ServiceBuilder::new()
+//!     .layer(LlmLayer::new(Provider::OpenAi).requests_per_minute(500).tokens_per_minute(200_000))
+//!     .service(http_client);
+//! let request = http::Request::post("https://api.openai.com/v1/chat/completions")
+//!     .body(String::from(r#"{"model":"gpt-4o-mini","max_tokens":5,"messages":[]}"#))
+//!     .unwrap();
+//! match client.ready().await.unwrap().call(request).await {
+//!     Ok(response) => assert!(response.status().is_success()),
+//!     // Typed: quota gone, overloaded, circuit open... and whether waiting helps.
+//!     Err(error) => eprintln!("{} (retry after {:?})", error.class(), error.retry_after()),
+//! }
+//! # }
+//! ```
+//!
 //! ```text
 //! request ─▶ CircuitBreaker ─▶ Retry ─▶ RateLimit ─▶ Classify ─▶ HTTP client ─▶ provider
 //! response ◀──────────── typed Error / Response ◀────────────────────────────┘
@@ -26,6 +49,11 @@
 //! assert_eq!(c.class, Some(ErrorClass::QuotaExhausted)); // a 429 that must not be retried
 //! assert!(!c.is_retryable());
 //! ```
+//!
+//! # The whole stack
+//!
+//! [`LlmLayer`] stacks every layer below in that order from one
+//! [`Provider`] and a few limits; see [`stack`].
 //!
 //! # Circuit breaking
 //!
@@ -93,6 +121,7 @@ pub mod retry;
 #[cfg(feature = "sim")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sim")))]
 pub mod sim;
+pub mod stack;
 
 pub use self::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
 pub use self::classify::{Classification, Classifier, ErrorClass, Provider};
@@ -100,3 +129,4 @@ pub use self::error::{BoxError, Error};
 pub use self::key::{Key, KeyFn};
 pub use self::rate_limit::{Limits, RateLimitLayer};
 pub use self::retry::{RetryLayer, RetryPolicy};
+pub use self::stack::{Llm, LlmLayer};

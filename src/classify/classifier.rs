@@ -156,19 +156,30 @@ fn class_of(e: &(dyn std::error::Error + 'static)) -> Option<Classification> {
     }
     #[cfg(feature = "hyper")]
     {
+        // Like the official SDKs (any httpx transport error is a retryable
+        // connection error), a failure of the client or the connection that
+        // is not a timeout counts as `connect`; only misuse of the client is
+        // `other`.
         if let Some(client) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
-            if client.is_connect() {
+            if client.is_connect() || e.source().is_none() {
                 return Some(Classification::failure(ErrorClass::Connect));
             }
-            return None;
+            return None; // the source (a hyper or I/O error) says more
         }
         if let Some(h) = e.downcast_ref::<hyper::Error>() {
             let class = if h.is_timeout() {
                 ErrorClass::Timeout
-            } else if h.is_canceled() || h.is_incomplete_message() || h.is_closed() {
-                ErrorClass::Connect
+            } else if h.is_user() {
+                ErrorClass::Other
+            } else if h.is_parse() {
+                ErrorClass::ServerError
             } else {
-                return None;
+                // Closed, canceled, incomplete, HTTP/2 resets and GOAWAYs,
+                // I/O failures underneath.
+                match e.source().map(classify_transport_error) {
+                    Some(c) if c.class == Some(ErrorClass::Timeout) => ErrorClass::Timeout,
+                    _ => ErrorClass::Connect,
+                }
             };
             return Some(Classification::failure(class));
         }

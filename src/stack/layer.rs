@@ -1,0 +1,275 @@
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower::Layer;
+
+use crate::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
+use crate::classify::{Classify, ClassifyLayer, Provider};
+use crate::events::Events;
+use crate::key::SingleKey;
+use crate::rate_limit::{JsonEstimator, Limits, MemoryStore, RateLimit, RateLimitLayer};
+use crate::retry::{Retry, RetryLayer};
+
+/// The service [`LlmLayer`] builds around an HTTP client `S`.
+pub type Llm<S, K = SingleKey, C = Provider, St = MemoryStore> =
+    CircuitBreaker<Retry<RateLimit<Classify<S, C>, K, C, JsonEstimator, St>, C>, K, C>;
+
+/// Stacks the crate's layers in the order of its design, from one provider
+/// profile and a few limits: circuit breaker outermost (a dead or unpaid
+/// provider fails fast before retries burn time), then retry (each attempt
+/// takes a rate-limit permit, so a retry storm cannot exceed the quota),
+/// then the rate limiter next to the wire (it learns from every response),
+/// then [`ClassifyLayer`] (it reads error bodies' codes for all of them).
+///
+/// Every layer shares the classifier, the [`Events`] (one summary for the
+/// whole stack) and, for the limiter and the breaker, the key function.
+///
+/// Defaults: the [`Provider`] given to [`new`](Self::new); no limit (set
+/// at least [`requests_per_minute`](Self::requests_per_minute), and
+/// [`tokens_per_minute`](Self::tokens_per_minute) when the provider limits
+/// tokens); one key for all requests ([`SingleKey`]); and each layer's own
+/// defaults: [`RetryLayer`] (4 attempts, 10 for 429s, server waits up to
+/// 60 s honoured), [`CircuitBreakerLayer`] (opens at 50 % failures over
+/// 20 calls, at once on an exhausted quota), [`RateLimitLayer`] (no max
+/// wait, headers only tighten), [`ClassifyLayer`] (8 KiB of error bodies).
+///
+/// Each call of [`layer`](Layer::layer) makes a new limiter and new
+/// breakers; the clones of the service it returns share them. Layer once,
+/// clone the service.
+///
+/// The request body must be `Clone` (to replay it; see
+/// [`BufferBodyLayer`](crate::retry::BufferBodyLayer) otherwise) and
+/// readable by the [`JsonEstimator`] (`String`, `Bytes`, `Vec<u8>`).
+#[derive(Clone)]
+pub struct LlmLayer<K = SingleKey, C = Provider, St = MemoryStore> {
+    classifier: C,
+    key_fn: K,
+    limits: Limits,
+    events: Events,
+    max_wait: Option<Duration>,
+    learn_limits: bool,
+    make_store: Arc<MakeStore<St>>,
+    classify: ClassifyLayer<C>,
+    retry: RetryLayer<C>,
+    breaker: CircuitBreakerLayer<K, C>,
+}
+
+/// Makes the limiter's store from the limits and `learn_limits` at
+/// [`Layer::layer`] time, so that the limit setters may come in any order.
+type MakeStore<St> = dyn Fn(&Limits, bool) -> St + Send + Sync;
+
+impl<K: fmt::Debug, C: fmt::Debug, St> fmt::Debug for LlmLayer<K, C, St> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LlmLayer")
+            .field("classifier", &self.classifier)
+            .field("key_fn", &self.key_fn)
+            .field("limits", &self.limits)
+            .field("max_wait", &self.max_wait)
+            .field("learn_limits", &self.learn_limits)
+            .field("classify", &self.classify)
+            .field("retry", &self.retry)
+            .field("breaker", &self.breaker)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LlmLayer {
+    /// The stack for `provider`'s signals, with no limit yet.
+    pub fn new(provider: Provider) -> Self {
+        LlmLayer::with_classifier(provider)
+    }
+}
+
+impl<C: Clone> LlmLayer<SingleKey, C> {
+    /// The stack with a classifier of your own (see
+    /// [`Classifier`](crate::Classifier)), with no limit yet.
+    pub fn with_classifier(classifier: C) -> Self {
+        let events = Events::new();
+        LlmLayer {
+            classifier: classifier.clone(),
+            key_fn: SingleKey,
+            limits: Limits::new(),
+            events: events.clone(),
+            max_wait: None,
+            learn_limits: false,
+            make_store: Arc::new(|limits: &Limits, learn: bool| {
+                MemoryStore::new(limits.clone()).learn_limits(learn)
+            }),
+            classify: ClassifyLayer::with_classifier(classifier.clone()),
+            retry: RetryLayer::new()
+                .classifier(classifier.clone())
+                .events(events.clone()),
+            breaker: CircuitBreakerLayer::new()
+                .classifier(classifier)
+                .events(events),
+        }
+    }
+}
+
+impl<K, C, St> LlmLayer<K, C, St> {
+    /// Limits `n` requests per minute (RPM).
+    pub fn requests_per_minute(mut self, n: u64) -> Self {
+        self.limits = self.limits.requests_per_minute(n);
+        self
+    }
+
+    /// Limits `n` tokens (input and output) per minute (TPM).
+    pub fn tokens_per_minute(mut self, n: u64) -> Self {
+        self.limits = self.limits.tokens_per_minute(n);
+        self
+    }
+
+    /// Limits `n` requests per day (RPD).
+    pub fn requests_per_day(mut self, n: u64) -> Self {
+        self.limits = self.limits.requests_per_day(n);
+        self
+    }
+
+    /// Limits `n` tokens per day (TPD).
+    pub fn tokens_per_day(mut self, n: u64) -> Self {
+        self.limits = self.limits.tokens_per_day(n);
+        self
+    }
+
+    /// Limits `n` input tokens per minute (Anthropic's ITPM).
+    pub fn input_tokens_per_minute(mut self, n: u64) -> Self {
+        self.limits = self.limits.input_tokens_per_minute(n);
+        self
+    }
+
+    /// Limits `n` output tokens per minute (Anthropic's OTPM).
+    pub fn output_tokens_per_minute(mut self, n: u64) -> Self {
+        self.limits = self.limits.output_tokens_per_minute(n);
+        self
+    }
+
+    /// Replaces every limit set so far (for windows of any length, see
+    /// [`Limits::window`]).
+    ///
+    /// The provider counts a request when it arrives, the limiter when it
+    /// sends it; a window a little longer than the provider's (say 200 ms
+    /// on a 60 s window) absorbs the difference in latency between
+    /// requests, at the cost of that fraction of throughput.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The longest a request may wait for the limiter before it fails with
+    /// [`Error::is_rate_limit_timeout`](crate::Error::is_rate_limit_timeout)
+    /// (default: no maximum; the wait is bounded by the longest window).
+    pub fn max_wait(mut self, wait: Duration) -> Self {
+        self.max_wait = Some(wait);
+        self
+    }
+
+    /// Whether the provider's limit headers may raise the configured limits
+    /// (default `false`: they only tighten).
+    pub fn learn_limits(mut self, yes: bool) -> Self {
+        self.learn_limits = yes;
+        self
+    }
+
+    /// Sends every layer's events to `events` (default: a fresh handle,
+    /// shared by the layers; read it with [`events`](Self::events_handle)).
+    pub fn events(mut self, events: Events) -> Self {
+        self.events = events.clone();
+        self.retry = self.retry.events(events.clone());
+        self.breaker = self.breaker.events(events);
+        self
+    }
+
+    /// The events handle every layer reports to, for a run's summary
+    /// (`layer.events_handle().counters().snapshot()`).
+    pub fn events_handle(&self) -> &Events {
+        &self.events
+    }
+
+    /// Configures the retry layer.
+    pub fn retry(mut self, f: impl FnOnce(RetryLayer<C>) -> RetryLayer<C>) -> Self {
+        self.retry = f(self.retry);
+        self
+    }
+
+    /// Configures the circuit breaker.
+    pub fn circuit_breaker(
+        mut self,
+        f: impl FnOnce(CircuitBreakerLayer<K, C>) -> CircuitBreakerLayer<K, C>,
+    ) -> Self {
+        self.breaker = f(self.breaker);
+        self
+    }
+
+    /// Configures the classification layer next to the wire.
+    pub fn classify(mut self, f: impl FnOnce(ClassifyLayer<C>) -> ClassifyLayer<C>) -> Self {
+        self.classify = f(self.classify);
+        self
+    }
+
+    /// One quota (and one breaker) per key (default [`SingleKey`]): e.g.
+    /// [`ByHeader::api_key`](crate::key::ByHeader::api_key).
+    pub fn key_fn<K2: Clone>(self, key_fn: K2) -> LlmLayer<K2, C, St> {
+        LlmLayer {
+            classifier: self.classifier,
+            key_fn: key_fn.clone(),
+            limits: self.limits,
+            events: self.events,
+            max_wait: self.max_wait,
+            learn_limits: self.learn_limits,
+            make_store: self.make_store,
+            classify: self.classify,
+            retry: self.retry,
+            breaker: self.breaker.key_fn(key_fn),
+        }
+    }
+
+    /// Keeps the limiter's windows in `store` (e.g. a store shared by
+    /// several processes) instead of a new in-memory store per
+    /// [`layer`](Layer::layer) call. The store holds its own limits;
+    /// [`learn_limits`](Self::learn_limits) configures only the in-memory
+    /// default, and the limits set here still decide whether token costs
+    /// are estimated.
+    pub fn store<St2>(self, store: St2) -> LlmLayer<K, C, St2>
+    where
+        St2: Clone + Send + Sync + 'static,
+    {
+        LlmLayer {
+            classifier: self.classifier,
+            key_fn: self.key_fn,
+            limits: self.limits,
+            events: self.events,
+            max_wait: self.max_wait,
+            learn_limits: self.learn_limits,
+            make_store: Arc::new(move |_: &Limits, _: bool| store.clone()),
+            classify: self.classify,
+            retry: self.retry,
+            breaker: self.breaker,
+        }
+    }
+}
+
+impl<S, K, C, St> Layer<S> for LlmLayer<K, C, St>
+where
+    K: Clone,
+    C: Clone,
+    St: Clone,
+{
+    type Service = Llm<S, K, C, St>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        let store = (self.make_store)(&self.limits, self.learn_limits);
+        let mut rate_limit = RateLimitLayer::new(self.limits.clone())
+            .store(store)
+            .key_fn(self.key_fn.clone())
+            .classifier(self.classifier.clone())
+            .events(self.events.clone());
+        if let Some(wait) = self.max_wait {
+            rate_limit = rate_limit.max_wait(wait);
+        }
+        let classified = self.classify.layer(inner);
+        let limited = rate_limit.layer(classified);
+        let retried = self.retry.layer(limited);
+        self.breaker.layer(retried)
+    }
+}
