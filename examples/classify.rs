@@ -1,161 +1,530 @@
-//! The main job, for now: classify real-shaped provider responses with the
-//! crate's taxonomy and show what every layer will do with them.
+//! The main job: classify texts as positive / negative / neutral through the
+//! whole stack (circuit breaker, retry, rate limit, classify) over HTTP.
 //!
-//! `cargo run --release --example classify`
+//! ```sh
+//! cargo run --release --example classify
+//! ```
 //!
-//! (The batch classification run against the simulated provider through the
-//! whole stack replaces this once the layers are in; see the README.)
+//! With no `--base-url`, it starts the simulated provider on loopback (real
+//! sliding-window limits over a 2 s window, a realistic fault mix) and
+//! classifies the bundled sample of 300 texts. With `--base-url`, the same
+//! program runs against any OpenAI-compatible server; the API key comes from
+//! `OPENAI_API_KEY` and is never printed.
+//!
+//! Output: one JSON object per input line, in input order, to `--out`, or to
+//! stdout when it is not a terminal (else to `classify-results.jsonl`). A
+//! summary goes to stderr. Exit status: 0 when every item has a label, 1
+//! when some failed, 2 on bad arguments or unreadable input.
 
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, BufWriter, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use http::{HeaderMap, HeaderValue, StatusCode};
-use tower_llm_resilience::classify::{Classifier, Provider};
+use clap::Parser;
+use futures::StreamExt;
+use http::{header, Request, Response};
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{json, Value};
+use tower::{Layer, Service, ServiceExt};
+use tower_llm_resilience::batch::Batch;
+use tower_llm_resilience::rate_limit::{Dimension, Limits, TokenEstimate};
+use tower_llm_resilience::sim::{Fault, SimProvider, SimStats};
+use tower_llm_resilience::{BoxError, LlmLayer, Provider};
 
-struct Canned {
-    what: &'static str,
-    provider: Provider,
-    status: u16,
-    headers: &'static [(&'static str, &'static str)],
-    body: &'static str,
+const SAMPLE: &str = include_str!("data/reviews.txt");
+
+/// Classify texts as positive / negative / neutral through the whole
+/// tower-llm-resilience stack.
+#[derive(Debug, Parser)]
+#[command(about)]
+struct Args {
+    /// e.g. https://api.openai.com/v1 or http://127.0.0.1:8080/v1; without
+    /// it, the embedded simulated provider is used.
+    #[arg(long, value_name = "URL")]
+    base_url: Option<String>,
+    /// One text per line (default: the bundled sample of 300 texts).
+    #[arg(long, value_name = "FILE")]
+    input: Option<PathBuf>,
+    /// JSONL output (default: stdout when not a terminal, else
+    /// classify-results.jsonl).
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// The model to ask.
+    #[arg(long, default_value = "gpt-4o-mini")]
+    model: String,
+    /// Requests per window (default: 500, or 40 for the simulated provider).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    rpm: Option<u64>,
+    /// Tokens per window (default: 200000, or 1500 for the simulated
+    /// provider).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    tpm: Option<u64>,
+    /// Window length in seconds (default: 60, or 2 for the simulated
+    /// provider).
+    #[arg(long, value_name = "S")]
+    window_secs: Option<f64>,
+    /// Requests in flight at once.
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
+    concurrency: u64,
+    /// Texts per request; with K > 1 the prompt asks for a JSON array of
+    /// labels and the program splits it.
+    #[arg(long, value_name = "K", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=100))]
+    batch_size: u64,
 }
 
-const CANNED: &[Canned] = &[
-    Canned {
-        what: "OpenAI: over RPM",
-        provider: Provider::Auto,
-        status: 429,
-        headers: &[
-            ("retry-after-ms", "1500"),
-            ("x-ratelimit-remaining-requests", "0"),
-            ("openai-version", "2020-10-01"),
-        ],
-        body: r#"{"error":{"type":"requests","code":"rate_limit_exceeded","message":"Rate limit reached"}}"#,
-    },
-    Canned {
-        what: "OpenAI: billing quota gone",
-        provider: Provider::Auto,
-        status: 429,
-        headers: &[("openai-version", "2020-10-01")],
-        body: r#"{"error":{"type":"insufficient_quota","code":"insufficient_quota","message":"You exceeded your current quota"}}"#,
-    },
-    Canned {
-        what: "OpenAI: prompt too long",
-        provider: Provider::OpenAi,
-        status: 400,
-        headers: &[],
-        body: r#"{"error":{"type":"invalid_request_error","code":"context_length_exceeded"}}"#,
-    },
-    Canned {
-        what: "Anthropic: overloaded",
-        provider: Provider::Auto,
-        status: 529,
-        headers: &[("anthropic-organization-id", "org")],
-        body: r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
-    },
-    Canned {
-        what: "Anthropic: over input TPM",
-        provider: Provider::Anthropic,
-        status: 429,
-        headers: &[
-            ("retry-after", "12"),
-            ("anthropic-ratelimit-input-tokens-remaining", "0"),
-        ],
-        body: r#"{"type":"error","error":{"type":"rate_limit_error","message":"rate limited"}}"#,
-    },
-    Canned {
-        what: "Azure: deployment TPM",
-        provider: Provider::Auto,
-        status: 429,
-        headers: &[("x-ms-retry-after-ms", "900"), ("x-ms-region", "East US")],
-        body: r#"{"error":{"code":"429","message":"exceeded token rate limit"}}"#,
-    },
-    Canned {
-        what: "Gemini: per-minute quota",
-        provider: Provider::Gemini,
-        status: 429,
-        headers: &[],
-        body: r#"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.QuotaFailure","violations":[{"quotaId":"GenerateRequestsPerMinutePerProjectPerModel-FreeTier"}]},{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"27s"}]}}"#,
-    },
-    Canned {
-        what: "Gemini: per-day quota",
-        provider: Provider::Gemini,
-        status: 429,
-        headers: &[],
-        body: r#"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.QuotaFailure","violations":[{"quotaId":"GenerateRequestsPerDayPerProjectPerModel-FreeTier"}]}]}}"#,
-    },
-    Canned {
-        what: "OpenRouter: no credits",
-        provider: Provider::OpenRouter,
-        status: 402,
-        headers: &[],
-        body: r#"{"error":{"code":402,"message":"Insufficient credits"}}"#,
-    },
-    Canned {
-        what: "Server says do not retry",
-        provider: Provider::Auto,
-        status: 500,
-        headers: &[("x-should-retry", "false")],
-        body: "",
-    },
-    Canned {
-        what: "Absurd Retry-After",
-        provider: Provider::Generic,
-        status: 503,
-        headers: &[("retry-after", "99999999999")],
-        body: "",
-    },
-    Canned {
-        what: "Success with limits",
-        provider: Provider::Auto,
-        status: 200,
-        headers: &[
-            ("x-ratelimit-limit-tokens", "200000"),
-            ("x-ratelimit-remaining-tokens", "150000"),
-            ("x-ratelimit-reset-tokens", "6m0s"),
-        ],
-        body: "",
-    },
-];
+const SYSTEM: &str = "You label the sentiment of short texts. Answer with exactly one word: positive, negative or neutral.";
+const SYSTEM_BATCH: &str = "You label the sentiment of short texts. Answer with a JSON array of strings, one label per numbered text, in order, each exactly positive, negative or neutral, and nothing else.";
 
-fn main() {
-    let started = std::time::Instant::now();
-    println!(
-        "{:<28} {:<8} {:<12} {:<24} {:<10} {:>10}  code",
-        "response", "status", "provider", "class", "retryable", "wait"
-    );
-    for canned in CANNED {
-        let mut headers = HeaderMap::new();
-        for (k, v) in canned.headers {
-            headers.append(*k, HeaderValue::from_static(v));
-        }
-        let status = StatusCode::from_u16(canned.status).expect("valid status");
-        let body = (!canned.body.is_empty()).then_some(canned.body.as_bytes());
-        let c = canned.provider.classify(status, &headers, body);
-        let class = c.class.map_or("success", |class| class.as_str());
-        let wait = c.retry_after.map_or_else(
-            || "-".to_string(),
-            |d: Duration| format!("{:.1}s", d.as_secs_f64()),
-        );
-        println!(
-            "{:<28} {:<8} {:<12} {:<24} {:<10} {:>10}  {}",
-            canned.what,
-            status.as_u16(),
-            c.provider.unwrap_or_default().as_str(),
-            class,
-            c.is_retryable(),
-            wait,
-            c.code.unwrap_or("-"),
-        );
-        if let Some(tokens) = c.limits.tokens {
-            println!(
-                "{:<28} tokens: limit {:?}, remaining {:?}, full again in {:?}",
-                "", tokens.limit, tokens.remaining, tokens.reset
-            );
+/// The chat completion for a group of texts, and what it will cost in
+/// tokens (characters / 4 of the messages plus `max_tokens`).
+fn chat_request(
+    base_url: &str,
+    model: &str,
+    api_key: &str,
+    texts: &[&str],
+    index: usize,
+) -> (Request<String>, u64) {
+    let (system, user) = if texts.len() == 1 {
+        (SYSTEM, format!("Text: {}", texts[0]))
+    } else {
+        let numbered: Vec<String> = texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| format!("{}. {t}", i + 1))
+            .collect();
+        (SYSTEM_BATCH, numbered.join("\n"))
+    };
+    let max_tokens = 4 + 6 * texts.len() as u64;
+    let body = json!({
+        "model": model,
+        "messages": [
+            {"role": "system", "content": system},
+            {"role": "user", "content": user},
+        ],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+    });
+    let chars = system.chars().count() + user.chars().count();
+    let tokens = (chars as u64).div_ceil(4) + max_tokens;
+    let mut request = Request::post(format!(
+        "{}/chat/completions",
+        base_url.trim_end_matches('/')
+    ))
+    .header(header::CONTENT_TYPE, "application/json")
+    .header(header::AUTHORIZATION, format!("Bearer {api_key}"))
+    .header("x-request-id", index.to_string())
+    .body(body.to_string())
+    .expect("a valid request");
+    request
+        .extensions_mut()
+        .insert(TokenEstimate(u32::try_from(tokens).unwrap_or(u32::MAX)));
+    (request, tokens)
+}
+
+/// The labels in a chat completion, one per text.
+fn labels(body: &[u8], count: usize) -> Result<Vec<String>, String> {
+    let v: Value =
+        serde_json::from_slice(body).map_err(|e| format!("the response is not JSON: {e}"))?;
+    let content = v["choices"][0]["message"]["content"]
+        .as_str()
+        .ok_or("the response has no choices[0].message.content")?
+        .trim();
+    if count == 1 {
+        let word = content
+            .trim_matches(|c: char| !c.is_alphanumeric())
+            .to_lowercase();
+        return Ok(vec![word]);
+    }
+    let (start, end) = content
+        .find('[')
+        .zip(content.rfind(']'))
+        .ok_or("the answer holds no JSON array")?;
+    let array: Vec<String> =
+        serde_json::from_str(&content[start..=end]).map_err(|e| format!("bad label array: {e}"))?;
+    if array.len() != count {
+        return Err(format!("expected {count} labels, got {}", array.len()));
+    }
+    Ok(array.into_iter().map(|s| s.trim().to_lowercase()).collect())
+}
+
+/// Counts what goes over the wire: requests sent and 429s received.
+#[derive(Default)]
+struct Wire {
+    sent: AtomicU64,
+    rate_limited: AtomicU64,
+}
+
+struct Setup {
+    base_url: String,
+    api_key: String,
+    window: Duration,
+    rpm: u64,
+    tpm: u64,
+    sim: Option<(SimProvider, tower_llm_resilience::sim::SimServer)>,
+}
+
+async fn setup(args: &Args) -> io::Result<Setup> {
+    match &args.base_url {
+        Some(url) => Ok(Setup {
+            base_url: url.clone(),
+            api_key: std::env::var("OPENAI_API_KEY").unwrap_or_default(),
+            window: Duration::from_secs_f64(args.window_secs.unwrap_or(60.0)),
+            rpm: args.rpm.unwrap_or(500),
+            tpm: args.tpm.unwrap_or(200_000),
+            sim: None,
+        }),
+        None => {
+            let window = Duration::from_secs_f64(args.window_secs.unwrap_or(2.0));
+            let (rpm, tpm) = (args.rpm.unwrap_or(40), args.tpm.unwrap_or(1_500));
+            let sim = SimProvider::builder()
+                .rpm(rpm)
+                .tpm(tpm)
+                .window(window)
+                .seed(2026)
+                .latency(Duration::from_millis(150))
+                .fault(Fault::ServerError, 0.02)
+                .fault(Fault::ServiceUnavailable, 0.01)
+                .fault(Fault::ConnectionReset, 0.01)
+                .fault(Fault::Slow(Duration::from_secs(1)), 0.01)
+                .build();
+            let server = sim.serve().await?;
+            Ok(Setup {
+                base_url: server.base_url(),
+                api_key: "sk-simulated".to_string(),
+                window,
+                rpm,
+                tpm,
+                sim: Some((sim, server)),
+            })
         }
     }
-    println!(
-        "\nclassified {} responses in {:?}",
-        CANNED.len(),
-        started.elapsed()
+}
+
+fn read_texts(args: &Args) -> io::Result<Vec<String>> {
+    let text = match &args.input {
+        Some(path) => std::fs::read_to_string(path)?,
+        None => SAMPLE.to_string(),
+    };
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect())
+}
+
+fn output(args: &Args) -> io::Result<(Box<dyn Write>, String)> {
+    Ok(match &args.out {
+        Some(path) => (
+            Box::new(BufWriter::new(File::create(path)?)),
+            path.display().to_string(),
+        ),
+        None if !io::stdout().is_terminal() => (
+            Box::new(BufWriter::new(io::stdout().lock())),
+            "stdout".into(),
+        ),
+        None => {
+            let path = "classify-results.jsonl";
+            (
+                Box::new(BufWriter::new(File::create(path)?)),
+                path.to_string(),
+            )
+        }
+    })
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    if args
+        .window_secs
+        .is_some_and(|w| !(w.is_finite() && w > 0.0 && w <= 86_400.0))
+    {
+        eprintln!("error: --window-secs must be a number of seconds in (0, 86400]");
+        return ExitCode::from(2);
+    }
+    let texts = match read_texts(&args) {
+        Ok(texts) if !texts.is_empty() => texts,
+        Ok(_) => {
+            eprintln!("error: the input holds no text");
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!(
+                "error: cannot read {}: {e}",
+                args.input.as_deref().unwrap_or("sample".as_ref()).display()
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let (mut out, out_name) = match output(&args) {
+        Ok(out) => out,
+        Err(e) => {
+            eprintln!("error: cannot write the output: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let setup = match setup(&args).await {
+        Ok(setup) => setup,
+        Err(e) => {
+            eprintln!("error: cannot start the simulated provider: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&args, &setup, &texts, &mut out).await {
+        Ok(report) => {
+            if let Err(e) = out.flush() {
+                eprintln!("error: cannot write the output: {e}");
+                return ExitCode::from(2);
+            }
+            report.print(&setup, &out_name);
+            if let Some((_, server)) = setup.sim {
+                server.shutdown().await;
+            }
+            if report.failed.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("error: cannot write the output: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+struct Report {
+    items: usize,
+    succeeded: usize,
+    failed: BTreeMap<String, usize>,
+    requests: usize,
+    tokens: u64,
+    wire: Arc<Wire>,
+    summary: tower_llm_resilience::events::Summary,
+    elapsed: Duration,
+    sim: Option<SimStats>,
+}
+
+async fn run(
+    args: &Args,
+    setup: &Setup,
+    texts: &[String],
+    out: &mut dyn Write,
+) -> io::Result<Report> {
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .build();
+    let client = Client::builder(TokioExecutor::new()).build::<_, String>(https);
+    let wire = Arc::new(Wire::default());
+    let counted = {
+        let wire = wire.clone();
+        tower::service_fn(move |request: Request<String>| {
+            let mut client = client.clone();
+            let wire = wire.clone();
+            async move {
+                wire.sent.fetch_add(1, Ordering::Relaxed);
+                let response = client.ready().await?.call(request).await?;
+                if response.status() == http::StatusCode::TOO_MANY_REQUESTS {
+                    wire.rate_limited.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok::<_, BoxError>(response)
+            }
+        })
+    };
+
+    // The provider counts a request when it arrives, the limiter when it
+    // sends it: a slightly longer window absorbs the latency between them.
+    let margin = (setup.window / 20).min(Duration::from_millis(250));
+    let limiter_window = setup.window + margin;
+    let layer = LlmLayer::new(Provider::Auto).limits(
+        Limits::new()
+            .window(Dimension::Requests, limiter_window, setup.rpm)
+            .window(Dimension::Tokens, limiter_window, setup.tpm),
     );
+    let events = layer.events_handle().clone();
+    let stack = layer.layer(counted);
+
+    let k = args.batch_size as usize;
+    let groups: Vec<&[String]> = texts.chunks(k).collect();
+    let mut tokens = 0;
+    let requests: Vec<Request<String>> = groups
+        .iter()
+        .enumerate()
+        .map(|(i, group)| {
+            let refs: Vec<&str> = group.iter().map(String::as_str).collect();
+            let (request, cost) =
+                chat_request(&setup.base_url, &args.model, &setup.api_key, &refs, i);
+            tokens += cost;
+            request
+        })
+        .collect();
+
+    let bar = ProgressBar::new(texts.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} {msg}")
+            .expect("a valid template"),
+    );
+    let progress_bar = bar.clone();
+    let started = Instant::now();
+    let mut results = Batch::new(stack)
+        .concurrency(args.concurrency as usize)
+        .on_progress(move |p| {
+            progress_bar.set_message(format!("{} in flight, {} failed", p.in_flight, p.failed));
+        })
+        .stream(requests);
+
+    let mut report = Report {
+        items: texts.len(),
+        succeeded: 0,
+        failed: BTreeMap::new(),
+        requests: groups.len(),
+        tokens,
+        wire: wire.clone(),
+        summary: Default::default(),
+        elapsed: Duration::ZERO,
+        sim: None,
+    };
+    let mut index = 0;
+    for group in &groups {
+        let result = results.next().await.expect("one result per request");
+        let outcome: Result<Vec<String>, (String, String)> = match result {
+            Ok(response) => read_labels(response, group.len()).await,
+            Err(e) => Err((e.class().as_str().to_string(), e.to_string())),
+        };
+        for (j, text) in group.iter().enumerate() {
+            let line = match &outcome {
+                Ok(labels) => {
+                    report.succeeded += 1;
+                    json!({"index": index, "text": text, "label": labels[j]})
+                }
+                Err((class, message)) => {
+                    *report.failed.entry(class.clone()).or_default() += 1;
+                    json!({"index": index, "text": text, "error": {"class": class, "message": message}})
+                }
+            };
+            writeln!(out, "{line}")?;
+            index += 1;
+        }
+        bar.inc(group.len() as u64);
+    }
+    bar.finish_and_clear();
+    report.elapsed = started.elapsed();
+    report.summary = events.counters().snapshot();
+    report.sim = setup.sim.as_ref().map(|(sim, _)| sim.stats());
+    Ok(report)
+}
+
+async fn read_labels<B>(
+    response: Response<B>,
+    count: usize,
+) -> Result<Vec<String>, (String, String)>
+where
+    B: http_body::Body,
+    B::Error: std::fmt::Display,
+{
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| {
+            (
+                "connect".to_string(),
+                format!("the response body broke: {e}"),
+            )
+        })?
+        .to_bytes();
+    labels(&body, count).map_err(|e| ("other".to_string(), e))
+}
+
+impl Report {
+    fn print(&self, setup: &Setup, out_name: &str) {
+        let w = setup.window.as_secs_f64();
+        let windows = (self.requests as u64)
+            .div_ceil(setup.rpm)
+            .max(self.tokens.div_ceil(setup.tpm))
+            .saturating_sub(1);
+        let minimum = w * windows as f64;
+        let elapsed = self.elapsed.as_secs_f64();
+        let failed: u64 = self.failed.values().map(|&n| n as u64).sum();
+        let mut rows: Vec<(String, String)> = vec![
+            ("items".into(), self.items.to_string()),
+            ("succeeded".into(), self.succeeded.to_string()),
+            ("failed".into(), failed.to_string()),
+        ];
+        for (class, n) in &self.failed {
+            rows.push((format!("  {class}"), n.to_string()));
+        }
+        let sent = self.wire.sent.load(Ordering::Relaxed);
+        let limited = self.wire.rate_limited.load(Ordering::Relaxed);
+        rows.extend([
+            ("requests needed".into(), self.requests.to_string()),
+            ("requests sent".into(), sent.to_string()),
+            (
+                "429s received".into(),
+                format!(
+                    "{limited} ({:.2} % of requests sent)",
+                    100.0 * limited as f64 / sent.max(1) as f64
+                ),
+            ),
+            ("retries".into(), self.summary.retries.to_string()),
+            (
+                "breaker trips".into(),
+                self.summary.circuit_opened.to_string(),
+            ),
+            (
+                "waited on the limiter".into(),
+                format!(
+                    "{} requests, {:.1} s in all",
+                    self.summary.rate_limit_waits,
+                    self.summary.rate_limit_wait_time.as_secs_f64()
+                ),
+            ),
+            ("tokens (estimated)".into(), self.tokens.to_string()),
+            (
+                "limits".into(),
+                format!("{} requests and {} tokens per {w} s", setup.rpm, setup.tpm),
+            ),
+            ("elapsed".into(), format!("{elapsed:.1} s")),
+            (
+                "theoretical minimum".into(),
+                format!("{minimum:.1} s  (W * (max(ceil(N/R), ceil(tokens/T)) - 1))"),
+            ),
+        ]);
+        if minimum > 0.0 {
+            rows.push((
+                "elapsed / minimum".into(),
+                format!("{:.3}", elapsed / minimum),
+            ));
+        }
+        if let Some(sim) = &self.sim {
+            rows.push((
+                "provider saw".into(),
+                format!(
+                    "{} requests: {} completed, {} 429s, {} faults injected",
+                    sim.requests,
+                    sim.completed,
+                    sim.rate_limited(),
+                    sim.server_errors + sim.unavailable + sim.overloaded + sim.resets
+                ),
+            ));
+        }
+        rows.push(("results".into(), out_name.to_string()));
+        let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+        eprintln!();
+        for (k, v) in rows {
+            eprintln!("{k:<width$}  {v}");
+        }
+    }
 }
