@@ -20,7 +20,11 @@ fn limits() -> Limits {
     // Never full: every decision is admitted at once, as on a healthy quota.
     Limits::new()
         .window(Dimension::Requests, Duration::from_secs(60), 1_000_000_000)
-        .window(Dimension::Tokens, Duration::from_secs(60), 1_000_000_000_000)
+        .window(
+            Dimension::Tokens,
+            Duration::from_secs(60),
+            1_000_000_000_000,
+        )
 }
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
@@ -62,7 +66,9 @@ async fn concurrent<S: Store + Clone>(name: &str, s: &S, key: &Key, tasks: usize
             let mut lat = Vec::with_capacity(per);
             for _ in 0..per {
                 let t = Instant::now();
-                s.acquire(&key, &Costs::new(500, 200), t, None).await.unwrap();
+                s.acquire(&key, &Costs::new(500, 200), t, None)
+                    .await
+                    .unwrap();
                 lat.push(t.elapsed());
             }
             lat

@@ -100,15 +100,26 @@ async fn behaviour<S: Settle>(s: S) {
     let c = acquire(&s, &k, one).await;
     let d = acquire(&s, &k, one).await;
     let now = Instant::now();
-    assert!(a.at <= now && b.at <= now, "the first two are admitted at once");
-    assert!(near(c.at, a.at + W), "third when the first leaves: {:?}", c.at - a.at);
+    assert!(
+        a.at <= now && b.at <= now,
+        "the first two are admitted at once"
+    );
+    assert!(
+        near(c.at, a.at + W),
+        "third when the first leaves: {:?}",
+        c.at - a.at
+    );
     assert!(near(d.at, b.at + W), "fourth when the second leaves");
     assert!(d.at >= c.at, "first come, first served");
     assert!(a.id != b.id && b.id != c.id && c.id != d.id);
 
     // Oversize never fits.
     let k = Key::new("oversize");
-    match s.acquire(&k, &Costs::tokens(101), Instant::now(), None).await.unwrap() {
+    match s
+        .acquire(&k, &Costs::tokens(101), Instant::now(), None)
+        .await
+        .unwrap()
+    {
         Decision::Never { cost, capacity } => assert_eq!((cost, capacity), (101, 100)),
         other => panic!("{other:?}"),
     }
@@ -118,14 +129,22 @@ async fn behaviour<S: Settle>(s: S) {
     acquire(&s, &k, Costs::tokens(80)).await;
     let now = Instant::now();
     match s
-        .acquire(&k, &Costs::tokens(80), now, Some(now + Duration::from_millis(10)))
+        .acquire(
+            &k,
+            &Costs::tokens(80),
+            now,
+            Some(now + Duration::from_millis(10)),
+        )
         .await
         .unwrap()
     {
         Decision::TooLate(at) => assert!(near(at, now + W), "too late until the window slides"),
         other => panic!("{other:?}"),
     }
-    assert!(fits_now(&s, &k, Costs::tokens(20)).await, "nothing was reserved");
+    assert!(
+        fits_now(&s, &k, Costs::tokens(20)).await,
+        "nothing was reserved"
+    );
     assert!(!fits_now(&s, &k, Costs::tokens(21)).await);
 
     // Cancel frees room.
@@ -154,7 +173,11 @@ async fn behaviour<S: Settle>(s: S) {
     s.gate(&k, until);
     s.settle().await;
     let r = acquire(&s, &k, one).await;
-    assert!(near(r.at, until), "gated: {:?}", r.at.saturating_duration_since(Instant::now()));
+    assert!(
+        near(r.at, until),
+        "gated: {:?}",
+        r.at.saturating_duration_since(Instant::now())
+    );
     let o = acquire(&s, &Key::new("other"), one).await;
     assert!(o.at <= Instant::now(), "another key is not gated");
 
@@ -319,7 +342,11 @@ async fn fail_closed_killed_and_hung_then_recovers() {
             .await
             .unwrap_err();
         assert!(e.is_store_unavailable(), "{e}");
-        assert!(start.elapsed() < timeout + Duration::from_millis(300), "{:?}", start.elapsed());
+        assert!(
+            start.elapsed() < timeout + Duration::from_millis(300),
+            "{:?}",
+            start.elapsed()
+        );
         tokio::time::sleep(Duration::from_millis(120)).await;
     }
     // Fire-and-forget operations neither block nor panic meanwhile.
@@ -364,15 +391,19 @@ async fn fail_open_uses_a_divided_local_limit_then_recovers() {
     else {
         return;
     };
-    let store = RedisStore::builder(Limits::new().window(Dimension::Requests, Duration::from_secs(30), 6))
-        .timeout(Duration::from_millis(200))
-        .retry_interval(Duration::from_millis(100))
-        .fault_policy(FaultPolicy::FailOpen { processes: 3 })
-        .build(&server.url())
-        .unwrap();
+    let store =
+        RedisStore::builder(Limits::new().window(Dimension::Requests, Duration::from_secs(30), 6))
+            .timeout(Duration::from_millis(200))
+            .retry_interval(Duration::from_millis(100))
+            .fault_policy(FaultPolicy::FailOpen { processes: 3 })
+            .build(&server.url())
+            .unwrap();
     let key = Key::DEFAULT;
     let one = Costs::new(0, 0);
-    let d = store.decide(&key, &one, Instant::now(), None).await.unwrap();
+    let d = store
+        .decide(&key, &one, Instant::now(), None)
+        .await
+        .unwrap();
     assert!(d.server_now_us.is_some(), "Redis decides while it is up");
 
     server.kill();

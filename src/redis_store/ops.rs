@@ -30,7 +30,11 @@ pub(super) enum Op {
 /// Runs the operations one at a time, in the order they were queued, until
 /// every store handle is gone. Never panics on a Redis failure: the
 /// operation is dropped and logged.
-pub(super) async fn run(core: Arc<Core>, fallback: Option<MemoryStore>, mut rx: mpsc::Receiver<Op>) {
+pub(super) async fn run(
+    core: Arc<Core>,
+    fallback: Option<MemoryStore>,
+    mut rx: mpsc::Receiver<Op>,
+) {
     while let Some(op) = rx.recv().await {
         if let Op::Flush(done) = op {
             let _ = done.send(());
@@ -50,13 +54,23 @@ async fn apply(core: &Core, fallback: Option<&MemoryStore>, op: Op) -> Result<()
         Op::Flush(_) => Ok(()),
         Op::Cancel(r) if r.id & LOCAL_BIT != 0 => {
             if let Some(m) = fallback {
-                m.cancel(&Reservation { id: r.id & !LOCAL_BIT, ..r });
+                m.cancel(&Reservation {
+                    id: r.id & !LOCAL_BIT,
+                    ..r
+                });
             }
             Ok(())
         }
         Op::Correct(r, actual) if r.id & LOCAL_BIT != 0 => {
             if let Some(m) = fallback {
-                m.correct(&Reservation { id: r.id & !LOCAL_BIT, ..r }, &actual, Instant::now());
+                m.correct(
+                    &Reservation {
+                        id: r.id & !LOCAL_BIT,
+                        ..r
+                    },
+                    &actual,
+                    Instant::now(),
+                );
             }
             Ok(())
         }
@@ -126,7 +140,11 @@ async fn apply(core: &Core, fallback: Option<&MemoryStore>, op: Op) -> Result<()
                 .arg(clamp(l.limit))
                 .arg(opt(state.limit))
                 .arg(opt(state.remaining))
-                .arg(state.reset.map_or(-1, |r| to_micros(r.saturating_sub(queued)) as i64))
+                .arg(
+                    state
+                        .reset
+                        .map_or(-1, |r| to_micros(r.saturating_sub(queued)) as i64),
+                )
                 .arg(if core.learn_limits { 1 } else { 0 });
             core.run::<i64>(&inv).await.map(drop)
         }

@@ -8,7 +8,9 @@ macro_rules! script {
     ($name:ident, $file:literal) => {
         pub(super) fn $name() -> &'static Script {
             static S: OnceLock<Script> = OnceLock::new();
-            S.get_or_init(|| Script::new(concat!(include_str!("lua/common.lua"), include_str!($file))))
+            S.get_or_init(|| {
+                Script::new(concat!(include_str!("lua/common.lua"), include_str!($file)))
+            })
         }
     };
 }

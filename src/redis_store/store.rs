@@ -16,7 +16,9 @@ use super::ops::{self, Op};
 use super::scripts;
 use crate::classify::LimitState;
 use crate::key::Key;
-use crate::rate_limit::{Costs, Decision, Dimension, Limit, Limits, MemoryStore, Reservation, Store};
+use crate::rate_limit::{
+    Costs, Decision, Dimension, Limit, Limits, MemoryStore, Reservation, Store,
+};
 use crate::Error;
 
 /// The default key prefix: every key of the store starts with
@@ -141,8 +143,8 @@ impl RedisStoreBuilder {
             FaultPolicy::FailClosed => None,
             FaultPolicy::FailOpen { processes } => {
                 let n = processes.max(1);
-                let mut m = MemoryStore::new(divide(&self.limits, n))
-                    .learn_limits(self.learn_limits);
+                let mut m =
+                    MemoryStore::new(divide(&self.limits, n)).learn_limits(self.learn_limits);
                 if let Some(f) = self.key_limits.clone() {
                     m = m.key_limits(move |k| divide(&f(k), n));
                 }
@@ -317,7 +319,9 @@ async fn decide(
 }
 
 pub(super) fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX).min(MAX_SAFE)
+    u64::try_from(d.as_micros())
+        .unwrap_or(u64::MAX)
+        .min(MAX_SAFE)
 }
 
 pub(super) fn safe(n: u64) -> u64 {
@@ -363,8 +367,12 @@ impl Core {
     }
 
     fn elapsed_ms(&self) -> u64 {
-        u64::try_from(Instant::now().saturating_duration_since(self.epoch).as_millis())
-            .unwrap_or(u64::MAX)
+        u64::try_from(
+            Instant::now()
+                .saturating_duration_since(self.epoch)
+                .as_millis(),
+        )
+        .unwrap_or(u64::MAX)
     }
 
     pub(super) fn available(&self) -> bool {
@@ -441,7 +449,11 @@ impl Core {
         let r: Vec<i64> = self.run(&inv).await?;
         // Waits count from when the answer arrived: never early.
         let received = Instant::now();
-        let get = |i: usize| r.get(i).copied().map_or(0, |v| u64::try_from(v).unwrap_or(0));
+        let get = |i: usize| {
+            r.get(i)
+                .copied()
+                .map_or(0, |v| u64::try_from(v).unwrap_or(0))
+        };
         let after = |us: u64| {
             received
                 .checked_add(Duration::from_micros(us))
