@@ -48,7 +48,8 @@ async fn admits_at_exactly_the_instant_the_window_frees() {
     let (mock, handle) = mock::pair::<Req, Resp>();
     let t0 = Instant::now();
     let server = tokio::spawn(serve_ok(handle, t0));
-    let svc = RateLimitLayer::new(Limits::new().window(Dimension::Requests, ms(1000), 2)).layer(mock);
+    let svc =
+        RateLimitLayer::new(Limits::new().window(Dimension::Requests, ms(1000), 2)).layer(mock);
     let mut calls = Vec::new();
     for i in 0..5 {
         calls.push(tokio::spawn(svc.clone().oneshot(req(i))));
@@ -62,7 +63,13 @@ async fn admits_at_exactly_the_instant_the_window_frees() {
     // Sent at 0 and 100; then exactly when each earlier one leaves the window.
     assert_eq!(
         seen,
-        vec![(ms(0), 0), (ms(100), 1), (ms(1000), 2), (ms(1100), 3), (ms(2000), 4)]
+        vec![
+            (ms(0), 0),
+            (ms(100), 1),
+            (ms(1000), 2),
+            (ms(1100), 3),
+            (ms(2000), 4)
+        ]
     );
 }
 
@@ -71,7 +78,8 @@ async fn waiters_are_served_in_arrival_order() {
     let (mock, handle) = mock::pair::<Req, Resp>();
     let t0 = Instant::now();
     let server = tokio::spawn(serve_ok(handle, t0));
-    let svc = RateLimitLayer::new(Limits::new().window(Dimension::Tokens, ms(1000), 100)).layer(mock);
+    let svc =
+        RateLimitLayer::new(Limits::new().window(Dimension::Tokens, ms(1000), 100)).layer(mock);
     let a = tokio::spawn(svc.clone().oneshot(req(90)));
     tokio::task::yield_now().await;
     // Big: must wait for the whole window.
@@ -125,9 +133,13 @@ async fn a_429_with_retry_after_gates_every_request_of_the_key() {
 async fn remaining_headers_tighten_the_window() {
     let (mock, mut handle) = mock::pair::<Req, Resp>();
     let events = Events::new();
-    let svc = RateLimitLayer::new(Limits::new().requests_per_minute(100).tokens_per_minute(10_000))
-        .events(events.clone())
-        .layer(mock);
+    let svc = RateLimitLayer::new(
+        Limits::new()
+            .requests_per_minute(100)
+            .tokens_per_minute(10_000),
+    )
+    .events(events.clone())
+    .layer(mock);
     let t0 = Instant::now();
     let first = tokio::spawn(svc.clone().oneshot(req(10)));
     let (_, send) = handle.next_request().await.unwrap();
@@ -146,7 +158,10 @@ async fn remaining_headers_tighten_the_window() {
     first.await.unwrap().unwrap();
     assert_eq!(events.counters().snapshot().limits_learned, 1);
     let store = svc.store();
-    assert_eq!(store.peek(&Key::DEFAULT, &Costs::tokens(1), t0), Some(t0 + Duration::from_secs(5)));
+    assert_eq!(
+        store.peek(&Key::DEFAULT, &Costs::tokens(1), t0),
+        Some(t0 + Duration::from_secs(5))
+    );
     let second = tokio::spawn(svc.clone().oneshot(req(1)));
     let (_, send) = handle.next_request().await.unwrap();
     assert_eq!(t0.elapsed(), Duration::from_secs(5));
@@ -173,7 +188,8 @@ async fn headers_never_loosen_unless_asked() {
         call.await.unwrap().unwrap();
         let minute = Duration::from_secs(60);
         assert_eq!(
-            svc.store().limit_of(&Key::DEFAULT, Dimension::Requests, minute),
+            svc.store()
+                .limit_of(&Key::DEFAULT, Dimension::Requests, minute),
             Some(expected)
         );
     }
@@ -182,24 +198,38 @@ async fn headers_never_loosen_unless_asked() {
 #[tokio::test(start_paused = true)]
 async fn usage_in_the_response_corrects_the_charge() {
     let (mock, mut handle) = mock::pair::<Req, Resp>();
-    let svc = RateLimitLayer::new(Limits::new().window(Dimension::Tokens, ms(1000), 100)).layer(mock);
+    let svc =
+        RateLimitLayer::new(Limits::new().window(Dimension::Tokens, ms(1000), 100)).layer(mock);
     let t0 = Instant::now();
     let first = tokio::spawn(svc.clone().oneshot(req(90)));
     let (_, send) = handle.next_request().await.unwrap();
-    assert_eq!(svc.store().peek(&Key::DEFAULT, &Costs::tokens(50), t0), Some(t0 + ms(1000)));
+    assert_eq!(
+        svc.store().peek(&Key::DEFAULT, &Costs::tokens(50), t0),
+        Some(t0 + ms(1000))
+    );
     let mut resp = Response::new(String::new());
-    resp.extensions_mut().insert(TokenUsage { input_tokens: 8, output_tokens: 2 });
+    resp.extensions_mut().insert(TokenUsage {
+        input_tokens: 8,
+        output_tokens: 2,
+    });
     send.send_response(resp);
     first.await.unwrap().unwrap();
     // Only 10 were used: 50 more fit at once.
-    assert_eq!(svc.store().peek(&Key::DEFAULT, &Costs::tokens(50), t0), Some(t0));
-    assert_eq!(svc.store().peek(&Key::DEFAULT, &Costs::tokens(91), t0), Some(t0 + ms(1000)));
+    assert_eq!(
+        svc.store().peek(&Key::DEFAULT, &Costs::tokens(50), t0),
+        Some(t0)
+    );
+    assert_eq!(
+        svc.store().peek(&Key::DEFAULT, &Costs::tokens(91), t0),
+        Some(t0 + ms(1000))
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_dropped_waiter_gives_its_reservation_back() {
     let (mock, mut handle) = mock::pair::<Req, Resp>();
-    let mut svc = RateLimitLayer::new(Limits::new().window(Dimension::Requests, ms(1000), 1)).layer(mock);
+    let mut svc =
+        RateLimitLayer::new(Limits::new().window(Dimension::Requests, ms(1000), 1)).layer(mock);
     let t0 = Instant::now();
     let first = tokio::spawn(svc.clone().oneshot(req(1)));
     let (_, send) = handle.next_request().await.unwrap();
@@ -210,13 +240,22 @@ async fn a_dropped_waiter_gives_its_reservation_back() {
     let mut waiting = tokio_test::task::spawn(svc.call(req(2)));
     assert!(waiting.poll().is_pending());
     let one = Costs::new(0, 0);
-    assert_eq!(svc.store().peek(&Key::DEFAULT, &one, t0), Some(t0 + ms(2000)));
+    assert_eq!(
+        svc.store().peek(&Key::DEFAULT, &one, t0),
+        Some(t0 + ms(2000))
+    );
     drop(waiting);
     // Its slot is free again: nothing leaked.
-    assert_eq!(svc.store().peek(&Key::DEFAULT, &one, t0), Some(t0 + ms(1000)));
+    assert_eq!(
+        svc.store().peek(&Key::DEFAULT, &one, t0),
+        Some(t0 + ms(1000))
+    );
     let third = tokio::spawn(svc.clone().oneshot(req(3)));
     let (r, send) = handle.next_request().await.unwrap();
-    assert_eq!(r.extensions().get::<TokenEstimate>(), Some(&TokenEstimate(3)));
+    assert_eq!(
+        r.extensions().get::<TokenEstimate>(),
+        Some(&TokenEstimate(3))
+    );
     assert_eq!(t0.elapsed(), ms(1000));
     send.send_response(Response::new(String::new()));
     third.await.unwrap().unwrap();
@@ -246,7 +285,10 @@ async fn a_wait_past_max_wait_fails_at_once_and_reserves_nothing() {
     let err = svc.clone().oneshot(req(2)).await.unwrap_err();
     assert!(err.is_rate_limit_timeout(), "{err}");
     assert_eq!(t0.elapsed(), Duration::ZERO);
-    assert_eq!(svc.store().peek(&Key::DEFAULT, &Costs::new(0, 0), t0), Some(t0 + ms(1000)));
+    assert_eq!(
+        svc.store().peek(&Key::DEFAULT, &Costs::new(0, 0), t0),
+        Some(t0 + ms(1000))
+    );
 }
 
 fn by_header(r: &Req) -> Key {
@@ -278,7 +320,10 @@ async fn keys_do_not_share_a_window_and_may_differ_in_limits() {
     drop(svc);
     let mut seen = server.await.unwrap();
     seen.sort();
-    assert_eq!(seen, vec![(ms(0), 1), (ms(0), 3), (ms(0), 4), (ms(1000), 2)]);
+    assert_eq!(
+        seen,
+        vec![(ms(0), 1), (ms(0), 3), (ms(0), 4), (ms(1000), 2)]
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -291,7 +336,8 @@ async fn the_key_map_stays_bounded() {
         }));
     for i in 0..100u32 {
         let mut r = req(i);
-        r.headers_mut().insert("x-key", format!("k{i}").parse().unwrap());
+        r.headers_mut()
+            .insert("x-key", format!("k{i}").parse().unwrap());
         svc.clone().oneshot(r).await.unwrap();
         assert!(svc.store().len() <= 10);
         if i % 20 == 0 {

@@ -70,7 +70,7 @@ proptest! {
                             prop_assert!(at >= base, "overtook an earlier reservation");
                             if at > base {
                                 let t = at - Duration::from_nanos(1);
-                                let fits = used(&log, t, w, false) + 1 <= rpw
+                                let fits = used(&log, t, w, false) < rpw
                                     && (tokens == 0 || used(&log, t, w, true) + tokens <= tpw);
                                 prop_assert!(!fits, "admitted at {:?} but fits at {:?}", at - t0, t - t0);
                             }

@@ -130,10 +130,14 @@ impl JsonEstimator {
         };
         let input = (body.len() as u64).div_ceil(4);
         let scanned = &body[..body.len().min(self.scan_limit)];
-        let output = ["\"max_completion_tokens\"", "\"max_tokens\"", "\"max_output_tokens\""]
-            .iter()
-            .find_map(|k| field_u64(scanned, k.as_bytes()))
-            .unwrap_or(self.default_max_tokens);
+        let output = [
+            "\"max_completion_tokens\"",
+            "\"max_tokens\"",
+            "\"max_output_tokens\"",
+        ]
+        .iter()
+        .find_map(|k| field_u64(scanned, k.as_bytes()))
+        .unwrap_or(self.default_max_tokens);
         Costs::new(input, output)
     }
 }
@@ -169,7 +173,8 @@ mod tests {
     #[test]
     fn reads_max_tokens_and_counts_bytes() {
         let e = JsonEstimator::new();
-        let body = br#"{"model":"gpt-4o","max_tokens": 200,"messages":[{"role":"user","content":"hi"}]}"#;
+        let body =
+            br#"{"model":"gpt-4o","max_tokens": 200,"messages":[{"role":"user","content":"hi"}]}"#;
         let c = e.estimate_bytes(Some(body));
         assert_eq!(c.output_tokens, 200);
         assert_eq!(c.input_tokens, (body.len() as u64).div_ceil(4));

@@ -47,23 +47,25 @@ pin_project! {
         St: Store,
     {
         #[pin]
-        state: State<S::Future, St::Acquire>,
-        inner: Option<S>,
-        request: Option<Req>,
+        state: State<S::Future, St::Acquire, St>,
+        // The inner service and the request, boxed: only a request that
+        // must wait (or ask a remote store) carries them.
+        parked: Option<Box<(S, Req)>>,
         key: Key,
         started: Instant,
         reservation: Option<Reservation>,
-        guard: Option<Guard<St>>,
         shared: Arc<Shared<K, C, E, St>>,
     }
 }
 
 pin_project! {
     #[project = StateProj]
-    enum State<F, A> {
+    enum State<F, A, St: Store> {
         Acquiring { #[pin] acquire: A },
-        Waiting { #[pin] sleep: Sleep },
+        // Boxed: only a waiting request pays for the timer's size.
+        Waiting { sleep: Pin<Box<Sleep>>, guard: Box<Guard<St>> },
         Calling { #[pin] future: F },
+        Failed { error: Option<Error> },
         Done,
     }
 }
@@ -73,24 +75,95 @@ where
     S: Service<Req>,
     St: Store,
 {
-    pub(crate) fn new(
-        acquire: St::Acquire,
-        inner: S,
+    /// Starts a request: decides at once when the store can (the
+    /// in-memory store always can), and on the common path (admitted now)
+    /// calls the ready inner service right away, with no clone of it.
+    pub(crate) fn start(
+        inner: &mut S,
         request: Req,
         key: Key,
-        started: Instant,
-        shared: Arc<Shared<K, C, E, St>>,
-    ) -> Self {
+        costs: Costs,
+        shared: &Arc<Shared<K, C, E, St>>,
+    ) -> Self
+    where
+        S: Clone,
+    {
+        let now = Instant::now();
+        let deadline = shared.max_wait.and_then(|d| now.checked_add(d));
+        let state = match shared.store.try_acquire(&key, &costs, now, deadline) {
+            None => {
+                let acquire = shared.store.acquire(&key, &costs, now, deadline);
+                State::Acquiring { acquire }
+            }
+            Some(Ok(Decision::Admitted(r))) if r.at <= now => {
+                let future = inner.call(request);
+                return ResponseFuture {
+                    state: State::Calling { future },
+                    parked: None,
+                    key,
+                    started: now,
+                    reservation: Some(r),
+                    shared: shared.clone(),
+                };
+            }
+            Some(Ok(Decision::Admitted(r))) => {
+                let state = State::waiting(r, now, &key, shared);
+                let clone = inner.clone();
+                return ResponseFuture {
+                    state,
+                    parked: Some(Box::new((std::mem::replace(inner, clone), request))),
+                    key,
+                    started: now,
+                    reservation: None,
+                    shared: shared.clone(),
+                };
+            }
+            Some(decision) => State::Failed {
+                error: Some(refused(decision, now)),
+            },
+        };
+        let clone = inner.clone();
         ResponseFuture {
-            state: State::Acquiring { acquire },
-            inner: Some(inner),
-            request: Some(request),
+            state,
+            parked: Some(Box::new((std::mem::replace(inner, clone), request))),
             key,
-            started,
+            started: now,
             reservation: None,
-            guard: None,
-            shared,
+            shared: shared.clone(),
         }
+    }
+}
+
+impl<F, A, St: Store> State<F, A, St> {
+    fn waiting<K, C, E>(
+        r: Reservation,
+        started: Instant,
+        key: &Key,
+        shared: &Arc<Shared<K, C, E, St>>,
+    ) -> Self {
+        shared.events.emit(Event::RateLimitWait {
+            key,
+            wait: r.at - started,
+        });
+        State::Waiting {
+            sleep: Box::pin(tokio::time::sleep_until(r.at)),
+            guard: Box::new(Guard {
+                store: shared.store.clone(),
+                reservation: Some(r),
+            }),
+        }
+    }
+}
+
+/// The error for a decision that admits nothing.
+fn refused(decision: Result<Decision, Error>, started: Instant) -> Error {
+    match decision {
+        Ok(Decision::TooLate(at)) => {
+            Error::rate_limit_timeout(at.saturating_duration_since(started))
+        }
+        Ok(Decision::Never { cost, capacity }) => Error::over_capacity(cost, capacity),
+        Ok(Decision::Admitted(_)) => unreachable!("an admission is not refused"),
+        Err(e) => e,
     }
 }
 
@@ -104,6 +177,7 @@ where
             State::Acquiring { .. } => "acquiring",
             State::Waiting { .. } => "waiting",
             State::Calling { .. } => "calling",
+            State::Failed { .. } => "failed",
             State::Done => "done",
         };
         f.debug_struct("ResponseFuture")
@@ -127,52 +201,34 @@ where
         loop {
             match this.state.as_mut().project() {
                 StateProj::Acquiring { acquire } => {
-                    let decision = ready!(acquire.poll(cx));
-                    let r = match decision {
+                    let r = match ready!(acquire.poll(cx)) {
                         Ok(Decision::Admitted(r)) => r,
-                        Ok(Decision::TooLate(at)) => {
+                        refusal => {
                             this.state.set(State::Done);
-                            let wait = at.saturating_duration_since(*this.started);
-                            return Poll::Ready(Err(Error::rate_limit_timeout(wait)));
-                        }
-                        Ok(Decision::Never { cost, capacity }) => {
-                            this.state.set(State::Done);
-                            return Poll::Ready(Err(Error::over_capacity(cost, capacity)));
-                        }
-                        Err(e) => {
-                            this.state.set(State::Done);
-                            return Poll::Ready(Err(e));
+                            return Poll::Ready(Err(refused(refusal, *this.started)));
                         }
                     };
-                    if r.at <= *this.started {
+                    if r.at <= Instant::now() {
                         *this.reservation = Some(r);
-                        let (Some(mut inner), Some(req)) = (this.inner.take(), this.request.take())
-                        else {
-                            unreachable!("polled after completion")
-                        };
+                        let (mut inner, req) =
+                            *this.parked.take().expect("polled after completion");
                         let future = inner.call(req);
                         this.state.set(State::Calling { future });
                     } else {
-                        let wait = r.at - *this.started;
-                        this.shared.events.emit(Event::RateLimitWait {
-                            key: this.key,
-                            wait,
-                        });
-                        let at = r.at;
-                        *this.guard = Some(Guard {
-                            store: this.shared.store.clone(),
-                            reservation: Some(r),
-                        });
-                        this.state.set(State::Waiting {
-                            sleep: tokio::time::sleep_until(at),
-                        });
+                        let state = State::waiting(r, *this.started, this.key, this.shared);
+                        this.state.set(state);
                     }
                 }
-                StateProj::Waiting { sleep } => {
-                    ready!(sleep.poll(cx));
+                StateProj::Failed { error } => {
+                    let error = error.take().expect("polled after completion");
+                    this.state.set(State::Done);
+                    return Poll::Ready(Err(error));
+                }
+                StateProj::Waiting { sleep, guard } => {
+                    ready!(sleep.as_mut().poll(cx));
                     let classifier = &this.shared.classifier;
-                    let inner = this.inner.as_mut().expect("polled after completion");
-                    if let Err(e) = ready!(inner.poll_ready(cx)) {
+                    let parked = this.parked.as_mut().expect("polled after completion");
+                    if let Err(e) = ready!(parked.0.poll_ready(cx)) {
                         this.state.set(State::Done);
                         // Not sent: the guard gives the reservation back.
                         return Poll::Ready(Err(Error::from_transport(e, |e| {
@@ -184,12 +240,8 @@ where
                         key: this.key,
                         waited,
                     });
-                    *this.reservation = this.guard.as_mut().and_then(|g| g.reservation.take());
-                    *this.guard = None;
-                    let (Some(mut inner), Some(req)) = (this.inner.take(), this.request.take())
-                    else {
-                        unreachable!("polled after completion")
-                    };
+                    *this.reservation = guard.reservation.take();
+                    let (mut inner, req) = *this.parked.take().expect("polled after completion");
                     let future = inner.call(req);
                     this.state.set(State::Calling { future });
                 }
@@ -213,6 +265,30 @@ where
     }
 }
 
+/// Whether a response may tell the limiter anything: any non-2xx status,
+/// a stored [`Classification`](crate::Classification), or a header whose
+/// name contains `ratelimit` or `retry-after` (OpenAI, Azure, Groq,
+/// Anthropic and IETF rate-limit headers). Skips the classifier's header
+/// parsing on the common plain success.
+fn worth_classifying<RB>(response: &Response<RB>) -> bool {
+    if !response.status().is_success()
+        || response
+            .extensions()
+            .get::<crate::Classification>()
+            .is_some()
+    {
+        return true;
+    }
+    response.headers().keys().any(|name| {
+        let n = name.as_str().as_bytes();
+        contains(n, b"ratelimit") || contains(n, b"retry-after")
+    })
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.len() >= needle.len() && hay.windows(needle.len()).any(|w| w == needle)
+}
+
 /// Learns from a response: usage correction, the provider's budget, the
 /// shared gate. Cheap when the response carries nothing to learn.
 fn after_response<K, C, E, St, RB>(
@@ -229,6 +305,9 @@ fn after_response<K, C, E, St, RB>(
         if actual != r.costs {
             shared.store.correct(r, &actual, Instant::now());
         }
+    }
+    if !worth_classifying(response) {
+        return;
     }
     let c = shared.classifier.classify_response(response);
     if c.limits.is_empty() && c.is_success() {

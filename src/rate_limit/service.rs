@@ -6,7 +6,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
-use tokio::time::Instant;
 use tower::Service;
 
 use super::estimate::{Estimator, TokenEstimate};
@@ -114,11 +113,6 @@ where
             None if shared.estimate => shared.estimator.estimate(&request),
             None => Costs::new(0, 0),
         };
-        let now = Instant::now();
-        let deadline = shared.max_wait.and_then(|d| now.checked_add(d));
-        let acquire = shared.store.acquire(&key, &costs, now, deadline);
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture::new(acquire, inner, request, key, now, shared.clone())
+        ResponseFuture::start(&mut self.inner, request, key, costs, shared)
     }
 }

@@ -1,6 +1,8 @@
 //! Where the windows live: the [`Store`] trait and the in-memory store.
 
 use std::collections::HashMap;
+
+use foldhash::fast::RandomState;
 use std::fmt;
 use std::future::{ready, Future, Ready};
 use std::sync::{Arc, Mutex};
@@ -75,8 +77,28 @@ pub trait Store: Send + Sync + 'static {
     /// that fits every limit of the key and comes after every earlier
     /// reservation of the key (first come, first served), unless that
     /// instant is after `deadline`.
-    fn acquire(&self, key: &Key, costs: &Costs, now: Instant, deadline: Option<Instant>)
-        -> Self::Acquire;
+    fn acquire(
+        &self,
+        key: &Key,
+        costs: &Costs,
+        now: Instant,
+        deadline: Option<Instant>,
+    ) -> Self::Acquire;
+
+    /// Decides at once, without I/O, when the store can; `None` (the
+    /// default) sends the caller to [`acquire`](Store::acquire). The
+    /// in-memory store always decides here, which spares the limiter a
+    /// future on its hot path.
+    fn try_acquire(
+        &self,
+        key: &Key,
+        costs: &Costs,
+        now: Instant,
+        deadline: Option<Instant>,
+    ) -> Option<Result<Decision, Error>> {
+        let _ = (key, costs, now, deadline);
+        None
+    }
 
     /// Takes back a reservation whose request was never sent.
     fn cancel(&self, reservation: &Reservation);
@@ -99,6 +121,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> Option<u64>;
 }
 
+/// Keys hash with foldhash: several times faster than SipHash on short
+/// keys, and randomly seeded per process.
+type Map = HashMap<Key, Window, RandomState>;
+
 type KeyLimits = dyn Fn(&Key) -> Limits + Send + Sync;
 
 /// The default store: every key's [`Window`] in one map in this process,
@@ -119,7 +145,7 @@ struct Inner {
     learn_limits: bool,
     max_keys: usize,
     idle_timeout: Option<Duration>,
-    map: Mutex<HashMap<Key, Window>>,
+    map: Mutex<Map>,
 }
 
 /// Default bound on the number of keys of a [`MemoryStore`].
@@ -145,7 +171,7 @@ impl MemoryStore {
                 learn_limits,
                 max_keys: max_keys.max(1),
                 idle_timeout,
-                map: Mutex::new(HashMap::new()),
+                map: Mutex::new(Map::default()),
             }),
         }
     }
@@ -157,7 +183,7 @@ impl MemoryStore {
             learn_limits: shared.learn_limits,
             max_keys: shared.max_keys,
             idle_timeout: shared.idle_timeout,
-            map: Mutex::new(HashMap::new()),
+            map: Mutex::new(Map::default()),
         });
         let mut p = Params {
             limits: inner.limits,
@@ -167,7 +193,13 @@ impl MemoryStore {
             idle_timeout: inner.idle_timeout,
         };
         f(&mut p);
-        Self::build(p.limits, p.key_limits, p.learn_limits, p.max_keys, p.idle_timeout)
+        Self::build(
+            p.limits,
+            p.key_limits,
+            p.learn_limits,
+            p.max_keys,
+            p.idle_timeout,
+        )
     }
 
     /// Gives each key its own limits (a key not worth a special case
@@ -237,7 +269,7 @@ impl MemoryStore {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Window>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Map> {
         // A panic elsewhere cannot leave a window half-updated in a way
         // that matters more than losing the limiter: keep going.
         self.inner.map.lock().unwrap_or_else(|p| p.into_inner())
@@ -257,7 +289,7 @@ impl MemoryStore {
         f(w)
     }
 
-    fn evict(&self, map: &mut HashMap<Key, Window>, now: Instant) {
+    fn evict(&self, map: &mut Map, now: Instant) {
         map.retain(|_, w| !w.is_idle(now));
         if map.len() < self.inner.max_keys {
             return;
@@ -278,6 +310,28 @@ impl MemoryStore {
             };
             map.remove(&oldest);
         }
+    }
+}
+
+impl MemoryStore {
+    fn decide(
+        &self,
+        key: &Key,
+        costs: &Costs,
+        now: Instant,
+        deadline: Option<Instant>,
+    ) -> Result<Decision, Error> {
+        let admission = self.with_window(key, now, |w| w.acquire(costs, now, deadline));
+        Ok(match admission {
+            Admission::Reserved { id, at } => Decision::Admitted(Reservation {
+                key: key.clone(),
+                id,
+                at,
+                costs: *costs,
+            }),
+            Admission::TooLate { at } => Decision::TooLate(at),
+            Admission::Never { cost, capacity } => Decision::Never { cost, capacity },
+        })
     }
 }
 
@@ -311,17 +365,17 @@ impl Store for MemoryStore {
         now: Instant,
         deadline: Option<Instant>,
     ) -> Self::Acquire {
-        let admission = self.with_window(key, now, |w| w.acquire(costs, now, deadline));
-        ready(Ok(match admission {
-            Admission::Reserved { id, at } => Decision::Admitted(Reservation {
-                key: key.clone(),
-                id,
-                at,
-                costs: *costs,
-            }),
-            Admission::TooLate { at } => Decision::TooLate(at),
-            Admission::Never { cost, capacity } => Decision::Never { cost, capacity },
-        }))
+        ready(self.decide(key, costs, now, deadline))
+    }
+
+    fn try_acquire(
+        &self,
+        key: &Key,
+        costs: &Costs,
+        now: Instant,
+        deadline: Option<Instant>,
+    ) -> Option<Result<Decision, Error>> {
+        Some(self.decide(key, costs, now, deadline))
     }
 
     fn cancel(&self, reservation: &Reservation) {

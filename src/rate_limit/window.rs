@@ -304,7 +304,7 @@ impl DimState {
         let seen: u64 = self
             .log
             .iter()
-            .filter(|e| e.at <= now && window_start.map_or(true, |s| e.at > s))
+            .filter(|e| e.at <= now && window_start.is_none_or(|s| e.at > s))
             .map(|e| e.cost)
             .sum();
         let ext = self
@@ -432,7 +432,12 @@ impl Window {
                 }
             }
         }
-        self.last = self.dims.iter().filter_map(|d| d.log.back()).map(|e| e.at).max();
+        self.last = self
+            .dims
+            .iter()
+            .filter_map(|d| d.log.back())
+            .map(|e| e.at)
+            .max();
     }
 
     /// Replaces the token charge of reservation `id` with what the request
@@ -525,10 +530,10 @@ impl Window {
     /// would lose no information (its limits aside, which come back from
     /// configuration).
     pub fn is_idle(&self, now: Instant) -> bool {
-        self.gate.map_or(true, |g| g <= now)
+        self.gate.is_none_or(|g| g <= now)
             && self.dims.iter().all(|d| {
-                d.log.back().map_or(true, |e| e.at + d.limit.window <= now)
-                    && d.external.map_or(true, |x| x.until <= now)
+                d.log.back().is_none_or(|e| e.at + d.limit.window <= now)
+                    && d.external.is_none_or(|x| x.until <= now)
             })
     }
 
@@ -629,17 +634,43 @@ mod tests {
         let mut w = Window::new(&limits, t0);
         // Provider says only 1 remains, resetting in 10 s.
         assert_eq!(
-            w.learn(Dimension::Requests, MINUTE, Some(100), Some(1), Some(Duration::from_secs(10)), false, t0),
+            w.learn(
+                Dimension::Requests,
+                MINUTE,
+                Some(100),
+                Some(1),
+                Some(Duration::from_secs(10)),
+                false,
+                t0
+            ),
             Some(100)
         );
-        assert!(matches!(w.acquire(&Costs::new(0, 0), t0, None), Admission::Reserved { at, .. } if at == t0));
+        assert!(
+            matches!(w.acquire(&Costs::new(0, 0), t0, None), Admission::Reserved { at, .. } if at == t0)
+        );
         assert!(
             matches!(w.acquire(&Costs::new(0, 0), t0, None), Admission::Reserved { at, .. } if at == t0 + Duration::from_secs(10))
         );
         // A higher provider limit does not loosen without opt-in.
-        w.learn(Dimension::Requests, MINUTE, Some(1000), None, None, false, t0);
+        w.learn(
+            Dimension::Requests,
+            MINUTE,
+            Some(1000),
+            None,
+            None,
+            false,
+            t0,
+        );
         assert_eq!(w.limit_of(Dimension::Requests, MINUTE), Some(100));
-        w.learn(Dimension::Requests, MINUTE, Some(1000), None, None, true, t0);
+        w.learn(
+            Dimension::Requests,
+            MINUTE,
+            Some(1000),
+            None,
+            None,
+            true,
+            t0,
+        );
         assert_eq!(w.limit_of(Dimension::Requests, MINUTE), Some(1000));
         w.learn(Dimension::Requests, MINUTE, Some(10), None, None, false, t0);
         assert_eq!(w.limit_of(Dimension::Requests, MINUTE), Some(10));

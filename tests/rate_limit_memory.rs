@@ -1,0 +1,124 @@
+//! Allocation accounting with a counting global allocator (this test
+//! binary only): no allocation per request on the success path, and the
+//! memory held per idle key with 100,000 keys.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::convert::Infallible;
+use std::future::{ready, Ready};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response};
+use tower::{Layer, Service, ServiceExt};
+use tower_llm_resilience::key::Key;
+use tower_llm_resilience::rate_limit::{Dimension, Limits, RateLimitLayer};
+
+struct Counting;
+
+thread_local! {
+    static ALLOCS: Cell<u64> = const { Cell::new(0) };
+    static LIVE: Cell<i64> = const { Cell::new(0) };
+}
+
+// SAFETY: forwards to the system allocator; only counts, per thread.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        let _ = LIVE.try_with(|c| c.set(c.get() + layout.size() as i64));
+        System.alloc(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        let _ = LIVE.try_with(|c| c.set(c.get() - layout.size() as i64));
+        System.dealloc(ptr, layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new: usize) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        let _ = LIVE.try_with(|c| c.set(c.get() + new as i64 - layout.size() as i64));
+        System.realloc(ptr, layout, new)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[derive(Clone, Copy)]
+struct Noop;
+
+impl Service<Request<String>> for Noop {
+    type Response = Response<()>;
+    type Error = Infallible;
+    type Future = Ready<Result<Response<()>, Infallible>>;
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+    fn call(&mut self, _: Request<String>) -> Self::Future {
+        ready(Ok(Response::new(())))
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn no_allocation_per_request_on_the_success_path() {
+    let rt = rt();
+    let limits = Limits::new()
+        .window(Dimension::Requests, Duration::from_secs(60), 1 << 40)
+        .window(Dimension::Tokens, Duration::from_secs(60), 1 << 50);
+    let mut svc = RateLimitLayer::new(limits).layer(Noop);
+    let body = r#"{"model":"m","max_tokens":16,"messages":[]}"#;
+    rt.block_on(async {
+        // Warm up: the key's state, and the log's capacity (3,000 entries
+        // round up to 4,096; the log grows only while the requests in a
+        // window grow, then reuses its buffer).
+        for _ in 0..3_000 {
+            let r = Request::new(String::new());
+            svc.ready().await.unwrap().call(r).await.unwrap();
+        }
+        let mut reqs: Vec<_> = (0..1_000)
+            .map(|_| Request::new(String::from(body)))
+            .collect();
+        let before = ALLOCS.with(Cell::get);
+        for r in reqs.drain(..) {
+            svc.ready().await.unwrap().call(r).await.unwrap();
+        }
+        let after = ALLOCS.with(Cell::get);
+        assert_eq!(after - before, 0, "allocations in 1,000 requests");
+    });
+}
+
+#[test]
+fn memory_per_idle_key() {
+    const KEYS: usize = 100_000;
+    let rt = rt();
+    let limits = Limits::new()
+        .requests_per_minute(500)
+        .tokens_per_minute(200_000);
+    let names: Vec<Key> = (0..KEYS).map(|i| Key::new(format!("key-{i:06}"))).collect();
+    let live_before = LIVE.with(Cell::get);
+    let svc = RateLimitLayer::new(limits)
+        .max_keys(KEYS)
+        .key_fn(|r: &Request<String>| r.extensions().get::<Key>().cloned().unwrap_or(Key::DEFAULT))
+        .layer(Noop);
+    rt.block_on(async {
+        for k in &names {
+            let mut r = Request::new(String::new());
+            r.extensions_mut().insert(k.clone());
+            svc.clone().oneshot(r).await.unwrap();
+        }
+    });
+    assert_eq!(svc.store().len(), KEYS);
+    let held = LIVE.with(Cell::get) - live_before;
+    let per_key = held as f64 / KEYS as f64;
+    println!(
+        "memory per idle key ({KEYS} keys, requests + tokens per minute, one request each, \
+         key names not counted): {per_key:.0} bytes"
+    );
+    // One request per key: map slot + window + two 1-entry logs.
+    assert!(per_key < 1024.0, "{per_key} bytes per key");
+}
