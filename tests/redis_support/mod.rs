@@ -38,8 +38,7 @@ impl RedisServer {
     /// `redis-server` is not installed and `CI` is not set.
     pub fn start(test: &str) -> Option<RedisServer> {
         let Some(bin) = find_binary() else {
-            let ci =
-                std::env::var("CI").map_or(false, |v| !v.is_empty() && v != "false" && v != "0");
+            let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
             if ci {
                 panic!("{test}: redis-server not found (PATH or REDIS_SERVER) and CI is set: the Redis tests must run in CI");
             }
