@@ -257,6 +257,15 @@ async fn keys_are_namespaced_tagged_and_expire() {
     tokio::time::sleep(Duration::from_millis(1_600)).await;
     let keys: Vec<String> = con.keys("*").await.unwrap();
     assert!(keys.is_empty(), "left behind: {keys:?}");
+
+    // A late correction for a reservation of the expired state cannot hit
+    // a reservation of the new one.
+    let r2 = acquire(&store, &key, Costs::tokens(10)).await;
+    assert_ne!(r2.id, r.id);
+    store.correct(&r, &Costs::tokens(995), Instant::now());
+    store.flush().await;
+    assert!(fits_now(&store, &key, Costs::tokens(990)).await);
+    assert!(!fits_now(&store, &key, Costs::tokens(991)).await);
 }
 
 #[tokio::test]
@@ -431,4 +440,72 @@ async fn fail_open_uses_a_divided_local_limit_then_recovers() {
 
     server.restart();
     recovered(&store).await;
+}
+
+#[test]
+fn build_outside_a_runtime_is_an_error_not_a_panic() {
+    let e = RedisStore::builder(Limits::new())
+        .build("redis://127.0.0.1:1/")
+        .unwrap_err();
+    assert!(e.is_store_unavailable());
+    let e = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(async { RedisStore::builder(Limits::new()).build("not a url").unwrap_err() });
+    assert!(e.is_store_unavailable());
+}
+
+#[tokio::test]
+async fn unreachable_at_startup_fails_closed_fast() {
+    // Nothing listens on port 1: a process may start while Redis is down.
+    let store = RedisStore::builder(Limits::new().requests_per_minute(10))
+        .timeout(Duration::from_millis(200))
+        .build("redis://127.0.0.1:1/")
+        .unwrap();
+    let start = std::time::Instant::now();
+    let e = store
+        .acquire(&Key::DEFAULT, &Costs::new(0, 0), Instant::now(), None)
+        .await
+        .unwrap_err();
+    assert!(e.is_store_unavailable());
+    assert!(start.elapsed() < Duration::from_millis(600));
+    assert!(store.is_degraded());
+    // Skipped while degraded: fails at once.
+    let start = std::time::Instant::now();
+    assert!(store
+        .acquire(&Key::DEFAULT, &Costs::new(0, 0), Instant::now(), None)
+        .await
+        .unwrap_err()
+        .is_store_unavailable());
+    assert!(start.elapsed() < Duration::from_millis(50));
+}
+
+#[tokio::test]
+async fn the_layer_runs_on_the_redis_store() {
+    use tower::{Service, ServiceBuilder, ServiceExt};
+    use tower_llm_resilience::rate_limit::RateLimitLayer;
+
+    let Some(server) = RedisServer::start("the_layer_runs_on_the_redis_store") else {
+        return;
+    };
+    let limits = Limits::new().window(Dimension::Requests, W, 2);
+    let store = RedisStore::builder(limits.clone())
+        .prefix("layer")
+        .build(&server.url())
+        .unwrap();
+    let mut svc = ServiceBuilder::new()
+        .layer(RateLimitLayer::new(limits).store(store))
+        .service_fn(|_req: http::Request<String>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+        });
+    let start = Instant::now();
+    for _ in 0..3 {
+        let req = http::Request::new(String::new());
+        svc.ready().await.unwrap().call(req).await.unwrap();
+    }
+    let took = start.elapsed();
+    assert!(
+        took >= W - TOL && took <= W + TOL,
+        "the third request waited for the window: {took:?}"
+    );
 }

@@ -126,11 +126,17 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// The store, connected lazily to `url` (`redis://host:port/db`,
-    /// `rediss://` is not enabled). Fails only on a malformed URL: an
-    /// unreachable server is a fault handled per request. Must be called
-    /// inside a Tokio runtime (it spawns the background task).
+    /// The store, connected lazily to `url` (`redis://host:port/db`;
+    /// TLS `rediss://` is not enabled). Fails only on a malformed URL or
+    /// outside a Tokio runtime (the store spawns its background task):
+    /// an unreachable server is a fault handled per decision, so a process
+    /// may start while Redis is down.
     pub fn build(self, url: &str) -> Result<RedisStore, Error> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::store_unavailable(
+                "RedisStore::build must be called inside a Tokio runtime",
+            ));
+        }
         let client = redis::Client::open(url).map_err(Error::store_unavailable)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.timeout))

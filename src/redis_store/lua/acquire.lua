@@ -42,7 +42,10 @@ if not result and deadline >= 0 and t > T + deadline then
   result = {1, t - T, 0, t, T}
 end
 if not result then
-  local id = num(redis.call('HGET', h, 'id')) or 0
+  -- Ids start at the server's time when a key's state is (re)created, so
+  -- that a late cancel or correction for a reservation of an expired
+  -- incarnation of the key cannot hit a new reservation with the same id.
+  local id = num(redis.call('HGET', h, 'id')) or T
   redis.call('HSET', h, 'id', int(id + 1))
   for _, d in ipairs(dims) do
     if d.cost > 0 then
