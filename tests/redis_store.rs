@@ -451,7 +451,11 @@ fn build_outside_a_runtime_is_an_error_not_a_panic() {
     let e = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap()
-        .block_on(async { RedisStore::builder(Limits::new()).build("not a url").unwrap_err() });
+        .block_on(async {
+            RedisStore::builder(Limits::new())
+                .build("not a url")
+                .unwrap_err()
+        });
     assert!(e.is_store_unavailable());
 }
 
@@ -508,4 +512,137 @@ async fn the_layer_runs_on_the_redis_store() {
         took >= W - TOL && took <= W + TOL,
         "the third request waited for the window: {took:?}"
     );
+}
+
+mod differential {
+    //! The Lua script against the pure `Window`, exactly: random sequences
+    //! of acquire / cancel / correct run on Redis, then replay on a
+    //! `Window` at the server's own decision instants (returned by
+    //! `decide`); every decision must match to the microsecond.
+
+    use super::*;
+    use proptest::prelude::*;
+    use tower_llm_resilience::rate_limit::{Admission, Window};
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Acquire {
+            input: u64,
+            output: u64,
+            deadline_us: Option<u64>,
+        },
+        Cancel(usize),
+        Correct(usize, u64, u64),
+        Sleep(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            6 => (0u64..450, 0u64..250, prop::option::of(0u64..40_000)).prop_map(
+                |(input, output, deadline_us)| Op::Acquire { input, output, deadline_us }
+            ),
+            1 => (0usize..64).prop_map(Op::Cancel),
+            1 => (0usize..64, 0u64..450, 0u64..250).prop_map(|(i, a, b)| Op::Correct(i, a, b)),
+            2 => (0u64..12).prop_map(Op::Sleep),
+        ]
+    }
+
+    fn limits() -> Limits {
+        Limits::new()
+            .window(Dimension::Requests, Duration::from_millis(30), 4)
+            .window(Dimension::Tokens, Duration::from_millis(50), 1_000)
+            .window(Dimension::OutputTokens, Duration::from_millis(20), 400)
+    }
+
+    async fn run(store: &RedisStore, case: usize, ops: Vec<Op>) -> Result<(), TestCaseError> {
+        let key = Key::new(format!("case-{case}"));
+        let base = Instant::now();
+        let mut window: Option<(Window, u64)> = None;
+        // (redis reservation, window id)
+        let mut granted: Vec<(Reservation, u64)> = Vec::new();
+        for op in ops {
+            match op {
+                Op::Sleep(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+                Op::Cancel(i) if !granted.is_empty() => {
+                    let (r, wid) = &granted[i % granted.len()];
+                    store.cancel(r);
+                    store.flush().await;
+                    if let Some((w, _)) = window.as_mut() {
+                        w.cancel(*wid);
+                    }
+                }
+                Op::Correct(i, a, b) if !granted.is_empty() => {
+                    let (r, wid) = &granted[i % granted.len()];
+                    store.correct(r, &Costs::new(a, b), Instant::now());
+                    store.flush().await;
+                    if let Some((w, _)) = window.as_mut() {
+                        w.correct(*wid, &Costs::new(a, b));
+                    }
+                }
+                Op::Cancel(_) | Op::Correct(..) => {}
+                Op::Acquire {
+                    input,
+                    output,
+                    deadline_us,
+                } => {
+                    let costs = Costs::new(input, output);
+                    let now = Instant::now();
+                    let deadline = deadline_us.map(|d| now + Duration::from_micros(d));
+                    let d = store.decide(&key, &costs, now, deadline).await.unwrap();
+                    let server_now = d.server_now_us.expect("decided by redis");
+                    let (w, s0) =
+                        window.get_or_insert_with(|| (Window::new(&limits(), base), server_now));
+                    let t = base + Duration::from_micros(server_now - *s0);
+                    let wd = deadline_us.map(|d| t + Duration::from_micros(d));
+                    let expected = w.acquire(&costs, t, wd);
+                    let offset = |at: Instant| (at - base).as_micros() as u64 + *s0;
+                    match (d.decision, expected) {
+                        (Decision::Admitted(r), Admission::Reserved { id, at }) => {
+                            prop_assert_eq!(d.server_at_us, Some(offset(at)));
+                            granted.push((r, id));
+                        }
+                        (Decision::TooLate(_), Admission::TooLate { at }) => {
+                            prop_assert_eq!(d.server_at_us, Some(offset(at)));
+                        }
+                        (
+                            Decision::Never { cost, capacity },
+                            Admission::Never {
+                                cost: c2,
+                                capacity: k2,
+                            },
+                        ) => prop_assert_eq!((cost, capacity), (c2, k2)),
+                        (got, want) => {
+                            return Err(TestCaseError::fail(format!(
+                                "redis {got:?}, window {want:?}"
+                            )))
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn the_script_decides_exactly_as_the_window() {
+        let Some(server) = RedisServer::start("the_script_decides_exactly_as_the_window") else {
+            return;
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let store = rt.block_on(async {
+            RedisStore::builder(limits())
+                .prefix("differential")
+                .timeout(Duration::from_secs(2))
+                .build(&server.url())
+                .unwrap()
+        });
+        let case = std::sync::atomic::AtomicUsize::new(0);
+        proptest!(ProptestConfig::with_cases(24), |(ops in prop::collection::vec(op(), 1..50))| {
+            let n = case.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            rt.block_on(run(&store, n, ops))?;
+        });
+    }
 }
