@@ -646,3 +646,31 @@ mod differential {
         });
     }
 }
+
+#[tokio::test]
+async fn cancel_and_correct_deep_in_a_long_log() {
+    let Some(server) = RedisServer::start("cancel_and_correct_deep_in_a_long_log") else {
+        return;
+    };
+    let limits = Limits::new()
+        .window(Dimension::Requests, Duration::from_secs(60), 1_000)
+        .window(Dimension::Tokens, Duration::from_secs(60), 100_000);
+    let store = RedisStore::builder(limits).build(&server.url()).unwrap();
+    let key = Key::new("long");
+    let mut rs = Vec::new();
+    for _ in 0..300 {
+        rs.push(acquire(&store, &key, Costs::tokens(100)).await);
+    }
+    // 30,000 tokens used. Far from the newest entry (several chunks back):
+    store.cancel(&rs[10]);
+    store.correct(&rs[20], &Costs::tokens(600), Instant::now());
+    store.correct(&rs[299], &Costs::tokens(0), Instant::now());
+    store.flush().await;
+    // 30,000 - 100 + 500 - 100 = 30,300 used.
+    assert!(fits_now(&store, &key, Costs::tokens(69_700)).await);
+    assert!(!fits_now(&store, &key, Costs::tokens(69_701)).await);
+    // Requests: 299 remain after the cancel.
+    let mut con = client(&server).await;
+    let n: usize = con.llen("{tlr:long}:l:r:60000000").await.unwrap();
+    assert_eq!(n, 299);
+}

@@ -8,16 +8,13 @@ local found = 0
 for i = 1, n do
   local log = KEYS[1 + i]
   local tag = ARGV[2 + i]
-  for _, e in ipairs(redis.call('LRANGE', log, 0, -1)) do
-    local _, eid, c = parse(e)
-    if eid == id then
-      redis.call('LREM', log, 1, e)
-      if redis.call('HEXISTS', h, 'sum:' .. tag) == 1 then
-        redis.call('HINCRBY', h, 'sum:' .. tag, int(-c))
-      end
-      found = 1
-      break
+  local idx, e, _, c = find(log, id)
+  if idx then
+    redis.call('LREM', log, -1, e)
+    if redis.call('HEXISTS', h, 'sum:' .. tag) == 1 then
+      redis.call('HINCRBY', h, 'sum:' .. tag, int(-c))
     end
+    found = 1
   end
   local b = redis.call('LINDEX', log, -1)
   if b then

@@ -104,6 +104,26 @@ local function earliest_dim(d, base, cost)
   return plain
 end
 
+-- Finds reservation id in a log, scanning from the newest entry (a
+-- cancelled or corrected reservation is recent: this touches a few
+-- entries, not the whole window) and stopping at the first older id.
+-- Returns its 0-based index, the entry, its time and cost.
+local function find(log, id)
+  local hi = redis.call('LLEN', log) - 1
+  while hi >= 0 do
+    local lo = hi - 63
+    if lo < 0 then lo = 0 end
+    local chunk = redis.call('LRANGE', log, lo, hi)
+    for j = #chunk, 1, -1 do
+      local at, eid, c = parse(chunk[j])
+      if eid == id then return lo + j - 1, chunk[j], at, c end
+      if eid < id then return nil end
+    end
+    hi = lo - 1
+  end
+  return nil
+end
+
 -- Sets a key's expiry to at least ttl milliseconds (never shortens it:
 -- another process may have configured a longer window).
 local function extend(k, ttl)

@@ -13,16 +13,13 @@ for i = 1, n do
   if code ~= 'r' then
     local cost = output
     if code == 't' then cost = input + output elseif code == 'i' then cost = input end
-    for idx, e in ipairs(redis.call('LRANGE', log, 0, -1)) do
-      local at, eid, c = parse(e)
-      if eid == id then
-        redis.call('LSET', log, idx - 1, fmt(at, eid, cost))
-        if redis.call('HEXISTS', h, 'sum:' .. tag) == 1 then
-          redis.call('HINCRBY', h, 'sum:' .. tag, int(cost - c))
-        end
-        found = 1
-        break
+    local idx, _, at, c = find(log, id)
+    if idx then
+      redis.call('LSET', log, idx, fmt(at, id, cost))
+      if redis.call('HEXISTS', h, 'sum:' .. tag) == 1 then
+        redis.call('HINCRBY', h, 'sum:' .. tag, int(cost - c))
       end
+      found = 1
     end
   end
 end
