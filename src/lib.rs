@@ -27,6 +27,21 @@
 //! assert!(!c.is_retryable());
 //! ```
 //!
+//! # Rate limiting
+//!
+//! [`RateLimitLayer`] spends a provider's quota without 429s: an exact
+//! sliding window over requests and tokens (per minute, per day, input and
+//! output separately), first-come-first-served waiting, costs corrected
+//! from the response, limits learned from headers, one gate per key after
+//! a `Retry-After`. See [`rate_limit`].
+//!
+//! ```
+//! use tower_llm_resilience::{Limits, RateLimitLayer};
+//!
+//! let limiter = RateLimitLayer::new(Limits::new().requests_per_minute(500).tokens_per_minute(200_000));
+//! # let _ = limiter;
+//! ```
+//!
 //! # Cargo features
 //!
 //! - `tower-http` (default): adapters between [`classify::Classifier`] and

@@ -262,6 +262,27 @@ async fn a_dropped_waiter_gives_its_reservation_back() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn waiters_behind_a_dropped_one_move_up() {
+    let (mock, handle) = mock::pair::<Req, Resp>();
+    let t0 = Instant::now();
+    let server = tokio::spawn(serve_ok(handle, t0));
+    let mut svc =
+        RateLimitLayer::new(Limits::new().window(Dimension::Requests, ms(1000), 1)).layer(mock);
+    svc.clone().oneshot(req(1)).await.unwrap(); // sent at 0
+    svc.ready().await.unwrap();
+    let mut second = tokio_test::task::spawn(svc.call(req(2))); // booked at 1 s
+    assert!(second.poll().is_pending());
+    let third = tokio::spawn(svc.clone().oneshot(req(3))); // booked at 2 s
+    tokio::time::sleep(ms(100)).await;
+    drop(second);
+    third.await.unwrap().unwrap();
+    drop(svc);
+    let seen = server.await.unwrap();
+    // The third moved up to the second's slot, woken at exactly 1 s.
+    assert_eq!(seen, vec![(ms(0), 1), (ms(1000), 3)]);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_request_larger_than_the_window_fails_at_once() {
     let (mock, _handle) = mock::pair::<Req, Resp>();
     let svc = RateLimitLayer::new(Limits::new().tokens_per_minute(1000)).layer(mock);
@@ -359,4 +380,19 @@ async fn clones_are_the_same_limiter() {
     a.oneshot(req(1)).await.unwrap();
     b.oneshot(req(2)).await.unwrap();
     assert_eq!(t0.elapsed(), ms(1000));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_service_and_its_future_are_send() {
+    fn send<T: Send + 'static>(t: T) -> T {
+        t
+    }
+    let (mock, mut handle) = mock::pair::<Req, Resp>();
+    let mut svc = send(RateLimitLayer::new(Limits::new().requests_per_minute(10)).layer(mock));
+    svc.ready().await.unwrap();
+    let fut = send(svc.call(req(1)));
+    let call = tokio::spawn(fut);
+    let (_, send_response) = handle.next_request().await.unwrap();
+    send_response.send_response(Response::new(String::new()));
+    assert_eq!(call.await.unwrap().unwrap().status(), StatusCode::OK);
 }

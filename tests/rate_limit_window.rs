@@ -89,8 +89,18 @@ proptest! {
                     let pending: Vec<usize> = (0..log.len()).filter(|&i| log[i].live && log[i].at > now).collect();
                     if !pending.is_empty() {
                         let i = pending[pick % pending.len()];
-                        window.cancel(log[i].id);
+                        window.cancel(log[i].id, now);
                         log[i].live = false;
+                        // Those booked after it may move earlier, never later.
+                        // (Entries already out of every window may be pruned.)
+                        for a in log.iter_mut().filter(|a| a.live) {
+                            let Some(at) = window.booked_at(a.id) else {
+                                prop_assert!(a.at + w <= now, "a held reservation was lost");
+                                continue;
+                            };
+                            prop_assert!(at <= a.at && at >= now.min(a.at));
+                            a.at = at;
+                        }
                     }
                 }
             }

@@ -225,6 +225,14 @@ where
                     return Poll::Ready(Err(error));
                 }
                 StateProj::Waiting { sleep, guard } => {
+                    // A cancellation ahead of us may have moved us earlier.
+                    if let Some(r) = &guard.reservation {
+                        if let Some(at) = this.shared.store.watch(r, cx.waker()) {
+                            if at < sleep.deadline() {
+                                sleep.as_mut().reset(at);
+                            }
+                        }
+                    }
                     ready!(sleep.as_mut().poll(cx));
                     let classifier = &this.shared.classifier;
                     let parked = this.parked.as_mut().expect("polled after completion");
@@ -241,6 +249,9 @@ where
                         waited,
                     });
                     *this.reservation = guard.reservation.take();
+                    if let Some(r) = this.reservation.as_ref() {
+                        this.shared.store.unwatch(r);
+                    }
                     let (mut inner, req) = *this.parked.take().expect("polled after completion");
                     let future = inner.call(req);
                     this.state.set(State::Calling { future });

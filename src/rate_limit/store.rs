@@ -6,6 +6,7 @@ use foldhash::fast::RandomState;
 use std::fmt;
 use std::future::{ready, Future, Ready};
 use std::sync::{Arc, Mutex};
+use std::task::Waker;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -103,6 +104,21 @@ pub trait Store: Send + Sync + 'static {
     /// Takes back a reservation whose request was never sent.
     fn cancel(&self, reservation: &Reservation);
 
+    /// For a reservation still waiting: the instant it is booked at now
+    /// (earlier than first answered when reservations ahead of it were
+    /// cancelled), registering `waker` to be woken when it moves. The
+    /// default answers `None`: the first answer stands.
+    fn watch(&self, reservation: &Reservation, waker: &Waker) -> Option<Instant> {
+        let _ = (reservation, waker);
+        None
+    }
+
+    /// Forgets the waker registered by [`watch`](Store::watch) (the
+    /// request was admitted).
+    fn unwatch(&self, reservation: &Reservation) {
+        let _ = reservation;
+    }
+
     /// Replaces a reservation's token charge with what it really used.
     fn correct(&self, reservation: &Reservation, actual: &Costs, now: Instant);
 
@@ -123,7 +139,14 @@ pub trait Store: Send + Sync + 'static {
 
 /// Keys hash with foldhash: several times faster than SipHash on short
 /// keys, and randomly seeded per process.
-type Map = HashMap<Key, Window, RandomState>;
+type Map = HashMap<Key, Slot, RandomState>;
+
+/// One key's window, and the wakers of its requests that wait (so that a
+/// cancellation ahead of them can wake them early).
+struct Slot {
+    window: Window,
+    watchers: Vec<(u64, Waker)>,
+}
 
 type KeyLimits = dyn Fn(&Key) -> Limits + Send + Sync;
 
@@ -240,9 +263,9 @@ impl MemoryStore {
     pub fn peek(&self, key: &Key, costs: &Costs, now: Instant) -> Option<Instant> {
         let mut map = self.lock();
         match map.get_mut(key) {
-            Some(w) => {
-                w.prune(now);
-                w.earliest(costs, now).ok()
+            Some(slot) => {
+                slot.window.prune(now);
+                slot.window.earliest(costs, now).ok()
             }
             None => Window::new(&self.limits_of(key), now)
                 .earliest(costs, now)
@@ -253,7 +276,7 @@ impl MemoryStore {
     /// The limit in force for `key`, `dimension` and `window`.
     pub fn limit_of(&self, key: &Key, dimension: Dimension, window: Duration) -> Option<u64> {
         match self.lock().get(key) {
-            Some(w) => w.limit_of(dimension, window),
+            Some(slot) => slot.window.limit_of(dimension, window),
             None => self
                 .limits_of(key)
                 .iter()
@@ -277,25 +300,26 @@ impl MemoryStore {
 
     fn with_window<R>(&self, key: &Key, now: Instant, f: impl FnOnce(&mut Window) -> R) -> R {
         let mut map = self.lock();
-        if let Some(w) = map.get_mut(key) {
-            return f(w);
+        if let Some(slot) = map.get_mut(key) {
+            return f(&mut slot.window);
         }
         if map.len() >= self.inner.max_keys {
             self.evict(&mut map, now);
         }
-        let w = map
-            .entry(key.clone())
-            .or_insert_with(|| Window::new(&self.limits_of(key), now));
-        f(w)
+        let slot = map.entry(key.clone()).or_insert_with(|| Slot {
+            window: Window::new(&self.limits_of(key), now),
+            watchers: Vec::new(),
+        });
+        f(&mut slot.window)
     }
 
     fn evict(&self, map: &mut Map, now: Instant) {
-        map.retain(|_, w| !w.is_idle(now));
+        map.retain(|_, s| !s.window.is_idle(now));
         if map.len() < self.inner.max_keys {
             return;
         }
         if let Some(idle) = self.inner.idle_timeout {
-            map.retain(|_, w| w.last_used() + idle > now);
+            map.retain(|_, s| s.window.last_used() + idle > now);
             if map.len() < self.inner.max_keys {
                 return;
             }
@@ -303,7 +327,7 @@ impl MemoryStore {
         while map.len() >= self.inner.max_keys {
             let Some(oldest) = map
                 .iter()
-                .min_by_key(|(_, w)| w.last_used())
+                .min_by_key(|(_, s)| s.window.last_used())
                 .map(|(k, _)| k.clone())
             else {
                 return;
@@ -379,19 +403,51 @@ impl Store for MemoryStore {
     }
 
     fn cancel(&self, reservation: &Reservation) {
-        if let Some(w) = self.lock().get_mut(&reservation.key) {
-            w.cancel(reservation.id);
+        let now = Instant::now();
+        let mut map = self.lock();
+        let Some(slot) = map.get_mut(&reservation.key) else {
+            return;
+        };
+        slot.watchers.retain(|(id, _)| *id != reservation.id);
+        if slot.window.cancel(reservation.id, now) {
+            // Wake every waiter of the key: each asks again when it is due.
+            let woken = std::mem::take(&mut slot.watchers);
+            drop(map);
+            for (_, waker) in woken {
+                waker.wake();
+            }
+        }
+    }
+
+    fn watch(&self, reservation: &Reservation, waker: &Waker) -> Option<Instant> {
+        let mut map = self.lock();
+        let slot = map.get_mut(&reservation.key)?;
+        let at = slot.window.booked_at(reservation.id)?;
+        match slot
+            .watchers
+            .iter_mut()
+            .find(|(id, _)| *id == reservation.id)
+        {
+            Some((_, w)) => w.clone_from(waker),
+            None => slot.watchers.push((reservation.id, waker.clone())),
+        }
+        Some(at)
+    }
+
+    fn unwatch(&self, reservation: &Reservation) {
+        if let Some(slot) = self.lock().get_mut(&reservation.key) {
+            slot.watchers.retain(|(id, _)| *id != reservation.id);
         }
     }
 
     fn correct(&self, reservation: &Reservation, actual: &Costs, _now: Instant) {
-        if let Some(w) = self.lock().get_mut(&reservation.key) {
-            w.correct(reservation.id, actual);
+        if let Some(slot) = self.lock().get_mut(&reservation.key) {
+            slot.window.correct(reservation.id, actual);
         }
     }
 
     fn gate(&self, key: &Key, until: Instant) {
-        self.with_window(key, until, |w| w.gate(until));
+        self.with_window(key, Instant::now(), |w| w.gate(until));
     }
 
     fn learn(

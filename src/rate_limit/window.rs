@@ -124,6 +124,7 @@ pub struct Limits {
 
 const MINUTE: Duration = Duration::from_secs(60);
 const DAY: Duration = Duration::from_secs(24 * 60 * 60);
+const MAX_WINDOW: Duration = Duration::from_secs(366 * 24 * 60 * 60);
 
 impl Limits {
     /// No limits (everything is admitted at once).
@@ -132,11 +133,13 @@ impl Limits {
     }
 
     /// Adds (or replaces) the limit of `dimension` over `window`. A zero
-    /// window is ignored.
+    /// window is ignored; a window longer than a year is cut to a year
+    /// (so that no instant arithmetic can overflow).
     pub fn window(mut self, dimension: Dimension, window: Duration, limit: u64) -> Self {
         if window.is_zero() {
             return self;
         }
+        let window = window.min(MAX_WINDOW);
         match self
             .limits
             .iter_mut()
@@ -252,7 +255,7 @@ impl DimState {
     fn prune(&mut self, now: Instant) {
         while let Some(e) = self.log.front() {
             if e.at + self.limit.window <= now {
-                self.sum -= e.cost;
+                self.sum = self.sum.saturating_sub(e.cost);
                 self.log.pop_front();
             } else {
                 break;
@@ -279,7 +282,7 @@ impl DimState {
             if sum <= allowed {
                 break;
             }
-            sum -= e.cost;
+            sum = sum.saturating_sub(e.cost);
             t = t.max(e.at + self.limit.window);
         }
         Some(t)
@@ -373,6 +376,15 @@ impl Window {
     /// The earliest instant at or after `now` at which `costs` fits, without
     /// reserving; `Err((cost, capacity))` when it never fits.
     pub fn earliest(&self, costs: &Costs, now: Instant) -> Result<Instant, (u64, u64)> {
+        self.earliest_by(now, |_, d| d.cost(costs))
+    }
+
+    /// `earliest` with the cost of each limit (by index) given directly.
+    fn earliest_by(
+        &self,
+        now: Instant,
+        cost_of: impl Fn(usize, Dimension) -> u64,
+    ) -> Result<Instant, (u64, u64)> {
         let mut t = now;
         if let Some(g) = self.gate {
             t = t.max(g);
@@ -381,8 +393,8 @@ impl Window {
             t = t.max(l);
         }
         let base = t;
-        for d in &self.dims {
-            let cost = d.limit.dimension.cost(costs);
+        for (k, d) in self.dims.iter().enumerate() {
+            let cost = cost_of(k, d.limit.dimension);
             if cost == 0 {
                 continue;
             }
@@ -423,21 +435,77 @@ impl Window {
     }
 
     /// Takes back reservation `id` entirely (a request that was never sent:
-    /// its future was dropped while waiting).
-    pub fn cancel(&mut self, id: u64) {
+    /// its future was dropped while waiting), then books every reservation
+    /// made after it again, in order, at the earliest instant it now fits
+    /// (never later than before). Returns whether any of them moved, so
+    /// that their waiters can be woken early.
+    pub fn cancel(&mut self, id: u64, now: Instant) -> bool {
         for d in &mut self.dims {
             if let Some(i) = find(&d.log, id) {
                 if let Some(e) = d.log.remove(i) {
-                    d.sum -= e.cost;
+                    d.sum = d.sum.saturating_sub(e.cost);
                 }
             }
         }
-        self.last = self
-            .dims
+        // Reservations booked after it and still waiting sit at the logs' tails.
+        let n = self.dims.len();
+        let mut later: Vec<(u64, Instant, Vec<u64>)> = Vec::new();
+        for (k, d) in self.dims.iter_mut().enumerate() {
+            while let Some(&e) = d.log.back() {
+                if e.id <= id || e.at <= now {
+                    break;
+                }
+                d.log.pop_back();
+                d.sum = d.sum.saturating_sub(e.cost);
+                match later.iter_mut().find(|x| x.0 == e.id) {
+                    Some(x) => x.2[k] = e.cost,
+                    None => {
+                        let mut costs = vec![0; n];
+                        costs[k] = e.cost;
+                        later.push((e.id, e.at, costs));
+                    }
+                }
+            }
+        }
+        self.last = self.latest();
+        later.sort_unstable_by_key(|x| x.0);
+        let mut moved = false;
+        for (eid, old, costs) in later {
+            // Never later than before: it fitted there with more booked.
+            let at = self
+                .earliest_by(now, |k, _| costs[k])
+                .map_or(old, |t| t.min(old));
+            for (k, d) in self.dims.iter_mut().enumerate() {
+                if costs[k] > 0 {
+                    d.log.push_back(Entry {
+                        at,
+                        id: eid,
+                        cost: costs[k],
+                    });
+                    d.sum = d.sum.saturating_add(costs[k]);
+                }
+            }
+            if at > now {
+                self.last = Some(self.last.map_or(at, |l| l.max(at)));
+            }
+            moved |= at != old;
+        }
+        moved
+    }
+
+    fn latest(&self) -> Option<Instant> {
+        self.dims
             .iter()
             .filter_map(|d| d.log.back())
             .map(|e| e.at)
-            .max();
+            .max()
+    }
+
+    /// The instant reservation `id` is booked at, if it is still held.
+    pub fn booked_at(&self, id: u64) -> Option<Instant> {
+        self.dims
+            .iter()
+            .find_map(|d| find(&d.log, id).map(|i| d.log[i].at))
     }
 
     /// Replaces the token charge of reservation `id` with what the request
@@ -451,7 +519,7 @@ impl Window {
             let cost = d.limit.dimension.cost(actual);
             if let Some(i) = find(&d.log, id) {
                 let e = &mut d.log[i];
-                d.sum = d.sum - e.cost + cost;
+                d.sum = d.sum.saturating_sub(e.cost).saturating_add(cost);
                 e.cost = cost;
             }
         }
@@ -623,7 +691,7 @@ mod tests {
         assert_eq!(w.earliest(&Costs::tokens(20), t0), Ok(t0 + MINUTE));
         w.correct(id, &Costs::tokens(50));
         assert_eq!(w.earliest(&Costs::tokens(20), t0), Ok(t0));
-        w.cancel(id);
+        w.cancel(id, t0);
         assert_eq!(w.earliest(&Costs::tokens(100), t0), Ok(t0));
     }
 
@@ -674,6 +742,39 @@ mod tests {
         assert_eq!(w.limit_of(Dimension::Requests, MINUTE), Some(1000));
         w.learn(Dimension::Requests, MINUTE, Some(10), None, None, false, t0);
         assert_eq!(w.limit_of(Dimension::Requests, MINUTE), Some(10));
+    }
+
+    #[test]
+    fn absurd_inputs_do_not_panic() {
+        let t0 = Instant::now();
+        let limits = Limits::new()
+            .window(Dimension::Tokens, Duration::MAX, u64::MAX)
+            .window(Dimension::Requests, Duration::from_nanos(1), 0);
+        let mut w = Window::new(&limits, t0);
+        assert!(matches!(
+            w.acquire(&Costs::tokens(u64::MAX), t0, None),
+            Admission::Never { .. }
+        ));
+        let limits = Limits::new().window(Dimension::Tokens, Duration::MAX, u64::MAX);
+        let mut w = Window::new(&limits, t0);
+        assert!(matches!(
+            w.acquire(&Costs::new(u64::MAX, u64::MAX), t0, None),
+            Admission::Reserved { .. }
+        ));
+        assert!(matches!(
+            w.acquire(&Costs::tokens(1), t0, Some(t0)),
+            Admission::TooLate { .. }
+        ));
+        w.learn(
+            Dimension::Tokens,
+            MAX_WINDOW,
+            Some(0),
+            Some(0),
+            Some(Duration::MAX),
+            false,
+            t0,
+        );
+        w.prune(t0 + Duration::from_secs(1));
     }
 
     #[test]
