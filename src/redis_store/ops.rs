@@ -8,10 +8,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::scripts;
-use super::store::{micros as to_micros, safe as clamp, tag, Core, LOCAL_BIT};
+use super::store::{micros as to_micros, safe as clamp, tag, Core};
 use crate::classify::LimitState;
 use crate::key::Key;
-use crate::rate_limit::{Costs, Dimension, MemoryStore, Reservation, Store};
+use crate::rate_limit::{Costs, Dimension, Reservation};
 
 pub(super) enum Op {
     Cancel(Reservation),
@@ -30,17 +30,13 @@ pub(super) enum Op {
 /// Runs the operations one at a time, in the order they were queued, until
 /// every store handle is gone. Never panics on a Redis failure: the
 /// operation is dropped and logged.
-pub(super) async fn run(
-    core: Arc<Core>,
-    fallback: Option<MemoryStore>,
-    mut rx: mpsc::Receiver<Op>,
-) {
+pub(super) async fn run(core: Arc<Core>, mut rx: mpsc::Receiver<Op>) {
     while let Some(op) = rx.recv().await {
         if let Op::Flush(done) = op {
             let _ = done.send(());
             continue;
         }
-        if let Err(e) = apply(&core, fallback.as_ref(), op).await {
+        if let Err(e) = apply(&core, op).await {
             tracing::debug!(
                 target: "tower_llm_resilience",
                 "redis store: background operation dropped: {e}"
@@ -49,31 +45,9 @@ pub(super) async fn run(
     }
 }
 
-async fn apply(core: &Core, fallback: Option<&MemoryStore>, op: Op) -> Result<(), crate::Error> {
+async fn apply(core: &Core, op: Op) -> Result<(), crate::Error> {
     match op {
         Op::Flush(_) => Ok(()),
-        Op::Cancel(r) if r.id & LOCAL_BIT != 0 => {
-            if let Some(m) = fallback {
-                m.cancel(&Reservation {
-                    id: r.id & !LOCAL_BIT,
-                    ..r
-                });
-            }
-            Ok(())
-        }
-        Op::Correct(r, actual) if r.id & LOCAL_BIT != 0 => {
-            if let Some(m) = fallback {
-                m.correct(
-                    &Reservation {
-                        id: r.id & !LOCAL_BIT,
-                        ..r
-                    },
-                    &actual,
-                    Instant::now(),
-                );
-            }
-            Ok(())
-        }
         _ if !core.available() => Err(crate::Error::store_unavailable("redis store degraded")),
         Op::Cancel(r) => {
             let limits = core.limits_of(&r.key);
@@ -103,9 +77,6 @@ async fn apply(core: &Core, fallback: Option<&MemoryStore>, op: Op) -> Result<()
             core.run::<i64>(&inv).await.map(drop)
         }
         Op::Gate(key, until) => {
-            if let Some(m) = fallback {
-                m.gate(&key, until);
-            }
             let rel = until.saturating_duration_since(Instant::now());
             if rel.is_zero() {
                 return Ok(());

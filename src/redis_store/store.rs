@@ -5,6 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::Waker;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -169,7 +170,7 @@ impl RedisStoreBuilder {
             down_until: AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(ops::run(core.clone(), fallback.clone(), rx));
+        tokio::spawn(ops::run(core.clone(), rx));
         Ok(RedisStore {
             inner: Arc::new(Inner {
                 core,
@@ -279,6 +280,21 @@ impl RedisStore {
         deadline: Option<Instant>,
     ) -> Result<ServerDecision, Error> {
         decide(self.inner.clone(), key.clone(), *costs, now, deadline).await
+    }
+
+    /// The fallback store and its own view of a reservation it made.
+    fn local(&self, r: &Reservation) -> Option<(&MemoryStore, Reservation)> {
+        if r.id & LOCAL == 0 {
+            return None;
+        }
+        let m = self.inner.fallback.as_ref()?;
+        Some((
+            m,
+            Reservation {
+                id: r.id & !LOCAL,
+                ..r.clone()
+            },
+        ))
     }
 
     fn enqueue(&self, op: Op) {
@@ -533,14 +549,37 @@ impl Store for RedisStore {
     }
 
     fn cancel(&self, reservation: &Reservation) {
-        self.enqueue(Op::Cancel(reservation.clone()));
+        match self.local(reservation) {
+            Some((m, r)) => m.cancel(&r),
+            None => self.enqueue(Op::Cancel(reservation.clone())),
+        }
     }
 
-    fn correct(&self, reservation: &Reservation, actual: &Costs, _now: Instant) {
-        self.enqueue(Op::Correct(reservation.clone(), *actual));
+    fn watch(&self, reservation: &Reservation, waker: &Waker) -> Option<Instant> {
+        // Only the local fallback can move a waiting reservation: Redis
+        // never re-books one (see the module docs).
+        let (m, r) = self.local(reservation)?;
+        m.watch(&r, waker)
+    }
+
+    fn unwatch(&self, reservation: &Reservation) {
+        if let Some((m, r)) = self.local(reservation) {
+            m.unwatch(&r);
+        }
+    }
+
+    fn correct(&self, reservation: &Reservation, actual: &Costs, now: Instant) {
+        match self.local(reservation) {
+            Some((m, r)) => m.correct(&r, actual, now),
+            None => self.enqueue(Op::Correct(reservation.clone(), *actual)),
+        }
     }
 
     fn gate(&self, key: &Key, until: Instant) {
+        if let Some(m) = &self.inner.fallback {
+            // Kept locally too, for the decisions made while Redis is down.
+            m.gate(key, until);
+        }
         self.enqueue(Op::Gate(key.clone(), until));
     }
 
@@ -562,5 +601,3 @@ impl Store for RedisStore {
         None
     }
 }
-
-pub(super) const LOCAL_BIT: u64 = LOCAL;
