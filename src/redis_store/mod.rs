@@ -16,8 +16,18 @@
 //! fallback to `EVAL` after a restart) and its time is the Redis server's
 //! (`TIME`): processes with skewed clocks cannot over-admit. The script
 //! answers "admitted now" or "admitted in *wait*", and the caller sleeps
-//! exactly that long (measured from when the answer arrived, so a process
-//! never starts early by the network latency) instead of polling Redis.
+//! exactly that long instead of polling Redis. The wait is counted from
+//! when the answer arrived (not from the `now` passed in, as the trait's
+//! time contract allows), so a process never starts early by the network
+//! latency.
+//!
+//! One difference, on purpose: when a reservation is cancelled, the
+//! in-memory store re-books the reservations waiting behind it earlier and
+//! wakes their requests. A remote store cannot tell a waiting request in
+//! another process its new instant without a round trip, and re-booking
+//! without telling it would let that request start later than booked, and
+//! so over-admit. So the Redis store never moves a reservation: the room a
+//! cancellation frees goes to the requests booked after it.
 //!
 //! # Keys
 //!
