@@ -48,6 +48,8 @@
 //!   tower-http's `ClassifyResponse`.
 //! - `hyper` (default): classify hyper's and hyper-util's client errors
 //!   (connect, timeout, closed connection) without string matching.
+//! - `redis`: `redis_store::RedisStore`, the rate limiter's windows in
+//!   Redis, so that many processes share one provider quota.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![warn(
