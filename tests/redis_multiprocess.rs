@@ -27,16 +27,28 @@ const LIMIT: u64 = 20;
 const WINDOW: Duration = Duration::from_secs(1);
 const RUN: Duration = Duration::from_millis(4_500);
 const WORKER_ENV: &str = "TLR_REDIS_WORKER_URL";
+const FAULT_ENV: &str = "TLR_REDIS_WORKER_FAULT";
+const FAULT_TIMEOUT: Duration = Duration::from_millis(200);
 
 fn main() {
     if let Ok(url) = std::env::var(WORKER_ENV) {
-        worker(&url);
+        if std::env::var_os(FAULT_ENV).is_some() {
+            fault_worker(&url);
+        } else {
+            worker(&url);
+        }
         return;
     }
     if std::env::args().any(|a| a == "--list") {
         println!("multi_process_quota: test");
+        println!("multi_process_redis_killed_mid_run: test");
         return;
     }
+    quota();
+    killed_mid_run();
+}
+
+fn quota() {
     print!("test multi_process_quota ... ");
     let _ = std::io::stdout().flush();
     let Some(server) = RedisServer::start("multi_process_quota") else {
@@ -137,6 +149,117 @@ fn worker(url: &str) {
             for at in t.await.unwrap() {
                 out.push_str(&format!("ADMIT {at}\n"));
             }
+        }
+        print!("{out}");
+    });
+}
+
+/// Redis killed mid-run under 3 processes (fail closed): every process
+/// gets typed errors within the timeout while it is down (no hang, no
+/// panic) and is admitted by Redis again once it is back on the same port.
+fn killed_mid_run() {
+    print!("test multi_process_redis_killed_mid_run ... ");
+    let _ = std::io::stdout().flush();
+    let Some(mut server) = RedisServer::start("multi_process_redis_killed_mid_run") else {
+        return;
+    };
+    let exe = std::env::current_exe().unwrap();
+    let mut children: Vec<_> = (0..PROCESSES)
+        .map(|_| {
+            Command::new(&exe)
+                .env(WORKER_ENV, server.url())
+                .env(FAULT_ENV, "1")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("spawn worker")
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1_500));
+    server.kill();
+    std::thread::sleep(Duration::from_millis(1_000));
+    server.restart();
+    // No hang: every worker ends on its own well within its run.
+    let start = std::time::Instant::now();
+    let mut outputs = Vec::new();
+    for c in &mut children {
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                assert!(status.success(), "worker failed: {status:?}");
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                let _ = c.kill();
+                panic!("a worker hung");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    for c in children {
+        outputs.push(String::from_utf8_lossy(&c.wait_with_output().unwrap().stdout).into_owned());
+    }
+    let mut summary = Vec::new();
+    for out in &outputs {
+        let times = |tag: &str| -> Vec<u64> {
+            out.lines()
+                .filter_map(|l| l.strip_prefix(tag))
+                .map(|n| n.trim().parse().unwrap())
+                .collect()
+        };
+        let (ok, err) = (times("OK "), times("ERR "));
+        assert!(
+            ok.iter().any(|&t| t < 1_400),
+            "admitted by Redis before the kill"
+        );
+        assert!(!err.is_empty(), "refused while Redis was down");
+        assert!(
+            err.iter().all(|&t| t > 1_300 && t < 3_500),
+            "errors only around the outage: {err:?}"
+        );
+        assert!(
+            ok.iter().any(|&t| t > 3_000),
+            "admitted by Redis again after the restart"
+        );
+        summary.push((ok.len(), err.len()));
+    }
+    println!("ok (per process (admitted, refused): {summary:?})");
+}
+
+fn fault_worker(url: &str) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let store =
+            RedisStore::builder(Limits::new().window(Dimension::Requests, WINDOW, 1_000_000))
+                .prefix("killed-mid-run")
+                .timeout(FAULT_TIMEOUT)
+                .retry_interval(Duration::from_millis(100))
+                .build(url)
+                .unwrap();
+        let start = Instant::now();
+        let key = Key::from_static("shared-api-key");
+        let mut out = String::new();
+        while start.elapsed() < Duration::from_secs(5) {
+            let t = Instant::now();
+            let ms = (t - start).as_millis();
+            match store.decide(&key, &Costs::new(0, 0), t, None).await {
+                Ok(d) => {
+                    assert!(d.server_now_us.is_some(), "fail closed: only Redis decides");
+                    out.push_str(&format!("OK {ms}\n"));
+                }
+                Err(e) => {
+                    assert!(e.is_store_unavailable(), "typed: {e}");
+                    assert!(
+                        t.elapsed() < FAULT_TIMEOUT + Duration::from_millis(300),
+                        "refused within the timeout, took {:?}",
+                        t.elapsed()
+                    );
+                    out.push_str(&format!("ERR {ms}\n"));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
         }
         print!("{out}");
     });
