@@ -601,3 +601,39 @@ impl Store for RedisStore {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fail_open_divides_every_limit_and_keeps_at_least_one() {
+        let l = Limits::new()
+            .requests_per_minute(10)
+            .tokens_per_minute(1_000)
+            .window(Dimension::Requests, Duration::from_secs(1), 2);
+        let d: Vec<_> = divide(&l, 3).iter().map(|l| l.limit).collect();
+        assert_eq!(d, [3, 333, 1]);
+    }
+
+    #[test]
+    fn tags_name_dimension_and_window_in_microseconds() {
+        let l = Limits::new()
+            .requests_per_minute(1)
+            .input_tokens_per_minute(1)
+            .window(Dimension::OutputTokens, Duration::from_millis(1_500), 1)
+            .tokens_per_day(1);
+        let tags: Vec<_> = l.iter().map(tag).collect();
+        assert_eq!(
+            tags,
+            ["r:60000000", "i:60000000", "o:1500000", "t:86400000000"]
+        );
+    }
+
+    #[test]
+    fn numbers_are_clamped_for_lua() {
+        assert_eq!(safe(u64::MAX), MAX_SAFE);
+        assert_eq!(micros(Duration::MAX), MAX_SAFE);
+        assert_eq!(micros(Duration::from_millis(3)), 3_000);
+    }
+}
