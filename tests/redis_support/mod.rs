@@ -69,34 +69,50 @@ impl RedisServer {
     }
 
     /// (Re)starts the server on the same port and waits until it accepts
-    /// connections (wall-clock polling: the server is a real process).
+    /// connections (wall-clock polling: the server is a real process). On
+    /// the first start, a port taken in between by another test's server
+    /// is detected (the server that answers must be ours, by its pid) and
+    /// another port is tried.
     pub fn restart(&mut self) {
+        let first = self.child.is_none();
         self.kill();
-        let child = Command::new(&self.bin)
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn redis-server");
-        self.child = Some(child);
-        let start = StdInstant::now();
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        for _ in 0..20 {
+            let child = Command::new(&self.bin)
+                .args([
+                    "--port",
+                    &self.port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn redis-server");
+            let pid = child.id();
+            self.child = Some(child);
+            let start = StdInstant::now();
+            while start.elapsed() < Duration::from_secs(10) {
+                if let Some(Ok(Some(_))) = self.child.as_mut().map(Child::try_wait) {
+                    break; // exited: the port was taken
+                }
+                if server_pid(self.port) == Some(pid) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            self.kill();
             assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "redis-server did not come up on port {}",
+                first,
+                "redis-server did not come back on port {}",
                 self.port
             );
-            std::thread::sleep(Duration::from_millis(20));
+            self.port = free_port();
         }
+        panic!("could not start redis-server");
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -107,6 +123,30 @@ impl RedisServer {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+}
+
+/// The pid of the server answering on `port` (`INFO server`), if any.
+fn server_pid(port: u16) -> Option<u32> {
+    use std::io::{Read, Write};
+    let mut c = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    c.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    c.write_all(b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n").ok()?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = c.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf);
+        if let Some(i) = text.find("process_id:") {
+            let rest = &text[i + "process_id:".len()..];
+            if let Some(end) = rest.find("\r\n") {
+                return rest[..end].trim().parse().ok();
+            }
         }
     }
 }
