@@ -101,6 +101,8 @@
 //!
 //! [`batch::Batch`] drives many requests through the stack with bounded
 //! concurrency and returns one result per input, in input order.
+//! - `redis`: `redis_store::RedisStore`, the rate limiter's windows in
+//!   Redis, so that many processes share one provider quota.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![warn(
@@ -122,6 +124,9 @@ pub mod retry;
 #[cfg_attr(docsrs, doc(cfg(feature = "sim")))]
 pub mod sim;
 pub mod stack;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis_store;
 
 pub use self::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
 pub use self::classify::{Classification, Classifier, ErrorClass, Provider};

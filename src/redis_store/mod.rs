@@ -1,0 +1,102 @@
+//! A Redis store for the rate limiter: one provider quota shared by many
+//! processes (feature `redis`).
+//!
+//! A provider's quota belongs to an API key, not to a process. With several
+//! workers on one key, each local limiter would admit the whole quota;
+//! [`RedisStore`] keeps the limiter's windows in Redis instead, so that the
+//! union of all processes' admissions respects the limit.
+//!
+//! # Semantics
+//!
+//! The same as [`MemoryStore`](crate::rate_limit::MemoryStore): an exact
+//! sliding window per limit, first-come first-served reservations at the
+//! earliest instant that fits, cost correction, the shared Retry-After
+//! gate, learning from the provider's headers, oversize requests refused at
+//! once. Every decision is **one atomic Lua script** (`EVALSHA`, with a
+//! fallback to `EVAL` after a restart) and its time is the Redis server's
+//! (`TIME`): processes with skewed clocks cannot over-admit. The script
+//! answers "admitted now" or "admitted in *wait*", and the caller sleeps
+//! exactly that long instead of polling Redis. The wait is counted from
+//! when the answer arrived (not from the `now` passed in, as the trait's
+//! time contract allows), so a process never starts early by the network
+//! latency.
+//!
+//! One difference, on purpose: when a reservation is cancelled, the
+//! in-memory store re-books the reservations waiting behind it earlier and
+//! wakes their requests. A remote store cannot tell a waiting request in
+//! another process its new instant without a round trip, and re-booking
+//! without telling it would let that request start later than booked, and
+//! so over-admit. So the Redis store never moves a reservation: the room a
+//! cancellation frees goes to the requests booked after it.
+//!
+//! # Keys
+//!
+//! Every key of one limiter key shares one hash tag, `{<prefix>:<key>}`, so
+//! that a Redis Cluster keeps them in one slot (one script touches them
+//! all):
+//!
+//! - `{<prefix>:<key>}:s`: a hash with the gate, the FIFO tail, the next
+//!   reservation id, and per limit its running sum, learned limit and
+//!   external usage;
+//! - `{<prefix>:<key>}:l:<dim>:<window µs>`: one list per limit, the
+//!   admissions still inside the window (`at,id,cost`).
+//!
+//! Every key carries an expiry: as long as anything in it still counts,
+//! plus one second. An idle limiter leaves nothing behind. The prefix
+//! defaults to [`DEFAULT_PREFIX`]. All processes sharing a prefix must
+//! configure the same limits for a key.
+//!
+//! # Faults
+//!
+//! Each script call has a timeout ([`RedisStoreBuilder::timeout`], default
+//! 250 ms). When Redis is unreachable, slow or failing, the
+//! [`FaultPolicy`] decides:
+//!
+//! - [`FaultPolicy::FailClosed`] (default): the request fails with an
+//!   [`Error`](crate::Error) for which
+//!   [`is_store_unavailable`](crate::Error::is_store_unavailable) is true,
+//!   within the timeout;
+//! - [`FaultPolicy::FailOpen`]: the request goes through a local
+//!   [`MemoryStore`](crate::rate_limit::MemoryStore) whose limits are the
+//!   configured ones divided by the expected number of processes.
+//!
+//! After a failure, Redis is not asked again for
+//! [`retry_interval`](RedisStoreBuilder::retry_interval) (default 1 s), so a
+//! dead server costs one timeout per interval, not one per request. The
+//! connection manager reconnects on its own; the next decision after the
+//! interval goes back to Redis.
+//!
+//! # Fire-and-forget operations
+//!
+//! `cancel`, `correct`, `gate` and `learn` never block a request: they go
+//! through a bounded queue (1024) to one background task that runs them in
+//! the order they were issued by this store (and its clones). They may
+//! reach Redis after a later `acquire` of the same process. When the queue
+//! is full, or Redis fails, they are dropped (logged at `debug`): a lost
+//! cancel or correction only makes the limiter more conservative until the
+//! window slides. [`RedisStore::flush`] waits until everything queued
+//! before it ran. `learn` cannot return the server's answer synchronously:
+//! it returns `None`, so the limiter's `LimitLearned` event does not fire
+//! with this store.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use tower_llm_resilience::rate_limit::{Limits, RateLimitLayer};
+//! use tower_llm_resilience::redis_store::{FaultPolicy, RedisStore};
+//!
+//! # async fn f() -> Result<(), tower_llm_resilience::Error> {
+//! let limits = Limits::new().requests_per_minute(500).tokens_per_minute(200_000);
+//! let store = RedisStore::builder(limits.clone())
+//!     .prefix("myapp-openai")
+//!     .fault_policy(FaultPolicy::FailOpen { processes: 4 })
+//!     .build("redis://127.0.0.1:6379/")?;
+//! let layer = RateLimitLayer::new(limits).store(store);
+//! # let _ = layer; Ok(()) }
+//! ```
+
+mod ops;
+mod scripts;
+mod store;
+
+pub use self::store::{FaultPolicy, RedisStore, RedisStoreBuilder, ServerDecision, DEFAULT_PREFIX};
