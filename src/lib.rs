@@ -119,14 +119,14 @@ mod error;
 pub mod events;
 pub mod key;
 pub mod rate_limit;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis_store;
 pub mod retry;
 #[cfg(feature = "sim")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sim")))]
 pub mod sim;
 pub mod stack;
-#[cfg(feature = "redis")]
-#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub mod redis_store;
 
 pub use self::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
 pub use self::classify::{Classification, Classifier, ErrorClass, Provider};
