@@ -35,7 +35,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 use tower::{Layer, Service, ServiceExt};
 use tower_llm_resilience::batch::Batch;
-use tower_llm_resilience::rate_limit::{Dimension, Limits, TokenEstimate};
+use tower_llm_resilience::key::SingleKey;
+use tower_llm_resilience::rate_limit::{Dimension, Limits, Store, TokenEstimate};
 use tower_llm_resilience::sim::{Fault, SimProvider, SimStats};
 use tower_llm_resilience::{BoxError, LlmLayer, Provider};
 
@@ -78,6 +79,10 @@ struct Args {
     /// labels and the program splits it.
     #[arg(long, value_name = "K", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=100))]
     batch_size: u64,
+    /// Share the quota with other workers through Redis (e.g.
+    /// redis://127.0.0.1:6379/); needs `--features redis`.
+    #[arg(long, value_name = "URL")]
+    redis: Option<String>,
 }
 
 const SYSTEM: &str = "You label the sentiment of short texts. Answer with exactly one word: positive, negative or neutral.";
@@ -100,7 +105,8 @@ fn chat_request(
             .enumerate()
             .map(|(i, t)| format!("{}. {t}", i + 1))
             .collect();
-        (SYSTEM_BATCH, numbered.join("\n"))
+        let ask = "Label each text; answer with a JSON array of labels.";
+        (SYSTEM_BATCH, format!("{ask}\n{}", numbered.join("\n")))
     };
     let max_tokens = 4 + 6 * texts.len() as u64;
     let body = json!({
@@ -279,7 +285,28 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(&args, &setup, &texts, &mut out).await {
+    let limits = limits(&setup);
+    let layer = LlmLayer::new(Provider::Auto).limits(limits.clone());
+    let result = match &args.redis {
+        None => run(&args, &setup, &texts, &mut out, layer).await,
+        #[cfg(feature = "redis")]
+        Some(url) => {
+            use tower_llm_resilience::redis_store::RedisStore;
+            match RedisStore::builder(limits).build(url) {
+                Ok(store) => run(&args, &setup, &texts, &mut out, layer.store(store)).await,
+                Err(e) => {
+                    eprintln!("error: cannot use Redis at the given URL: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        #[cfg(not(feature = "redis"))]
+        Some(_) => {
+            eprintln!("error: --redis needs the redis feature: cargo run --release --features redis --example classify -- --redis URL");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
         Ok(report) => {
             if let Err(e) = out.flush() {
                 eprintln!("error: cannot write the output: {e}");
@@ -314,12 +341,28 @@ struct Report {
     sim: Option<SimStats>,
 }
 
-async fn run(
+/// The provider's limits over its window, as the limiter keeps them.
+///
+/// The provider counts a request when it arrives, the limiter when it sends
+/// it: a slightly longer window absorbs the latency between them.
+fn limits(setup: &Setup) -> Limits {
+    let margin = (setup.window / 20).min(Duration::from_millis(250));
+    let window = setup.window + margin;
+    Limits::new()
+        .window(Dimension::Requests, window, setup.rpm)
+        .window(Dimension::Tokens, window, setup.tpm)
+}
+
+async fn run<St>(
     args: &Args,
     setup: &Setup,
     texts: &[String],
     out: &mut dyn Write,
-) -> io::Result<Report> {
+    layer: LlmLayer<SingleKey, Provider, St>,
+) -> io::Result<Report>
+where
+    St: Store + Clone,
+{
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_webpki_roots()
         .https_or_http()
@@ -344,15 +387,6 @@ async fn run(
         })
     };
 
-    // The provider counts a request when it arrives, the limiter when it
-    // sends it: a slightly longer window absorbs the latency between them.
-    let margin = (setup.window / 20).min(Duration::from_millis(250));
-    let limiter_window = setup.window + margin;
-    let layer = LlmLayer::new(Provider::Auto).limits(
-        Limits::new()
-            .window(Dimension::Requests, limiter_window, setup.rpm)
-            .window(Dimension::Tokens, limiter_window, setup.tpm),
-    );
     let events = layer.events_handle().clone();
     let stack = layer.layer(counted);
 
