@@ -52,7 +52,6 @@ struct Inner {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[allow(dead_code)] // some kinds belong to layers not yet merged
 enum Kind {
     /// The provider answered with an error status.
     Response,
@@ -78,7 +77,6 @@ enum Kind {
     Cancelled,
 }
 
-#[allow(dead_code)] // some constructors belong to layers not yet merged
 impl Error {
     fn new(kind: Kind, classification: Classification) -> Self {
         Error {
@@ -189,6 +187,7 @@ impl Error {
         Error::new(Kind::CircuitOpen, c)
     }
 
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))] // the Redis store's
     pub(crate) fn store_unavailable(source: impl Into<BoxError>) -> Self {
         Error::new(
             Kind::StoreUnavailable,
