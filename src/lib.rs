@@ -88,6 +88,11 @@
 //! # let _ = limiter;
 //! ```
 //!
+//! # Running a batch
+//!
+//! [`batch::Batch`] drives many requests through the stack with bounded
+//! concurrency and returns one result per input, in input order.
+//!
 //! # Cargo features
 //!
 //! - `tower-http` (default): adapters between [`classify::Classifier`] and
@@ -96,12 +101,7 @@
 //!   (connect, timeout, closed connection) without string matching.
 //! - `sim` (off): [`sim`], a simulated OpenAI- / Anthropic-shaped provider
 //!   with sliding-window limits and seeded faults, in process or on loopback.
-//!
-//! # Running a batch
-//!
-//! [`batch::Batch`] drives many requests through the stack with bounded
-//! concurrency and returns one result per input, in input order.
-//! - `redis`: `redis_store::RedisStore`, the rate limiter's windows in
+//! - `redis` (off): `redis_store::RedisStore`, the rate limiter's windows in
 //!   Redis, so that many processes share one provider quota.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]

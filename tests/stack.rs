@@ -52,6 +52,26 @@ fn content(body: &[u8]) -> String {
         .to_owned()
 }
 
+/// The label of each response, or its error's message.
+async fn labels_of<B>(
+    results: Vec<Result<http::Response<B>, tower_llm_resilience::Error>>,
+) -> Vec<Result<String, String>>
+where
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
+    let mut labels = Vec::new();
+    for result in results {
+        labels.push(match result {
+            Ok(response) => Ok(content(
+                &response.into_body().collect().await.unwrap().to_bytes(),
+            )),
+            Err(e) => Err(e.to_string()),
+        });
+    }
+    labels
+}
+
 /// Checks the run: one result per input, in order, each label what the
 /// provider served once for that input, and at most 1 % of requests 429.
 fn check(sim: &SimProvider, texts: &[String], labels: &[Result<String, String>]) {
@@ -129,15 +149,7 @@ async fn in_process_with_faults() {
     let start = tokio::time::Instant::now();
     let results = Batch::new(stack).concurrency(16).run(requests).await;
     let elapsed = start.elapsed();
-    let mut labels = Vec::new();
-    for result in results {
-        labels.push(match result {
-            Ok(response) => Ok(content(
-                &response.into_body().collect().await.unwrap().to_bytes(),
-            )),
-            Err(e) => Err(e.to_string()),
-        });
-    }
+    let labels = labels_of(results).await;
     check(&sim, &texts, &labels);
 
     // The limiter, not the provider, paced the run: close to the
@@ -194,15 +206,7 @@ async fn over_http(http2: bool) {
         .map(|(i, t)| request(i, t, &base))
         .collect();
     let results = Batch::new(stack).concurrency(8).run(requests).await;
-    let mut labels = Vec::new();
-    for result in results {
-        labels.push(match result {
-            Ok(response) => Ok(content(
-                &response.into_body().collect().await.unwrap().to_bytes(),
-            )),
-            Err(e) => Err(e.to_string()),
-        });
-    }
+    let labels = labels_of(results).await;
     server.shutdown().await;
     check(&sim, &texts, &labels);
 }
