@@ -10,7 +10,7 @@
 //! simulated provider (500 requests and 200,000 tokens per sliding 60 s
 //! window; 1.5 % 500s, 1.5 % 503s, 1 % connection resets, 1 % responses
 //! 10 s slow). The clock is tokio's paused clock: minutes of simulated
-//! time take a few seconds, and the figures are the same on every run.
+//! time take well under a second, and the figures are the same on every run.
 //!
 //! It prints one table (completion time against the theoretical minimum
 //! `W * (max(ceil(N / R), ceil(tokens / T)) - 1)`, requests sent, 429s,
