@@ -396,3 +396,81 @@ async fn the_service_and_its_future_are_send() {
     send_response.send_response(Response::new(String::new()));
     assert_eq!(call.await.unwrap().unwrap().status(), StatusCode::OK);
 }
+
+/// A provider that fails the first request with `first` and answers every
+/// later one 200; each request's arrival instant is recorded.
+fn failing_first(
+    first: StatusCode,
+    arrivals: std::sync::Arc<std::sync::Mutex<Vec<Duration>>>,
+    t0: Instant,
+) -> impl Service<Req, Response = Resp, Error = std::io::Error, Future = impl Send> + Clone {
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    tower::service_fn(move |_: Req| {
+        let n = count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        arrivals.lock().unwrap().push(t0.elapsed());
+        async move {
+            let mut response = Response::new(String::new());
+            if n == 0 {
+                *response.status_mut() = first;
+            }
+            Ok(response)
+        }
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_attempts_give_their_charge_back() {
+    for (status, refund, second_at) in [
+        (StatusCode::INTERNAL_SERVER_ERROR, true, ms(0)),
+        (StatusCode::SERVICE_UNAVAILABLE, true, ms(0)),
+        (StatusCode::INTERNAL_SERVER_ERROR, false, ms(10_000)),
+        // The caller's fault is no reason to give the quota back.
+        (StatusCode::BAD_REQUEST, true, ms(10_000)),
+    ] {
+        let t0 = Instant::now();
+        let arrivals = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let limits = Limits::new().window(Dimension::Requests, ms(10_000), 1);
+        let mut svc = RateLimitLayer::new(limits)
+            .refund_failed(refund)
+            .layer(failing_first(status, arrivals.clone(), t0));
+        let first = svc.ready().await.unwrap().call(req(1)).await.unwrap();
+        assert_eq!(first.status(), status);
+        let second = svc.ready().await.unwrap().call(req(1)).await.unwrap();
+        assert_eq!(second.status(), StatusCode::OK);
+        let arrivals = arrivals.lock().unwrap().clone();
+        assert_eq!(
+            arrivals,
+            [ms(0), second_at],
+            "{status} with refund_failed({refund})"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_failure_gives_its_charge_back() {
+    let t0 = Instant::now();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let inner = tower::service_fn(move |_: Req| {
+        let n = count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        async move {
+            if n == 0 {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionRefused,
+                    "refused",
+                ))
+            } else {
+                Ok(Response::new(String::new()))
+            }
+        }
+    });
+    let limits = Limits::new().window(Dimension::Requests, ms(10_000), 1);
+    let mut svc = RateLimitLayer::new(limits).layer(inner);
+    let err = svc.ready().await.unwrap().call(req(1)).await.unwrap_err();
+    assert!(err.is_connect());
+    svc.ready().await.unwrap().call(req(1)).await.unwrap();
+    assert_eq!(
+        t0.elapsed(),
+        Duration::ZERO,
+        "the refused attempt held no quota"
+    );
+}

@@ -262,12 +262,21 @@ where
                     let shared = &**this.shared;
                     return Poll::Ready(match result {
                         Ok(response) => {
-                            after_response(shared, this.key, this.reservation.as_ref(), &response);
+                            let class = after_response(
+                                shared,
+                                this.key,
+                                this.reservation.as_ref(),
+                                &response,
+                            );
+                            refund(shared, this.reservation.as_ref(), class);
                             Ok(response)
                         }
-                        Err(e) => Err(Error::from_transport(e, |e| {
-                            shared.classifier.classify_error(e)
-                        })),
+                        Err(e) => {
+                            let error =
+                                Error::from_transport(e, |e| shared.classifier.classify_error(e));
+                            refund(shared, this.reservation.as_ref(), Some(error.class()));
+                            Err(error)
+                        }
                     });
                 }
                 StateProj::Done => panic!("ResponseFuture polled after completion"),
@@ -300,14 +309,38 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.len() >= needle.len() && hay.windows(needle.len()).any(|w| w == needle)
 }
 
+/// Gives back the charge of an attempt the provider refused or failed
+/// (see [`RateLimitLayer::refund_failed`](super::RateLimitLayer::refund_failed)).
+fn refund<K, C, E, St: Store>(
+    shared: &Shared<K, C, E, St>,
+    reservation: Option<&Reservation>,
+    class: Option<ErrorClass>,
+) {
+    let refundable = matches!(
+        class,
+        Some(
+            ErrorClass::RateLimited
+                | ErrorClass::SlowDown
+                | ErrorClass::ServerError
+                | ErrorClass::Overloaded
+                | ErrorClass::Connect
+        )
+    );
+    if let (true, true, Some(r)) = (shared.refund_failed, refundable, reservation) {
+        shared.store.cancel(r);
+    }
+}
+
 /// Learns from a response: usage correction, the provider's budget, the
-/// shared gate. Cheap when the response carries nothing to learn.
+/// shared gate; returns the response's failure class, if any. Cheap when
+/// the response carries nothing to learn.
 fn after_response<K, C, E, St, RB>(
     shared: &Shared<K, C, E, St>,
     key: &Key,
     reservation: Option<&Reservation>,
     response: &Response<RB>,
-) where
+) -> Option<ErrorClass>
+where
     C: Classifier,
     St: Store,
 {
@@ -318,11 +351,11 @@ fn after_response<K, C, E, St, RB>(
         }
     }
     if !worth_classifying(response) {
-        return;
+        return None;
     }
     let c = shared.classifier.classify_response(response);
     if c.limits.is_empty() && c.is_success() {
-        return;
+        return None;
     }
     let now = Instant::now();
     let request_window = c
@@ -370,4 +403,5 @@ fn after_response<K, C, E, St, RB>(
             }
         }
     }
+    c.class
 }

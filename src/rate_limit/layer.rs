@@ -48,6 +48,7 @@ pub struct RateLimitLayer<K = SingleKey, C = Provider, E = JsonEstimator, St = M
     events: Events,
     max_wait: Option<Duration>,
     estimate: bool,
+    refund_failed: bool,
 }
 
 impl<K: Clone, C: Clone, E: Clone, St: Clone> Clone for RateLimitLayer<K, C, E, St> {
@@ -60,6 +61,7 @@ impl<K: Clone, C: Clone, E: Clone, St: Clone> Clone for RateLimitLayer<K, C, E, 
             events: self.events.clone(),
             max_wait: self.max_wait,
             estimate: self.estimate,
+            refund_failed: self.refund_failed,
         }
     }
 }
@@ -76,6 +78,7 @@ impl RateLimitLayer {
             events: Events::new(),
             max_wait: None,
             estimate,
+            refund_failed: true,
         }
     }
 }
@@ -111,6 +114,20 @@ impl<K, C, E> RateLimitLayer<K, C, E, MemoryStore> {
 }
 
 impl<K, C, E, St> RateLimitLayer<K, C, E, St> {
+    /// Whether an attempt the provider refused or failed gives its charge
+    /// back (default `true`): a rate-limited answer (429), a server error
+    /// or overload (5xx, 529), or a connection that failed before any
+    /// response. Providers do not count refused requests, and a 5xx is
+    /// seldom counted; keeping such charges holds quota idle for a whole
+    /// window (in `examples/goodput` a 5 % fault mix wasted about 6 % of
+    /// the token quota). If a provider does count them, its `remaining`
+    /// headers tighten the window again. Timeouts keep their charge: the
+    /// provider may still be working on the request.
+    pub fn refund_failed(mut self, yes: bool) -> Self {
+        self.refund_failed = yes;
+        self
+    }
+
     /// Picks each request's key (default [`SingleKey`]).
     pub fn key_fn<K2>(self, key_fn: K2) -> RateLimitLayer<K2, C, E, St> {
         RateLimitLayer {
@@ -121,6 +138,7 @@ impl<K, C, E, St> RateLimitLayer<K, C, E, St> {
             events: self.events,
             max_wait: self.max_wait,
             estimate: self.estimate,
+            refund_failed: self.refund_failed,
         }
     }
 
@@ -134,6 +152,7 @@ impl<K, C, E, St> RateLimitLayer<K, C, E, St> {
             events: self.events,
             max_wait: self.max_wait,
             estimate: self.estimate,
+            refund_failed: self.refund_failed,
         }
     }
 
@@ -148,6 +167,7 @@ impl<K, C, E, St> RateLimitLayer<K, C, E, St> {
             events: self.events,
             max_wait: self.max_wait,
             estimate: self.estimate,
+            refund_failed: self.refund_failed,
         }
     }
 
@@ -161,6 +181,7 @@ impl<K, C, E, St> RateLimitLayer<K, C, E, St> {
             events: self.events,
             max_wait: self.max_wait,
             estimate: true,
+            refund_failed: self.refund_failed,
         }
     }
 
@@ -198,6 +219,7 @@ where
             events: self.events.clone(),
             max_wait: self.max_wait,
             estimate: self.estimate,
+            refund_failed: self.refund_failed,
         });
         RateLimit::from_shared(inner, shared)
     }

@@ -25,6 +25,7 @@ pub(crate) struct Shared<K, C, E, St> {
     pub(crate) events: Events,
     pub(crate) max_wait: Option<Duration>,
     pub(crate) estimate: bool,
+    pub(crate) refund_failed: bool,
 }
 
 /// Holds each request until its key's windows have room, then sends it;
