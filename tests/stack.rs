@@ -220,3 +220,55 @@ async fn over_loopback_http1() {
 async fn over_loopback_http2() {
     over_http(true).await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_provider_that_never_answers_times_out_and_is_retried() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+    use tower::{Service, ServiceExt};
+
+    // The first attempt hangs forever; the second is answered at once.
+    let calls = Arc::new(AtomicU32::new(0));
+    let seen = calls.clone();
+    let provider = tower::service_fn(move |_: Request<String>| {
+        let n = seen.fetch_add(1, Ordering::Relaxed);
+        async move {
+            if n == 0 {
+                std::future::pending::<()>().await;
+            }
+            Ok::<_, std::io::Error>(http::Response::new(String::from("{}")))
+        }
+    });
+    let mut stack = LlmLayer::new(Provider::OpenAi)
+        .requests_per_minute(100)
+        .attempt_timeout(Duration::from_secs(30))
+        .layer(provider);
+    let start = tokio::time::Instant::now();
+    let response = stack
+        .ready()
+        .await
+        .unwrap()
+        .call(Request::new(String::new()))
+        .await;
+    assert!(response.is_ok());
+    assert_eq!(calls.load(Ordering::Relaxed), 2);
+    assert!(start.elapsed() >= Duration::from_secs(30));
+
+    // A provider that never answers: every attempt times out, then a
+    // typed timeout error, never an endless wait.
+    let never = tower::service_fn(|_: Request<String>| async {
+        std::future::pending::<Result<http::Response<String>, std::io::Error>>().await
+    });
+    let mut stack = LlmLayer::new(Provider::OpenAi)
+        .attempt_timeout(Duration::from_secs(10))
+        .layer(never);
+    let error = stack
+        .ready()
+        .await
+        .unwrap()
+        .call(Request::new(String::new()))
+        .await
+        .unwrap_err();
+    assert!(error.is_timeout(), "{error}");
+    assert!(error.is_retryable());
+}

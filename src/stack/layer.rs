@@ -2,6 +2,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tower::timeout::Timeout;
 use tower::Layer;
 
 use crate::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
@@ -13,14 +14,22 @@ use crate::retry::{Retry, RetryLayer};
 
 /// The service [`LlmLayer`] builds around an HTTP client `S`.
 pub type Llm<S, K = SingleKey, C = Provider, St = MemoryStore> =
-    CircuitBreaker<Retry<RateLimit<Classify<S, C>, K, C, JsonEstimator, St>, C>, K, C>;
+    CircuitBreaker<Retry<RateLimit<Timeout<Classify<S, C>>, K, C, JsonEstimator, St>, C>, K, C>;
+
+/// How long one attempt may wait for the provider's response headers by
+/// default: ten minutes, as the OpenAI and Anthropic SDKs allow (a long
+/// completion takes minutes; a provider that never answers must not hold a
+/// request forever).
+pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Stacks the crate's layers in the order of its design, from one provider
 /// profile and a few limits: circuit breaker outermost (a dead or unpaid
 /// provider fails fast before retries burn time), then retry (each attempt
 /// takes a rate-limit permit, so a retry storm cannot exceed the quota),
 /// then the rate limiter next to the wire (it learns from every response),
-/// then [`ClassifyLayer`] (it reads error bodies' codes for all of them).
+/// then a timeout on each attempt (inside the limiter, so that waiting for
+/// the window does not count), then [`ClassifyLayer`] (it reads error
+/// bodies' codes for all of them).
 ///
 /// Every layer shares the classifier, the [`Events`] (one summary for the
 /// whole stack) and, for the limiter and the breaker, the key function.
@@ -32,7 +41,9 @@ pub type Llm<S, K = SingleKey, C = Provider, St = MemoryStore> =
 /// defaults: [`RetryLayer`] (4 attempts, 10 for 429s, server waits up to
 /// 60 s honoured), [`CircuitBreakerLayer`] (opens at 50 % failures over
 /// 20 calls, at once on an exhausted quota), [`RateLimitLayer`] (no max
-/// wait, headers only tighten), [`ClassifyLayer`] (8 KiB of error bodies).
+/// wait, headers only tighten, failed attempts refunded), an attempt
+/// timeout of [`DEFAULT_ATTEMPT_TIMEOUT`] (10 min), [`ClassifyLayer`]
+/// (8 KiB of error bodies).
 ///
 /// Each call of [`layer`](Layer::layer) makes a new limiter and new
 /// breakers; the clones of the service it returns share them. Layer once,
@@ -49,6 +60,7 @@ pub struct LlmLayer<K = SingleKey, C = Provider, St = MemoryStore> {
     events: Events,
     max_wait: Option<Duration>,
     learn_limits: bool,
+    attempt_timeout: Duration,
     make_store: Arc<MakeStore<St>>,
     classify: ClassifyLayer<C>,
     retry: RetryLayer<C>,
@@ -67,6 +79,7 @@ impl<K: fmt::Debug, C: fmt::Debug, St> fmt::Debug for LlmLayer<K, C, St> {
             .field("limits", &self.limits)
             .field("max_wait", &self.max_wait)
             .field("learn_limits", &self.learn_limits)
+            .field("attempt_timeout", &self.attempt_timeout)
             .field("classify", &self.classify)
             .field("retry", &self.retry)
             .field("breaker", &self.breaker)
@@ -93,6 +106,7 @@ impl<C: Clone> LlmLayer<SingleKey, C> {
             events: events.clone(),
             max_wait: None,
             learn_limits: false,
+            attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
             make_store: Arc::new(|limits: &Limits, learn: bool| {
                 MemoryStore::new(limits.clone()).learn_limits(learn)
             }),
@@ -164,6 +178,15 @@ impl<K, C, St> LlmLayer<K, C, St> {
         self
     }
 
+    /// How long one attempt may wait for the provider's response headers
+    /// (default [`DEFAULT_ATTEMPT_TIMEOUT`], 10 min). Past it the attempt
+    /// fails as [`ErrorClass::Timeout`](crate::ErrorClass::Timeout), which
+    /// the retry layer retries; waiting for the rate limiter does not count.
+    pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.attempt_timeout = timeout;
+        self
+    }
+
     /// Whether the provider's limit headers may raise the configured limits
     /// (default `false`: they only tighten).
     pub fn learn_limits(mut self, yes: bool) -> Self {
@@ -217,6 +240,7 @@ impl<K, C, St> LlmLayer<K, C, St> {
             events: self.events,
             max_wait: self.max_wait,
             learn_limits: self.learn_limits,
+            attempt_timeout: self.attempt_timeout,
             make_store: self.make_store,
             classify: self.classify,
             retry: self.retry,
@@ -241,6 +265,7 @@ impl<K, C, St> LlmLayer<K, C, St> {
             events: self.events,
             max_wait: self.max_wait,
             learn_limits: self.learn_limits,
+            attempt_timeout: self.attempt_timeout,
             make_store: Arc::new(move |_: &Limits, _: bool| store.clone()),
             classify: self.classify,
             retry: self.retry,
@@ -268,7 +293,8 @@ where
             rate_limit = rate_limit.max_wait(wait);
         }
         let classified = self.classify.layer(inner);
-        let limited = rate_limit.layer(classified);
+        let timed = Timeout::new(classified, self.attempt_timeout);
+        let limited = rate_limit.layer(timed);
         let retried = self.retry.layer(limited);
         self.breaker.layer(retried)
     }
