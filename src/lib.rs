@@ -99,7 +99,7 @@
 //!   tower-http's `ClassifyResponse`.
 //! - `hyper` (default): classify hyper's and hyper-util's client errors
 //!   (connect, timeout, closed connection) without string matching.
-//! - `sim` (off): [`sim`], a simulated OpenAI- / Anthropic-shaped provider
+//! - `sim` (off): the `sim` module, a simulated OpenAI- / Anthropic-shaped provider
 //!   with sliding-window limits and seeded faults, in process or on loopback.
 //! - `redis` (off): `redis_store::RedisStore`, the rate limiter's windows in
 //!   Redis, so that many processes share one provider quota.
