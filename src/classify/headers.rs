@@ -399,14 +399,19 @@ impl<'a> Scan<'a> {
     }
 }
 
+/// limit, remaining, reset: the three parts of every rate-limit header.
+fn part_slot(part: &str) -> Option<usize> {
+    match part {
+        "limit" => Some(0),
+        "remaining" => Some(1),
+        "reset" => Some(2),
+        _ => None,
+    }
+}
+
 fn openai_slot(rest: &str) -> Option<(usize, usize)> {
     let (part, dim) = rest.split_once('-')?;
-    let part = match part {
-        "limit" => 0,
-        "remaining" => 1,
-        "reset" => 2,
-        _ => return None,
-    };
+    let part = part_slot(part)?;
     let dim = match dim {
         "requests" => 0,
         "tokens" => 1,
@@ -417,12 +422,7 @@ fn openai_slot(rest: &str) -> Option<(usize, usize)> {
 
 fn anthropic_slot(rest: &str) -> Option<(usize, usize)> {
     let (dim, part) = rest.rsplit_once('-')?;
-    let part = match part {
-        "limit" => 0,
-        "remaining" => 1,
-        "reset" => 2,
-        _ => return None,
-    };
+    let part = part_slot(part)?;
     let dim = match dim {
         "requests" => 0,
         "tokens" => 1,
