@@ -34,7 +34,7 @@ use hyper_util::rt::TokioExecutor;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 use tower::{Layer, Service, ServiceExt};
-use tower_llm_resilience::batch::Batch;
+use tower_llm_resilience::batch::{Batch, Patience, Progress};
 use tower_llm_resilience::key::SingleKey;
 use tower_llm_resilience::rate_limit::{Dimension, Limits, Store, TokenEstimate};
 use tower_llm_resilience::sim::{Fault, SimProvider, SimStats};
@@ -79,6 +79,18 @@ struct Args {
     /// labels and the program splits it.
     #[arg(long, value_name = "K", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=100))]
     batch_size: u64,
+    /// Give up what is left after this many seconds without a single
+    /// success while items wait for a failing provider (the batch's
+    /// patience; default 600).
+    #[arg(long, value_name = "S", default_value_t = 600.0)]
+    give_up_after: f64,
+    /// Simulated provider only: answer 503 to every request for this many
+    /// seconds (an outage), starting `--outage-at` seconds into the run.
+    #[arg(long, value_name = "S")]
+    outage: Option<f64>,
+    /// When the simulated outage starts, in seconds after the start.
+    #[arg(long, value_name = "S", default_value_t = 1.0, requires = "outage")]
+    outage_at: f64,
     /// Share the quota with other workers through Redis (e.g.
     /// redis://127.0.0.1:6379/); needs `--features redis`.
     #[arg(long, value_name = "URL")]
@@ -190,7 +202,7 @@ async fn setup(args: &Args) -> io::Result<Setup> {
         None => {
             let window = Duration::from_secs_f64(args.window_secs.unwrap_or(2.0));
             let (rpm, tpm) = (args.rpm.unwrap_or(40), args.tpm.unwrap_or(1_500));
-            let sim = SimProvider::builder()
+            let mut sim = SimProvider::builder()
                 .rpm(rpm)
                 .tpm(tpm)
                 .window(window)
@@ -199,8 +211,12 @@ async fn setup(args: &Args) -> io::Result<Setup> {
                 .fault(Fault::ServerError, 0.02)
                 .fault(Fault::ServiceUnavailable, 0.01)
                 .fault(Fault::ConnectionReset, 0.01)
-                .fault(Fault::Slow(Duration::from_secs(1)), 0.01)
-                .build();
+                .fault(Fault::Slow(Duration::from_secs(1)), 0.01);
+            if let Some(length) = args.outage {
+                let start = Duration::from_secs_f64(args.outage_at);
+                sim = sim.outage(start, start + Duration::from_secs_f64(length));
+            }
+            let sim = sim.build();
             let server = sim.serve().await?;
             Ok(Setup {
                 base_url: server.base_url(),
@@ -255,6 +271,19 @@ async fn main() -> ExitCode {
         .is_some_and(|w| !(w.is_finite() && w > 0.0 && w <= 86_400.0))
     {
         eprintln!("error: --window-secs must be a number of seconds in (0, 86400]");
+        return ExitCode::from(2);
+    }
+    let seconds = |s: f64| s.is_finite() && s >= 0.0 && s <= 7.0 * 86_400.0;
+    if !seconds(args.give_up_after) || args.give_up_after == 0.0 {
+        eprintln!("error: --give-up-after must be a number of seconds in (0, 604800]");
+        return ExitCode::from(2);
+    }
+    if args.outage.is_some_and(|o| !seconds(o)) || !seconds(args.outage_at) {
+        eprintln!("error: --outage and --outage-at must be numbers of seconds in [0, 604800]");
+        return ExitCode::from(2);
+    }
+    if args.outage.is_some() && args.base_url.is_some() {
+        eprintln!("error: --outage applies to the simulated provider only (no --base-url)");
         return ExitCode::from(2);
     }
     let texts = match read_texts(&args) {
@@ -338,6 +367,7 @@ struct Report {
     wire: Arc<Wire>,
     summary: tower_llm_resilience::events::Summary,
     elapsed: Duration,
+    resent: u64,
     sim: Option<SimStats>,
 }
 
@@ -412,11 +442,11 @@ where
     );
     let progress_bar = bar.clone();
     let started = Instant::now();
+    let patience = Patience::new().give_up_after(Duration::from_secs_f64(args.give_up_after));
     let mut results = Batch::new(stack)
         .concurrency(args.concurrency as usize)
-        .on_progress(move |p| {
-            progress_bar.set_message(format!("{} in flight, {} failed", p.in_flight, p.failed));
-        })
+        .patience(patience)
+        .on_progress(move |p| progress_bar.set_message(state(p)))
         .stream(requests);
 
     let mut report = Report {
@@ -428,6 +458,7 @@ where
         wire: wire.clone(),
         summary: Default::default(),
         elapsed: Duration::ZERO,
+        resent: 0,
         sim: None,
     };
     let mut index = 0;
@@ -435,6 +466,7 @@ where
         let result = results.next().await.expect("one result per request");
         let outcome: Result<Vec<String>, (String, String)> = match result {
             Ok(response) => read_labels(response, group.len()).await,
+            Err(e) if e.is_gave_up() => Err((format!("gave up ({})", e.class()), e.to_string())),
             Err(e) => Err((e.class().as_str().to_string(), e.to_string())),
         };
         for (j, text) in group.iter().enumerate() {
@@ -455,9 +487,27 @@ where
     }
     bar.finish_and_clear();
     report.elapsed = started.elapsed();
+    report.resent = results.progress().resent;
     report.summary = events.counters().snapshot();
     report.sim = setup.sim.as_ref().map(|(sim, _)| sim.stats());
     Ok(report)
+}
+
+/// The progress bar's message: what is in flight, and while items wait
+/// for a failing provider, for how long it has failed and when the next
+/// try is.
+fn state(p: &Progress) -> String {
+    let mut message = format!("{} in flight, {} failed", p.in_flight, p.failed);
+    if p.held > 0 {
+        let class = p.last_failure.map_or("failing", |c| c.as_str());
+        let down = p.failing_for.unwrap_or_default().as_secs();
+        message = format!("provider {class} for {down} s, {} held", p.held);
+        if let Some(next) = p.next_resend_in {
+            message.push_str(&format!(", next try in {:.0} s", next.as_secs_f64().ceil()));
+        }
+        message.push_str(&format!("; {} in flight, {} failed", p.in_flight, p.failed));
+    }
+    message
 }
 
 async fn read_labels<B>(
@@ -513,6 +563,7 @@ impl Report {
                 ),
             ),
             ("retries".into(), self.summary.retries.to_string()),
+            ("held and sent again".into(), self.resent.to_string()),
             (
                 "breaker trips".into(),
                 self.summary.circuit_opened.to_string(),
@@ -546,11 +597,12 @@ impl Report {
             rows.push((
                 "provider saw".into(),
                 format!(
-                    "{} requests: {} completed, {} 429s, {} faults injected",
+                    "{} requests: {} completed, {} 429s, {} faults injected, {} during the outage",
                     sim.requests,
                     sim.completed,
                     sim.rate_limited(),
-                    sim.server_errors + sim.unavailable + sim.overloaded + sim.resets
+                    sim.server_errors + sim.unavailable + sim.overloaded + sim.resets,
+                    sim.outage
                 ),
             ));
         }

@@ -75,6 +75,9 @@ enum Kind {
     StoreUnavailable,
     /// The caller cancelled the call before it finished (batch driver).
     Cancelled,
+    /// A patient batch ran out of patience: no success for this long, or
+    /// the provider asked to wait longer than that.
+    GaveUp { patience: Duration },
 }
 
 impl Error {
@@ -203,6 +206,16 @@ impl Error {
         )
     }
 
+    /// A batch item ended by the batch's patience
+    /// ([`Patience::give_up_after`](crate::batch::Patience::give_up_after)):
+    /// `last` is what the provider or the stack last said about the item
+    /// (or about the batch, for an item never sent). Its classification is
+    /// kept, so [`class`](Self::class) and [`retry_after`](Self::retry_after)
+    /// still say why and when.
+    pub(crate) fn gave_up(last: Classification, patience: Duration) -> Self {
+        Error::new(Kind::GaveUp { patience }, last)
+    }
+
     /// What went wrong, in the crate's taxonomy.
     pub fn class(&self) -> ErrorClass {
         self.inner.classification.class.unwrap_or(ErrorClass::Other)
@@ -246,7 +259,8 @@ impl Error {
             | Kind::DeadlineExceeded
             | Kind::CircuitOpen
             | Kind::StoreUnavailable
-            | Kind::Cancelled => self.class().is_retryable(),
+            | Kind::Cancelled
+            | Kind::GaveUp { .. } => self.class().is_retryable(),
             Kind::Response | Kind::Transport => self.inner.classification.is_retryable(),
         }
     }
@@ -358,6 +372,16 @@ impl Error {
     pub fn is_cancelled(&self) -> bool {
         self.inner.kind == Kind::Cancelled
     }
+
+    /// A patient [`batch`](crate::batch) gave the item up: the provider
+    /// did not recover within the batch's
+    /// [`give_up_after`](crate::batch::Patience::give_up_after), or asked
+    /// to wait longer than that. [`class`](Self::class) is the last
+    /// failure's, and the last error is the [`source`](std::error::Error::source)
+    /// when the item was sent at all.
+    pub fn is_gave_up(&self) -> bool {
+        matches!(self.inner.kind, Kind::GaveUp { .. })
+    }
 }
 
 impl fmt::Debug for Error {
@@ -429,6 +453,11 @@ impl fmt::Display for Error {
             Kind::CircuitOpen => write!(f, "circuit breaker open ({class}")?,
             Kind::StoreUnavailable => return f.write_str("rate-limit store unavailable"),
             Kind::Cancelled => return f.write_str("cancelled before it finished"),
+            Kind::GaveUp { patience } => write!(
+                f,
+                "batch gave up: no recovery within its patience of {} ({class}",
+                Secs(patience)
+            )?,
         }
         if let Some(code) = c.code {
             write!(f, ": {code}")?;

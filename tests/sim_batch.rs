@@ -5,10 +5,11 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use tower::ServiceExt;
-use tower_llm_resilience::batch::Batch;
+use tower_llm_resilience::batch::{Batch, Patience};
 use tower_llm_resilience::sim::{label, Fault, Outcome, SimProvider};
 
 const WORDS: &[&str] = &[
@@ -66,11 +67,19 @@ async fn batch_through_the_sim_in_process_answers_each_input_once() {
         .enumerate()
         .map(|(i, t)| request(i, t, "/v1"))
         .collect();
-    let results = Batch::new(svc).concurrency(8).run(requests).await;
+    let results = Batch::new(svc)
+        .concurrency(8)
+        .patience(Patience::fail_fast())
+        .run(requests)
+        .await;
     assert_eq!(results.len(), 300);
 
     let log = sim.log();
-    assert_eq!(log.len(), 300, "the provider saw each request once");
+    assert_eq!(
+        log.len(),
+        300,
+        "fail fast: the provider saw each request once"
+    );
     let by_id: HashMap<usize, _> = log
         .iter()
         .map(|s| (s.client_request_id.as_deref().unwrap().parse().unwrap(), s))
@@ -102,6 +111,50 @@ async fn batch_through_the_sim_in_process_answers_each_input_once() {
     assert_eq!(ok, stats.completed);
     assert_eq!(failed, stats.server_errors + stats.resets);
     assert!(failed > 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn patient_batch_sends_reset_inputs_again_until_each_is_answered() {
+    let sim = SimProvider::builder()
+        .rpm(1_000)
+        .seed(3)
+        .fault(Fault::ConnectionReset, 0.2)
+        .latency(Duration::from_millis(200))
+        .build();
+    let texts = texts(300);
+    let provider = sim.clone();
+    let svc = tower::service_fn(move |req: Request<Full<Bytes>>| {
+        let provider = provider.clone();
+        async move {
+            let r = provider.oneshot(req).await?;
+            let body = r.into_body().collect().await.unwrap().to_bytes();
+            Ok::<_, std::io::Error>(body)
+        }
+    });
+    let requests: Vec<_> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| request(i, t, "/v1"))
+        .collect();
+    let mut stream = Batch::new(svc).concurrency(8).stream(requests);
+    let mut results = Vec::new();
+    while let Some(r) = stream.next().await {
+        results.push(r);
+    }
+    let progress = stream.progress();
+    assert_eq!(results.len(), 300);
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!(content(r.as_ref().unwrap()), label(&texts[i]), "item {i}");
+    }
+    let stats = sim.stats();
+    assert!(stats.resets > 30, "{stats:?}");
+    assert_eq!(stats.completed, 300, "each input completed exactly once");
+    assert_eq!(stats.requests, 300 + stats.resets);
+    assert_eq!(progress.resent, stats.resets);
+    assert_eq!(
+        (progress.succeeded, progress.failed, progress.held),
+        (300, 0, 0)
+    );
 }
 
 #[tokio::test]

@@ -17,7 +17,7 @@ use tower::retry::backoff::{
     Backoff as _, ExponentialBackoff, ExponentialBackoffMaker, MakeBackoff,
 };
 use tower::{Layer, Service, ServiceBuilder};
-use tower_llm_resilience::batch::Batch;
+use tower_llm_resilience::batch::{Batch, Patience};
 use tower_llm_resilience::classify::RateLimits;
 use tower_llm_resilience::key::SingleKey;
 use tower_llm_resilience::rate_limit::{Dimension, Limits, TokenEstimate};
@@ -320,6 +320,10 @@ pub fn run(setup: &Setup, jobs: &[Job], contender: Contender) -> Outcome {
 /// Sends every request through `client` with the shared concurrency and
 /// counts the items whose final result is not a 2xx response.
 ///
+/// The batch is fail-fast: what is compared is each client's own
+/// handling of the faults, not the batch's patience (which would send the
+/// items a client lost again).
+///
 /// The reorder window is the whole batch: the results are counted at the
 /// end, and with the default (4 x concurrency) an item stuck in retries at
 /// the head of the batch would hold back new calls for every contender.
@@ -331,6 +335,7 @@ where
     let results = Batch::new(client)
         .concurrency(setup.concurrency)
         .reorder_window(setup.requests)
+        .patience(Patience::fail_fast())
         .run(requests)
         .await;
     results

@@ -6,7 +6,7 @@ use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tower::Service;
 
-use super::{Ordered, Progress};
+use super::{Ordered, Patience, Progress};
 use crate::classify::{Classifier, Provider};
 use crate::{BoxError, Error};
 
@@ -15,9 +15,14 @@ pub(super) type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
 /// Runs a batch of requests through a service with bounded concurrency and
 /// returns the results in input order. See the [module docs](super).
 ///
-/// Defaults: concurrency 16, reorder window 4 × concurrency, no progress
-/// callback, no cancellation token, classifier [`Provider::Auto`] (used only
-/// to classify the service's transport errors).
+/// Defaults: concurrency 16, reorder window 4 × concurrency, patient
+/// ([`Patience::default`]: a transiently failed input is held and sent
+/// again; the batch gives up after 10 minutes without a success), no
+/// progress callback, no cancellation token, classifier [`Provider::Auto`]
+/// (used only to classify the service's transport errors).
+///
+/// Inputs must be `Clone` (an `http::Request<B>` is when its body is), so
+/// that a held input can be sent again.
 pub struct Batch<S, C = Provider> {
     pub(super) service: S,
     pub(super) concurrency: usize,
@@ -25,6 +30,7 @@ pub struct Batch<S, C = Provider> {
     pub(super) on_progress: Option<ProgressFn>,
     pub(super) cancel: Option<CancellationToken>,
     pub(super) classifier: C,
+    pub(super) patience: Patience,
 }
 
 impl<S> Batch<S> {
@@ -37,6 +43,7 @@ impl<S> Batch<S> {
             on_progress: None,
             cancel: None,
             classifier: Provider::Auto,
+            patience: Patience::default(),
         }
     }
 }
@@ -83,6 +90,16 @@ impl<S, C> Batch<S, C> {
         self
     }
 
+    /// What the batch does with an input that failed for a transient
+    /// reason (default [`Patience::default`]: hold it and send it again,
+    /// give up after 10 minutes without a success; [`Patience::fail_fast`]
+    /// answers every input with its first error). See the
+    /// [module docs](super#patience).
+    pub fn patience(mut self, patience: Patience) -> Self {
+        self.patience = patience;
+        self
+    }
+
     /// Classifies the service's own errors (default [`Provider::Auto`]).
     pub fn classifier<C2>(self, classifier: C2) -> Batch<S, C2> {
         Batch {
@@ -92,6 +109,7 @@ impl<S, C> Batch<S, C> {
             on_progress: self.on_progress,
             cancel: self.cancel,
             classifier,
+            patience: self.patience,
         }
     }
 
@@ -115,6 +133,7 @@ impl<S, C> Batch<S, C> {
     pub fn stream<I>(self, requests: I) -> Ordered<S, futures_util::stream::Iter<I::IntoIter>, C>
     where
         I: IntoIterator,
+        I::Item: Clone,
         S: Service<I::Item>,
         S::Error: Into<BoxError>,
         C: Classifier,
@@ -127,6 +146,7 @@ impl<S, C> Batch<S, C> {
     pub fn stream_from<St>(self, requests: St) -> Ordered<S, St, C>
     where
         St: Stream,
+        St::Item: Clone,
         S: Service<St::Item>,
         S::Error: Into<BoxError>,
         C: Classifier,
@@ -138,6 +158,7 @@ impl<S, C> Batch<S, C> {
     pub async fn run<I>(self, requests: I) -> Vec<Result<S::Response, Error>>
     where
         I: IntoIterator,
+        I::Item: Clone,
         S: Service<I::Item>,
         S::Error: Into<BoxError>,
         C: Classifier,
@@ -149,6 +170,7 @@ impl<S, C> Batch<S, C> {
     pub async fn run_stream<St>(self, requests: St) -> Vec<Result<S::Response, Error>>
     where
         St: Stream,
+        St::Item: Clone,
         S: Service<St::Item>,
         S::Error: Into<BoxError>,
         C: Classifier,
@@ -166,6 +188,7 @@ impl<S: fmt::Debug, C: fmt::Debug> fmt::Debug for Batch<S, C> {
             .field("on_progress", &self.on_progress.is_some())
             .field("cancel", &self.cancel)
             .field("classifier", &self.classifier)
+            .field("patience", &self.patience)
             .finish()
     }
 }

@@ -15,9 +15,12 @@
 //!   far ahead of a slow item;
 //! - **exactly one result per input**: a response or a typed
 //!   [`Error`](crate::Error), never dropped, never duplicated;
+//! - **patience**: an input that failed for a transient reason is held and
+//!   sent again when the provider may be back, so a provider outage costs
+//!   time, not items (see [Patience](#patience));
 //! - **progress**: a [`Progress`] snapshot after every change (done, failed,
-//!   in flight, buffered, waiting on readiness), through a callback or
-//!   [`Ordered::progress`];
+//!   in flight, held, buffered, waiting on readiness, how long the provider
+//!   has been failing), through a callback or [`Ordered::progress`];
 //! - **cancellation**: with [`Batch::cancel_token`], cancelling stops the
 //!   run early: calls in flight are dropped and each of their inputs gets an
 //!   error whose class is [`ErrorClass::Cancelled`](crate::ErrorClass::Cancelled)
@@ -26,6 +29,44 @@
 //!   drained, so give a finite source or drop the stream instead). Dropping
 //!   the [`Ordered`] stream or the [`Batch::run`] future drops the calls in
 //!   flight and reports nothing more.
+//!
+//! # Patience
+//!
+//! A batch would rather wait than fail: only a permanent error ends an
+//! input early. With the default [`Patience`]:
+//!
+//! - an input whose error is **transient** (rate limited, slow down,
+//!   overloaded, 5xx, timeout, connection failure, and the stack's own
+//!   refusals caused by those: circuit open, retry budget spent, deadline,
+//!   rate-limit wait, store unavailable) is **held** and sent again after
+//!   the error's [`retry_after`](crate::Error::retry_after) (an open
+//!   circuit says when it lets a probe through), or after a backoff
+//!   (1 s doubling to 30 s) when it names none. While the provider is down,
+//!   the circuit breaker of the stack turns held inputs back at no cost,
+//!   and only its half-open probes reach the provider: a long outage costs
+//!   a few requests per open interval, not a flood. The first success after
+//!   failures sends every held input again at once;
+//! - an input whose error is **permanent** (quota exhausted, invalid API
+//!   key, permission, invalid request, context length, not found, over
+//!   capacity, `x-should-retry: false`) is answered with it at once;
+//! - the job's limit, [`Patience::give_up_after`] (default 10 min without
+//!   a single success while inputs are held), ends every input still
+//!   unanswered with an error for which
+//!   [`is_gave_up`](crate::Error::is_gave_up) is true, whose class and
+//!   `retry_after` are the last failure's: a provider that never comes
+//!   back ends the run, it does not hang it. An input told to wait longer
+//!   than the limit (a per-day quota's "come back tomorrow") gives up at
+//!   once the same way.
+//!
+//! Holding an input means sending it again, so inputs must be `Clone`
+//! (`http::Request<B>` is when `B` is).
+//!
+//! **Which to use when.** A batch job (classification, extraction,
+//! embeddings backfill, evaluation) wants every item done: keep the default.
+//! An online caller (a request handler, an agent step, a user waiting)
+//! wants to know at once: call the stack directly, or use
+//! [`Patience::fail_fast`]; the typed [`Error`](crate::Error) says whether
+//! and when waiting helps.
 //!
 //! ```
 //! use tower::service_fn;
@@ -41,9 +82,11 @@
 //! ```
 
 mod driver;
+mod patience;
 mod progress;
 mod stream;
 
 pub use self::driver::Batch;
+pub use self::patience::{Patience, DEFAULT_GIVE_UP_AFTER};
 pub use self::progress::Progress;
 pub use self::stream::Ordered;

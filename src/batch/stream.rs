@@ -3,18 +3,23 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures_core::Stream;
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use pin_project_lite::pin_project;
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 use tower::Service;
 
 use super::driver::{Batch, ProgressFn};
+use super::patience::{Held, HeldItem, Patience};
 use super::Progress;
-use crate::classify::Classifier;
-use crate::{BoxError, Error};
+use crate::classify::{Classification, Classifier};
+use crate::{BoxError, Error, ErrorClass};
 
 pin_project! {
     /// The results of a batch run in input order: a [`Stream`] made by
@@ -30,9 +35,13 @@ pin_project! {
         #[pin]
         source: St,
         source_done: bool,
-        queued: Option<St::Item>,
-        in_flight: FuturesUnordered<Indexed<S::Future>>,
-        // slot i holds the result of input `next_yield + i` once finished
+        queued: Option<Queued<St::Item>>,
+        in_flight: FuturesUnordered<Indexed<S::Future, St::Item>>,
+        // held items whose time has not come, and those whose time came
+        held: FuturesUnordered<Held<St::Item>>,
+        due: VecDeque<HeldItem<St::Item>>,
+        // slot i holds the result of input `next_yield + i` once finished;
+        // an empty slot is an input in flight, held, or queued again
         slots: VecDeque<Option<Result<S::Response, Error>>>,
         next_index: u64,
         next_yield: u64,
@@ -43,7 +52,24 @@ pin_project! {
         cancel: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
         cancelled: bool,
         classifier: C,
+        patience: Patience,
+        rng: SmallRng,
+        // the run's start, then the latest success (read only when patient)
+        last_success: Option<Instant>,
+        // the first transient failure since the latest success
+        failing_since: Option<Instant>,
+        last_failure: Option<Classification>,
+        give_up: Option<Pin<Box<Sleep>>>,
+        // set once the batch gave up: what is left is answered with it
+        gave_up: Option<Classification>,
     }
+}
+
+/// An input waiting for the service to be ready: new from the source, or
+/// held and due again (its slot and index are already taken).
+enum Queued<Req> {
+    New(Req),
+    Again(HeldItem<Req>),
 }
 
 impl<S, St, C> Ordered<S, St, C>
@@ -65,6 +91,8 @@ where
             source_done: false,
             queued: None,
             in_flight: FuturesUnordered::new(),
+            held: FuturesUnordered::new(),
+            due: VecDeque::new(),
             slots: VecDeque::new(),
             next_index: 0,
             next_yield: 0,
@@ -75,9 +103,20 @@ where
             cancel: batch.cancel.map(|t| Box::pin(t.cancelled_owned())),
             cancelled: false,
             classifier: batch.classifier,
+            patience: batch.patience,
+            rng: SmallRng::seed_from_u64(SEED),
+            last_success: None,
+            failing_since: None,
+            last_failure: None,
+            give_up: None,
+            gave_up: None,
         }
     }
 }
+
+/// The seed of the resend jitter: a fixed one, so that a run under paused
+/// time is the same on every machine.
+const SEED: u64 = 0x6261_7463_6821;
 
 impl<S, St, C> Ordered<S, St, C>
 where
@@ -95,9 +134,46 @@ where
     }
 }
 
+/// What to answer, and how to count it, when the run stops early
+/// (cancelled, or given up).
+#[derive(Clone, Copy)]
+enum Stop<'a> {
+    Cancelled,
+    GaveUp(&'a Classification, Duration),
+}
+
+impl Stop<'_> {
+    fn error(self) -> Error {
+        match self {
+            Stop::Cancelled => Error::cancelled(),
+            Stop::GaveUp(c, patience) => Error::gave_up(*c, patience),
+        }
+    }
+
+    /// The error for a held item, keeping its last error as the source.
+    fn error_for(self, last: Error) -> Error {
+        match self {
+            Stop::Cancelled => Error::cancelled(),
+            Stop::GaveUp(_, patience) => {
+                Error::gave_up(*last.classification(), patience).with_source(last)
+            }
+        }
+    }
+
+    fn count(self, p: &mut Progress, n: u64) {
+        p.failed += n;
+        p.buffered += n;
+        match self {
+            Stop::Cancelled => p.cancelled += n,
+            Stop::GaveUp(..) => p.gave_up += n,
+        }
+    }
+}
+
 impl<S, St, C> Stream for Ordered<S, St, C>
 where
     St: Stream,
+    St::Item: Clone,
     S: Service<St::Item>,
     S::Error: Into<BoxError>,
     C: Classifier,
@@ -107,36 +183,32 @@ where
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let mut this = self.project();
         let before = *this.progress;
-        let p = this.progress;
+        let patient = this.patience.is_patient();
+        if patient && this.last_success.is_none() {
+            *this.last_success = Some(Instant::now());
+        }
 
         if !*this.cancelled {
             if let Some(cancel) = this.cancel.as_mut() {
                 if cancel.as_mut().poll(cx).is_ready() {
                     *this.cancelled = true;
-                    // every call in flight is dropped and answered "cancelled"
-                    // an empty slot is exactly an input whose call is in flight
-                    for slot in this.slots.iter_mut().filter(|s| s.is_none()) {
-                        *slot = Some(Err(Error::cancelled()));
-                    }
-                    let n = this.in_flight.len() as u64;
-                    this.in_flight.clear();
-                    p.in_flight -= n;
-                    p.failed += n;
-                    p.cancelled += n;
-                    p.buffered += n;
-                    if this.queued.take().is_some() {
-                        this.slots.push_back(Some(Err(Error::cancelled())));
-                        *this.next_index += 1;
-                        p.queued = 0;
-                        p.failed += 1;
-                        p.cancelled += 1;
-                        p.buffered += 1;
-                    }
+                    stop_early(
+                        Stop::Cancelled,
+                        this.slots,
+                        this.next_yield,
+                        this.next_index,
+                        this.queued,
+                        this.in_flight,
+                        this.held,
+                        this.due,
+                        this.progress,
+                    );
                 }
             }
         }
 
         let item = loop {
+            let p = &mut *this.progress;
             // 1. the head's result, if it is there
             if let Some(Some(_)) = this.slots.front() {
                 let result = this.slots.pop_front().flatten().expect("checked");
@@ -147,37 +219,55 @@ where
             }
 
             let mut progressed = false;
+            let stop = if *this.cancelled {
+                Some(Stop::Cancelled)
+            } else {
+                this.gave_up
+                    .as_ref()
+                    .map(|c| Stop::GaveUp(c, this.patience.give_up_after.unwrap_or_default()))
+            };
 
-            // 2. start calls while there is room
-            while !(*this.source_done && this.queued.is_none())
-                && (*this.cancelled
-                    || (this.in_flight.len() < *this.concurrency
-                        && this.slots.len() < *this.window))
-            {
+            // 2. start calls while there is room: held items that came due
+            // first (they are older), then new inputs
+            loop {
                 if this.queued.is_none() {
-                    match this.source.as_mut().poll_next(cx) {
-                        Poll::Pending => break,
-                        Poll::Ready(None) => {
-                            *this.source_done = true;
-                            p.source_done = true;
-                            break;
-                        }
-                        Poll::Ready(Some(request)) => {
-                            p.submitted += 1;
-                            if *this.cancelled {
-                                // cancelled: drain the source without sending
-                                this.slots.push_back(Some(Err(Error::cancelled())));
-                                *this.next_index += 1;
-                                p.failed += 1;
-                                p.cancelled += 1;
-                                p.buffered += 1;
-                                progressed = true;
-                                continue;
+                    if let Some(item) = this.due.pop_front() {
+                        *this.queued = Some(Queued::Again(item));
+                    } else if *this.source_done
+                        || (stop.is_none()
+                            && (this.in_flight.len() >= *this.concurrency
+                                || this.slots.len() >= *this.window))
+                    {
+                        break;
+                    } else {
+                        match this.source.as_mut().poll_next(cx) {
+                            Poll::Pending => break,
+                            Poll::Ready(None) => {
+                                *this.source_done = true;
+                                p.source_done = true;
+                                break;
                             }
-                            *this.queued = Some(request);
-                            p.queued = 1;
+                            Poll::Ready(Some(request)) => {
+                                p.submitted += 1;
+                                if let Some(stop) = stop {
+                                    // stopped: drain the source without sending
+                                    this.slots.push_back(Some(Err(stop.error())));
+                                    *this.next_index += 1;
+                                    stop.count(p, 1);
+                                    progressed = true;
+                                    continue;
+                                }
+                                *this.queued = Some(Queued::New(request));
+                                p.queued = 1;
+                            }
                         }
                     }
+                }
+                if this.in_flight.len() >= *this.concurrency {
+                    break;
+                }
+                if matches!(this.queued, Some(Queued::New(_))) && this.slots.len() >= *this.window {
+                    break;
                 }
                 match this.service.poll_ready(cx) {
                     Poll::Pending => {
@@ -185,16 +275,33 @@ where
                         break;
                     }
                     Poll::Ready(ready) => {
-                        let request = this.queued.take().expect("queued above");
-                        p.queued = 0;
-                        let index = *this.next_index;
-                        *this.next_index += 1;
+                        let (index, request, holds) = match this.queued.take() {
+                            Some(Queued::New(request)) => {
+                                p.queued = 0;
+                                let index = *this.next_index;
+                                *this.next_index += 1;
+                                this.slots.push_back(None);
+                                (index, request, 0)
+                            }
+                            Some(Queued::Again(item)) => {
+                                p.held -= 1;
+                                p.resent += 1;
+                                (item.index, item.request, item.holds)
+                            }
+                            None => unreachable!("queued above"),
+                        };
                         progressed = true;
+                        let slot = (index - *this.next_yield) as usize;
                         match ready {
                             Ok(()) => {
+                                let copy = patient.then(|| request.clone());
                                 let future = this.service.call(request);
-                                this.slots.push_back(None);
-                                this.in_flight.push(Indexed { future, index });
+                                this.in_flight.push(Indexed {
+                                    future,
+                                    index,
+                                    copy,
+                                    holds,
+                                });
                                 p.in_flight += 1;
                             }
                             Err(e) => {
@@ -203,7 +310,7 @@ where
                                 // the service again
                                 let classifier = &*this.classifier;
                                 let e = Error::from_transport(e, |e| classifier.classify_error(e));
-                                this.slots.push_back(Some(Err(e)));
+                                this.slots[slot] = Some(Err(e));
                                 p.failed += 1;
                                 p.buffered += 1;
                             }
@@ -212,27 +319,124 @@ where
                 }
             }
 
-            // 3. collect finished calls
-            while let Poll::Ready(Some((index, result))) = this.in_flight.poll_next_unpin(cx) {
+            // 3. collect finished calls; hold what may succeed later
+            while let Poll::Ready(Some(done)) = this.in_flight.poll_next_unpin(cx) {
+                progressed = true;
+                let Done {
+                    index,
+                    result,
+                    copy,
+                    holds,
+                } = done;
+                p.in_flight -= 1;
                 let classifier = &*this.classifier;
                 let result =
                     result.map_err(|e| Error::from_transport(e, |e| classifier.classify_error(e)));
-                p.in_flight -= 1;
-                p.buffered += 1;
-                if result.is_ok() {
-                    p.succeeded += 1;
-                } else {
-                    p.failed += 1;
-                }
                 let slot = (index - *this.next_yield) as usize;
-                this.slots[slot] = Some(result);
+                let error = match result {
+                    Ok(response) => {
+                        if patient {
+                            *this.last_success = Some(Instant::now());
+                            // The provider answers again: what was held
+                            // goes now, not at the end of its backoff (the
+                            // breaker, still half-open, lets through what
+                            // it can and turns the rest back at no cost).
+                            if this.failing_since.take().is_some() {
+                                let now = Instant::now();
+                                for held in this.held.iter_mut() {
+                                    held.wake_at(now);
+                                }
+                            }
+                        }
+                        p.succeeded += 1;
+                        p.buffered += 1;
+                        this.slots[slot] = Some(Ok(response));
+                        continue;
+                    }
+                    Err(error) => error,
+                };
+                let transient = Patience::is_transient(&error);
+                let (Some(request), true) = (copy, transient) else {
+                    p.failed += 1;
+                    p.buffered += 1;
+                    this.slots[slot] = Some(Err(error));
+                    continue;
+                };
+                let now = Instant::now();
+                this.failing_since.get_or_insert(now);
+                *this.last_failure = Some(*error.classification());
+                match this.patience.hold_for(&error, holds, this.rng) {
+                    Some(wait) => {
+                        let until = now.checked_add(wait).unwrap_or(now);
+                        let item = HeldItem {
+                            index,
+                            request,
+                            holds: holds.saturating_add(1),
+                            last: error,
+                        };
+                        this.held.push(Held::new(item, until));
+                        p.held += 1;
+                    }
+                    None => {
+                        // it asks for a wait past the batch's patience
+                        let limit = this.patience.give_up_after.unwrap_or_default();
+                        let c = *error.classification();
+                        p.failed += 1;
+                        p.gave_up += 1;
+                        p.buffered += 1;
+                        this.slots[slot] = Some(Err(Error::gave_up(c, limit).with_source(error)));
+                    }
+                }
+            }
+
+            // 4. held items whose time came
+            while let Poll::Ready(Some(item)) = this.held.poll_next_unpin(cx) {
+                this.due.push_back(item);
                 progressed = true;
+            }
+
+            // 5. the batch's patience
+            if let (Some(limit), Some(last), None, false) = (
+                this.patience.give_up_after,
+                *this.last_success,
+                *this.gave_up,
+                *this.cancelled,
+            ) {
+                if p.held > 0 {
+                    let deadline = last.checked_add(limit).unwrap_or(last);
+                    let timer = this
+                        .give_up
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                    if timer.deadline() != deadline {
+                        timer.as_mut().reset(deadline);
+                    }
+                    if timer.as_mut().poll(cx).is_ready() {
+                        let c = this
+                            .last_failure
+                            .unwrap_or_else(|| Classification::failure(ErrorClass::Other));
+                        *this.gave_up = Some(c);
+                        stop_early(
+                            Stop::GaveUp(&c, limit),
+                            this.slots,
+                            this.next_yield,
+                            this.next_index,
+                            this.queued,
+                            this.in_flight,
+                            this.held,
+                            this.due,
+                            this.progress,
+                        );
+                        progressed = true;
+                    }
+                }
             }
 
             if !progressed {
                 if *this.source_done
                     && this.queued.is_none()
                     && this.in_flight.is_empty()
+                    && this.held.is_empty()
+                    && this.due.is_empty()
                     && this.slots.is_empty()
                 {
                     break Poll::Ready(None);
@@ -241,6 +445,25 @@ where
             }
         };
 
+        let p = &mut *this.progress;
+        if p.held > 0 {
+            let now = Instant::now();
+            p.failing_for = this.failing_since.map(|s| now.saturating_duration_since(s));
+            p.last_failure = this.last_failure.and_then(|c| c.class);
+            p.next_resend_in = if this.due.is_empty() && this.queued.is_none() {
+                this.held
+                    .iter()
+                    .map(Held::due)
+                    .min()
+                    .map(|d| d.saturating_duration_since(now))
+            } else {
+                Some(Duration::ZERO)
+            };
+        } else {
+            p.failing_for = None;
+            p.last_failure = None;
+            p.next_resend_in = None;
+        }
         if *p != before {
             if let Some(f) = this.on_progress.as_ref() {
                 f(p);
@@ -250,7 +473,7 @@ where
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let pending = self.slots.len() + usize::from(self.queued.is_some());
+        let pending = self.slots.len() + usize::from(matches!(self.queued, Some(Queued::New(_))));
         let (lo, hi) = if self.source_done {
             (0, Some(0))
         } else {
@@ -260,6 +483,53 @@ where
             pending.saturating_add(lo),
             hi.and_then(|h| h.checked_add(pending)),
         )
+    }
+}
+
+/// Answers every input not yet answered with `stop`'s error: calls in
+/// flight are dropped, held ones keep their last error as the source, a
+/// queued new input gets a slot.
+#[allow(clippy::too_many_arguments)]
+fn stop_early<F, Req, T>(
+    stop: Stop<'_>,
+    slots: &mut VecDeque<Option<Result<T, Error>>>,
+    next_yield: &u64,
+    next_index: &mut u64,
+    queued: &mut Option<Queued<Req>>,
+    in_flight: &mut FuturesUnordered<Indexed<F, Req>>,
+    held: &mut FuturesUnordered<Held<Req>>,
+    due: &mut VecDeque<HeldItem<Req>>,
+    p: &mut Progress,
+) {
+    let mut items: Vec<HeldItem<Req>> = std::mem::take(held)
+        .into_iter()
+        .filter_map(Held::into_item)
+        .collect();
+    items.extend(due.drain(..));
+    match queued.take() {
+        Some(Queued::Again(item)) => items.push(item),
+        Some(Queued::New(_)) => {
+            slots.push_back(Some(Err(stop.error())));
+            *next_index += 1;
+            p.queued = 0;
+            stop.count(p, 1);
+        }
+        None => {}
+    }
+    let n = items.len() as u64;
+    p.held -= n;
+    stop.count(p, n);
+    for item in items {
+        let slot = (item.index - *next_yield) as usize;
+        slots[slot] = Some(Err(stop.error_for(item.last)));
+    }
+    // what is left empty is exactly the calls in flight
+    let n = in_flight.len() as u64;
+    in_flight.clear();
+    p.in_flight -= n;
+    stop.count(p, n);
+    for slot in slots.iter_mut().filter(|s| s.is_none()) {
+        *slot = Some(Err(stop.error()));
     }
 }
 
@@ -279,22 +549,39 @@ where
 }
 
 pin_project! {
-    /// A call in flight and the index of its input.
-    pub(super) struct Indexed<F> {
+    /// A call in flight, the index of its input, and (when the batch is
+    /// patient) a copy of the input to send again.
+    pub(super) struct Indexed<F, Req> {
         #[pin]
         future: F,
         index: u64,
+        copy: Option<Req>,
+        holds: u32,
     }
 }
 
-impl<F, T, E> Future for Indexed<F>
+/// A finished call.
+pub(super) struct Done<T, E, Req> {
+    index: u64,
+    result: Result<T, E>,
+    copy: Option<Req>,
+    holds: u32,
+}
+
+impl<F, T, E, Req> Future for Indexed<F, Req>
 where
     F: Future<Output = Result<T, E>>,
 {
-    type Output = (u64, Result<T, E>);
+    type Output = Done<T, E, Req>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        this.future.poll(cx).map(|r| (*this.index, r))
+        let result = std::task::ready!(this.future.poll(cx));
+        Poll::Ready(Done {
+            index: *this.index,
+            result,
+            copy: this.copy.take(),
+            holds: *this.holds,
+        })
     }
 }
