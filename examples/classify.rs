@@ -273,7 +273,7 @@ async fn main() -> ExitCode {
         eprintln!("error: --window-secs must be a number of seconds in (0, 86400]");
         return ExitCode::from(2);
     }
-    let seconds = |s: f64| s.is_finite() && s >= 0.0 && s <= 7.0 * 86_400.0;
+    let seconds = |s: f64| (0.0..=7.0 * 86_400.0).contains(&s);
     if !seconds(args.give_up_after) || args.give_up_after == 0.0 {
         eprintln!("error: --give-up-after must be a number of seconds in (0, 604800]");
         return ExitCode::from(2);
