@@ -91,7 +91,13 @@
 //! # Running a batch
 //!
 //! [`batch::Batch`] drives many requests through the stack with bounded
-//! concurrency and returns one result per input, in input order.
+//! concurrency and returns one result per input, in input order. It is
+//! patient: an input that failed for a transient reason (overloaded, 5xx,
+//! circuit open...) is held and sent again when the provider may be back,
+//! and only a permanent error (quota gone, bad key, bad request) or the
+//! job's own limit ends it early ([`batch::Patience`]). Online callers
+//! call the stack directly, which fails fast with a typed [`Error`] that
+//! says whether and when waiting helps.
 //!
 //! # Cargo features
 //!
