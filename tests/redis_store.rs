@@ -678,3 +678,222 @@ async fn cancel_and_correct_deep_in_a_long_log() {
     let n: usize = con.llen("{tlr:long}:l:r:60000000").await.unwrap();
     assert_eq!(n, 299);
 }
+
+/// Issue #11: what the Redis store learns from a provider has a floor, a
+/// bound and an expiry, and never makes a fitting request "never fit".
+mod learned {
+    use super::*;
+
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    fn requests_and_tokens(window: Duration) -> Limits {
+        Limits::new()
+            .window(Dimension::Requests, window, 100)
+            .window(Dimension::Tokens, window, 100)
+    }
+
+    fn said(limit: u64) -> LimitState {
+        LimitState::new(Some(limit), None, None)
+    }
+
+    async fn store(server: &RedisServer, prefix: &str, limits: Limits, learn: bool) -> RedisStore {
+        RedisStore::builder(limits)
+            .prefix(prefix)
+            .learn_limits(learn)
+            .timeout(Duration::from_secs(2))
+            .build(&server.url())
+            .unwrap()
+    }
+
+    async fn server_now_us(con: &mut redis::aio::MultiplexedConnection) -> u64 {
+        let (s, us): (u64, u64) = redis::cmd("TIME").query_async(con).await.unwrap();
+        s * 1_000_000 + us
+    }
+
+    #[tokio::test]
+    async fn learned_limit_of_zero_is_ignored_by_the_script() {
+        let Some(server) = RedisServer::start("learned_limit_of_zero_is_ignored_by_the_script")
+        else {
+            return;
+        };
+        let s = store(&server, "zero", requests_and_tokens(MINUTE), false).await;
+        let k = Key::new("k");
+        let _ = s.learn(&k, Dimension::Requests, MINUTE, said(0), Instant::now());
+        let _ = s.learn(&k, Dimension::Tokens, MINUTE, said(0), Instant::now());
+        s.flush().await;
+        let d = s
+            .acquire(&k, &Costs::tokens(100), Instant::now(), None)
+            .await
+            .unwrap();
+        let r = admitted(d);
+        assert!(r.at <= Instant::now(), "the configured limits still hold");
+    }
+
+    #[tokio::test]
+    async fn learned_limit_has_a_floor_and_a_ceiling_in_the_script() {
+        let Some(server) =
+            RedisServer::start("learned_limit_has_a_floor_and_a_ceiling_in_the_script")
+        else {
+            return;
+        };
+        // Floor: configured 100 tokens, the provider says 1: 10 in force.
+        let s = store(&server, "floor", requests_and_tokens(MINUTE), false).await;
+        let k = Key::new("k");
+        let _ = s.learn(&k, Dimension::Tokens, MINUTE, said(1), Instant::now());
+        s.flush().await;
+        assert!(fits_now(&s, &k, Costs::tokens(10)).await, "floor of 10");
+        acquire(&s, &k, Costs::tokens(10)).await;
+        assert!(!fits_now(&s, &k, Costs::tokens(1)).await, "and no more");
+
+        // Ceiling: with learn_limits, at most 100 times the configured.
+        let s = store(
+            &server,
+            "ceiling",
+            Limits::new().window(Dimension::Requests, MINUTE, 10),
+            true,
+        )
+        .await;
+        let _ = s.learn(&k, Dimension::Requests, MINUTE, said(1_000_000), Instant::now());
+        s.flush().await;
+        for _ in 0..1_000 {
+            acquire(&s, &k, Costs::new(0, 0)).await;
+        }
+        assert!(
+            !fits_now(&s, &k, Costs::new(0, 0)).await,
+            "1,000 = 10 x 100 in force, not 1,000,000"
+        );
+    }
+
+    #[tokio::test]
+    async fn learned_limit_over_the_request_waits_for_its_expiry_instead_of_never() {
+        let Some(server) = RedisServer::start(
+            "learned_limit_over_the_request_waits_for_its_expiry_instead_of_never",
+        ) else {
+            return;
+        };
+        let s = store(&server, "over", requests_and_tokens(MINUTE), false).await;
+        let k = Key::new("k");
+        let start = Instant::now();
+        let _ = s.learn(&k, Dimension::Tokens, MINUTE, said(10), start);
+        s.flush().await;
+        let now = Instant::now();
+        match s
+            .acquire(&k, &Costs::tokens(50), now, Some(now))
+            .await
+            .unwrap()
+        {
+            Decision::TooLate(at) => assert!(
+                near(at, start + MINUTE),
+                "fits once the learned limit expires (a window): {:?}",
+                at.saturating_duration_since(start)
+            ),
+            other => panic!("50 tokens fit the configured 100: {other:?}"),
+        }
+        // Over the configured capacity is "never", judged against it alone.
+        match s
+            .acquire(&k, &Costs::tokens(101), Instant::now(), None)
+            .await
+            .unwrap()
+        {
+            Decision::Never { cost, capacity } => assert_eq!((cost, capacity), (101, 100)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn learned_limit_expires_and_a_repeated_header_refreshes_it_in_the_script() {
+        let Some(server) = RedisServer::start(
+            "learned_limit_expires_and_a_repeated_header_refreshes_it_in_the_script",
+        ) else {
+            return;
+        };
+        // Default expiry: the window (600 ms).
+        let w = Duration::from_millis(600);
+        let s = store(&server, "expiry", requests_and_tokens(w), false).await;
+        let k = Key::new("k");
+        let start = Instant::now();
+        let _ = s.learn(&k, Dimension::Tokens, w, said(10), start);
+        s.flush().await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let again = Instant::now();
+        let _ = s.learn(&k, Dimension::Tokens, w, said(10), again);
+        s.flush().await;
+        let first = acquire(&s, &k, Costs::tokens(50)).await;
+        assert!(
+            near(first.at, again + w),
+            "waits until the refreshed expiry: {:?} after the first header",
+            first.at.saturating_duration_since(start)
+        );
+        // Then the configured 100 is back in force.
+        let second = acquire(&s, &k, Costs::tokens(50)).await;
+        assert!(near(second.at, first.at), "configured limit back");
+    }
+
+    #[tokio::test]
+    async fn learned_limit_default_expiry_is_the_window_at_most_ten_minutes() {
+        let Some(server) =
+            RedisServer::start("learned_limit_default_expiry_is_the_window_at_most_ten_minutes")
+        else {
+            return;
+        };
+        let hour = Duration::from_secs(3_600);
+        let s = store(
+            &server,
+            "ttl",
+            Limits::new().window(Dimension::Tokens, hour, 1_000),
+            false,
+        )
+        .await;
+        let k = Key::new("k");
+        let _ = s.learn(&k, Dimension::Tokens, hour, said(500), Instant::now());
+        s.flush().await;
+        let mut con = client(&server).await;
+        let now = server_now_us(&mut con).await;
+        let lu: Option<u64> = con.hget("{ttl:k}:s", "lu:t:3600000000").await.unwrap();
+        let lu = lu.expect("the learned limit's expiry is stored");
+        let left = Duration::from_micros(lu.saturating_sub(now));
+        assert!(
+            left <= Duration::from_secs(600) && left > Duration::from_secs(590),
+            "{left:?}"
+        );
+        let ttl: i64 = con.pttl("{ttl:k}:s").await.unwrap();
+        assert!(ttl >= 600_000, "the hash outlives the learned limit: {ttl} ms");
+    }
+
+    #[tokio::test]
+    async fn learned_ttl_sets_how_long_a_learned_limit_holds() {
+        let Some(server) = RedisServer::start("learned_ttl_sets_how_long_a_learned_limit_holds")
+        else {
+            return;
+        };
+        let hour = Duration::from_secs(3_600);
+        let limits = Limits::new().window(Dimension::Tokens, hour, 1_000);
+        let s = RedisStore::builder(limits.clone())
+            .prefix("ttl5")
+            .learned_ttl(Duration::from_secs(5))
+            .build(&server.url())
+            .unwrap();
+        let k = Key::new("k");
+        let _ = s.learn(&k, Dimension::Tokens, hour, said(500), Instant::now());
+        s.flush().await;
+        let mut con = client(&server).await;
+        let now = server_now_us(&mut con).await;
+        let lu: Option<u64> = con.hget("{ttl5:k}:s", "lu:t:3600000000").await.unwrap();
+        let left = Duration::from_micros(lu.expect("stored").saturating_sub(now));
+        assert!(
+            left <= Duration::from_secs(5) && left > Duration::from_secs(4),
+            "{left:?}"
+        );
+        // A zero ttl: nothing learned holds.
+        let s = RedisStore::builder(limits)
+            .prefix("ttl0")
+            .learned_ttl(Duration::ZERO)
+            .build(&server.url())
+            .unwrap();
+        let _ = s.learn(&k, Dimension::Tokens, hour, said(500), Instant::now());
+        s.flush().await;
+        let lim: Option<u64> = con.hget("{ttl0:k}:s", "lim:t:3600000000").await.unwrap();
+        assert_eq!(lim, None);
+        assert!(fits_now(&s, &k, Costs::tokens(1_000)).await);
+    }
+}

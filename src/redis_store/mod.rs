@@ -29,6 +29,31 @@
 //! so over-admit. So the Redis store never moves a reservation: the room a
 //! cancellation frees goes to the requests booked after it.
 //!
+//! # What is learned, and for how long
+//!
+//! From a provider's rate-limit headers (fed in by the limiter through
+//! `learn`), the store learns two things per limit, both shared by every
+//! process on the key, both with a floor, a bound and an expiry:
+//!
+//! - **A limit** (`x-ratelimit-limit-*`). A limit of 0 is ignored (a
+//!   provider's glitch must not shut a key). A learned limit never goes
+//!   below `max(1, configured / 10)`, and never above the configured one,
+//!   or, with [`learn_limits`](RedisStoreBuilder::learn_limits), above
+//!   `configured * 100`. It holds for
+//!   [`learned_ttl`](RedisStoreBuilder::learned_ttl) (default: the limit's
+//!   window, at most 10 minutes) after the provider last said it, each
+//!   repeated header refreshing it; then the configured limit is back in
+//!   force. A request is refused as over capacity only when it exceeds the
+//!   *configured* limit: one that fits the configured limit but not a
+//!   lower learned one waits until the learned limit expires (or until
+//!   room frees under it), it is never refused for it.
+//! - **Usage we did not see** (`remaining` lower than we count: other
+//!   clients of the API key, or low estimates). The difference counts until
+//!   the provider's reset, at most one window.
+//!
+//! A Retry-After gate (`gate`) holds until its end, never longer than the
+//! limiter asked.
+//!
 //! # Keys
 //!
 //! Every key of one limiter key shares one hash tag, `{<prefix>:<key>}`, so
@@ -36,8 +61,8 @@
 //! all):
 //!
 //! - `{<prefix>:<key>}:s`: a hash with the gate, the FIFO tail, the next
-//!   reservation id, and per limit its running sum, learned limit and
-//!   external usage;
+//!   reservation id, and per limit its running sum, learned limit (with
+//!   its expiry) and external usage;
 //! - `{<prefix>:<key>}:l:<dim>:<window µs>`: one list per limit, the
 //!   admissions still inside the window (`at,id,cost`).
 //!

@@ -116,7 +116,8 @@ async fn apply(core: &Core, op: Op) -> Result<(), crate::Error> {
                         .reset
                         .map_or(-1, |r| to_micros(r.saturating_sub(queued)) as i64),
                 )
-                .arg(if core.learn_limits { 1 } else { 0 });
+                .arg(if core.learn_limits { 1 } else { 0 })
+                .arg(to_micros(core.learned_ttl(l)));
             core.run::<i64>(&inv).await.map(drop)
         }
     }

@@ -36,6 +36,13 @@ const LOCAL: u64 = 1 << 63;
 
 const QUEUE: usize = 1024;
 
+/// The default [`RedisStoreBuilder::learned_ttl`] is the limit's window,
+/// at most this long.
+const DEFAULT_LEARNED_TTL_MAX: Duration = Duration::from_secs(600);
+
+/// The longest [`RedisStoreBuilder::learned_ttl`].
+const MAX_LEARNED_TTL: Duration = Duration::from_secs(366 * 24 * 60 * 60);
+
 type KeyLimits = dyn Fn(&Key) -> Limits + Send + Sync;
 
 /// What a [`RedisStore`] does when Redis is unreachable, slow or failing.
@@ -62,6 +69,7 @@ pub struct RedisStoreBuilder {
     limits: Limits,
     key_limits: Option<Arc<KeyLimits>>,
     learn_limits: bool,
+    learned_ttl: Option<Duration>,
     prefix: String,
     timeout: Duration,
     retry_interval: Duration,
@@ -74,6 +82,7 @@ impl fmt::Debug for RedisStoreBuilder {
             .field("limits", &self.limits)
             .field("key_limits", &self.key_limits.is_some())
             .field("learn_limits", &self.learn_limits)
+            .field("learned_ttl", &self.learned_ttl)
             .field("prefix", &self.prefix)
             .field("timeout", &self.timeout)
             .field("retry_interval", &self.retry_interval)
@@ -92,9 +101,18 @@ impl RedisStoreBuilder {
     }
 
     /// Whether a provider's `limit` header may raise the configured limit
-    /// (default `false`: headers only ever tighten).
+    /// (default `false`: headers only ever tighten), never above 100 times
+    /// the configured one (see the [module docs](crate::redis_store)).
     pub fn learn_limits(mut self, yes: bool) -> Self {
         self.learn_limits = yes;
+        self
+    }
+
+    /// How long a limit learned from a provider's header holds after the
+    /// provider last said it, before the configured limit is back in force
+    /// (default: the limit's window, at most 10 minutes). Cut to a year.
+    pub fn learned_ttl(mut self, ttl: Duration) -> Self {
+        self.learned_ttl = Some(ttl.min(MAX_LEARNED_TTL));
         self
     }
 
@@ -163,6 +181,7 @@ impl RedisStoreBuilder {
             limits: self.limits,
             key_limits: self.key_limits,
             learn_limits: self.learn_limits,
+            learned_ttl: self.learned_ttl,
             prefix: self.prefix,
             timeout: self.timeout,
             retry_interval: self.retry_interval,
@@ -214,6 +233,7 @@ pub(super) struct Core {
     limits: Limits,
     key_limits: Option<Arc<KeyLimits>>,
     pub(super) learn_limits: bool,
+    learned_ttl: Option<Duration>,
     prefix: String,
     timeout: Duration,
     retry_interval: Duration,
@@ -244,6 +264,7 @@ impl RedisStore {
             limits,
             key_limits: None,
             learn_limits: false,
+            learned_ttl: None,
             prefix: DEFAULT_PREFIX.to_owned(),
             timeout: Duration::from_millis(250),
             retry_interval: Duration::from_secs(1),
@@ -378,6 +399,12 @@ impl Core {
             Some(f) => f(key),
             None => self.limits.clone(),
         }
+    }
+
+    /// How long a limit learned for `limit` holds after the provider said it.
+    pub(super) fn learned_ttl(&self, limit: &Limit) -> Duration {
+        self.learned_ttl
+            .unwrap_or_else(|| limit.window.min(DEFAULT_LEARNED_TTL_MAX))
     }
 
     pub(super) fn hash_key(&self, key: &Key) -> String {
@@ -520,6 +547,7 @@ impl fmt::Debug for RedisStore {
             .field("limits", &c.limits)
             .field("key_limits", &c.key_limits.is_some())
             .field("learn_limits", &c.learn_limits)
+            .field("learned_ttl", &c.learned_ttl)
             .field("prefix", &c.prefix)
             .field("timeout", &c.timeout)
             .field("retry_interval", &c.retry_interval)

@@ -15,7 +15,7 @@ for i = 1, n do
     cost = tonumber(ARGV[o + 4]),
     log = KEYS[1 + i],
   }
-  load_dim(h, d)
+  load_dim(h, d, T)
   prune_dim(d, T)
   dims[i] = d
 end
@@ -32,7 +32,7 @@ for _, d in ipairs(dims) do
   if d.cost > 0 then
     local at = earliest_dim(d, base, d.cost)
     if not at then
-      result = {2, d.cost, d.lim, 0, T}
+      result = {2, d.cost, d.configured, 0, T}
       break
     end
     if at > t then t = at end
