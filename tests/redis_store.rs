@@ -244,11 +244,13 @@ async fn keys_are_namespaced_tagged_and_expire() {
     let mut con = client(&server).await;
     let mut keys: Vec<String> = con.keys("*").await.unwrap();
     keys.sort();
+    let (tokens, state): (Vec<_>, Vec<_>) = keys.iter().partition(|k| k.starts_with("{ns:k1}:k:"));
     assert_eq!(
-        keys,
+        state,
         ["{ns:k1}:l:r:200000", "{ns:k1}:l:t:200000", "{ns:k1}:s"],
         "one hash tag per limiter key, under the prefix"
     );
+    assert_eq!(tokens.len(), 1, "the acquire's token: {tokens:?}");
     for k in &keys {
         let ttl: i64 = con.pttl(k).await.unwrap();
         assert!(ttl > 0 && ttl <= 1_400, "{k} expires (ttl {ttl} ms)");
@@ -753,7 +755,13 @@ mod learned {
             true,
         )
         .await;
-        let _ = s.learn(&k, Dimension::Requests, MINUTE, said(1_000_000), Instant::now());
+        let _ = s.learn(
+            &k,
+            Dimension::Requests,
+            MINUTE,
+            said(1_000_000),
+            Instant::now(),
+        );
         s.flush().await;
         for _ in 0..1_000 {
             acquire(&s, &k, Costs::new(0, 0)).await;
@@ -857,7 +865,10 @@ mod learned {
             "{left:?}"
         );
         let ttl: i64 = con.pttl("{ttl:k}:s").await.unwrap();
-        assert!(ttl >= 600_000, "the hash outlives the learned limit: {ttl} ms");
+        assert!(
+            ttl >= 600_000,
+            "the hash outlives the learned limit: {ttl} ms"
+        );
     }
 
     #[tokio::test]
@@ -895,5 +906,169 @@ mod learned {
         let lim: Option<u64> = con.hget("{ttl0:k}:s", "lim:t:3600000000").await.unwrap();
         assert_eq!(lim, None);
         assert!(fits_now(&s, &k, Costs::tokens(1_000)).await);
+    }
+}
+
+/// Issue #11: a reservation made on the server by an acquire whose answer
+/// never reached its caller is given back.
+mod abandoned {
+    use super::*;
+
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    /// Pauses every client of the server for `ms` (the command itself
+    /// returns at once).
+    async fn pause(con: &mut redis::aio::MultiplexedConnection, ms: u64) {
+        redis::cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(ms)
+            .arg("ALL")
+            .query_async::<()>(con)
+            .await
+            .unwrap();
+    }
+
+    /// Returns once the pause is over (a PING waits behind it).
+    async fn until_unpaused(con: &mut redis::aio::MultiplexedConnection) {
+        redis::cmd("PING").query_async::<String>(con).await.unwrap();
+    }
+
+    async fn used(con: &mut redis::aio::MultiplexedConnection, prefix: &str) -> usize {
+        con.llen(format!("{{{prefix}:k}}:l:r:60000000"))
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_redis_acquire_that_times_out_leaks_no_reservation() {
+        let Some(server) =
+            RedisServer::start("a_redis_acquire_that_times_out_leaks_no_reservation")
+        else {
+            return;
+        };
+        let store = RedisStore::builder(Limits::new().window(Dimension::Requests, MINUTE, 10))
+            .prefix("timeout")
+            .timeout(Duration::from_millis(100))
+            .retry_interval(Duration::from_millis(50))
+            .build(&server.url())
+            .unwrap();
+        let k = Key::new("k");
+        let one = Costs::new(0, 0);
+        // Connected, script loaded.
+        let r = acquire(&store, &k, one).await;
+        store.cancel(&r);
+        store.flush().await;
+        let mut con = client(&server).await;
+        assert_eq!(used(&mut con, "timeout").await, 0);
+
+        // The server runs the script only after the caller gave up.
+        pause(&mut con, 500).await;
+        let e = store
+            .acquire(&k, &one, Instant::now(), None)
+            .await
+            .unwrap_err();
+        assert!(e.is_store_unavailable(), "{e}");
+        until_unpaused(&mut con).await;
+        store.flush().await;
+        assert_eq!(
+            used(&mut con, "timeout").await,
+            0,
+            "the reservation the timed-out acquire made was given back"
+        );
+        assert!(fits_now(&store, &k, Costs::new(0, 0)).await);
+    }
+
+    #[tokio::test]
+    async fn a_limiter_future_dropped_while_acquiring_leaks_no_reservation() {
+        use tower::{Service, ServiceBuilder, ServiceExt};
+        use tower_llm_resilience::rate_limit::RateLimitLayer;
+
+        let Some(server) =
+            RedisServer::start("a_limiter_future_dropped_while_acquiring_leaks_no_reservation")
+        else {
+            return;
+        };
+        let limits = Limits::new().window(Dimension::Requests, MINUTE, 10);
+        let store = RedisStore::builder(limits.clone())
+            .prefix("dropped")
+            .timeout(Duration::from_secs(5))
+            .build(&server.url())
+            .unwrap();
+        let mut svc = ServiceBuilder::new()
+            .layer(
+                RateLimitLayer::new(limits)
+                    .store(store.clone())
+                    .key_fn(|_: &http::Request<String>| Key::new("k")),
+            )
+            .service_fn(|_req: http::Request<String>| async {
+                Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+            });
+        // Connected, script loaded.
+        let r = acquire(&store, &Key::new("k"), Costs::new(0, 0)).await;
+        store.cancel(&r);
+        store.flush().await;
+        let mut con = client(&server).await;
+
+        pause(&mut con, 500).await;
+        let call = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(http::Request::new(String::new()));
+        // The caller gives up while the script call is in flight.
+        assert!(tokio::time::timeout(Duration::from_millis(100), call)
+            .await
+            .is_err());
+        until_unpaused(&mut con).await;
+        store.flush().await;
+        assert_eq!(
+            used(&mut con, "dropped").await,
+            0,
+            "the reservation of the dropped future was given back"
+        );
+    }
+}
+
+/// Issue #11: a cancel is never dropped for a full operation queue (a lost
+/// cancel holds quota idle for a whole window).
+#[tokio::test]
+async fn cancels_are_not_dropped_when_the_operation_queue_is_full() {
+    let Some(server) =
+        RedisServer::start("cancels_are_not_dropped_when_the_operation_queue_is_full")
+    else {
+        return;
+    };
+    let window = Duration::from_secs(60);
+    let store = RedisStore::builder(Limits::new().window(Dimension::Requests, window, 50))
+        .prefix("full")
+        .timeout(Duration::from_secs(5))
+        .build(&server.url())
+        .unwrap();
+    let k = Key::new("k");
+    let mut rs = Vec::new();
+    for _ in 0..50 {
+        rs.push(acquire(&store, &k, Costs::new(0, 0)).await);
+    }
+    // With no await in between, the background task (same single-threaded
+    // runtime) cannot run: the queue (1,024) fills and overflows.
+    for _ in 0..1_100 {
+        store.correct(&rs[0], &Costs::new(1, 1), Instant::now());
+    }
+    for r in &rs {
+        store.cancel(r);
+    }
+    store.flush().await;
+    let mut con = client(&server).await;
+    let n: usize = con.llen("{full:k}:l:r:60000000").await.unwrap();
+    assert_eq!(n, 0, "every cancel ran");
+    for _ in 0..50 {
+        let now = Instant::now();
+        assert!(matches!(
+            store
+                .acquire(&k, &Costs::new(0, 0), now, Some(now))
+                .await
+                .unwrap(),
+            Decision::Admitted(_)
+        ));
     }
 }

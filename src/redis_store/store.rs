@@ -13,7 +13,7 @@ use redis::{FromRedisValue, ScriptInvocation};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::ops::{self, Op};
+use super::ops::{self, Cancel, Op};
 use super::scripts;
 use crate::classify::LimitState;
 use crate::key::Key;
@@ -35,6 +35,11 @@ const MAX_SAFE: u64 = (1 << 53) - 1;
 const LOCAL: u64 = 1 << 63;
 
 const QUEUE: usize = 1024;
+
+/// How long the server keeps the token of an acquire (the reservation it
+/// made, for a cancel by token from a caller that never got the answer),
+/// at most; and how long such a cancel is retried.
+pub(super) const TOKEN_TTL: Duration = Duration::from_secs(600);
 
 /// The default [`RedisStoreBuilder::learned_ttl`] is the limit's window,
 /// at most this long.
@@ -189,13 +194,17 @@ impl RedisStoreBuilder {
             down_until: AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(ops::run(core.clone(), rx));
+        let (cancels, cancels_rx) = mpsc::unbounded_channel();
+        tokio::spawn(ops::run(core.clone(), rx, cancels_rx));
         Ok(RedisStore {
             inner: Arc::new(Inner {
                 core,
                 fallback,
                 policy: self.policy,
                 ops: tx,
+                cancels,
+                token_base: random_u64(),
+                tokens: AtomicU64::new(0),
             }),
         })
     }
@@ -223,7 +232,76 @@ struct Inner {
     core: Arc<Core>,
     fallback: Option<MemoryStore>,
     policy: FaultPolicy,
+    /// Corrections, gates, learns: dropped when full.
     ops: mpsc::Sender<Op>,
+    /// Cancels: never dropped for room (bounded by the requests in flight).
+    cancels: mpsc::UnboundedSender<Cancel>,
+    /// Tokens of acquires: random per store, then counted.
+    token_base: u64,
+    tokens: AtomicU64,
+}
+
+impl Inner {
+    fn cancel(&self, c: Cancel) {
+        if self.cancels.send(c).is_err() {
+            tracing::debug!(
+                target: "tower_llm_resilience",
+                "redis store: background task gone, cancel dropped"
+            );
+        }
+    }
+
+    /// A token no other acquire of any process uses (a bijective mix of a
+    /// random base and a counter).
+    fn token(&self) -> u64 {
+        let n = self.tokens.fetch_add(1, Ordering::Relaxed);
+        mix(self.token_base.wrapping_add(n))
+    }
+}
+
+/// The splitmix64 finalizer: a bijection of `u64` that scatters counters.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// 64 random bits: std's `RandomState` is seeded by the OS, mixed with the
+/// process id and the time.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}
+
+/// Held while an acquire's script call is in flight: if the call fails or
+/// times out, or the future is dropped, before the decision reached its
+/// caller, the script may have run (or may still run) on the server, so
+/// whatever it reserved under the token is cancelled. A no-op on the
+/// server when the script never ran.
+struct Abandoned<'a> {
+    inner: &'a Inner,
+    key: &'a Key,
+    token: u64,
+    armed: bool,
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.inner.cancel(Cancel::Token {
+                key: self.key.clone(),
+                token: self.token,
+                issued: Instant::now(),
+            });
+        }
+    }
 }
 
 /// What the background task shares with the store (not the queue's
@@ -283,7 +361,9 @@ impl RedisStore {
     }
 
     /// Waits until every fire-and-forget operation issued before this call
-    /// has run (or was dropped): for tests and an orderly shutdown.
+    /// has run (or was dropped), and every cancel still waiting for Redis
+    /// was tried once more (even while the store is degraded): for tests
+    /// and an orderly shutdown. A cancel that fails again stays pending.
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
         if self.inner.ops.send(Op::Flush(tx)).await.is_ok() {
@@ -337,8 +417,19 @@ async fn decide(
 ) -> Result<ServerDecision, Error> {
     let core = &inner.core;
     let failure = if core.available() {
-        match core.acquire(&key, &costs, now, deadline).await {
-            Ok(d) => return Ok(d),
+        let mut guard = Abandoned {
+            inner: &inner,
+            key: &key,
+            token: inner.token(),
+            armed: true,
+        };
+        match core.acquire(&key, &costs, now, deadline, guard.token).await {
+            Ok(d) => {
+                // The decision reaches the caller in this same poll.
+                guard.armed = false;
+                return Ok(d);
+            }
+            // The guard cancels by token: the script may have run.
             Err(e) => e,
         }
     } else {
@@ -415,6 +506,19 @@ impl Core {
         format!("{{{}:{}}}:l:{}", self.prefix, key, tag)
     }
 
+    pub(super) fn token_key(&self, key: &Key, token: u64) -> String {
+        format!("{{{}:{}}}:k:{:016x}", self.prefix, key, token)
+    }
+
+    /// When Redis is asked again after a failure (`None`: it is up).
+    pub(super) fn down_until(&self) -> Option<Instant> {
+        if self.available() {
+            return None;
+        }
+        let ms = self.down_until.load(Ordering::Relaxed);
+        self.epoch.checked_add(Duration::from_millis(ms))
+    }
+
     fn elapsed_ms(&self) -> u64 {
         u64::try_from(
             Instant::now()
@@ -481,6 +585,7 @@ impl Core {
         costs: &Costs,
         now: Instant,
         deadline: Option<Instant>,
+        token: u64,
     ) -> Result<ServerDecision, Error> {
         let limits = self.limits_of(key);
         let mut inv = scripts::acquire().prepare_invoke();
@@ -495,6 +600,8 @@ impl Core {
                 .arg(safe(l.limit))
                 .arg(safe(cost_of(l.dimension, costs)));
         }
+        inv.key(self.token_key(key, token));
+        inv.arg(TOKEN_TTL.as_millis() as u64);
         let r: Vec<i64> = self.run(&inv).await?;
         // Waits count from when the answer arrived: never early.
         let received = Instant::now();
@@ -579,7 +686,7 @@ impl Store for RedisStore {
     fn cancel(&self, reservation: &Reservation) {
         match self.local(reservation) {
             Some((m, r)) => m.cancel(&r),
-            None => self.enqueue(Op::Cancel(reservation.clone())),
+            None => self.inner.cancel(Cancel::Reservation(reservation.clone())),
         }
     }
 
@@ -631,8 +738,68 @@ impl Store for RedisStore {
 }
 
 #[cfg(test)]
+#[path = "../../tests/redis_support/mod.rs"]
+#[allow(unreachable_pub)]
+mod test_server;
+
+#[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A cancel by token may reach the server before its acquire does (a
+    /// reconnect after a timeout: the two travel on different
+    /// connections): the acquire then reserves nothing.
+    #[tokio::test]
+    async fn a_cancel_by_token_that_overtakes_its_acquire_leaves_nothing_reserved() {
+        let Some(server) = test_server::RedisServer::start(
+            "a_cancel_by_token_that_overtakes_its_acquire_leaves_nothing_reserved",
+        ) else {
+            return;
+        };
+        let limits = Limits::new().window(Dimension::Requests, Duration::from_secs(60), 1);
+        let store = RedisStore::builder(limits)
+            .prefix("overtaken")
+            .build(&server.url())
+            .unwrap();
+        let core = &store.inner.core;
+        let key = Key::new("k");
+        let one = Costs::new(0, 0);
+        let by_token = |token| Cancel::Token {
+            key: key.clone(),
+            token,
+            issued: Instant::now(),
+        };
+        let token = store.inner.token();
+        ops::cancel(core, &by_token(token)).await.unwrap();
+        let late = core.acquire(&key, &one, Instant::now(), None, token).await;
+        assert!(late.is_err(), "cancelled before it ran: {late:?}");
+        // The whole limit (1) is still free; then a cancel by token after
+        // its acquire ran gives it back, twice is harmless.
+        let token = store.inner.token();
+        let d = core.acquire(&key, &one, Instant::now(), None, token).await;
+        assert!(matches!(d.unwrap().decision, Decision::Admitted(r) if r.at <= Instant::now()));
+        ops::cancel(core, &by_token(token)).await.unwrap();
+        ops::cancel(core, &by_token(token)).await.unwrap();
+        for _ in 0..2 {
+            let now = Instant::now();
+            let token = store.inner.token();
+            let d = core.acquire(&key, &one, now, Some(now), token).await;
+            assert!(
+                matches!(d.unwrap().decision, Decision::Admitted(_)),
+                "freed"
+            );
+            ops::cancel(core, &by_token(token)).await.unwrap();
+        }
+    }
+
+    #[test]
+    fn tokens_are_distinct() {
+        let mut seen: Vec<u64> = (0..10_000u64).map(|n| mix(7u64.wrapping_add(n))).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), 10_000);
+        assert_ne!(random_u64(), random_u64());
+    }
 
     #[test]
     fn fail_open_divides_every_limit_and_keeps_at_least_one() {

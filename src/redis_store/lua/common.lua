@@ -6,6 +6,9 @@
 --                              sum:<tag>, lim:<tag> and lu:<tag> (a learned
 --                              limit and its expiry), xc:<tag>, xu:<tag>
 --   KEYS[1+i] = {prefix:key}:l:<tag>  list of "at,id,cost", oldest first
+--   {prefix:key}:k:<token>  the reservation id an acquire made for its
+--                           caller's token (or 'c': cancelled), for a
+--                           cancel whose caller never got the answer
 -- A dimension's tag is "<r|t|i|o>:<window in microseconds>".
 local function now_us()
   local t = redis.call('TIME')
@@ -149,6 +152,37 @@ local function find(log, id)
     hi = lo - 1
   end
   return nil
+end
+
+-- Takes reservation id out of the n logs KEYS[2 .. n + 1], whose tags are
+-- ARGV[tags .. tags + n - 1], and moves the FIFO tail back to the newest
+-- reservation left. Returns 1 when the reservation was found.
+local function cancel_id(h, id, n, tags)
+  local last = nil
+  local found = 0
+  for i = 1, n do
+    local log = KEYS[1 + i]
+    local tag = ARGV[tags + i - 1]
+    local idx, e, _, c = find(log, id)
+    if idx then
+      redis.call('LREM', log, -1, e)
+      if redis.call('HEXISTS', h, 'sum:' .. tag) == 1 then
+        redis.call('HINCRBY', h, 'sum:' .. tag, int(-c))
+      end
+      found = 1
+    end
+    local b = redis.call('LINDEX', log, -1)
+    if b then
+      local at = parse(b)
+      if not last or at > last then last = at end
+    end
+  end
+  if last then
+    redis.call('HSET', h, 'last', int(last))
+  else
+    redis.call('HDEL', h, 'last')
+  end
+  return found
 end
 
 -- Sets a key's expiry to at least ttl milliseconds (never shortens it:
