@@ -1072,3 +1072,38 @@ async fn cancels_are_not_dropped_when_the_operation_queue_is_full() {
         ));
     }
 }
+
+/// Issue #11: a gate this process closed after a reservation was booked
+/// is what `watch` answers for it, so that the waiter sleeps until then.
+#[tokio::test]
+async fn watch_answers_a_gate_closed_after_the_reservation_was_booked() {
+    let Some(server) =
+        RedisServer::start("watch_answers_a_gate_closed_after_the_reservation_was_booked")
+    else {
+        return;
+    };
+    let store = RedisStore::builder(Limits::new().window(Dimension::Requests, W, 100))
+        .prefix("watch")
+        .build(&server.url())
+        .unwrap();
+    let k = Key::new("k");
+    let r = acquire(&store, &k, Costs::new(0, 0)).await;
+    let waker = std::task::Waker::noop();
+    assert_eq!(store.watch(&r, waker), None, "no gate: the booking stands");
+    let until = Instant::now() + Duration::from_millis(500);
+    store.gate(&k, until);
+    assert_eq!(store.watch(&r, waker), Some(until), "the gate ends later");
+    // An earlier gate never shortens it.
+    store.gate(&k, until - Duration::from_millis(100));
+    assert_eq!(store.watch(&r, waker), Some(until));
+    // A reservation booked after the gate's end is not moved.
+    let late = Reservation {
+        at: until + Duration::from_millis(1),
+        ..r.clone()
+    };
+    assert_eq!(store.watch(&late, waker), None);
+    // Another key is not gated.
+    let other = acquire(&store, &Key::new("other"), Costs::new(0, 0)).await;
+    assert_eq!(store.watch(&other, waker), None);
+    store.unwatch(&r);
+}

@@ -31,14 +31,15 @@
 //!
 //! # What is learned, and for how long
 //!
-//! From a provider's rate-limit headers (fed in by the limiter through
-//! `learn`), the store learns two things per limit, both shared by every
-//! process on the key, both with a floor, a bound and an expiry:
+//! From a provider's answers (fed in by the limiter through `learn` and
+//! `gate`), the store learns three things per key, shared by every process
+//! on the key, each with a floor, a bound and an expiry:
 //!
-//! - **A limit** (`x-ratelimit-limit-*`). A limit of 0 is ignored (a
-//!   provider's glitch must not shut a key). A learned limit never goes
-//!   below `max(1, configured / 10)`, and never above the configured one,
-//!   or, with [`learn_limits`](RedisStoreBuilder::learn_limits), above
+//! - **A limit** (`x-ratelimit-limit-*`), per configured limit. A limit of
+//!   0 is ignored (a provider's glitch must not shut a key). A learned
+//!   limit never goes below `max(1, configured / 10)`, and never above the
+//!   configured one, or, with
+//!   [`learn_limits`](RedisStoreBuilder::learn_limits), above
 //!   `configured * 100`. It holds for
 //!   [`learned_ttl`](RedisStoreBuilder::learned_ttl) (default: the limit's
 //!   window, at most 10 minutes) after the provider last said it, each
@@ -48,11 +49,18 @@
 //!   lower learned one waits until the learned limit expires (or until
 //!   room frees under it), it is never refused for it.
 //! - **Usage we did not see** (`remaining` lower than we count: other
-//!   clients of the API key, or low estimates). The difference counts until
-//!   the provider's reset, at most one window.
-//!
-//! A Retry-After gate (`gate`) holds until its end, never longer than the
-//! limiter asked.
+//!   clients of the API key, or low estimates), per configured limit. The
+//!   difference counts until the provider's reset, at most one window.
+//! - **A Retry-After gate**: nothing of the key is admitted before its
+//!   end, which the limiter takes from the 429 (bounded by the classifier).
+//!   The script holds the acquires made after it closed. The reservations
+//!   this process had booked before are held by
+//!   [`watch`](crate::rate_limit::Store::watch): it answers the end of a
+//!   gate this process closed (it saw the 429) when that is after the
+//!   reservation's instant, so the waiting request sleeps until then. The
+//!   store remembers the gates of at most 10,000 keys, each until it
+//!   opens. Reservations that other processes had booked before the gate
+//!   closed are not held (they learn of it only on their next acquire).
 //!
 //! # Keys
 //!

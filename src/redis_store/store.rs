@@ -1,10 +1,11 @@
 //! [`RedisStore`]: the limiter's windows in Redis.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::Waker;
 use std::time::Duration;
 
@@ -40,6 +41,9 @@ const QUEUE: usize = 1024;
 /// made, for a cancel by token from a caller that never got the answer),
 /// at most; and how long such a cancel is retried.
 pub(super) const TOKEN_TTL: Duration = Duration::from_secs(600);
+
+/// At most this many keys' gates are remembered for `watch`.
+const MAX_GATES: usize = 10_000;
 
 /// The default [`RedisStoreBuilder::learned_ttl`] is the limit's window,
 /// at most this long.
@@ -205,6 +209,7 @@ impl RedisStoreBuilder {
                 cancels,
                 token_base: random_u64(),
                 tokens: AtomicU64::new(0),
+                gates: Gates::default(),
             }),
         })
     }
@@ -239,6 +244,65 @@ struct Inner {
     /// Tokens of acquires: random per store, then counted.
     token_base: u64,
     tokens: AtomicU64,
+    /// The gates this process closed, for `watch`.
+    gates: Gates,
+}
+
+/// The Retry-After gates this process closed (it saw the 429), by key:
+/// bounded ([`MAX_GATES`]) and expiring, so that `watch` can hold a
+/// reservation booked before the gate closed until the gate's end.
+#[derive(Default)]
+struct Gates {
+    map: Mutex<HashMap<Key, Instant, foldhash::fast::RandomState>>,
+}
+
+impl Gates {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<Key, Instant, foldhash::fast::RandomState>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Closes `key`'s gate until `until`; a later gate extends it, an
+    /// earlier one never shortens it.
+    fn close(&self, key: &Key, until: Instant) {
+        let now = Instant::now();
+        if until <= now {
+            return;
+        }
+        let mut map = self.lock();
+        if let Some(end) = map.get_mut(key) {
+            *end = (*end).max(until);
+            return;
+        }
+        if map.len() >= MAX_GATES {
+            map.retain(|_, end| *end > now);
+        }
+        if map.len() >= MAX_GATES {
+            // Forget the gate that opens first: it matters least.
+            if let Some(k) = map
+                .iter()
+                .min_by_key(|(_, end)| **end)
+                .map(|(k, _)| k.clone())
+            {
+                map.remove(&k);
+            }
+        }
+        map.insert(key.clone(), until);
+    }
+
+    /// The end of `key`'s gate, if it is closed at `now`.
+    fn end(&self, key: &Key, now: Instant) -> Option<Instant> {
+        let mut map = self.lock();
+        match map.get(key) {
+            Some(end) if *end > now => Some(*end),
+            Some(_) => {
+                map.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
 }
 
 impl Inner {
@@ -690,11 +754,20 @@ impl Store for RedisStore {
         }
     }
 
+    /// For a reservation of the local fallback, the fallback's answer.
+    /// For one of Redis (which never re-books a reservation, see the
+    /// module docs): the end of a gate this process closed (it saw the
+    /// 429) after the reservation was booked, when it ends after the
+    /// reservation's instant; else `None`, the booking stands. A gate
+    /// closed by another process reaches only later acquires.
     fn watch(&self, reservation: &Reservation, waker: &Waker) -> Option<Instant> {
-        // Only the local fallback can move a waiting reservation: Redis
-        // never re-books one (see the module docs).
-        let (m, r) = self.local(reservation)?;
-        m.watch(&r, waker)
+        if let Some((m, r)) = self.local(reservation) {
+            return m.watch(&r, waker);
+        }
+        self.inner
+            .gates
+            .end(&reservation.key, Instant::now())
+            .filter(|end| *end > reservation.at)
     }
 
     fn unwatch(&self, reservation: &Reservation) {
@@ -711,6 +784,7 @@ impl Store for RedisStore {
     }
 
     fn gate(&self, key: &Key, until: Instant) {
+        self.inner.gates.close(key, until);
         if let Some(m) = &self.inner.fallback {
             // Kept locally too, for the decisions made while Redis is down.
             m.gate(key, until);
@@ -790,6 +864,35 @@ mod tests {
             );
             ops::cancel(core, &by_token(token)).await.unwrap();
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn gates_are_bounded_and_expire() {
+        let g = Gates::default();
+        let now = Instant::now();
+        let key = |i: usize| Key::new(format!("k{i}"));
+        for i in 0..MAX_GATES + 5 {
+            g.close(&key(i), now + Duration::from_secs(1 + i as u64));
+        }
+        assert_eq!(g.lock().len(), MAX_GATES);
+        assert_eq!(g.end(&key(0), now), None, "the first to open is forgotten");
+        assert_eq!(
+            g.end(&key(MAX_GATES + 4), now),
+            Some(now + Duration::from_secs(MAX_GATES as u64 + 5))
+        );
+        // An earlier gate never shortens one.
+        g.close(&key(MAX_GATES + 4), now + Duration::from_secs(1));
+        assert_eq!(
+            g.end(&key(MAX_GATES + 4), now),
+            Some(now + Duration::from_secs(MAX_GATES as u64 + 5))
+        );
+        tokio::time::advance(Duration::from_secs(MAX_GATES as u64 + 10)).await;
+        let now = Instant::now();
+        assert_eq!(g.end(&key(MAX_GATES + 4), now), None, "expired");
+        g.close(&Key::new("new"), now + Duration::from_secs(1));
+        assert_eq!(g.lock().len(), MAX_GATES, "room is made only when full");
+        g.close(&Key::new("newer"), now + Duration::from_secs(1));
+        assert_eq!(g.lock().len(), 2, "the expired ones are dropped when full");
     }
 
     #[test]
