@@ -1107,3 +1107,97 @@ async fn watch_answers_a_gate_closed_after_the_reservation_was_booked() {
     assert_eq!(store.watch(&other, waker), None);
     store.unwatch(&r);
 }
+
+/// A TCP proxy in front of the server that can cut every connection and
+/// turn new ones away (a network partition), then let them through again.
+struct Proxy {
+    port: u16,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cuts: tokio::sync::watch::Sender<u64>,
+}
+
+impl Proxy {
+    async fn start(upstream: u16) -> Proxy {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = std::sync::Arc::new(AtomicBool::new(true));
+        let (cuts, rx) = tokio::sync::watch::channel(0u64);
+        let is_open = open.clone();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !is_open.load(Ordering::SeqCst) {
+                    continue; // dropped: closed at once
+                }
+                let mut rx = rx.clone();
+                rx.mark_unchanged();
+                tokio::spawn(async move {
+                    let Ok(mut server) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                    else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = rx.changed() => {}
+                    }
+                });
+            }
+        });
+        Proxy { port, open, cuts }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.cuts.send_modify(|n| *n += 1);
+    }
+
+    fn restore(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Issue #11 (nothing lost): a cancel that cannot reach Redis is kept and
+/// runs once Redis is reachable again, on its own.
+#[tokio::test]
+async fn a_cancel_that_cannot_reach_redis_runs_once_it_is_back() {
+    let Some(server) = RedisServer::start("a_cancel_that_cannot_reach_redis_runs_once_it_is_back")
+    else {
+        return;
+    };
+    let proxy = Proxy::start(server.port).await;
+    let store =
+        RedisStore::builder(Limits::new().window(Dimension::Requests, Duration::from_secs(60), 10))
+            .prefix("partition")
+            .timeout(Duration::from_millis(300))
+            .retry_interval(Duration::from_millis(50))
+            .build(&proxy.url())
+            .unwrap();
+    let k = Key::new("k");
+    let r = acquire(&store, &k, Costs::new(0, 0)).await;
+    let mut con = client(&server).await;
+    let log = "{partition:k}:l:r:60000000";
+    proxy.cut();
+    store.cancel(&r);
+    store.flush().await;
+    let n: usize = con.llen(log).await.unwrap();
+    assert_eq!(n, 1, "Redis unreachable: not cancelled yet");
+    proxy.restore();
+    // No flush: the store retries on its own once Redis is asked again.
+    let start = std::time::Instant::now();
+    loop {
+        let n: usize = con.llen(log).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the cancel never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
