@@ -225,8 +225,9 @@ fn divide(limits: &Limits, n: u64) -> Limits {
 /// same prefix: see the [module docs](crate::redis_store).
 ///
 /// Clones share one connection (multiplexed) and one background task.
-/// Each `acquire` is one script round trip and one small allocation (a
-/// boxed future and the key names), which the round trip dwarfs.
+/// Each `acquire` is one script round trip and a few small allocations (a
+/// boxed future, the key names, its token's among them), which the round
+/// trip dwarfs.
 #[derive(Clone)]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub struct RedisStore {
