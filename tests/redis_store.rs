@@ -244,11 +244,13 @@ async fn keys_are_namespaced_tagged_and_expire() {
     let mut con = client(&server).await;
     let mut keys: Vec<String> = con.keys("*").await.unwrap();
     keys.sort();
+    let (tokens, state): (Vec<_>, Vec<_>) = keys.iter().partition(|k| k.starts_with("{ns:k1}:k:"));
     assert_eq!(
-        keys,
+        state,
         ["{ns:k1}:l:r:200000", "{ns:k1}:l:t:200000", "{ns:k1}:s"],
         "one hash tag per limiter key, under the prefix"
     );
+    assert_eq!(tokens.len(), 1, "the acquire's token: {tokens:?}");
     for k in &keys {
         let ttl: i64 = con.pttl(k).await.unwrap();
         assert!(ttl > 0 && ttl <= 1_400, "{k} expires (ttl {ttl} ms)");
@@ -677,4 +679,525 @@ async fn cancel_and_correct_deep_in_a_long_log() {
     let mut con = client(&server).await;
     let n: usize = con.llen("{tlr:long}:l:r:60000000").await.unwrap();
     assert_eq!(n, 299);
+}
+
+/// Issue #11: what the Redis store learns from a provider has a floor, a
+/// bound and an expiry, and never makes a fitting request "never fit".
+mod learned {
+    use super::*;
+
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    fn requests_and_tokens(window: Duration) -> Limits {
+        Limits::new()
+            .window(Dimension::Requests, window, 100)
+            .window(Dimension::Tokens, window, 100)
+    }
+
+    fn said(limit: u64) -> LimitState {
+        LimitState::new(Some(limit), None, None)
+    }
+
+    async fn store(server: &RedisServer, prefix: &str, limits: Limits, learn: bool) -> RedisStore {
+        RedisStore::builder(limits)
+            .prefix(prefix)
+            .learn_limits(learn)
+            .timeout(Duration::from_secs(2))
+            .build(&server.url())
+            .unwrap()
+    }
+
+    async fn server_now_us(con: &mut redis::aio::MultiplexedConnection) -> u64 {
+        let (s, us): (u64, u64) = redis::cmd("TIME").query_async(con).await.unwrap();
+        s * 1_000_000 + us
+    }
+
+    #[tokio::test]
+    async fn learned_limit_of_zero_is_ignored_by_the_script() {
+        let Some(server) = RedisServer::start("learned_limit_of_zero_is_ignored_by_the_script")
+        else {
+            return;
+        };
+        let s = store(&server, "zero", requests_and_tokens(MINUTE), false).await;
+        let k = Key::new("k");
+        let _ = s.learn(&k, Dimension::Requests, MINUTE, said(0), Instant::now());
+        let _ = s.learn(&k, Dimension::Tokens, MINUTE, said(0), Instant::now());
+        s.flush().await;
+        let d = s
+            .acquire(&k, &Costs::tokens(100), Instant::now(), None)
+            .await
+            .unwrap();
+        let r = admitted(d);
+        assert!(r.at <= Instant::now(), "the configured limits still hold");
+    }
+
+    #[tokio::test]
+    async fn learned_limit_has_a_floor_and_a_ceiling_in_the_script() {
+        let Some(server) =
+            RedisServer::start("learned_limit_has_a_floor_and_a_ceiling_in_the_script")
+        else {
+            return;
+        };
+        // Floor: configured 100 tokens, the provider says 1: 10 in force.
+        let s = store(&server, "floor", requests_and_tokens(MINUTE), false).await;
+        let k = Key::new("k");
+        let _ = s.learn(&k, Dimension::Tokens, MINUTE, said(1), Instant::now());
+        s.flush().await;
+        assert!(fits_now(&s, &k, Costs::tokens(10)).await, "floor of 10");
+        acquire(&s, &k, Costs::tokens(10)).await;
+        assert!(!fits_now(&s, &k, Costs::tokens(1)).await, "and no more");
+
+        // Ceiling: with learn_limits, at most 100 times the configured.
+        let s = store(
+            &server,
+            "ceiling",
+            Limits::new().window(Dimension::Requests, MINUTE, 10),
+            true,
+        )
+        .await;
+        let _ = s.learn(
+            &k,
+            Dimension::Requests,
+            MINUTE,
+            said(1_000_000),
+            Instant::now(),
+        );
+        s.flush().await;
+        for _ in 0..1_000 {
+            acquire(&s, &k, Costs::new(0, 0)).await;
+        }
+        assert!(
+            !fits_now(&s, &k, Costs::new(0, 0)).await,
+            "1,000 = 10 x 100 in force, not 1,000,000"
+        );
+    }
+
+    #[tokio::test]
+    async fn learned_limit_over_the_request_waits_for_its_expiry_instead_of_never() {
+        let Some(server) = RedisServer::start(
+            "learned_limit_over_the_request_waits_for_its_expiry_instead_of_never",
+        ) else {
+            return;
+        };
+        let s = store(&server, "over", requests_and_tokens(MINUTE), false).await;
+        let k = Key::new("k");
+        let start = Instant::now();
+        let _ = s.learn(&k, Dimension::Tokens, MINUTE, said(10), start);
+        s.flush().await;
+        let now = Instant::now();
+        match s
+            .acquire(&k, &Costs::tokens(50), now, Some(now))
+            .await
+            .unwrap()
+        {
+            Decision::TooLate(at) => assert!(
+                near(at, start + MINUTE),
+                "fits once the learned limit expires (a window): {:?}",
+                at.saturating_duration_since(start)
+            ),
+            other => panic!("50 tokens fit the configured 100: {other:?}"),
+        }
+        // Over the configured capacity is "never", judged against it alone.
+        match s
+            .acquire(&k, &Costs::tokens(101), Instant::now(), None)
+            .await
+            .unwrap()
+        {
+            Decision::Never { cost, capacity } => assert_eq!((cost, capacity), (101, 100)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn learned_limit_expires_and_a_repeated_header_refreshes_it_in_the_script() {
+        let Some(server) = RedisServer::start(
+            "learned_limit_expires_and_a_repeated_header_refreshes_it_in_the_script",
+        ) else {
+            return;
+        };
+        // Default expiry: the window (600 ms).
+        let w = Duration::from_millis(600);
+        let s = store(&server, "expiry", requests_and_tokens(w), false).await;
+        let k = Key::new("k");
+        let start = Instant::now();
+        let _ = s.learn(&k, Dimension::Tokens, w, said(10), start);
+        s.flush().await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let again = Instant::now();
+        let _ = s.learn(&k, Dimension::Tokens, w, said(10), again);
+        s.flush().await;
+        let first = acquire(&s, &k, Costs::tokens(50)).await;
+        assert!(
+            near(first.at, again + w),
+            "waits until the refreshed expiry: {:?} after the first header",
+            first.at.saturating_duration_since(start)
+        );
+        // Then the configured 100 is back in force.
+        let second = acquire(&s, &k, Costs::tokens(50)).await;
+        assert!(near(second.at, first.at), "configured limit back");
+    }
+
+    #[tokio::test]
+    async fn learned_limit_default_expiry_is_the_window_at_most_ten_minutes() {
+        let Some(server) =
+            RedisServer::start("learned_limit_default_expiry_is_the_window_at_most_ten_minutes")
+        else {
+            return;
+        };
+        let hour = Duration::from_secs(3_600);
+        let s = store(
+            &server,
+            "ttl",
+            Limits::new().window(Dimension::Tokens, hour, 1_000),
+            false,
+        )
+        .await;
+        let k = Key::new("k");
+        let _ = s.learn(&k, Dimension::Tokens, hour, said(500), Instant::now());
+        s.flush().await;
+        let mut con = client(&server).await;
+        let now = server_now_us(&mut con).await;
+        let lu: Option<u64> = con.hget("{ttl:k}:s", "lu:t:3600000000").await.unwrap();
+        let lu = lu.expect("the learned limit's expiry is stored");
+        let left = Duration::from_micros(lu.saturating_sub(now));
+        assert!(
+            left <= Duration::from_secs(600) && left > Duration::from_secs(590),
+            "{left:?}"
+        );
+        let ttl: i64 = con.pttl("{ttl:k}:s").await.unwrap();
+        assert!(
+            ttl >= 600_000,
+            "the hash outlives the learned limit: {ttl} ms"
+        );
+    }
+
+    #[tokio::test]
+    async fn learned_ttl_sets_how_long_a_learned_limit_holds() {
+        let Some(server) = RedisServer::start("learned_ttl_sets_how_long_a_learned_limit_holds")
+        else {
+            return;
+        };
+        let hour = Duration::from_secs(3_600);
+        let limits = Limits::new().window(Dimension::Tokens, hour, 1_000);
+        let s = RedisStore::builder(limits.clone())
+            .prefix("ttl5")
+            .learned_ttl(Duration::from_secs(5))
+            .build(&server.url())
+            .unwrap();
+        let k = Key::new("k");
+        let _ = s.learn(&k, Dimension::Tokens, hour, said(500), Instant::now());
+        s.flush().await;
+        let mut con = client(&server).await;
+        let now = server_now_us(&mut con).await;
+        let lu: Option<u64> = con.hget("{ttl5:k}:s", "lu:t:3600000000").await.unwrap();
+        let left = Duration::from_micros(lu.expect("stored").saturating_sub(now));
+        assert!(
+            left <= Duration::from_secs(5) && left > Duration::from_secs(4),
+            "{left:?}"
+        );
+        // A zero ttl: nothing learned holds.
+        let s = RedisStore::builder(limits)
+            .prefix("ttl0")
+            .learned_ttl(Duration::ZERO)
+            .build(&server.url())
+            .unwrap();
+        let _ = s.learn(&k, Dimension::Tokens, hour, said(500), Instant::now());
+        s.flush().await;
+        let lim: Option<u64> = con.hget("{ttl0:k}:s", "lim:t:3600000000").await.unwrap();
+        assert_eq!(lim, None);
+        assert!(fits_now(&s, &k, Costs::tokens(1_000)).await);
+    }
+}
+
+/// Issue #11: a reservation made on the server by an acquire whose answer
+/// never reached its caller is given back.
+mod abandoned {
+    use super::*;
+
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    /// Pauses every client of the server for `ms` (the command itself
+    /// returns at once).
+    async fn pause(con: &mut redis::aio::MultiplexedConnection, ms: u64) {
+        redis::cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(ms)
+            .arg("ALL")
+            .query_async::<()>(con)
+            .await
+            .unwrap();
+    }
+
+    /// Returns once the pause is over (a PING waits behind it).
+    async fn until_unpaused(con: &mut redis::aio::MultiplexedConnection) {
+        redis::cmd("PING").query_async::<String>(con).await.unwrap();
+    }
+
+    async fn used(con: &mut redis::aio::MultiplexedConnection, prefix: &str) -> usize {
+        con.llen(format!("{{{prefix}:k}}:l:r:60000000"))
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_redis_acquire_that_times_out_leaks_no_reservation() {
+        let Some(server) =
+            RedisServer::start("a_redis_acquire_that_times_out_leaks_no_reservation")
+        else {
+            return;
+        };
+        let store = RedisStore::builder(Limits::new().window(Dimension::Requests, MINUTE, 10))
+            .prefix("timeout")
+            .timeout(Duration::from_millis(100))
+            .retry_interval(Duration::from_millis(50))
+            .build(&server.url())
+            .unwrap();
+        let k = Key::new("k");
+        let one = Costs::new(0, 0);
+        // Connected, script loaded.
+        let r = acquire(&store, &k, one).await;
+        store.cancel(&r);
+        store.flush().await;
+        let mut con = client(&server).await;
+        assert_eq!(used(&mut con, "timeout").await, 0);
+
+        // The server runs the script only after the caller gave up.
+        pause(&mut con, 500).await;
+        let e = store
+            .acquire(&k, &one, Instant::now(), None)
+            .await
+            .unwrap_err();
+        assert!(e.is_store_unavailable(), "{e}");
+        until_unpaused(&mut con).await;
+        store.flush().await;
+        assert_eq!(
+            used(&mut con, "timeout").await,
+            0,
+            "the reservation the timed-out acquire made was given back"
+        );
+        assert!(fits_now(&store, &k, Costs::new(0, 0)).await);
+    }
+
+    #[tokio::test]
+    async fn a_limiter_future_dropped_while_acquiring_leaks_no_reservation() {
+        use tower::{Service, ServiceBuilder, ServiceExt};
+        use tower_llm_resilience::rate_limit::RateLimitLayer;
+
+        let Some(server) =
+            RedisServer::start("a_limiter_future_dropped_while_acquiring_leaks_no_reservation")
+        else {
+            return;
+        };
+        let limits = Limits::new().window(Dimension::Requests, MINUTE, 10);
+        let store = RedisStore::builder(limits.clone())
+            .prefix("dropped")
+            .timeout(Duration::from_secs(5))
+            .build(&server.url())
+            .unwrap();
+        let mut svc = ServiceBuilder::new()
+            .layer(
+                RateLimitLayer::new(limits)
+                    .store(store.clone())
+                    .key_fn(|_: &http::Request<String>| Key::new("k")),
+            )
+            .service_fn(|_req: http::Request<String>| async {
+                Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+            });
+        // Connected, script loaded.
+        let r = acquire(&store, &Key::new("k"), Costs::new(0, 0)).await;
+        store.cancel(&r);
+        store.flush().await;
+        let mut con = client(&server).await;
+
+        pause(&mut con, 500).await;
+        let call = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(http::Request::new(String::new()));
+        // The caller gives up while the script call is in flight.
+        assert!(tokio::time::timeout(Duration::from_millis(100), call)
+            .await
+            .is_err());
+        until_unpaused(&mut con).await;
+        store.flush().await;
+        assert_eq!(
+            used(&mut con, "dropped").await,
+            0,
+            "the reservation of the dropped future was given back"
+        );
+    }
+}
+
+/// Issue #11: a cancel is never dropped for a full operation queue (a lost
+/// cancel holds quota idle for a whole window).
+#[tokio::test]
+async fn cancels_are_not_dropped_when_the_operation_queue_is_full() {
+    let Some(server) =
+        RedisServer::start("cancels_are_not_dropped_when_the_operation_queue_is_full")
+    else {
+        return;
+    };
+    let window = Duration::from_secs(60);
+    let store = RedisStore::builder(Limits::new().window(Dimension::Requests, window, 50))
+        .prefix("full")
+        .timeout(Duration::from_secs(5))
+        .build(&server.url())
+        .unwrap();
+    let k = Key::new("k");
+    let mut rs = Vec::new();
+    for _ in 0..50 {
+        rs.push(acquire(&store, &k, Costs::new(0, 0)).await);
+    }
+    // With no await in between, the background task (same single-threaded
+    // runtime) cannot run: the queue (1,024) fills and overflows.
+    for _ in 0..1_100 {
+        store.correct(&rs[0], &Costs::new(1, 1), Instant::now());
+    }
+    for r in &rs {
+        store.cancel(r);
+    }
+    store.flush().await;
+    let mut con = client(&server).await;
+    let n: usize = con.llen("{full:k}:l:r:60000000").await.unwrap();
+    assert_eq!(n, 0, "every cancel ran");
+    for _ in 0..50 {
+        let now = Instant::now();
+        assert!(matches!(
+            store
+                .acquire(&k, &Costs::new(0, 0), now, Some(now))
+                .await
+                .unwrap(),
+            Decision::Admitted(_)
+        ));
+    }
+}
+
+/// Issue #11: a gate this process closed after a reservation was booked
+/// is what `watch` answers for it, so that the waiter sleeps until then.
+#[tokio::test]
+async fn watch_answers_a_gate_closed_after_the_reservation_was_booked() {
+    let Some(server) =
+        RedisServer::start("watch_answers_a_gate_closed_after_the_reservation_was_booked")
+    else {
+        return;
+    };
+    let store = RedisStore::builder(Limits::new().window(Dimension::Requests, W, 100))
+        .prefix("watch")
+        .build(&server.url())
+        .unwrap();
+    let k = Key::new("k");
+    let r = acquire(&store, &k, Costs::new(0, 0)).await;
+    let waker = std::task::Waker::noop();
+    assert_eq!(store.watch(&r, waker), None, "no gate: the booking stands");
+    let until = Instant::now() + Duration::from_millis(500);
+    store.gate(&k, until);
+    assert_eq!(store.watch(&r, waker), Some(until), "the gate ends later");
+    // An earlier gate never shortens it.
+    store.gate(&k, until - Duration::from_millis(100));
+    assert_eq!(store.watch(&r, waker), Some(until));
+    // A reservation booked after the gate's end is not moved.
+    let late = Reservation {
+        at: until + Duration::from_millis(1),
+        ..r.clone()
+    };
+    assert_eq!(store.watch(&late, waker), None);
+    // Another key is not gated.
+    let other = acquire(&store, &Key::new("other"), Costs::new(0, 0)).await;
+    assert_eq!(store.watch(&other, waker), None);
+    store.unwatch(&r);
+}
+
+/// A TCP proxy in front of the server that can cut every connection and
+/// turn new ones away (a network partition), then let them through again.
+struct Proxy {
+    port: u16,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cuts: tokio::sync::watch::Sender<u64>,
+}
+
+impl Proxy {
+    async fn start(upstream: u16) -> Proxy {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = std::sync::Arc::new(AtomicBool::new(true));
+        let (cuts, rx) = tokio::sync::watch::channel(0u64);
+        let is_open = open.clone();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !is_open.load(Ordering::SeqCst) {
+                    continue; // dropped: closed at once
+                }
+                let mut rx = rx.clone();
+                rx.mark_unchanged();
+                tokio::spawn(async move {
+                    let Ok(mut server) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                    else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = rx.changed() => {}
+                    }
+                });
+            }
+        });
+        Proxy { port, open, cuts }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.cuts.send_modify(|n| *n += 1);
+    }
+
+    fn restore(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Issue #11 (nothing lost): a cancel that cannot reach Redis is kept and
+/// runs once Redis is reachable again, on its own.
+#[tokio::test]
+async fn a_cancel_that_cannot_reach_redis_runs_once_it_is_back() {
+    let Some(server) = RedisServer::start("a_cancel_that_cannot_reach_redis_runs_once_it_is_back")
+    else {
+        return;
+    };
+    let proxy = Proxy::start(server.port).await;
+    let store =
+        RedisStore::builder(Limits::new().window(Dimension::Requests, Duration::from_secs(60), 10))
+            .prefix("partition")
+            .timeout(Duration::from_millis(300))
+            .retry_interval(Duration::from_millis(50))
+            .build(&proxy.url())
+            .unwrap();
+    let k = Key::new("k");
+    let r = acquire(&store, &k, Costs::new(0, 0)).await;
+    let mut con = client(&server).await;
+    let log = "{partition:k}:l:r:60000000";
+    proxy.cut();
+    store.cancel(&r);
+    store.flush().await;
+    let n: usize = con.llen(log).await.unwrap();
+    assert_eq!(n, 1, "Redis unreachable: not cancelled yet");
+    proxy.restore();
+    // No flush: the store retries on its own once Redis is asked again.
+    let start = std::time::Instant::now();
+    loop {
+        let n: usize = con.llen(log).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the cancel never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

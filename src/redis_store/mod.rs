@@ -29,6 +29,39 @@
 //! so over-admit. So the Redis store never moves a reservation: the room a
 //! cancellation frees goes to the requests booked after it.
 //!
+//! # What is learned, and for how long
+//!
+//! From a provider's answers (fed in by the limiter through `learn` and
+//! `gate`), the store learns three things per key, shared by every process
+//! on the key, each with a floor, a bound and an expiry:
+//!
+//! - **A limit** (`x-ratelimit-limit-*`), per configured limit. A limit of
+//!   0 is ignored (a provider's glitch must not shut a key). A learned
+//!   limit never goes below `max(1, configured / 10)`, and never above the
+//!   configured one, or, with
+//!   [`learn_limits`](RedisStoreBuilder::learn_limits), above
+//!   `configured * 100`. It holds for
+//!   [`learned_ttl`](RedisStoreBuilder::learned_ttl) (default: the limit's
+//!   window, at most 10 minutes) after the provider last said it, each
+//!   repeated header refreshing it; then the configured limit is back in
+//!   force. A request is refused as over capacity only when it exceeds the
+//!   *configured* limit: one that fits the configured limit but not a
+//!   lower learned one waits until the learned limit expires (or until
+//!   room frees under it), it is never refused for it.
+//! - **Usage we did not see** (`remaining` lower than we count: other
+//!   clients of the API key, or low estimates), per configured limit. The
+//!   difference counts until the provider's reset, at most one window.
+//! - **A Retry-After gate**: nothing of the key is admitted before its
+//!   end, which the limiter takes from the 429 (bounded by the classifier).
+//!   The script holds the acquires made after it closed. The reservations
+//!   this process had booked before are held by
+//!   [`watch`](crate::rate_limit::Store::watch): it answers the end of a
+//!   gate this process closed (it saw the 429) when that is after the
+//!   reservation's instant, so the waiting request sleeps until then. The
+//!   store remembers the gates of at most 10,000 keys, each until it
+//!   opens. Reservations that other processes had booked before the gate
+//!   closed are not held (they learn of it only on their next acquire).
+//!
 //! # Keys
 //!
 //! Every key of one limiter key shares one hash tag, `{<prefix>:<key>}`, so
@@ -36,10 +69,12 @@
 //! all):
 //!
 //! - `{<prefix>:<key>}:s`: a hash with the gate, the FIFO tail, the next
-//!   reservation id, and per limit its running sum, learned limit and
-//!   external usage;
+//!   reservation id, and per limit its running sum, learned limit (with
+//!   its expiry) and external usage;
 //! - `{<prefix>:<key>}:l:<dim>:<window µs>`: one list per limit, the
-//!   admissions still inside the window (`at,id,cost`).
+//!   admissions still inside the window (`at,id,cost`);
+//! - `{<prefix>:<key>}:k:<token>`: one small string per recent acquire,
+//!   the reservation id it made (see below).
 //!
 //! Every key carries an expiry: as long as anything in it still counts,
 //! plus one second. An idle limiter leaves nothing behind. The prefix
@@ -64,20 +99,51 @@
 //! [`retry_interval`](RedisStoreBuilder::retry_interval) (default 1 s), so a
 //! dead server costs one timeout per interval, not one per request. The
 //! connection manager reconnects on its own; the next decision after the
-//! interval goes back to Redis.
+//! interval goes back to Redis. Whatever a timed-out acquire may have
+//! reserved on the server is given back (see below).
 //!
 //! # Fire-and-forget operations
 //!
-//! `cancel`, `correct`, `gate` and `learn` never block a request: they go
-//! through a bounded queue (1024) to one background task that runs them in
-//! the order they were issued by this store (and its clones). They may
-//! reach Redis after a later `acquire` of the same process. When the queue
-//! is full, or Redis fails, they are dropped (logged at `debug`): a lost
-//! cancel or correction only makes the limiter more conservative until the
-//! window slides. [`RedisStore::flush`] waits until everything queued
-//! before it ran. `learn` cannot return the server's answer synchronously:
-//! it returns `None`, so the limiter's `LimitLearned` event does not fire
-//! with this store.
+//! `cancel`, `correct`, `gate` and `learn` never block a request: one
+//! background task runs them. They may reach Redis after a later `acquire`
+//! of the same process.
+//!
+//! - **Cancels are never dropped for room**: they go through their own
+//!   unbounded channel, whose size is bounded by the requests in flight
+//!   (a reservation is cancelled at most once), and run first, in the
+//!   order they were issued. A cancel that fails (Redis down) is kept and
+//!   tried again once Redis is asked again, until its reservation can no
+//!   longer count (its window slid past it); at most 65,536 wait at once.
+//!   A lost cancel would hold quota idle for a whole window, 24 hours for
+//!   a per-day limit.
+//! - **Corrections, gates and learns** go through a bounded queue (1024),
+//!   in the order they were issued by this store (and its clones). When
+//!   the queue is full, or Redis fails, they are dropped (logged at
+//!   `debug`): a lost correction only makes the limiter more conservative
+//!   until the window slides, a lost gate or learn leaves the limiter as
+//!   informed as before. A cancel and a correction of one reservation may
+//!   run in either order; either way the reservation is gone.
+//!
+//! [`RedisStore::flush`] waits until everything queued before it ran, and
+//! tries every pending cancel once more. `learn` cannot return the
+//! server's answer synchronously: it returns `None`, so the limiter's
+//! `LimitLearned` event does not fire with this store.
+//!
+//! # An acquire whose answer is lost
+//!
+//! A script call that times out may still run on the server (it was
+//! sent; Redis was only slow), and a limiter future dropped while the call
+//! is in flight never sees its answer: either way, a reservation may exist
+//! that nobody will use or cancel. So each acquire carries a token, unique
+//! to it (64 random bits per store, then a counter, mixed), and the script
+//! records token -> reservation id under `{<prefix>:<key>}:k:<token>` for
+//! as long as the reservation counts (at most 10 minutes). When the call
+//! fails or times out, or its future is dropped, before its decision
+//! reached the caller, the store cancels by token: it gives the
+//! reservation back if the script ran, and otherwise leaves a marker (10
+//! minutes) so that the script, should it still arrive, reserves nothing.
+//! A cancel by token is a cancel: never dropped for room, retried while
+//! Redis is down (for up to 10 minutes).
 //!
 //! # Example
 //!

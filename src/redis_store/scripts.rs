@@ -17,6 +17,7 @@ macro_rules! script {
 
 script!(acquire, "lua/acquire.lua");
 script!(cancel, "lua/cancel.lua");
+script!(cancel_token, "lua/cancel_token.lua");
 script!(correct, "lua/correct.lua");
 script!(gate, "lua/gate.lua");
 script!(learn, "lua/learn.lua");

@@ -1,10 +1,11 @@
 //! [`RedisStore`]: the limiter's windows in Redis.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::Waker;
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use redis::{FromRedisValue, ScriptInvocation};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::ops::{self, Op};
+use super::ops::{self, Cancel, Op};
 use super::scripts;
 use crate::classify::LimitState;
 use crate::key::Key;
@@ -35,6 +36,21 @@ const MAX_SAFE: u64 = (1 << 53) - 1;
 const LOCAL: u64 = 1 << 63;
 
 const QUEUE: usize = 1024;
+
+/// How long the server keeps the token of an acquire (the reservation it
+/// made, for a cancel by token from a caller that never got the answer),
+/// at most; and how long such a cancel is retried.
+pub(super) const TOKEN_TTL: Duration = Duration::from_secs(600);
+
+/// At most this many keys' gates are remembered for `watch`.
+const MAX_GATES: usize = 10_000;
+
+/// The default [`RedisStoreBuilder::learned_ttl`] is the limit's window,
+/// at most this long.
+const DEFAULT_LEARNED_TTL_MAX: Duration = Duration::from_secs(600);
+
+/// The longest [`RedisStoreBuilder::learned_ttl`].
+const MAX_LEARNED_TTL: Duration = Duration::from_secs(366 * 24 * 60 * 60);
 
 type KeyLimits = dyn Fn(&Key) -> Limits + Send + Sync;
 
@@ -62,6 +78,7 @@ pub struct RedisStoreBuilder {
     limits: Limits,
     key_limits: Option<Arc<KeyLimits>>,
     learn_limits: bool,
+    learned_ttl: Option<Duration>,
     prefix: String,
     timeout: Duration,
     retry_interval: Duration,
@@ -74,6 +91,7 @@ impl fmt::Debug for RedisStoreBuilder {
             .field("limits", &self.limits)
             .field("key_limits", &self.key_limits.is_some())
             .field("learn_limits", &self.learn_limits)
+            .field("learned_ttl", &self.learned_ttl)
             .field("prefix", &self.prefix)
             .field("timeout", &self.timeout)
             .field("retry_interval", &self.retry_interval)
@@ -92,9 +110,18 @@ impl RedisStoreBuilder {
     }
 
     /// Whether a provider's `limit` header may raise the configured limit
-    /// (default `false`: headers only ever tighten).
+    /// (default `false`: headers only ever tighten), never above 100 times
+    /// the configured one (see the [module docs](crate::redis_store)).
     pub fn learn_limits(mut self, yes: bool) -> Self {
         self.learn_limits = yes;
+        self
+    }
+
+    /// How long a limit learned from a provider's header holds after the
+    /// provider last said it, before the configured limit is back in force
+    /// (default: the limit's window, at most 10 minutes). Cut to a year.
+    pub fn learned_ttl(mut self, ttl: Duration) -> Self {
+        self.learned_ttl = Some(ttl.min(MAX_LEARNED_TTL));
         self
     }
 
@@ -163,6 +190,7 @@ impl RedisStoreBuilder {
             limits: self.limits,
             key_limits: self.key_limits,
             learn_limits: self.learn_limits,
+            learned_ttl: self.learned_ttl,
             prefix: self.prefix,
             timeout: self.timeout,
             retry_interval: self.retry_interval,
@@ -170,13 +198,18 @@ impl RedisStoreBuilder {
             down_until: AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(ops::run(core.clone(), rx));
+        let (cancels, cancels_rx) = mpsc::unbounded_channel();
+        tokio::spawn(ops::run(core.clone(), rx, cancels_rx));
         Ok(RedisStore {
             inner: Arc::new(Inner {
                 core,
                 fallback,
                 policy: self.policy,
                 ops: tx,
+                cancels,
+                token_base: random_u64(),
+                tokens: AtomicU64::new(0),
+                gates: Gates::default(),
             }),
         })
     }
@@ -192,8 +225,9 @@ fn divide(limits: &Limits, n: u64) -> Limits {
 /// same prefix: see the [module docs](crate::redis_store).
 ///
 /// Clones share one connection (multiplexed) and one background task.
-/// Each `acquire` is one script round trip and one small allocation (a
-/// boxed future and the key names), which the round trip dwarfs.
+/// Each `acquire` is one script round trip and a few small allocations (a
+/// boxed future, the key names, its token's among them), which the round
+/// trip dwarfs.
 #[derive(Clone)]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub struct RedisStore {
@@ -204,7 +238,135 @@ struct Inner {
     core: Arc<Core>,
     fallback: Option<MemoryStore>,
     policy: FaultPolicy,
+    /// Corrections, gates, learns: dropped when full.
     ops: mpsc::Sender<Op>,
+    /// Cancels: never dropped for room (bounded by the requests in flight).
+    cancels: mpsc::UnboundedSender<Cancel>,
+    /// Tokens of acquires: random per store, then counted.
+    token_base: u64,
+    tokens: AtomicU64,
+    /// The gates this process closed, for `watch`.
+    gates: Gates,
+}
+
+/// The Retry-After gates this process closed (it saw the 429), by key:
+/// bounded ([`MAX_GATES`]) and expiring, so that `watch` can hold a
+/// reservation booked before the gate closed until the gate's end.
+#[derive(Default)]
+struct Gates {
+    map: Mutex<HashMap<Key, Instant, foldhash::fast::RandomState>>,
+}
+
+impl Gates {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<Key, Instant, foldhash::fast::RandomState>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Closes `key`'s gate until `until`; a later gate extends it, an
+    /// earlier one never shortens it.
+    fn close(&self, key: &Key, until: Instant) {
+        let now = Instant::now();
+        if until <= now {
+            return;
+        }
+        let mut map = self.lock();
+        if let Some(end) = map.get_mut(key) {
+            *end = (*end).max(until);
+            return;
+        }
+        if map.len() >= MAX_GATES {
+            map.retain(|_, end| *end > now);
+        }
+        if map.len() >= MAX_GATES {
+            // Forget the gate that opens first: it matters least.
+            if let Some(k) = map
+                .iter()
+                .min_by_key(|(_, end)| **end)
+                .map(|(k, _)| k.clone())
+            {
+                map.remove(&k);
+            }
+        }
+        map.insert(key.clone(), until);
+    }
+
+    /// The end of `key`'s gate, if it is closed at `now`.
+    fn end(&self, key: &Key, now: Instant) -> Option<Instant> {
+        let mut map = self.lock();
+        match map.get(key) {
+            Some(end) if *end > now => Some(*end),
+            Some(_) => {
+                map.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+}
+
+impl Inner {
+    fn cancel(&self, c: Cancel) {
+        if self.cancels.send(c).is_err() {
+            tracing::debug!(
+                target: "tower_llm_resilience",
+                "redis store: background task gone, cancel dropped"
+            );
+        }
+    }
+
+    /// A token no other acquire of any process uses (a bijective mix of a
+    /// random base and a counter).
+    fn token(&self) -> u64 {
+        let n = self.tokens.fetch_add(1, Ordering::Relaxed);
+        mix(self.token_base.wrapping_add(n))
+    }
+}
+
+/// The splitmix64 finalizer: a bijection of `u64` that scatters counters.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// 64 random bits: std's `RandomState` is seeded by the OS, mixed with the
+/// process id and the time.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}
+
+/// Held while an acquire's script call is in flight: if the call fails or
+/// times out, or the future is dropped, before the decision reached its
+/// caller, the script may have run (or may still run) on the server, so
+/// whatever it reserved under the token is cancelled. A no-op on the
+/// server when the script never ran.
+struct Abandoned<'a> {
+    inner: &'a Inner,
+    key: &'a Key,
+    token: u64,
+    armed: bool,
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.inner.cancel(Cancel::Token {
+                key: self.key.clone(),
+                token: self.token,
+                issued: Instant::now(),
+            });
+        }
+    }
 }
 
 /// What the background task shares with the store (not the queue's
@@ -214,6 +376,7 @@ pub(super) struct Core {
     limits: Limits,
     key_limits: Option<Arc<KeyLimits>>,
     pub(super) learn_limits: bool,
+    learned_ttl: Option<Duration>,
     prefix: String,
     timeout: Duration,
     retry_interval: Duration,
@@ -244,6 +407,7 @@ impl RedisStore {
             limits,
             key_limits: None,
             learn_limits: false,
+            learned_ttl: None,
             prefix: DEFAULT_PREFIX.to_owned(),
             timeout: Duration::from_millis(250),
             retry_interval: Duration::from_secs(1),
@@ -262,7 +426,9 @@ impl RedisStore {
     }
 
     /// Waits until every fire-and-forget operation issued before this call
-    /// has run (or was dropped): for tests and an orderly shutdown.
+    /// has run (or was dropped), and every cancel still waiting for Redis
+    /// was tried once more (even while the store is degraded): for tests
+    /// and an orderly shutdown. A cancel that fails again stays pending.
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
         if self.inner.ops.send(Op::Flush(tx)).await.is_ok() {
@@ -316,8 +482,19 @@ async fn decide(
 ) -> Result<ServerDecision, Error> {
     let core = &inner.core;
     let failure = if core.available() {
-        match core.acquire(&key, &costs, now, deadline).await {
-            Ok(d) => return Ok(d),
+        let mut guard = Abandoned {
+            inner: &inner,
+            key: &key,
+            token: inner.token(),
+            armed: true,
+        };
+        match core.acquire(&key, &costs, now, deadline, guard.token).await {
+            Ok(d) => {
+                // The decision reaches the caller in this same poll.
+                guard.armed = false;
+                return Ok(d);
+            }
+            // The guard cancels by token: the script may have run.
             Err(e) => e,
         }
     } else {
@@ -380,12 +557,31 @@ impl Core {
         }
     }
 
+    /// How long a limit learned for `limit` holds after the provider said it.
+    pub(super) fn learned_ttl(&self, limit: &Limit) -> Duration {
+        self.learned_ttl
+            .unwrap_or_else(|| limit.window.min(DEFAULT_LEARNED_TTL_MAX))
+    }
+
     pub(super) fn hash_key(&self, key: &Key) -> String {
         format!("{{{}:{}}}:s", self.prefix, key)
     }
 
     pub(super) fn log_key(&self, key: &Key, tag: &str) -> String {
         format!("{{{}:{}}}:l:{}", self.prefix, key, tag)
+    }
+
+    pub(super) fn token_key(&self, key: &Key, token: u64) -> String {
+        format!("{{{}:{}}}:k:{:016x}", self.prefix, key, token)
+    }
+
+    /// When Redis is asked again after a failure (`None`: it is up).
+    pub(super) fn down_until(&self) -> Option<Instant> {
+        if self.available() {
+            return None;
+        }
+        let ms = self.down_until.load(Ordering::Relaxed);
+        self.epoch.checked_add(Duration::from_millis(ms))
     }
 
     fn elapsed_ms(&self) -> u64 {
@@ -454,6 +650,7 @@ impl Core {
         costs: &Costs,
         now: Instant,
         deadline: Option<Instant>,
+        token: u64,
     ) -> Result<ServerDecision, Error> {
         let limits = self.limits_of(key);
         let mut inv = scripts::acquire().prepare_invoke();
@@ -468,6 +665,8 @@ impl Core {
                 .arg(safe(l.limit))
                 .arg(safe(cost_of(l.dimension, costs)));
         }
+        inv.key(self.token_key(key, token));
+        inv.arg(TOKEN_TTL.as_millis() as u64);
         let r: Vec<i64> = self.run(&inv).await?;
         // Waits count from when the answer arrived: never early.
         let received = Instant::now();
@@ -520,6 +719,7 @@ impl fmt::Debug for RedisStore {
             .field("limits", &c.limits)
             .field("key_limits", &c.key_limits.is_some())
             .field("learn_limits", &c.learn_limits)
+            .field("learned_ttl", &c.learned_ttl)
             .field("prefix", &c.prefix)
             .field("timeout", &c.timeout)
             .field("retry_interval", &c.retry_interval)
@@ -551,15 +751,24 @@ impl Store for RedisStore {
     fn cancel(&self, reservation: &Reservation) {
         match self.local(reservation) {
             Some((m, r)) => m.cancel(&r),
-            None => self.enqueue(Op::Cancel(reservation.clone())),
+            None => self.inner.cancel(Cancel::Reservation(reservation.clone())),
         }
     }
 
+    /// For a reservation of the local fallback, the fallback's answer.
+    /// For one of Redis (which never re-books a reservation, see the
+    /// module docs): the end of a gate this process closed (it saw the
+    /// 429) after the reservation was booked, when it ends after the
+    /// reservation's instant; else `None`, the booking stands. A gate
+    /// closed by another process reaches only later acquires.
     fn watch(&self, reservation: &Reservation, waker: &Waker) -> Option<Instant> {
-        // Only the local fallback can move a waiting reservation: Redis
-        // never re-books one (see the module docs).
-        let (m, r) = self.local(reservation)?;
-        m.watch(&r, waker)
+        if let Some((m, r)) = self.local(reservation) {
+            return m.watch(&r, waker);
+        }
+        self.inner
+            .gates
+            .end(&reservation.key, Instant::now())
+            .filter(|end| *end > reservation.at)
     }
 
     fn unwatch(&self, reservation: &Reservation) {
@@ -576,6 +785,7 @@ impl Store for RedisStore {
     }
 
     fn gate(&self, key: &Key, until: Instant) {
+        self.inner.gates.close(key, until);
         if let Some(m) = &self.inner.fallback {
             // Kept locally too, for the decisions made while Redis is down.
             m.gate(key, until);
@@ -603,8 +813,97 @@ impl Store for RedisStore {
 }
 
 #[cfg(test)]
+#[path = "../../tests/redis_support/mod.rs"]
+#[allow(unreachable_pub)]
+mod test_server;
+
+#[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A cancel by token may reach the server before its acquire does (a
+    /// reconnect after a timeout: the two travel on different
+    /// connections): the acquire then reserves nothing.
+    #[tokio::test]
+    async fn a_cancel_by_token_that_overtakes_its_acquire_leaves_nothing_reserved() {
+        let Some(server) = test_server::RedisServer::start(
+            "a_cancel_by_token_that_overtakes_its_acquire_leaves_nothing_reserved",
+        ) else {
+            return;
+        };
+        let limits = Limits::new().window(Dimension::Requests, Duration::from_secs(60), 1);
+        let store = RedisStore::builder(limits)
+            .prefix("overtaken")
+            .build(&server.url())
+            .unwrap();
+        let core = &store.inner.core;
+        let key = Key::new("k");
+        let one = Costs::new(0, 0);
+        let by_token = |token| Cancel::Token {
+            key: key.clone(),
+            token,
+            issued: Instant::now(),
+        };
+        let token = store.inner.token();
+        ops::cancel(core, &by_token(token)).await.unwrap();
+        let late = core.acquire(&key, &one, Instant::now(), None, token).await;
+        assert!(late.is_err(), "cancelled before it ran: {late:?}");
+        // The whole limit (1) is still free; then a cancel by token after
+        // its acquire ran gives it back, twice is harmless.
+        let token = store.inner.token();
+        let d = core.acquire(&key, &one, Instant::now(), None, token).await;
+        assert!(matches!(d.unwrap().decision, Decision::Admitted(r) if r.at <= Instant::now()));
+        ops::cancel(core, &by_token(token)).await.unwrap();
+        ops::cancel(core, &by_token(token)).await.unwrap();
+        for _ in 0..2 {
+            let now = Instant::now();
+            let token = store.inner.token();
+            let d = core.acquire(&key, &one, now, Some(now), token).await;
+            assert!(
+                matches!(d.unwrap().decision, Decision::Admitted(_)),
+                "freed"
+            );
+            ops::cancel(core, &by_token(token)).await.unwrap();
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn gates_are_bounded_and_expire() {
+        let g = Gates::default();
+        let now = Instant::now();
+        let key = |i: usize| Key::new(format!("k{i}"));
+        for i in 0..MAX_GATES + 5 {
+            g.close(&key(i), now + Duration::from_secs(1 + i as u64));
+        }
+        assert_eq!(g.lock().len(), MAX_GATES);
+        assert_eq!(g.end(&key(0), now), None, "the first to open is forgotten");
+        assert_eq!(
+            g.end(&key(MAX_GATES + 4), now),
+            Some(now + Duration::from_secs(MAX_GATES as u64 + 5))
+        );
+        // An earlier gate never shortens one.
+        g.close(&key(MAX_GATES + 4), now + Duration::from_secs(1));
+        assert_eq!(
+            g.end(&key(MAX_GATES + 4), now),
+            Some(now + Duration::from_secs(MAX_GATES as u64 + 5))
+        );
+        tokio::time::advance(Duration::from_secs(MAX_GATES as u64 + 10)).await;
+        let now = Instant::now();
+        assert_eq!(g.end(&key(MAX_GATES + 4), now), None, "expired");
+        g.close(&Key::new("new"), now + Duration::from_secs(1));
+        assert_eq!(g.lock().len(), MAX_GATES, "room is made only when full");
+        g.close(&Key::new("newer"), now + Duration::from_secs(1));
+        assert_eq!(g.lock().len(), 2, "the expired ones are dropped when full");
+    }
+
+    #[test]
+    fn tokens_are_distinct() {
+        let mut seen: Vec<u64> = (0..10_000u64).map(|n| mix(7u64.wrapping_add(n))).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), 10_000);
+        assert_ne!(random_u64(), random_u64());
+    }
 
     #[test]
     fn fail_open_divides_every_limit_and_keeps_at_least_one() {

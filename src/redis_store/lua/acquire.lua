@@ -1,10 +1,16 @@
 -- acquire: ARGV = deadline (us after now, -1: none), n, then n times
--- (tag, window us, configured limit, cost). KEYS = hash, n logs.
--- Returns {0, id, wait, at, now} | {1, wait, 0, at, now} | {2, cost, capacity, 0, now}.
+-- (tag, window us, configured limit, cost), then the token record's
+-- longest life (ms). KEYS = hash, n logs, the caller's token key.
+-- Returns {0, id, wait, at, now} | {1, wait, 0, at, now} |
+-- {2, cost, capacity, 0, now} | {3, 0, 0, 0, now} (cancelled by its token
+-- before it ran: its caller is gone; nothing reserved).
 local h = KEYS[1]
 local T = now_us()
 local deadline = tonumber(ARGV[1])
 local n = tonumber(ARGV[2])
+local tk = KEYS[2 + n]
+if redis.call('EXISTS', tk) == 1 then return {3, 0, 0, 0, T} end
+local token_ms = tonumber(ARGV[3 + 4 * n])
 local dims = {}
 for i = 1, n do
   local o = 2 + (i - 1) * 4
@@ -15,7 +21,7 @@ for i = 1, n do
     cost = tonumber(ARGV[o + 4]),
     log = KEYS[1 + i],
   }
-  load_dim(h, d)
+  load_dim(h, d, T)
   prune_dim(d, T)
   dims[i] = d
 end
@@ -32,7 +38,7 @@ for _, d in ipairs(dims) do
   if d.cost > 0 then
     local at = earliest_dim(d, base, d.cost)
     if not at then
-      result = {2, d.cost, d.lim, 0, T}
+      result = {2, d.cost, d.configured, 0, T}
       break
     end
     if at > t then t = at end
@@ -54,6 +60,15 @@ if not result then
     end
   end
   if t > T then last = t end
+  -- The token record lives as long as the reservation counts (at most
+  -- token_ms): a cancel by token finds the id.
+  local maxw = 0
+  for _, d in ipairs(dims) do
+    if d.window > maxw then maxw = d.window end
+  end
+  local ttl = math.ceil((t - T + maxw) / 1000) + 1000
+  if ttl > token_ms then ttl = token_ms end
+  redis.call('SET', tk, int(id), 'PX', ttl)
   result = {0, id, t - T, t, T}
 end
 local horizon = T

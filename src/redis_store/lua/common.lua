@@ -3,8 +3,12 @@
 -- stays below 2^53 so that Lua's doubles hold it exactly.
 -- Layout of one limiter key (all under one hash tag {prefix:key}):
 --   KEYS[1] = {prefix:key}:s   hash: gate, last, id, and per dimension tag
---                              sum:<tag>, lim:<tag>, xc:<tag>, xu:<tag>
+--                              sum:<tag>, lim:<tag> and lu:<tag> (a learned
+--                              limit and its expiry), xc:<tag>, xu:<tag>
 --   KEYS[1+i] = {prefix:key}:l:<tag>  list of "at,id,cost", oldest first
+--   {prefix:key}:k:<token>  the reservation id an acquire made for its
+--                           caller's token (or 'c': cancelled), for a
+--                           cancel whose caller never got the answer
 -- A dimension's tag is "<r|t|i|o>:<window in microseconds>".
 local function now_us()
   local t = redis.call('TIME')
@@ -29,8 +33,18 @@ local function int(x)
   return string.format('%.0f', x)
 end
 
-local function load_dim(h, d)
-  d.lim = num(redis.call('HGET', h, 'lim:' .. d.tag)) or d.configured
+-- Reads a dimension's state. A learned limit counts only with its expiry
+-- (lu:<tag>) still ahead: an expired one, or one stored without an expiry
+-- (by an older version), leaves the configured limit in force.
+local function load_dim(h, d, T)
+  d.lim = d.configured
+  d.lu = nil
+  local lim = num(redis.call('HGET', h, 'lim:' .. d.tag))
+  local lu = num(redis.call('HGET', h, 'lu:' .. d.tag))
+  if lim and lu and lu > T then
+    d.lim = lim
+    d.lu = lu
+  end
   local s = redis.call('HGET', h, 'sum:' .. d.tag)
   if s then
     d.sum = tonumber(s)
@@ -91,17 +105,33 @@ local function earliest_with(d, base, cost, budget)
   return t
 end
 
-local function earliest_dim(d, base, cost)
-  local plain = earliest_with(d, base, cost, d.lim)
+-- The earliest t >= base that fits cost under limit lim, with the
+-- external usage counted until it expires.
+local function earliest_under(d, base, cost, lim)
+  local plain = earliest_with(d, base, cost, lim)
   if not plain then return nil end
   if d.xu and plain < d.xu then
-    local b = d.lim - d.xc
+    local b = lim - d.xc
     if b < 0 then b = 0 end
     local t = earliest_with(d, base, cost, b)
     if t and t < d.xu then return t end
     return d.xu
   end
   return plain
+end
+
+-- The earliest t >= base that fits cost; nil only when cost exceeds the
+-- configured limit (a learned limit expires, so it never makes a request
+-- "never fit"). The learned limit holds before its expiry d.lu, the
+-- configured one from then on.
+local function earliest_dim(d, base, cost)
+  if cost > d.configured then return nil end
+  if not d.lu then return earliest_under(d, base, cost, d.lim) end
+  local t = earliest_under(d, base, cost, d.lim)
+  if t and t < d.lu then return t end
+  local b = base
+  if d.lu > b then b = d.lu end
+  return earliest_under(d, b, cost, d.configured)
 end
 
 -- Finds reservation id in a log, scanning from the newest entry (a
@@ -124,6 +154,37 @@ local function find(log, id)
   return nil
 end
 
+-- Takes reservation id out of the n logs KEYS[2 .. n + 1], whose tags are
+-- ARGV[tags .. tags + n - 1], and moves the FIFO tail back to the newest
+-- reservation left. Returns 1 when the reservation was found.
+local function cancel_id(h, id, n, tags)
+  local last = nil
+  local found = 0
+  for i = 1, n do
+    local log = KEYS[1 + i]
+    local tag = ARGV[tags + i - 1]
+    local idx, e, _, c = find(log, id)
+    if idx then
+      redis.call('LREM', log, -1, e)
+      if redis.call('HEXISTS', h, 'sum:' .. tag) == 1 then
+        redis.call('HINCRBY', h, 'sum:' .. tag, int(-c))
+      end
+      found = 1
+    end
+    local b = redis.call('LINDEX', log, -1)
+    if b then
+      local at = parse(b)
+      if not last or at > last then last = at end
+    end
+  end
+  if last then
+    redis.call('HSET', h, 'last', int(last))
+  else
+    redis.call('HDEL', h, 'last')
+  end
+  return found
+end
+
 -- Sets a key's expiry to at least ttl milliseconds (never shortens it:
 -- another process may have configured a longer window).
 local function extend(k, ttl)
@@ -138,10 +199,11 @@ local function save(h, dims, T, horizon)
   local maxw = 0
   for _, d in ipairs(dims) do
     redis.call('HSET', h, 'sum:' .. d.tag, int(d.sum))
-    if d.lim ~= d.configured then
-      redis.call('HSET', h, 'lim:' .. d.tag, int(d.lim))
+    if d.lu and d.lim ~= d.configured then
+      redis.call('HSET', h, 'lim:' .. d.tag, int(d.lim), 'lu:' .. d.tag, int(d.lu))
+      if d.lu > horizon then horizon = d.lu end
     else
-      redis.call('HDEL', h, 'lim:' .. d.tag)
+      redis.call('HDEL', h, 'lim:' .. d.tag, 'lu:' .. d.tag)
     end
     if d.xu then
       redis.call('HSET', h, 'xc:' .. d.tag, int(d.xc), 'xu:' .. d.tag, int(d.xu))
