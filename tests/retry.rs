@@ -525,3 +525,58 @@ async fn policy_in_towers_retry_honours_the_deadline() {
     assert_eq!(call.await.unwrap().unwrap().status(), 500);
     assert_eq!(start.elapsed(), Duration::from_secs(1));
 }
+
+/// 100 concurrent requests over a provider that answers the first
+/// `failing` attempts with `status` and `headers`, then 200, through a
+/// retry layer whose budget allows 10 % more attempts. Returns how many
+/// attempts reached the provider and how many requests ended with the
+/// budget spent.
+async fn under_budget(
+    status: u16,
+    headers: &'static [(&'static str, &'static str)],
+    failing: usize,
+) -> (usize, usize) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let provider = {
+        let calls = calls.clone();
+        tower::service_fn(move |_req: Request<String>| {
+            let n = calls.fetch_add(1, Ordering::Relaxed);
+            let r = if n < failing {
+                response(status, headers)
+            } else {
+                response(200, &[])
+            };
+            async move { Ok::<_, Infallible>(r) }
+        })
+    };
+    let budget = RetryBudget::new(Duration::from_secs(10), 0.1, 0);
+    let service = quiet().budget(budget).layer(provider);
+    let results =
+        futures::future::join_all((0..100).map(|_| service.clone().oneshot(request()))).await;
+    let exhausted = results
+        .iter()
+        .filter(|r| r.as_ref().is_err_and(|e| e.is_retry_budget_exhausted()))
+        .count();
+    (calls.load(Ordering::Relaxed), exhausted)
+}
+
+/// Issue #11, finding 2: a `Retry-After` exempts a retry from the budget
+/// only when it paces traffic (a rate-limited answer with a wait of at
+/// least 1 s). 503s with `retry-after: 0` (or any wait) draw from it.
+#[tokio::test(start_paused = true)]
+async fn any_retry_after_even_0_no_longer_bypasses_the_retry_budget() {
+    for headers in [&[("retry-after", "0")][..], &[("retry-after", "2")][..]] {
+        let (sent, exhausted) = under_budget(503, headers, usize::MAX).await;
+        // Without the budget: 400 attempts.
+        assert!((100..=110).contains(&sent), "{headers:?}: {sent}");
+        assert!(exhausted >= 90, "{headers:?}: {exhausted}");
+    }
+    // A 429 with a zero (or tiny) wait paces nothing: budgeted too.
+    let (sent, exhausted) = under_budget(429, &[("retry-after-ms", "10")], usize::MAX).await;
+    assert!((100..=110).contains(&sent), "{sent}");
+    assert!(exhausted >= 90, "{exhausted}");
+    // 429s with `retry-after: 2`: the server paces them, none is refused
+    // by the budget (two refusals each, then success).
+    let (sent, exhausted) = under_budget(429, &[("retry-after", "2")], 200).await;
+    assert_eq!((sent, exhausted), (300, 0));
+}

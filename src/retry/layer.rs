@@ -140,9 +140,11 @@ impl<C> RetryLayer<C> {
     }
 
     /// The retry budget (default [`RetryBudget::default`]: 20 % of requests
-    /// plus 1 retry per second over 10 s). Retries whose wait the server
-    /// chose do not draw from it: the provider paces those itself. When it
-    /// is spent the caller gets an error for which
+    /// plus 1 retry per second over 10 s). Only retries the server paces do
+    /// not draw from it: a `rate_limited` or `slow_down` answer with a wait
+    /// of at least [`BUDGET_EXEMPT_RETRY_AFTER`](super::BUDGET_EXEMPT_RETRY_AFTER)
+    /// (1 s); every other retry (5xx, overload, timeout, connect, a zero or
+    /// tiny `Retry-After`) does. When it is spent the caller gets an error for which
     /// [`is_retry_budget_exhausted`](crate::Error::is_retry_budget_exhausted)
     /// holds. Pass the same budget to several layers to share it.
     pub fn budget(mut self, budget: RetryBudget) -> Self {

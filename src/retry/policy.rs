@@ -38,6 +38,23 @@ pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 pub const DEFAULT_SERVER_JITTER: f64 = 0.1;
 /// The largest jitter ever added to a server-given wait: 1 s.
 pub const SERVER_JITTER_MAX: Duration = Duration::from_secs(1);
+/// The shortest server-given wait that exempts a retry from the
+/// [`RetryBudget`]: 1 s. Only a rate-limited answer (`rate_limited`,
+/// `slow_down`) whose `Retry-After` is at least this long is exempt: the
+/// provider is pacing the key, and the rate limiter's gate holds every
+/// request of the key until then, so the retry adds no load. A shorter
+/// wait (`Retry-After: 0`, a `retry-after-ms` of a few milliseconds) paces
+/// nothing, and a wait on a 5xx or an overload does not stop other
+/// requests from piling on: those retries draw from the budget like any
+/// other.
+pub const BUDGET_EXEMPT_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Whether a retry of a failure classified as `c` (of class `class`) is
+/// paced by the server, and so exempt from the budget.
+fn is_paced(c: &Classification, class: ErrorClass) -> bool {
+    matches!(class, ErrorClass::RateLimited | ErrorClass::SlowDown)
+        && c.retry_after.is_some_and(|wait| wait >= BUDGET_EXEMPT_RETRY_AFTER)
+}
 
 type Predicate = dyn Fn(&Classification) -> bool + Send + Sync;
 
@@ -276,9 +293,13 @@ impl<C> Config<C> {
                 return Decision::GiveUp(GiveUp::Deadline);
             }
         }
-        // A wait the server chose is the provider pacing its own load; the
-        // budget guards against retries that nobody asked for.
-        if c.retry_after.is_none() {
+        // The budget guards against retries that multiply the load on a
+        // provider. A retry is exempt only when a server-given wait really
+        // paces it: a rate-limited answer (the limiter's gate holds the
+        // key's requests until then) with a wait of at least the floor.
+        // A 5xx, an overload, a timeout, a connect failure, and any retry
+        // told `Retry-After: 0` or a few milliseconds, withdraw from it.
+        if !is_paced(c, class) {
             if let Some(budget) = &self.budget {
                 if !budget.withdraw() {
                     return Decision::GiveUp(GiveUp::Budget);
