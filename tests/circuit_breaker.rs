@@ -11,7 +11,9 @@ use tokio_test::{assert_pending, assert_ready, assert_ready_ok, task};
 use tower::util::BoxCloneService;
 use tower::{service_fn, Layer, Service, ServiceExt};
 use tower_llm_resilience::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer, Window};
-use tower_llm_resilience::classify::{Classification, ClassifyLayer, LimitState, RateLimits};
+use tower_llm_resilience::classify::{
+    Classification, ClassifyLayer, LimitState, PeekedBody, RateLimits,
+};
 use tower_llm_resilience::events::{CircuitState, Event, Events};
 use tower_llm_resilience::key::SingleKey;
 use tower_llm_resilience::{BoxError, Error, ErrorClass, Key, Provider};
@@ -443,17 +445,21 @@ async fn auth_failures_open_it_at_once() {
     let err = send(&mut svc, req()).await.unwrap_err();
     assert!(err.is_circuit_open() && err.is_auth(), "{err:?}");
     assert_eq!(err.retry_after(), Some(Duration::from_secs(120)));
-    // 403 (permission) likewise.
-    let provider = Scripted::new(403);
+    let provider = Scripted::new(401);
     let mut svc = small().layer(provider.service());
     send(&mut svc, req()).await.unwrap();
     let err = send(&mut svc, req()).await.unwrap_err();
-    assert_eq!(err.class(), ErrorClass::Permission);
     assert_eq!(
         err.retry_after(),
         Some(Duration::from_secs(300)),
         "the default"
     );
+    // 403 (permission) does not: see `one_403_does_not_lock_everybody_out`.
+    let provider = Scripted::new(403);
+    let mut svc = small().layer(provider.service());
+    send(&mut svc, req()).await.unwrap();
+    assert_eq!(send(&mut svc, req()).await.unwrap().status(), 403);
+    assert_eq!(provider.calls(), 2);
 }
 
 #[tokio::test(start_paused = true)]
@@ -671,4 +677,87 @@ async fn a_healthy_full_window_then_an_outage() {
     provider.set(500);
     send(&mut svc, req()).await.unwrap(); // a success leaves: 10 of 20
     assert_eq!(svc.state(&Key::DEFAULT), CircuitState::Open);
+}
+
+/// A provider whose answers, bodies included, the test scripts in order
+/// (the last one repeats), classified by `provider` as `ClassifyLayer`
+/// would.
+fn scripted_bodies(
+    provider: Provider,
+    answers: Vec<(u16, &'static [(&'static str, &'static str)], &'static str)>,
+) -> (
+    impl Service<Req, Response = Response<PeekedBody<String>>, Error = BoxError, Future: Send> + Clone,
+    Arc<AtomicU32>,
+) {
+    let calls = Arc::new(AtomicU32::new(0));
+    let seen = calls.clone();
+    let answers = Arc::new(answers);
+    let inner = service_fn(move |_req: Req| {
+        let n = seen.fetch_add(1, Ordering::SeqCst) as usize;
+        let (status, headers, body) = answers[n.min(answers.len() - 1)];
+        let mut r = Response::builder().status(status);
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        let r = r.body(body.to_string()).unwrap();
+        async move { Ok::<_, BoxError>(r) }
+    });
+    (
+        ClassifyLayer::with_classifier(provider).layer(inner),
+        calls,
+    )
+}
+
+/// Issue #11, finding 1: a 403 `permission_error` (a model this key may not
+/// use) or a 404 `model_not_found` ends that request only; the next request
+/// of the key goes through. A 401 still opens the breaker.
+#[tokio::test(start_paused = true)]
+async fn one_403_does_not_lock_everybody_out() {
+    let forbidden = r#"{"type":"error","error":{"type":"permission_error","message":"Your API key does not have permission to use the specified resource."}}"#;
+    let (inner, calls) = scripted_bodies(
+        Provider::Anthropic,
+        vec![(403, &[], forbidden), (200, &[], "{}")],
+    );
+    let mut svc = small().layer(inner);
+    let r = send(&mut svc, req()).await.unwrap();
+    assert_eq!(r.status(), 403, "passed on");
+    assert_eq!(
+        r.extensions().get::<Classification>().unwrap().class,
+        Some(ErrorClass::Permission)
+    );
+    assert_eq!(svc.state(&Key::DEFAULT), CircuitState::Closed);
+    assert_eq!(send(&mut svc, req()).await.unwrap().status(), 200);
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "the next request went through");
+
+    let missing = r#"{"error":{"message":"The model `gpt-9` does not exist or you do not have access to it.","type":"invalid_request_error","param":null,"code":"model_not_found"}}"#;
+    let (inner, calls) = scripted_bodies(
+        Provider::OpenAi,
+        vec![(404, &[], missing), (200, &[], "{}")],
+    );
+    let mut svc = small().layer(inner);
+    let r = send(&mut svc, req()).await.unwrap();
+    assert_eq!(
+        r.extensions().get::<Classification>().unwrap().class,
+        Some(ErrorClass::NotFound)
+    );
+    assert_eq!(send(&mut svc, req()).await.unwrap().status(), 200);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+    // A storm of 403s, even as half-open probes, never opens it.
+    let (inner, calls) = scripted_bodies(Provider::Anthropic, vec![(403, &[], forbidden)]);
+    let mut svc = small().layer(inner);
+    for _ in 0..30 {
+        assert_eq!(send(&mut svc, req()).await.unwrap().status(), 403);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 30);
+    assert_eq!(svc.state(&Key::DEFAULT), CircuitState::Closed);
+
+    // An invalid API key (401) still opens it.
+    let invalid = r#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}"#;
+    let (inner, calls) = scripted_bodies(Provider::Anthropic, vec![(401, &[], invalid)]);
+    let mut svc = small().layer(inner);
+    send(&mut svc, req()).await.unwrap();
+    let err = send(&mut svc, req()).await.unwrap_err();
+    assert!(err.is_circuit_open() && err.class() == ErrorClass::Auth, "{err:?}");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
 }

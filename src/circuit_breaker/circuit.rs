@@ -23,7 +23,7 @@ use crate::events::CircuitState;
 ///   the open duration grown by [`Config::open_backoff`]; when all probes
 ///   succeeded it closes. A probe whose outcome says nothing (a 400, a
 ///   dropped call: [`release`](Circuit::release)) gives its slot back.
-/// - A [`Outcome::trip`] (quota exhausted, auth) opens it at once from any
+/// - A [`Outcome::trip`] (quota exhausted, invalid API key) opens it at once from any
 ///   state, for the time the outcome carries.
 ///
 /// Every transition starts a new generation and clears the window; the

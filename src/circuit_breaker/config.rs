@@ -66,7 +66,7 @@ pub struct Config {
 /// | [`slow_call_duration`](Config::slow_call_duration) | 60 s | 60 s | — | used once a slow-call rate is set |
 /// | [`count_rate_limited`](Config::count_rate_limited) | false | — | — | a 429 is the rate limiter's job, not a sign of ill health |
 /// | [`quota_open_duration`](Config::quota_open_duration) | 5 min | — | — | when the provider gives no reset; an empty wallet does not refill in seconds |
-/// | [`auth_open_duration`](Config::auth_open_duration) | 5 min | — | — | a revoked key does not heal in 30 s |
+/// | [`auth_open_duration`](Config::auth_open_duration) | 5 min | — | — | `auth` (401) only: a revoked key does not heal in 30 s; a 403 or 404 never opens it |
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -183,8 +183,10 @@ impl Config {
         self
     }
 
-    /// How long an authentication or permission failure opens the breaker
-    /// (default 5 min).
+    /// How long an authentication failure (401, [`ErrorClass::Auth`]: an
+    /// invalid or revoked API key) opens the breaker (default 5 min). A
+    /// permission failure (403) does not open it: it is about one model or
+    /// resource, not the key.
     pub fn auth_open_duration(mut self, duration: Duration) -> Self {
         self.auth_open_duration = duration.min(MAX_OPEN);
         self
@@ -205,11 +207,15 @@ impl Config {
     ///   (`retry_after`, else the largest reset among the rate limits it
     ///   reports as spent) or for
     ///   [`quota_open_duration`](Config::quota_open_duration);
-    /// - `auth` and `permission` open at once for
+    /// - `auth` (401, an invalid or revoked API key: every request of the
+    ///   key will fail) opens at once for
     ///   [`auth_open_duration`](Config::auth_open_duration);
-    /// - the caller's faults (invalid request, context length, not found),
-    ///   cancellations and unknown errors say nothing about the provider's
-    ///   health: they are not recorded at all.
+    /// - `permission` (403: a model or resource this key may not use),
+    ///   `not_found` (404, `model_not_found`) and the caller's other faults
+    ///   (invalid request, context length) end that request only: they say
+    ///   nothing about the provider's health, and the key's other requests
+    ///   (other models) may well be allowed. They are not recorded at all,
+    ///   and neither are cancellations and unknown errors.
     pub fn outcome(&self, classification: &Classification, elapsed: Duration) -> Outcome {
         let Some(class) = classification.class else {
             return Outcome::success(elapsed);
@@ -219,9 +225,7 @@ impl Config {
                 class,
                 quota_reset(classification).unwrap_or(self.quota_open_duration),
             ),
-            ErrorClass::Auth | ErrorClass::Permission => {
-                Outcome::trip(class, self.auth_open_duration)
-            }
+            ErrorClass::Auth => Outcome::trip(class, self.auth_open_duration),
             ErrorClass::RateLimited | ErrorClass::SlowDown if self.count_rate_limited => {
                 Outcome::failure(class, elapsed)
             }

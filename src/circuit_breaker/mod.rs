@@ -17,8 +17,11 @@
 //! - server errors, overload (503, 529), timeouts and connection failures
 //!   are failures;
 //! - the caller's faults (400, context length exceeded, 404 model not
-//!   found) are not recorded: a storm of bad requests says nothing about the
-//!   provider's health and never opens the breaker;
+//!   found, 403 permission denied for a model this key may not use) are not
+//!   recorded: they end that request only; a storm of bad requests says
+//!   nothing about the provider's health and never opens the breaker (and
+//!   a breaker keyed by API key would otherwise lock out the key's other
+//!   models);
 //! - a 429 rate limit is not a failure by default (it is the limiter's job;
 //!   see [`count_rate_limited`](CircuitBreakerLayer::count_rate_limited));
 //! - **quota is not health**: one `quota_exhausted` answer (OpenAI
@@ -27,7 +30,7 @@
 //!   provider gave (its `Retry-After`, or the reset of the rate limit it
 //!   reports spent) or for
 //!   [`quota_open_duration`](CircuitBreakerLayer::quota_open_duration); an
-//!   auth or permission failure opens it at once for
+//!   invalid API key (`auth`, 401) opens it at once for
 //!   [`auth_open_duration`](CircuitBreakerLayer::auth_open_duration).
 //!
 //! The breaker sits outermost, above the retry layer, so it sees one
