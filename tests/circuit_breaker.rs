@@ -761,3 +761,39 @@ async fn one_403_does_not_lock_everybody_out() {
     assert!(err.is_circuit_open() && err.class() == ErrorClass::Auth, "{err:?}");
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
+
+/// Issue #11, finding 4: an inner service that panics in `call` while the
+/// breaker is half-open does not take the probe slot with it.
+#[tokio::test(start_paused = true)]
+async fn a_panic_in_call_does_not_leak_the_probe_slot() {
+    // 0: answer 500; 1: panic in `call`; 2: answer 200.
+    let mode = Arc::new(AtomicU32::new(0));
+    let reached = Arc::new(AtomicU32::new(0));
+    let (m, r) = (mode.clone(), reached.clone());
+    let inner = service_fn(move |_req: Req| {
+        r.fetch_add(1, Ordering::SeqCst);
+        let status = match m.load(Ordering::SeqCst) {
+            0 => 500,
+            1 => panic!("the inner service panics in call"),
+            _ => 200,
+        };
+        async move { Ok::<_, BoxError>(response(status)) }
+    });
+    let mut svc = small().half_open_probes(1).layer(inner);
+    trip(&mut svc).await;
+    advance(Duration::from_secs(10)).await;
+
+    mode.store(1, Ordering::SeqCst);
+    let ready = svc.ready().await.unwrap();
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = ready.call(req());
+    }));
+    assert!(panicked.is_err());
+    assert_eq!(reached.load(Ordering::SeqCst), 6);
+
+    // The slot came back: the next call is admitted as the probe.
+    mode.store(2, Ordering::SeqCst);
+    assert_eq!(send(&mut svc, req()).await.unwrap().status(), 200);
+    assert_eq!(reached.load(Ordering::SeqCst), 7);
+    assert_eq!(svc.state(&Key::DEFAULT), CircuitState::Closed);
+}
