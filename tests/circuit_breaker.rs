@@ -797,3 +797,63 @@ async fn a_panic_in_call_does_not_leak_the_probe_slot() {
     assert_eq!(reached.load(Ordering::SeqCst), 7);
     assert_eq!(svc.state(&Key::DEFAULT), CircuitState::Closed);
 }
+
+/// Issue #11, finding 5: a server-given open time (a quota reset a day
+/// away) is capped at `max_trip_open` (default 1 h); then the breaker
+/// half-opens and probes as usual.
+#[tokio::test(start_paused = true)]
+async fn open_circuits_are_not_sticky() {
+    let body = r#"{"error":{"message":"You exceeded your current quota, please check your plan and billing details.","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}"#;
+    let (inner, calls) = scripted_bodies(
+        Provider::OpenAi,
+        vec![(429, &[("retry-after", "86400")], body), (200, &[], "{}")],
+    );
+    let mut svc = small().layer(inner);
+    assert_eq!(send(&mut svc, req()).await.unwrap().status(), 429);
+    let err = send(&mut svc, req()).await.unwrap_err();
+    assert!(err.is_circuit_open() && err.is_quota_exhausted(), "{err:?}");
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(3600)));
+    advance(Duration::from_secs(3600)).await;
+    send(&mut svc, req()).await.unwrap(); // probe 1 of 2
+    assert_eq!(svc.state(&Key::DEFAULT), CircuitState::HalfOpen);
+    send(&mut svc, req()).await.unwrap();
+    assert_eq!(svc.state(&Key::DEFAULT), CircuitState::Closed);
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+
+    // The state machine alone: even a trip of a week.
+    use tower_llm_resilience::circuit_breaker::{Circuit, Config, Outcome};
+    let now = tokio::time::Instant::now();
+    let mut circuit = Circuit::new(Config::new(), now);
+    let (permit, _) = circuit.try_acquire(now);
+    let week = Duration::from_secs(7 * 24 * 3600);
+    circuit.on_result(
+        permit.unwrap(),
+        Outcome::trip(ErrorClass::QuotaExhausted, week),
+        now,
+    );
+    let (rejected, _) = circuit.try_acquire(now);
+    assert_eq!(
+        rejected.unwrap_err().retry_after(),
+        Some(Duration::from_secs(3600))
+    );
+    let (permit, _) = circuit.try_acquire(now + Duration::from_secs(3600));
+    assert!(permit.unwrap().is_probe());
+
+    // A shorter bound, and one that also caps the configured times.
+    let (inner, _) = scripted_bodies(
+        Provider::OpenAi,
+        vec![(429, &[("retry-after", "86400")], body), (401, &[], "")],
+    );
+    let mut svc = small()
+        .max_trip_open(Duration::from_secs(600))
+        .auth_open_duration(Duration::from_secs(7200))
+        .layer(inner);
+    send(&mut svc, req()).await.unwrap();
+    let err = send(&mut svc, req()).await.unwrap_err();
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(600)));
+    advance(Duration::from_secs(600)).await;
+    send(&mut svc, req()).await.unwrap(); // the probe: a 401
+    let err = send(&mut svc, req()).await.unwrap_err();
+    assert!(err.is_circuit_open() && err.class() == ErrorClass::Auth);
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(600)));
+}

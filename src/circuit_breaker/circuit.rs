@@ -23,8 +23,10 @@ use crate::events::CircuitState;
 ///   the open duration grown by [`Config::open_backoff`]; when all probes
 ///   succeeded it closes. A probe whose outcome says nothing (a 400, a
 ///   dropped call: [`release`](Circuit::release)) gives its slot back.
-/// - A [`Outcome::trip`] (quota exhausted, invalid API key) opens it at once from any
-///   state, for the time the outcome carries.
+/// - A [`Outcome::trip`] (quota exhausted, invalid API key) opens it at
+///   once from any state, for the time the outcome carries, at most
+///   [`Config::max_trip_open`] (1 h by default); then it half-opens as
+///   usual.
 ///
 /// Every transition starts a new generation and clears the window; the
 /// outcome of a call admitted in an earlier generation is not recorded
@@ -363,7 +365,9 @@ impl Circuit {
     }
 
     fn trip(&mut self, class: ErrorClass, open_for: Duration, now: Instant) -> Option<Transition> {
-        let open_for = open_for.min(MAX_OPEN);
+        // A server-given time (a quota reset a day away) never sticks: the
+        // circuit probes again after `max_trip_open` at the latest.
+        let open_for = open_for.min(self.config.max_trip_open).min(MAX_OPEN);
         if let State::Open { until, .. } = &mut self.state {
             // Already open: keep it open at least until this trip ends.
             let new_until = deadline(now, open_for);

@@ -48,6 +48,7 @@ pub struct Config {
     pub(crate) count_rate_limited: bool,
     pub(crate) quota_open_duration: Duration,
     pub(crate) auth_open_duration: Duration,
+    pub(crate) max_trip_open: Duration,
 }
 
 /// The defaults, chosen for LLM traffic: tens of calls per second at most,
@@ -67,6 +68,7 @@ pub struct Config {
 /// | [`count_rate_limited`](Config::count_rate_limited) | false | — | — | a 429 is the rate limiter's job, not a sign of ill health |
 /// | [`quota_open_duration`](Config::quota_open_duration) | 5 min | — | — | when the provider gives no reset; an empty wallet does not refill in seconds |
 /// | [`auth_open_duration`](Config::auth_open_duration) | 5 min | — | — | `auth` (401) only: a revoked key does not heal in 30 s; a 403 or 404 never opens it |
+/// | [`max_trip_open`](Config::max_trip_open) | 1 h | — | — | nothing learned from a provider is forever: one probe an hour costs nothing and heals a bogus or wrong reset (a quota reset "tomorrow") |
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -82,6 +84,7 @@ impl Default for Config {
             count_rate_limited: false,
             quota_open_duration: Duration::from_secs(300),
             auth_open_duration: Duration::from_secs(300),
+            max_trip_open: Duration::from_secs(3600),
         }
     }
 }
@@ -177,7 +180,8 @@ impl Config {
     }
 
     /// How long a quota-exhausted answer opens the breaker when the
-    /// provider gives no reset time (default 5 min).
+    /// provider gives no reset time (default 5 min; at most
+    /// [`max_trip_open`](Config::max_trip_open)).
     pub fn quota_open_duration(mut self, duration: Duration) -> Self {
         self.quota_open_duration = duration.min(MAX_OPEN);
         self
@@ -189,6 +193,21 @@ impl Config {
     /// resource, not the key.
     pub fn auth_open_duration(mut self, duration: Duration) -> Self {
         self.auth_open_duration = duration.min(MAX_OPEN);
+        self
+    }
+
+    /// The longest a trip keeps the breaker open (default 1 h), whatever
+    /// the open time it carries: a quota reset the provider gave (a
+    /// `Retry-After` of a day, a daily quota's reset),
+    /// [`quota_open_duration`](Config::quota_open_duration),
+    /// [`auth_open_duration`](Config::auth_open_duration), or an
+    /// [`Outcome::trip`] made by hand. After it the breaker half-opens and
+    /// probes as usual: if the quota is still spent, the probe's answer
+    /// opens it again. Nothing learned from a provider sticks for longer,
+    /// so a wrong or bogus reset heals within this time, at the cost of a
+    /// few probes. Longer values are cut to 7 days.
+    pub fn max_trip_open(mut self, duration: Duration) -> Self {
+        self.max_trip_open = duration.min(MAX_OPEN);
         self
     }
 
@@ -206,7 +225,8 @@ impl Config {
     /// - `quota_exhausted` opens at once, until the provider's reset
     ///   (`retry_after`, else the largest reset among the rate limits it
     ///   reports as spent) or for
-    ///   [`quota_open_duration`](Config::quota_open_duration);
+    ///   [`quota_open_duration`](Config::quota_open_duration); the circuit
+    ///   caps it at [`max_trip_open`](Config::max_trip_open);
     /// - `auth` (401, an invalid or revoked API key: every request of the
     ///   key will fail) opens at once for
     ///   [`auth_open_duration`](Config::auth_open_duration);
@@ -306,7 +326,8 @@ impl Outcome {
         }
     }
 
-    /// Open at once, for `open_for`, whatever the rates say (quota, auth).
+    /// Open at once, for `open_for` (at most
+    /// [`Config::max_trip_open`]), whatever the rates say (quota, auth).
     pub const fn trip(class: ErrorClass, open_for: Duration) -> Self {
         Outcome {
             kind: OutcomeKind::Trip { class, open_for },

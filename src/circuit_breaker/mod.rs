@@ -31,7 +31,11 @@
 //!   reports spent) or for
 //!   [`quota_open_duration`](CircuitBreakerLayer::quota_open_duration); an
 //!   invalid API key (`auth`, 401) opens it at once for
-//!   [`auth_open_duration`](CircuitBreakerLayer::auth_open_duration).
+//!   [`auth_open_duration`](CircuitBreakerLayer::auth_open_duration);
+//! - **nothing sticks**: whatever open time a trip carries (a quota reset a
+//!   day away), the breaker half-opens and probes after
+//!   [`max_trip_open`](CircuitBreakerLayer::max_trip_open) (1 h) at the
+//!   latest; a bogus or wrong reset heals within the hour.
 //!
 //! The breaker sits outermost, above the retry layer, so it sees one
 //! outcome per logical call: a provider that is down fails fast before
