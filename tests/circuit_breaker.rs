@@ -540,7 +540,11 @@ async fn half_open_admits_only_the_set_number_of_probes() {
         match fut.poll() {
             std::task::Poll::Ready(Err(e)) => {
                 assert!(e.is_circuit_open());
-                assert_eq!(e.retry_after(), None, "half-open: the probes decide");
+                assert_eq!(
+                    e.retry_after(),
+                    Some(Duration::from_secs(300)),
+                    "half-open: until the earliest probe's deadline"
+                );
                 rejected += 1;
             }
             std::task::Poll::Ready(Ok(_)) => panic!("no response was sent"),
@@ -760,6 +764,100 @@ async fn one_403_does_not_lock_everybody_out() {
     let err = send(&mut svc, req()).await.unwrap_err();
     assert!(err.is_circuit_open() && err.class() == ErrorClass::Auth, "{err:?}");
     assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+/// Issue #11, finding 3: a probe that never answers does not keep its slot
+/// forever. After the probe timeout (default 5 min) it counts as a failure
+/// (the circuit opens again for the open duration) and its slot is free;
+/// while it runs, a rejected call learns when its deadline is; its late
+/// outcome is ignored.
+#[tokio::test(start_paused = true)]
+async fn half_open_probes_have_a_timeout() {
+    let provider = Scripted::new(500);
+    let mut svc = small().half_open_probes(1).layer(provider.service());
+    trip(&mut svc).await;
+    advance(Duration::from_secs(10)).await;
+
+    // The probe hangs (for an hour); its answer will be a 500.
+    *provider.delay.lock().unwrap() = Duration::from_secs(3600);
+    let mut hung = task::spawn(svc.ready().await.unwrap().call(req()));
+    assert_pending!(hung.poll());
+    assert_eq!(svc.state(&Key::DEFAULT), CircuitState::HalfOpen);
+    advance(Duration::from_secs(60)).await;
+    let err = send(&mut svc, req()).await.unwrap_err();
+    assert!(err.is_circuit_open());
+    assert_eq!(
+        err.retry_after(),
+        Some(Duration::from_secs(240)),
+        "until the probe's deadline"
+    );
+
+    // At its deadline, the probe has failed: open again for 10 s.
+    advance(Duration::from_secs(240)).await;
+    let err = send(&mut svc, req()).await.unwrap_err();
+    assert!(err.is_circuit_open());
+    assert_eq!(err.class(), ErrorClass::Timeout);
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(10)));
+    assert_eq!(svc.state(&Key::DEFAULT), CircuitState::Open);
+
+    // Then a new probe is let through, and closes it.
+    advance(Duration::from_secs(10)).await;
+    *provider.delay.lock().unwrap() = Duration::ZERO;
+    provider.set(200);
+    assert_eq!(send(&mut svc, req()).await.unwrap().status(), 200);
+    assert_eq!(svc.state(&Key::DEFAULT), CircuitState::Closed);
+
+    // The hung probe's late 500 is ignored.
+    provider.set(500);
+    advance(Duration::from_secs(3600)).await;
+    assert_eq!(assert_ready_ok!(hung.poll()).status(), 500);
+    assert_eq!(svc.state(&Key::DEFAULT), CircuitState::Closed);
+    assert_eq!(provider.calls(), 5 + 2);
+
+    // The state machine alone, driven by `now`, with a set timeout.
+    use tower_llm_resilience::circuit_breaker::{Circuit, Config, Outcome};
+    let config = Config::new()
+        .window(Window::Count(1))
+        .minimum_calls(1)
+        .half_open_probes(2)
+        .probe_timeout(Duration::from_secs(60));
+    let t0 = tokio::time::Instant::now();
+    let at = |s: u64| t0 + Duration::from_secs(s);
+    let mut circuit = Circuit::new(config, t0);
+    let (p, _) = circuit.try_acquire(t0);
+    let failure = Outcome::failure(ErrorClass::ServerError, Duration::ZERO);
+    circuit.on_result(p.unwrap(), failure, t0);
+    let (first, _) = circuit.try_acquire(at(10)); // half-open
+    let (second, _) = circuit.try_acquire(at(30));
+    let (first, second) = (first.unwrap(), second.unwrap());
+    let (full, _) = circuit.try_acquire(at(50));
+    assert_eq!(full.unwrap_err().retry_after(), Some(Duration::from_secs(20)));
+    // The first succeeds in time; the hint moves on to the second's
+    // deadline (30 s + 60 s).
+    circuit.on_result(first, Outcome::success(Duration::ZERO), at(55));
+    let (full, _) = circuit.try_acquire(at(80));
+    assert_eq!(full.unwrap_err().retry_after(), Some(Duration::from_secs(10)));
+    // The second is unanswered at its deadline (90 s): open again.
+    let (rejected, t) = circuit.try_acquire(at(90));
+    let rejected = rejected.unwrap_err();
+    assert_eq!(rejected.class(), ErrorClass::Timeout);
+    assert_eq!(rejected.retry_after(), Some(Duration::from_secs(10)));
+    let t = t.unwrap();
+    assert_eq!((t.from, t.to), (CircuitState::HalfOpen, CircuitState::Open));
+    // Its late outcome is ignored; after the open time, new probes.
+    let late = Outcome::failure(ErrorClass::ServerError, Duration::ZERO);
+    assert_eq!(circuit.on_result(second, late, at(91)), None);
+    assert_eq!(circuit.state(), CircuitState::Open);
+    let (probe, _) = circuit.try_acquire(at(100));
+    let probe = probe.unwrap();
+    assert!(probe.is_probe());
+
+    // Noticed by an outcome too: a probe that answers at or after its
+    // deadline, with nobody asking in between, has failed all the same.
+    let t = circuit.on_result(probe, Outcome::success(Duration::ZERO), at(160));
+    let t = t.unwrap();
+    assert_eq!((t.to, t.class), (CircuitState::Open, Some(ErrorClass::Timeout)));
+    assert_eq!(circuit.state(), CircuitState::Open);
 }
 
 /// Issue #11, finding 4: an inner service that panics in `call` while the

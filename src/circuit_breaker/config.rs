@@ -45,6 +45,7 @@ pub struct Config {
     pub(crate) backoff_factor: f64,
     pub(crate) backoff_max: Duration,
     pub(crate) half_open_probes: u32,
+    pub(crate) probe_timeout: Duration,
     pub(crate) count_rate_limited: bool,
     pub(crate) quota_open_duration: Duration,
     pub(crate) auth_open_duration: Duration,
@@ -63,6 +64,7 @@ pub struct Config {
 /// | [`open_duration`](Config::open_duration) | 10 s | 60 s | 5 s | recovery is noticed within 10 s; 3 probes per 10 s cost the provider nothing |
 /// | [`open_backoff`](Config::open_backoff) | off | off | off | turn on for long outages and many clients |
 /// | [`half_open_probes`](Config::half_open_probes) | 3 | 10 | 1 | one lucky answer does not close it; 10 would take long at low volume |
+/// | [`probe_timeout`](Config::probe_timeout) | 5 min | none (`maxWaitDurationInHalfOpenState` 0) | none | above a long LLM call (a minute or two for a long output, more for a reasoning model) and its retries, so a slow but healthy provider still closes it; a hung probe blocks its key 5 min at most (the stack's attempt timeout, 10 min, would cut it later) |
 /// | [`slow_call_rate`](Config::slow_call_rate) | off | 1.0 | — | an LLM call's time grows with its output, which the breaker cannot see |
 /// | [`slow_call_duration`](Config::slow_call_duration) | 60 s | 60 s | — | used once a slow-call rate is set |
 /// | [`count_rate_limited`](Config::count_rate_limited) | false | — | — | a 429 is the rate limiter's job, not a sign of ill health |
@@ -81,6 +83,7 @@ impl Default for Config {
             backoff_factor: 1.0,
             backoff_max: Duration::from_secs(10),
             half_open_probes: 3,
+            probe_timeout: Duration::from_secs(300),
             count_rate_limited: false,
             quota_open_duration: Duration::from_secs(300),
             auth_open_duration: Duration::from_secs(300),
@@ -168,6 +171,26 @@ impl Config {
     /// it again. Calls beyond them fail fast.
     pub fn half_open_probes(mut self, n: u32) -> Self {
         self.half_open_probes = n.max(1);
+        self
+    }
+
+    /// How long a half-open probe may run before it counts as failed
+    /// (default 5 min; at least 1 ms, at most 7 days). A probe that never
+    /// answers would otherwise keep its slot forever, and the breaker would
+    /// stay half-open rejecting every call. At the deadline the circuit
+    /// opens again as for a failed probe (class [`ErrorClass::Timeout`],
+    /// with the usual open duration and backoff), every slot is free, and
+    /// the probe's late outcome is ignored. The call itself is not
+    /// cancelled (put a timeout inside the breaker for that), and no timer
+    /// runs: the deadline is checked by the next call of the key or the
+    /// next outcome, so [`state`](super::CircuitBreaker::state) may read
+    /// half-open until then.
+    ///
+    /// Meanwhile a call rejected because every slot is taken gets the time
+    /// until the earliest probe's deadline as its
+    /// [`retry_after`](crate::Error::retry_after).
+    pub fn probe_timeout(mut self, timeout: Duration) -> Self {
+        self.probe_timeout = timeout.clamp(Duration::from_millis(1), MAX_OPEN);
         self
     }
 

@@ -88,6 +88,8 @@ impl<K, C> CircuitBreakerLayer<K, C> {
         open_backoff(factor: f64, max: Duration);
         /// See [`Config::half_open_probes`] (default 3).
         half_open_probes(n: u32);
+        /// See [`Config::probe_timeout`] (default 5 min).
+        probe_timeout(timeout: Duration);
         /// See [`Config::count_rate_limited`] (default `false`).
         count_rate_limited(count: bool);
         /// See [`Config::quota_open_duration`] (default 5 min).

@@ -9,7 +9,11 @@
 //! open time it turns **half-open** and lets a few probe calls through: if
 //! they all succeed it closes, if one fails it opens again (for longer, if
 //! [`open_backoff`](CircuitBreakerLayer::open_backoff) is set). These are
-//! the states of Resilience4j and Polly.
+//! the states of Resilience4j and Polly. A probe still unanswered after
+//! [`probe_timeout`](CircuitBreakerLayer::probe_timeout) (5 min) has
+//! failed: a hung probe never keeps the breaker half-open, and while the
+//! probes run, a rejected call's `retry_after` says when the earliest of
+//! them times out.
 //!
 //! What counts comes from [`classify`](crate::classify), once for every
 //! layer:
