@@ -194,7 +194,11 @@ impl fmt::Display for Key {
             Repr::Shared(s) => f.write_str(s),
             Repr::Fingerprint(fp) => {
                 // `{:#}` shows every kept bit, `{}` a prefix.
-                let shown = if f.alternate() { &fp[..] } else { &fp[..SHOWN_LEN] };
+                let shown = if f.alternate() {
+                    &fp[..]
+                } else {
+                    &fp[..SHOWN_LEN]
+                };
                 f.write_str("fp:")?;
                 for b in shown {
                     write!(f, "{b:02x}")?;
@@ -405,7 +409,10 @@ mod tests {
         assert_ne!(key, Key::fingerprint(b"Bearer sk-other"));
         // A fixed value for a given secret: HMAC-SHA256 of the empty
         // message under the empty key is b613679a0814d9ec772f95d7...
-        assert_eq!(Key::fingerprint_with(b"", b"").to_string(), "fp:b613679a0814d9ec");
+        assert_eq!(
+            Key::fingerprint_with(b"", b"").to_string(),
+            "fp:b613679a0814d9ec"
+        );
     }
 
     #[test]

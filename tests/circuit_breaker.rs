@@ -683,12 +683,15 @@ async fn a_healthy_full_window_then_an_outage() {
     assert_eq!(svc.state(&Key::DEFAULT), CircuitState::Open);
 }
 
+/// A scripted answer: status, headers, body.
+type Answer = (u16, &'static [(&'static str, &'static str)], &'static str);
+
 /// A provider whose answers, bodies included, the test scripts in order
 /// (the last one repeats), classified by `provider` as `ClassifyLayer`
 /// would.
 fn scripted_bodies(
     provider: Provider,
-    answers: Vec<(u16, &'static [(&'static str, &'static str)], &'static str)>,
+    answers: Vec<Answer>,
 ) -> (
     impl Service<Req, Response = Response<PeekedBody<String>>, Error = BoxError, Future: Send> + Clone,
     Arc<AtomicU32>,
@@ -706,10 +709,7 @@ fn scripted_bodies(
         let r = r.body(body.to_string()).unwrap();
         async move { Ok::<_, BoxError>(r) }
     });
-    (
-        ClassifyLayer::with_classifier(provider).layer(inner),
-        calls,
-    )
+    (ClassifyLayer::with_classifier(provider).layer(inner), calls)
 }
 
 /// Issue #11, finding 1: a 403 `permission_error` (a model this key may not
@@ -731,7 +731,11 @@ async fn one_403_does_not_lock_everybody_out() {
     );
     assert_eq!(svc.state(&Key::DEFAULT), CircuitState::Closed);
     assert_eq!(send(&mut svc, req()).await.unwrap().status(), 200);
-    assert_eq!(calls.load(Ordering::SeqCst), 2, "the next request went through");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "the next request went through"
+    );
 
     let missing = r#"{"error":{"message":"The model `gpt-9` does not exist or you do not have access to it.","type":"invalid_request_error","param":null,"code":"model_not_found"}}"#;
     let (inner, calls) = scripted_bodies(
@@ -757,12 +761,16 @@ async fn one_403_does_not_lock_everybody_out() {
     assert_eq!(svc.state(&Key::DEFAULT), CircuitState::Closed);
 
     // An invalid API key (401) still opens it.
-    let invalid = r#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}"#;
+    let invalid =
+        r#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}"#;
     let (inner, calls) = scripted_bodies(Provider::Anthropic, vec![(401, &[], invalid)]);
     let mut svc = small().layer(inner);
     send(&mut svc, req()).await.unwrap();
     let err = send(&mut svc, req()).await.unwrap_err();
-    assert!(err.is_circuit_open() && err.class() == ErrorClass::Auth, "{err:?}");
+    assert!(
+        err.is_circuit_open() && err.class() == ErrorClass::Auth,
+        "{err:?}"
+    );
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
 
@@ -831,12 +839,18 @@ async fn half_open_probes_have_a_timeout() {
     let (second, _) = circuit.try_acquire(at(30));
     let (first, second) = (first.unwrap(), second.unwrap());
     let (full, _) = circuit.try_acquire(at(50));
-    assert_eq!(full.unwrap_err().retry_after(), Some(Duration::from_secs(20)));
+    assert_eq!(
+        full.unwrap_err().retry_after(),
+        Some(Duration::from_secs(20))
+    );
     // The first succeeds in time; the hint moves on to the second's
     // deadline (30 s + 60 s).
     circuit.on_result(first, Outcome::success(Duration::ZERO), at(55));
     let (full, _) = circuit.try_acquire(at(80));
-    assert_eq!(full.unwrap_err().retry_after(), Some(Duration::from_secs(10)));
+    assert_eq!(
+        full.unwrap_err().retry_after(),
+        Some(Duration::from_secs(10))
+    );
     // The second is unanswered at its deadline (90 s): open again.
     let (rejected, t) = circuit.try_acquire(at(90));
     let rejected = rejected.unwrap_err();
@@ -856,7 +870,10 @@ async fn half_open_probes_have_a_timeout() {
     // deadline, with nobody asking in between, has failed all the same.
     let t = circuit.on_result(probe, Outcome::success(Duration::ZERO), at(160));
     let t = t.unwrap();
-    assert_eq!((t.to, t.class), (CircuitState::Open, Some(ErrorClass::Timeout)));
+    assert_eq!(
+        (t.to, t.class),
+        (CircuitState::Open, Some(ErrorClass::Timeout))
+    );
     assert_eq!(circuit.state(), CircuitState::Open);
 }
 
@@ -884,7 +901,7 @@ async fn a_panic_in_call_does_not_leak_the_probe_slot() {
     mode.store(1, Ordering::SeqCst);
     let ready = svc.ready().await.unwrap();
     let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let _ = ready.call(req());
+        drop(ready.call(req()));
     }));
     assert!(panicked.is_err());
     assert_eq!(reached.load(Ordering::SeqCst), 6);

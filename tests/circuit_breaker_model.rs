@@ -68,14 +68,8 @@ impl Params {
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum MState {
     Closed,
-    Open {
-        until: Instant,
-        class: ErrorClass,
-    },
-    HalfOpen {
-        ok: u32,
-        class: ErrorClass,
-    },
+    Open { until: Instant, class: ErrorClass },
+    HalfOpen { ok: u32, class: ErrorClass },
 }
 
 /// The reference: the spec, written plainly.

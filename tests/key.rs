@@ -36,7 +36,7 @@ fn the_key_fingerprint_is_a_keyed_hash_that_hides_the_secret_and_the_api_key() {
     let shared = ByHeader::api_key().fingerprint_secret(secret);
     assert_eq!(shared.key(&with_auth(api_key)), key);
     let anthropic = ByHeader::new(http::HeaderName::from_static("x-api-key"))
-        .fingerprint_secret(secret.as_bytes().to_vec());
+        .fingerprint_secret(secret.as_bytes());
     assert_eq!(anthropic.key(&with_auth(api_key)), key);
     assert_ne!(
         shared.key(&with_auth("Bearer sk-test-124")),

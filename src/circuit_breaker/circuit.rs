@@ -79,14 +79,8 @@ pub struct Circuit {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
     Closed,
-    Open {
-        until: Instant,
-        class: ErrorClass,
-    },
-    HalfOpen {
-        succeeded: u32,
-        class: ErrorClass,
-    },
+    Open { until: Instant, class: ErrorClass },
+    HalfOpen { succeeded: u32, class: ErrorClass },
 }
 
 /// Leave to make one call, from [`Circuit::try_acquire`]; give it back with

@@ -93,8 +93,9 @@ pub use self::buffer::{BufferBody, BufferBodyLayer, BufferFuture, DEFAULT_BUFFER
 pub use self::future::ResponseFuture;
 pub use self::layer::RetryLayer;
 pub use self::policy::{
-    ClassifyError, RetryPolicy, BUDGET_EXEMPT_RETRY_AFTER, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_RETRY_AFTER,
-    DEFAULT_RATE_LIMITED_ATTEMPTS, DEFAULT_SERVER_JITTER, SERVER_JITTER_MAX,
+    ClassifyError, RetryPolicy, BUDGET_EXEMPT_RETRY_AFTER, DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_RETRY_AFTER, DEFAULT_RATE_LIMITED_ATTEMPTS, DEFAULT_SERVER_JITTER,
+    SERVER_JITTER_MAX,
 };
 pub use self::service::Retry;
 pub use self::spike::RetrySpike;

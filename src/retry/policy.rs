@@ -53,7 +53,8 @@ pub const BUDGET_EXEMPT_RETRY_AFTER: Duration = Duration::from_secs(1);
 /// paced by the server, and so exempt from the budget.
 fn is_paced(c: &Classification, class: ErrorClass) -> bool {
     matches!(class, ErrorClass::RateLimited | ErrorClass::SlowDown)
-        && c.retry_after.is_some_and(|wait| wait >= BUDGET_EXEMPT_RETRY_AFTER)
+        && c.retry_after
+            .is_some_and(|wait| wait >= BUDGET_EXEMPT_RETRY_AFTER)
 }
 
 type Predicate = dyn Fn(&Classification) -> bool + Send + Sync;
