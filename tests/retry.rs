@@ -527,11 +527,12 @@ async fn policy_in_towers_retry_honours_the_deadline() {
 }
 
 /// 100 concurrent requests over a provider that answers the first
-/// `failing` attempts with `status` and `headers`, then 200, through a
-/// retry layer whose budget allows 10 % more attempts. Returns how many
+/// `failing` attempts with `status` and `headers`, then 200, through
+/// `layer` with a budget that allows 10 % more attempts. Returns how many
 /// attempts reached the provider and how many requests ended with the
 /// budget spent.
 async fn under_budget(
+    layer: RetryLayer,
     status: u16,
     headers: &'static [(&'static str, &'static str)],
     failing: usize,
@@ -550,7 +551,7 @@ async fn under_budget(
         })
     };
     let budget = RetryBudget::new(Duration::from_secs(10), 0.1, 0);
-    let service = quiet().budget(budget).layer(provider);
+    let service = layer.budget(budget).layer(provider);
     let results =
         futures::future::join_all((0..100).map(|_| service.clone().oneshot(request()))).await;
     let exhausted = results
@@ -561,22 +562,38 @@ async fn under_budget(
 }
 
 /// Issue #11, finding 2: a `Retry-After` exempts a retry from the budget
-/// only when it paces traffic (a rate-limited answer with a wait of at
-/// least 1 s). 503s with `retry-after: 0` (or any wait) draw from it.
+/// only when it paces traffic: a rate-limited answer with a wait above the
+/// floor. 503s with `retry-after: 0` (or any wait) draw from it, and so
+/// do 429s with `retry-after: 0`; 429s with `retry-after: 2` do not.
 #[tokio::test(start_paused = true)]
 async fn any_retry_after_even_0_no_longer_bypasses_the_retry_budget() {
+    let budgeted = |sent: usize, exhausted: usize| (100..=110).contains(&sent) && exhausted >= 90;
     for headers in [&[("retry-after", "0")][..], &[("retry-after", "2")][..]] {
-        let (sent, exhausted) = under_budget(503, headers, usize::MAX).await;
+        let (sent, exhausted) = under_budget(quiet(), 503, headers, usize::MAX).await;
         // Without the budget: 400 attempts.
-        assert!((100..=110).contains(&sent), "{headers:?}: {sent}");
-        assert!(exhausted >= 90, "{headers:?}: {exhausted}");
+        assert!(
+            budgeted(sent, exhausted),
+            "503 {headers:?}: {sent}, {exhausted}"
+        );
     }
-    // A 429 with a zero (or tiny) wait paces nothing: budgeted too.
-    let (sent, exhausted) = under_budget(429, &[("retry-after-ms", "10")], usize::MAX).await;
-    assert!((100..=110).contains(&sent), "{sent}");
-    assert!(exhausted >= 90, "{exhausted}");
+    let (sent, exhausted) = under_budget(quiet(), 429, &[("retry-after", "0")], usize::MAX).await;
+    assert!(
+        budgeted(sent, exhausted),
+        "429 retry-after 0: {sent}, {exhausted}"
+    );
     // 429s with `retry-after: 2`: the server paces them, none is refused
     // by the budget (two refusals each, then success).
-    let (sent, exhausted) = under_budget(429, &[("retry-after", "2")], 200).await;
+    let (sent, exhausted) = under_budget(quiet(), 429, &[("retry-after", "2")], 200).await;
+    assert_eq!((sent, exhausted), (300, 0));
+    // A sliding window's precise short wait paces too, by default...
+    let short = &[("retry-after-ms", "10")];
+    let (sent, exhausted) = under_budget(quiet(), 429, short, 200).await;
+    assert_eq!((sent, exhausted), (300, 0));
+    // ...unless the floor is raised.
+    let strict = quiet().budget_exempt_retry_after(Duration::from_secs(1));
+    let (sent, exhausted) = under_budget(strict, 429, short, usize::MAX).await;
+    assert!(budgeted(sent, exhausted), "{sent}, {exhausted}");
+    let strict = quiet().budget_exempt_retry_after(Duration::from_secs(1));
+    let (sent, exhausted) = under_budget(strict, 429, &[("retry-after", "2")], 200).await;
     assert_eq!((sent, exhausted), (300, 0));
 }
