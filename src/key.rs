@@ -4,13 +4,31 @@
 //! [`Key`] names one such bucket, and a [`KeyFn`] picks it for each request.
 //! The rate limiter and the circuit breaker take the same `KeyFn`, so that
 //! they agree on what "one provider" is.
+//!
+//! # Fingerprints of secrets
+//!
+//! A key that stands for an API key ([`ByHeader`], [`Key::fingerprint`])
+//! holds a **fingerprint**: HMAC-SHA256 of the header's value under a
+//! fingerprint secret, 128 bits kept. It shows in logs, events and Redis key
+//! names as `fp:` and 16 hex digits; it is never the API key, and without
+//! the fingerprint secret nobody can tell which API key it stands for (an
+//! unkeyed hash of a low-entropy or leaked key could be checked against
+//! it).
+//!
+//! By default the fingerprint secret is random, drawn once per process from
+//! the operating system: nothing logged can be linked to the API key, nor
+//! across processes. Processes that must agree on a key (several workers
+//! sharing one quota through a Redis store) must all set the same secret
+//! with [`ByHeader::fingerprint_secret`]; see there.
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
+use hmac::{Hmac, Mac};
 use http::header::{HeaderName, AUTHORIZATION};
 use http::Request;
+use sha2::Sha256;
 
 /// The name of one quota bucket: cheap to clone, hashable, and never the
 /// secret itself (see [`Key::fingerprint`]).
@@ -21,8 +39,16 @@ pub struct Key(Repr);
 enum Repr {
     Static(&'static str),
     Shared(Arc<str>),
-    Fingerprint(u64),
+    Fingerprint([u8; FINGERPRINT_LEN]),
 }
+
+/// How many bytes of the HMAC-SHA256 a fingerprint keeps: 128 bits, so
+/// that two API keys never share a bucket by chance.
+const FINGERPRINT_LEN: usize = 16;
+/// How many bytes of it [`Key`]'s `Display` shows (16 hex digits).
+const SHOWN_LEN: usize = 8;
+
+type HmacSha256 = Hmac<Sha256>;
 
 impl Key {
     /// The key of a stack with a single bucket.
@@ -38,10 +64,42 @@ impl Key {
         Key(Repr::Shared(name.into()))
     }
 
-    /// A key that stands for a secret (an API key) without holding it: a
-    /// 64-bit hash, stable across processes, shown as `fp:0123abcd...`.
-    pub fn fingerprint(secret: &[u8]) -> Key {
-        Key(Repr::Fingerprint(fnv1a(secret)))
+    /// A key that stands for a secret `value` (an API key) without holding
+    /// it: its HMAC-SHA256 under this process's random fingerprint secret
+    /// (drawn once from the operating system), 128 bits kept, shown as
+    /// `fp:` and 16 hex digits.
+    ///
+    /// The same `value` gives the same key within a process, and a key that
+    /// no other process can reproduce or link to the value. When processes
+    /// must agree (a shared Redis store), use
+    /// [`fingerprint_with`](Key::fingerprint_with) or
+    /// [`ByHeader::fingerprint_secret`] with a secret they share.
+    pub fn fingerprint(value: &[u8]) -> Key {
+        Key::fingerprint_keyed(process_mac().clone(), value)
+    }
+
+    /// A key that stands for a secret `value` without holding it: its
+    /// HMAC-SHA256 under `secret`, 128 bits kept, shown as `fp:` and 16 hex
+    /// digits. A fixed value for a given secret, so that every process that
+    /// holds the secret agrees on it; another secret gives another key.
+    ///
+    /// ```
+    /// use tower_llm_resilience::Key;
+    ///
+    /// let key = Key::fingerprint_with(b"team-secret", b"Bearer sk-test-123");
+    /// assert_eq!(key.to_string(), "fp:6153fea4facce817");
+    /// assert_ne!(key, Key::fingerprint_with(b"other-secret", b"Bearer sk-test-123"));
+    /// ```
+    pub fn fingerprint_with(secret: &[u8], value: &[u8]) -> Key {
+        Key::fingerprint_keyed(mac_of(secret), value)
+    }
+
+    fn fingerprint_keyed(mut mac: HmacSha256, value: &[u8]) -> Key {
+        mac.update(value);
+        let digest = mac.finalize().into_bytes();
+        let mut kept = [0; FINGERPRINT_LEN];
+        kept.copy_from_slice(&digest[..FINGERPRINT_LEN]);
+        Key(Repr::Fingerprint(kept))
     }
 
     /// The key's name, when it has a readable one (`None` for fingerprints).
@@ -54,16 +112,46 @@ impl Key {
     }
 }
 
-/// FNV-1a: stable across processes and Rust versions, which a shared
-/// store (Redis) needs; collisions are harmless here (two keys would share
-/// one bucket), and the hash is not a security boundary.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+/// The HMAC state keyed with `secret` (HMAC takes a key of any length).
+fn mac_of(secret: &[u8]) -> HmacSha256 {
+    <HmacSha256 as Mac>::new_from_slice(secret).unwrap_or_else(|_| {
+        // Unreachable: HMAC accepts keys of every length.
+        <HmacSha256 as Mac>::new_from_slice(&[]).expect("HMAC takes an empty key")
+    })
+}
+
+/// The HMAC state keyed with this process's random fingerprint secret,
+/// made once.
+fn process_mac() -> &'static HmacSha256 {
+    static MAC: OnceLock<HmacSha256> = OnceLock::new();
+    MAC.get_or_init(|| {
+        let mut secret = [0u8; 32];
+        random_secret(&mut secret);
+        mac_of(&secret)
+    })
+}
+
+/// Fills `secret` from the operating system's random source. Should that
+/// fail (no `getrandom`, an exhausted sandbox), it falls back to std's
+/// per-process random hash keys (themselves seeded from the operating
+/// system), mixed with the time and the process id: still unpredictable
+/// from outside in practice, and never a panic.
+fn random_secret(secret: &mut [u8; 32]) {
+    use rand::TryRng;
+    if rand::rngs::SysRng.try_fill_bytes(secret).is_ok() {
+        return;
     }
-    hash
+    use std::hash::BuildHasher;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    for (i, chunk) in secret.chunks_mut(8).enumerate() {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_usize(i);
+        h.write_u128(nanos);
+        h.write_u32(std::process::id());
+        chunk.copy_from_slice(&h.finish().to_le_bytes()[..chunk.len()]);
+    }
 }
 
 impl Default for Key {
@@ -104,7 +192,19 @@ impl fmt::Display for Key {
         match &self.0 {
             Repr::Static(s) => f.write_str(s),
             Repr::Shared(s) => f.write_str(s),
-            Repr::Fingerprint(fp) => write!(f, "fp:{fp:016x}"),
+            Repr::Fingerprint(fp) => {
+                // `{:#}` shows every kept bit, `{}` a prefix.
+                let shown = if f.alternate() {
+                    &fp[..]
+                } else {
+                    &fp[..SHOWN_LEN]
+                };
+                f.write_str("fp:")?;
+                for b in shown {
+                    write!(f, "{b:02x}")?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -178,31 +278,98 @@ impl<B> KeyFn<Request<B>> for ByHost {
     }
 }
 
-/// One bucket per value of a header, as a [`Key::fingerprint`] so that the
+/// One bucket per value of a header, as a fingerprint (see
+/// [Fingerprints of secrets](self#fingerprints-of-secrets)) so that the
 /// secret never appears in a key: [`ByHeader::api_key`] buckets by the
 /// `Authorization` header (OpenAI, Azure AD), [`ByHeader::new`] by any
-/// (`x-api-key` for Anthropic, `api-key` for Azure). No allocation.
-#[derive(Clone, Debug)]
+/// (`x-api-key` for Anthropic, `api-key` for Azure). No allocation: one
+/// HMAC-SHA256 of the header's value per request (well under a
+/// microsecond).
+///
+/// # Several processes, one quota: set the same fingerprint secret
+///
+/// **By default the fingerprint secret is random per process**, so the same
+/// API key gets a different [`Key`] in every process. That is what keeps a
+/// logged `fp:...` from being linked to the API key or across machines,
+/// and it is right for a limiter or breaker of one process. **Processes that
+/// share a quota through a shared store (a
+/// `redis_store::RedisStore`) name it by the key, so they must all call
+/// [`fingerprint_secret`](ByHeader::fingerprint_secret) with the same
+/// secret**: without it each process counts the API key under its own
+/// name, each believes it has the whole quota, and together they overrun
+/// it. Keep that secret as you keep the API keys (an environment variable
+/// or a secret store), not in code; anyone who holds it can check a guessed
+/// API key against a logged fingerprint.
+///
+/// ```
+/// use http::Request;
+/// use tower_llm_resilience::key::{ByHeader, KeyFn};
+///
+/// // Every worker of the fleet reads the same secret.
+/// let secret = std::env::var("FINGERPRINT_SECRET").unwrap_or_else(|_| "dev-only".into());
+/// let key_fn = ByHeader::api_key().fingerprint_secret(secret);
+/// let req = Request::builder().header("authorization", "Bearer sk-1").body(()).unwrap();
+/// let key = key_fn.key(&req);
+/// assert!(key.to_string().starts_with("fp:"));
+/// assert!(!format!("{key} {key:?} {key_fn:?}").contains("sk-1"));
+/// ```
+#[derive(Clone)]
 pub struct ByHeader {
     name: HeaderName,
+    /// The HMAC state keyed with the fingerprint secret; `None` for this
+    /// process's random one.
+    secret: Option<Arc<HmacSha256>>,
 }
 
 impl ByHeader {
-    /// Buckets by the value of `name`.
+    /// Buckets by the value of `name`, fingerprinted under this process's
+    /// random secret.
     pub const fn new(name: HeaderName) -> Self {
-        ByHeader { name }
+        ByHeader { name, secret: None }
     }
 
-    /// Buckets by the `Authorization` header.
+    /// Buckets by the `Authorization` header, fingerprinted under this
+    /// process's random secret.
     pub const fn api_key() -> Self {
         ByHeader::new(AUTHORIZATION)
+    }
+
+    /// Fingerprints under `secret` instead of this process's random one
+    /// (default: random per process), so that every process with the same
+    /// secret gives an API key the same [`Key`], as
+    /// [`Key::fingerprint_with`] does. Required when processes share a
+    /// quota through a shared store; see the [type's docs](ByHeader).
+    /// The secret is not kept, only the HMAC state made from it, and it is
+    /// never shown.
+    pub fn fingerprint_secret(mut self, secret: impl AsRef<[u8]>) -> Self {
+        self.secret = Some(Arc::new(mac_of(secret.as_ref())));
+        self
+    }
+}
+
+impl fmt::Debug for ByHeader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secret = match self.secret {
+            Some(_) => "set",
+            None => "random per process",
+        };
+        f.debug_struct("ByHeader")
+            .field("name", &self.name)
+            .field("fingerprint_secret", &secret)
+            .finish()
     }
 }
 
 impl<B> KeyFn<Request<B>> for ByHeader {
     fn key(&self, request: &Request<B>) -> Key {
         match request.headers().get(&self.name) {
-            Some(value) => Key::fingerprint(value.as_bytes()),
+            Some(value) => {
+                let mac = match &self.secret {
+                    Some(mac) => HmacSha256::clone(mac),
+                    None => process_mac().clone(),
+                };
+                Key::fingerprint_keyed(mac, value.as_bytes())
+            }
             None => Key::DEFAULT,
         }
     }
@@ -240,8 +407,12 @@ mod tests {
         assert!(shown.starts_with("fp:"));
         assert_eq!(key, Key::fingerprint(b"Bearer sk-secret-123"));
         assert_ne!(key, Key::fingerprint(b"Bearer sk-other"));
-        // Stable across processes: a fixed value, not a seeded hash.
-        assert_eq!(Key::fingerprint(b"").to_string(), "fp:cbf29ce484222325");
+        // A fixed value for a given secret: HMAC-SHA256 of the empty
+        // message under the empty key is b613679a0814d9ec772f95d7...
+        assert_eq!(
+            Key::fingerprint_with(b"", b"").to_string(),
+            "fp:b613679a0814d9ec"
+        );
     }
 
     #[test]

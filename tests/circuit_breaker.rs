@@ -11,7 +11,9 @@ use tokio_test::{assert_pending, assert_ready, assert_ready_ok, task};
 use tower::util::BoxCloneService;
 use tower::{service_fn, Layer, Service, ServiceExt};
 use tower_llm_resilience::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer, Window};
-use tower_llm_resilience::classify::{Classification, ClassifyLayer, LimitState, RateLimits};
+use tower_llm_resilience::classify::{
+    Classification, ClassifyLayer, LimitState, PeekedBody, RateLimits,
+};
 use tower_llm_resilience::events::{CircuitState, Event, Events};
 use tower_llm_resilience::key::SingleKey;
 use tower_llm_resilience::{BoxError, Error, ErrorClass, Key, Provider};
@@ -443,17 +445,21 @@ async fn auth_failures_open_it_at_once() {
     let err = send(&mut svc, req()).await.unwrap_err();
     assert!(err.is_circuit_open() && err.is_auth(), "{err:?}");
     assert_eq!(err.retry_after(), Some(Duration::from_secs(120)));
-    // 403 (permission) likewise.
-    let provider = Scripted::new(403);
+    let provider = Scripted::new(401);
     let mut svc = small().layer(provider.service());
     send(&mut svc, req()).await.unwrap();
     let err = send(&mut svc, req()).await.unwrap_err();
-    assert_eq!(err.class(), ErrorClass::Permission);
     assert_eq!(
         err.retry_after(),
         Some(Duration::from_secs(300)),
         "the default"
     );
+    // 403 (permission) does not: see `one_403_does_not_lock_everybody_out`.
+    let provider = Scripted::new(403);
+    let mut svc = small().layer(provider.service());
+    send(&mut svc, req()).await.unwrap();
+    assert_eq!(send(&mut svc, req()).await.unwrap().status(), 403);
+    assert_eq!(provider.calls(), 2);
 }
 
 #[tokio::test(start_paused = true)]
@@ -534,7 +540,11 @@ async fn half_open_admits_only_the_set_number_of_probes() {
         match fut.poll() {
             std::task::Poll::Ready(Err(e)) => {
                 assert!(e.is_circuit_open());
-                assert_eq!(e.retry_after(), None, "half-open: the probes decide");
+                assert_eq!(
+                    e.retry_after(),
+                    Some(Duration::from_secs(300)),
+                    "half-open: until the earliest probe's deadline"
+                );
                 rejected += 1;
             }
             std::task::Poll::Ready(Ok(_)) => panic!("no response was sent"),
@@ -671,4 +681,294 @@ async fn a_healthy_full_window_then_an_outage() {
     provider.set(500);
     send(&mut svc, req()).await.unwrap(); // a success leaves: 10 of 20
     assert_eq!(svc.state(&Key::DEFAULT), CircuitState::Open);
+}
+
+/// A scripted answer: status, headers, body.
+type Answer = (u16, &'static [(&'static str, &'static str)], &'static str);
+
+/// A provider whose answers, bodies included, the test scripts in order
+/// (the last one repeats), classified by `provider` as `ClassifyLayer`
+/// would.
+fn scripted_bodies(
+    provider: Provider,
+    answers: Vec<Answer>,
+) -> (
+    impl Service<Req, Response = Response<PeekedBody<String>>, Error = BoxError, Future: Send> + Clone,
+    Arc<AtomicU32>,
+) {
+    let calls = Arc::new(AtomicU32::new(0));
+    let seen = calls.clone();
+    let answers = Arc::new(answers);
+    let inner = service_fn(move |_req: Req| {
+        let n = seen.fetch_add(1, Ordering::SeqCst) as usize;
+        let (status, headers, body) = answers[n.min(answers.len() - 1)];
+        let mut r = Response::builder().status(status);
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        let r = r.body(body.to_string()).unwrap();
+        async move { Ok::<_, BoxError>(r) }
+    });
+    (ClassifyLayer::with_classifier(provider).layer(inner), calls)
+}
+
+/// Issue #11, finding 1: a 403 `permission_error` (a model this key may not
+/// use) or a 404 `model_not_found` ends that request only; the next request
+/// of the key goes through. A 401 still opens the breaker.
+#[tokio::test(start_paused = true)]
+async fn one_403_does_not_lock_everybody_out() {
+    let forbidden = r#"{"type":"error","error":{"type":"permission_error","message":"Your API key does not have permission to use the specified resource."}}"#;
+    let (inner, calls) = scripted_bodies(
+        Provider::Anthropic,
+        vec![(403, &[], forbidden), (200, &[], "{}")],
+    );
+    let mut svc = small().layer(inner);
+    let r = send(&mut svc, req()).await.unwrap();
+    assert_eq!(r.status(), 403, "passed on");
+    assert_eq!(
+        r.extensions().get::<Classification>().unwrap().class,
+        Some(ErrorClass::Permission)
+    );
+    assert_eq!(svc.state(&Key::DEFAULT), CircuitState::Closed);
+    assert_eq!(send(&mut svc, req()).await.unwrap().status(), 200);
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "the next request went through"
+    );
+
+    let missing = r#"{"error":{"message":"The model `gpt-9` does not exist or you do not have access to it.","type":"invalid_request_error","param":null,"code":"model_not_found"}}"#;
+    let (inner, calls) = scripted_bodies(
+        Provider::OpenAi,
+        vec![(404, &[], missing), (200, &[], "{}")],
+    );
+    let mut svc = small().layer(inner);
+    let r = send(&mut svc, req()).await.unwrap();
+    assert_eq!(
+        r.extensions().get::<Classification>().unwrap().class,
+        Some(ErrorClass::NotFound)
+    );
+    assert_eq!(send(&mut svc, req()).await.unwrap().status(), 200);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+    // A storm of 403s, even as half-open probes, never opens it.
+    let (inner, calls) = scripted_bodies(Provider::Anthropic, vec![(403, &[], forbidden)]);
+    let mut svc = small().layer(inner);
+    for _ in 0..30 {
+        assert_eq!(send(&mut svc, req()).await.unwrap().status(), 403);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 30);
+    assert_eq!(svc.state(&Key::DEFAULT), CircuitState::Closed);
+
+    // An invalid API key (401) still opens it.
+    let invalid =
+        r#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}"#;
+    let (inner, calls) = scripted_bodies(Provider::Anthropic, vec![(401, &[], invalid)]);
+    let mut svc = small().layer(inner);
+    send(&mut svc, req()).await.unwrap();
+    let err = send(&mut svc, req()).await.unwrap_err();
+    assert!(
+        err.is_circuit_open() && err.class() == ErrorClass::Auth,
+        "{err:?}"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+/// Issue #11, finding 3: a probe that never answers does not keep its slot
+/// forever. After the probe timeout (default 5 min) it counts as a failure
+/// (the circuit opens again for the open duration) and its slot is free;
+/// while it runs, a rejected call learns when its deadline is; its late
+/// outcome is ignored.
+#[tokio::test(start_paused = true)]
+async fn half_open_probes_have_a_timeout() {
+    let provider = Scripted::new(500);
+    let mut svc = small().half_open_probes(1).layer(provider.service());
+    trip(&mut svc).await;
+    advance(Duration::from_secs(10)).await;
+
+    // The probe hangs (for an hour); its answer will be a 500.
+    *provider.delay.lock().unwrap() = Duration::from_secs(3600);
+    let mut hung = task::spawn(svc.ready().await.unwrap().call(req()));
+    assert_pending!(hung.poll());
+    assert_eq!(svc.state(&Key::DEFAULT), CircuitState::HalfOpen);
+    advance(Duration::from_secs(60)).await;
+    let err = send(&mut svc, req()).await.unwrap_err();
+    assert!(err.is_circuit_open());
+    assert_eq!(
+        err.retry_after(),
+        Some(Duration::from_secs(240)),
+        "until the probe's deadline"
+    );
+
+    // At its deadline, the probe has failed: open again for 10 s.
+    advance(Duration::from_secs(240)).await;
+    let err = send(&mut svc, req()).await.unwrap_err();
+    assert!(err.is_circuit_open());
+    assert_eq!(err.class(), ErrorClass::Timeout);
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(10)));
+    assert_eq!(svc.state(&Key::DEFAULT), CircuitState::Open);
+
+    // Then a new probe is let through, and closes it.
+    advance(Duration::from_secs(10)).await;
+    *provider.delay.lock().unwrap() = Duration::ZERO;
+    provider.set(200);
+    assert_eq!(send(&mut svc, req()).await.unwrap().status(), 200);
+    assert_eq!(svc.state(&Key::DEFAULT), CircuitState::Closed);
+
+    // The hung probe's late 500 is ignored.
+    provider.set(500);
+    advance(Duration::from_secs(3600)).await;
+    assert_eq!(assert_ready_ok!(hung.poll()).status(), 500);
+    assert_eq!(svc.state(&Key::DEFAULT), CircuitState::Closed);
+    assert_eq!(provider.calls(), 5 + 2);
+
+    // The state machine alone, driven by `now`, with a set timeout.
+    use tower_llm_resilience::circuit_breaker::{Circuit, Config, Outcome};
+    let config = Config::new()
+        .window(Window::Count(1))
+        .minimum_calls(1)
+        .half_open_probes(2)
+        .probe_timeout(Duration::from_secs(60));
+    let t0 = tokio::time::Instant::now();
+    let at = |s: u64| t0 + Duration::from_secs(s);
+    let mut circuit = Circuit::new(config, t0);
+    let (p, _) = circuit.try_acquire(t0);
+    let failure = Outcome::failure(ErrorClass::ServerError, Duration::ZERO);
+    circuit.on_result(p.unwrap(), failure, t0);
+    let (first, _) = circuit.try_acquire(at(10)); // half-open
+    let (second, _) = circuit.try_acquire(at(30));
+    let (first, second) = (first.unwrap(), second.unwrap());
+    let (full, _) = circuit.try_acquire(at(50));
+    assert_eq!(
+        full.unwrap_err().retry_after(),
+        Some(Duration::from_secs(20))
+    );
+    // The first succeeds in time; the hint moves on to the second's
+    // deadline (30 s + 60 s).
+    circuit.on_result(first, Outcome::success(Duration::ZERO), at(55));
+    let (full, _) = circuit.try_acquire(at(80));
+    assert_eq!(
+        full.unwrap_err().retry_after(),
+        Some(Duration::from_secs(10))
+    );
+    // The second is unanswered at its deadline (90 s): open again.
+    let (rejected, t) = circuit.try_acquire(at(90));
+    let rejected = rejected.unwrap_err();
+    assert_eq!(rejected.class(), ErrorClass::Timeout);
+    assert_eq!(rejected.retry_after(), Some(Duration::from_secs(10)));
+    let t = t.unwrap();
+    assert_eq!((t.from, t.to), (CircuitState::HalfOpen, CircuitState::Open));
+    // Its late outcome is ignored; after the open time, new probes.
+    let late = Outcome::failure(ErrorClass::ServerError, Duration::ZERO);
+    assert_eq!(circuit.on_result(second, late, at(91)), None);
+    assert_eq!(circuit.state(), CircuitState::Open);
+    let (probe, _) = circuit.try_acquire(at(100));
+    let probe = probe.unwrap();
+    assert!(probe.is_probe());
+
+    // Noticed by an outcome too: a probe that answers at or after its
+    // deadline, with nobody asking in between, has failed all the same.
+    let t = circuit.on_result(probe, Outcome::success(Duration::ZERO), at(160));
+    let t = t.unwrap();
+    assert_eq!(
+        (t.to, t.class),
+        (CircuitState::Open, Some(ErrorClass::Timeout))
+    );
+    assert_eq!(circuit.state(), CircuitState::Open);
+}
+
+/// Issue #11, finding 4: an inner service that panics in `call` while the
+/// breaker is half-open does not take the probe slot with it.
+#[tokio::test(start_paused = true)]
+async fn a_panic_in_call_does_not_leak_the_probe_slot() {
+    // 0: answer 500; 1: panic in `call`; 2: answer 200.
+    let mode = Arc::new(AtomicU32::new(0));
+    let reached = Arc::new(AtomicU32::new(0));
+    let (m, r) = (mode.clone(), reached.clone());
+    let inner = service_fn(move |_req: Req| {
+        r.fetch_add(1, Ordering::SeqCst);
+        let status = match m.load(Ordering::SeqCst) {
+            0 => 500,
+            1 => panic!("the inner service panics in call"),
+            _ => 200,
+        };
+        async move { Ok::<_, BoxError>(response(status)) }
+    });
+    let mut svc = small().half_open_probes(1).layer(inner);
+    trip(&mut svc).await;
+    advance(Duration::from_secs(10)).await;
+
+    mode.store(1, Ordering::SeqCst);
+    let ready = svc.ready().await.unwrap();
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        drop(ready.call(req()));
+    }));
+    assert!(panicked.is_err());
+    assert_eq!(reached.load(Ordering::SeqCst), 6);
+
+    // The slot came back: the next call is admitted as the probe.
+    mode.store(2, Ordering::SeqCst);
+    assert_eq!(send(&mut svc, req()).await.unwrap().status(), 200);
+    assert_eq!(reached.load(Ordering::SeqCst), 7);
+    assert_eq!(svc.state(&Key::DEFAULT), CircuitState::Closed);
+}
+
+/// Issue #11, finding 5: a server-given open time (a quota reset a day
+/// away) is capped at `max_trip_open` (default 1 h); then the breaker
+/// half-opens and probes as usual.
+#[tokio::test(start_paused = true)]
+async fn open_circuits_are_not_sticky() {
+    let body = r#"{"error":{"message":"You exceeded your current quota, please check your plan and billing details.","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}"#;
+    let (inner, calls) = scripted_bodies(
+        Provider::OpenAi,
+        vec![(429, &[("retry-after", "86400")], body), (200, &[], "{}")],
+    );
+    let mut svc = small().layer(inner);
+    assert_eq!(send(&mut svc, req()).await.unwrap().status(), 429);
+    let err = send(&mut svc, req()).await.unwrap_err();
+    assert!(err.is_circuit_open() && err.is_quota_exhausted(), "{err:?}");
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(3600)));
+    advance(Duration::from_secs(3600)).await;
+    send(&mut svc, req()).await.unwrap(); // probe 1 of 2
+    assert_eq!(svc.state(&Key::DEFAULT), CircuitState::HalfOpen);
+    send(&mut svc, req()).await.unwrap();
+    assert_eq!(svc.state(&Key::DEFAULT), CircuitState::Closed);
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+
+    // The state machine alone: even a trip of a week.
+    use tower_llm_resilience::circuit_breaker::{Circuit, Config, Outcome};
+    let now = tokio::time::Instant::now();
+    let mut circuit = Circuit::new(Config::new(), now);
+    let (permit, _) = circuit.try_acquire(now);
+    let week = Duration::from_secs(7 * 24 * 3600);
+    circuit.on_result(
+        permit.unwrap(),
+        Outcome::trip(ErrorClass::QuotaExhausted, week),
+        now,
+    );
+    let (rejected, _) = circuit.try_acquire(now);
+    assert_eq!(
+        rejected.unwrap_err().retry_after(),
+        Some(Duration::from_secs(3600))
+    );
+    let (permit, _) = circuit.try_acquire(now + Duration::from_secs(3600));
+    assert!(permit.unwrap().is_probe());
+
+    // A shorter bound, and one that also caps the configured times.
+    let (inner, _) = scripted_bodies(
+        Provider::OpenAi,
+        vec![(429, &[("retry-after", "86400")], body), (401, &[], "")],
+    );
+    let mut svc = small()
+        .max_trip_open(Duration::from_secs(600))
+        .auth_open_duration(Duration::from_secs(7200))
+        .layer(inner);
+    send(&mut svc, req()).await.unwrap();
+    let err = send(&mut svc, req()).await.unwrap_err();
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(600)));
+    advance(Duration::from_secs(600)).await;
+    send(&mut svc, req()).await.unwrap(); // the probe: a 401
+    let err = send(&mut svc, req()).await.unwrap_err();
+    assert!(err.is_circuit_open() && err.class() == ErrorClass::Auth);
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(600)));
 }

@@ -1,7 +1,8 @@
 //! Model-based test of the pure state machine: random configs, random
 //! sequences of calls, outcomes, dropped calls and time steps, checked
 //! step by step against a small reference model written from the spec
-//! (whole history kept, rates recomputed from scratch).
+//! (whole history kept, rates recomputed from scratch; probe deadlines and
+//! the cap on trips included).
 
 use std::time::Duration;
 
@@ -41,6 +42,8 @@ struct Params {
     factor: f64,
     max_ms: u64,
     probes: u32,
+    probe_timeout_ms: u64,
+    max_trip_ms: u64,
 }
 
 impl Params {
@@ -52,7 +55,9 @@ impl Params {
             .slow_call_duration(Duration::from_millis(self.slow_ms))
             .open_duration(Duration::from_millis(self.open_ms))
             .open_backoff(self.factor, Duration::from_millis(self.max_ms))
-            .half_open_probes(self.probes);
+            .half_open_probes(self.probes)
+            .probe_timeout(Duration::from_millis(self.probe_timeout_ms))
+            .max_trip_open(Duration::from_millis(self.max_trip_ms));
         if let Some(rate) = self.slow_rate {
             c = c.slow_call_rate(rate);
         }
@@ -63,15 +68,8 @@ impl Params {
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum MState {
     Closed,
-    Open {
-        until: Instant,
-        class: ErrorClass,
-    },
-    HalfOpen {
-        in_flight: u32,
-        ok: u32,
-        class: ErrorClass,
-    },
+    Open { until: Instant, class: ErrorClass },
+    HalfOpen { ok: u32, class: ErrorClass },
 }
 
 /// The reference: the spec, written plainly.
@@ -85,12 +83,16 @@ struct Model {
     epoch: u64,
     trips: u32,
     last_failure: ErrorClass,
+    /// The probes in flight: `(id, deadline)`.
+    probes: Vec<(u64, Instant)>,
+    next_id: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
 struct MCall {
     epoch: u64,
     probe: bool,
+    id: u64,
 }
 
 impl Model {
@@ -106,6 +108,19 @@ impl Model {
         self.state = state;
         self.epoch += 1;
         self.history.clear();
+        self.probes.clear();
+    }
+
+    /// A probe unanswered at its deadline has failed with a timeout.
+    fn expire(&mut self, now: Instant) -> bool {
+        if matches!(self.state, MState::HalfOpen { .. })
+            && self.probes.iter().any(|&(_, d)| d <= now)
+        {
+            self.trips += 1;
+            self.open(ErrorClass::Timeout, self.open_for(), now);
+            return true;
+        }
+        false
     }
 
     /// `base × factor^(trips − 1)`, capped at `max(max, base)`.
@@ -120,28 +135,39 @@ impl Model {
     }
 
     fn acquire(&mut self, now: Instant) -> Result<MCall, Option<Duration>> {
+        if self.expire(now) {
+            let MState::Open { until, .. } = self.state else {
+                unreachable!()
+            };
+            return Err(Some(until - now));
+        }
         if let MState::Open { until, class } = self.state {
             if now < until {
                 return Err(Some(until - now));
             }
-            self.go(MState::HalfOpen {
-                in_flight: 0,
-                ok: 0,
-                class,
-            });
+            self.go(MState::HalfOpen { ok: 0, class });
         }
         let epoch = self.epoch;
-        match &mut self.state {
+        match self.state {
             MState::Closed => Ok(MCall {
                 epoch,
                 probe: false,
+                id: 0,
             }),
-            MState::HalfOpen { in_flight, ok, .. } => {
-                if *in_flight + *ok < self.p.probes {
-                    *in_flight += 1;
-                    Ok(MCall { epoch, probe: true })
+            MState::HalfOpen { ok, .. } => {
+                if self.probes.len() as u32 + ok < self.p.probes {
+                    let id = self.next_id;
+                    self.next_id += 1;
+                    let deadline = now + Duration::from_millis(self.p.probe_timeout_ms);
+                    self.probes.push((id, deadline));
+                    Ok(MCall {
+                        epoch,
+                        probe: true,
+                        id,
+                    })
                 } else {
-                    Err(None)
+                    let earliest = self.probes.iter().map(|&(_, d)| d).min().unwrap();
+                    Err(Some(earliest - now))
                 }
             }
             MState::Open { .. } => unreachable!(),
@@ -180,11 +206,15 @@ impl Model {
 
     fn complete(&mut self, call: MCall, kind: Kind, elapsed: Duration, now: Instant) {
         if let Kind::Trip(class, ms) = kind {
-            let until = now + Duration::from_millis(ms);
+            let open_for = Duration::from_millis(ms.min(self.p.max_trip_ms));
+            let until = now + open_for;
             match &mut self.state {
                 MState::Open { until: u, .. } => *u = (*u).max(until),
-                _ => self.open(class, Duration::from_millis(ms), now),
+                _ => self.open(class, open_for, now),
             }
+            return;
+        }
+        if self.expire(now) {
             return;
         }
         if call.epoch != self.epoch {
@@ -230,12 +260,8 @@ impl Model {
                 self.trips += 1;
                 self.open(class, self.open_for(), now);
             }
-            MState::HalfOpen {
-                ref mut in_flight,
-                ref mut ok,
-                ..
-            } => {
-                *in_flight -= 1;
+            MState::HalfOpen { ref mut ok, .. } => {
+                self.probes.retain(|&(id, _)| id != call.id);
                 if failure || slow {
                     let class = if failure {
                         self.last_failure
@@ -258,9 +284,7 @@ impl Model {
 
     fn drop_call(&mut self, call: MCall) {
         if call.epoch == self.epoch && call.probe {
-            if let MState::HalfOpen { in_flight, .. } = &mut self.state {
-                *in_flight -= 1;
-            }
+            self.probes.retain(|&(id, _)| id != call.id);
         }
     }
 }
@@ -308,7 +332,7 @@ fn params() -> impl Strategy<Value = Params> {
             prop_oneof![Just(1.0), Just(2.0), Just(1.5)],
             1u64..120_000,
         ),
-        1u32..5,
+        (1u32..5, 100u64..60_000, 1u64..120_000),
     )
         .prop_map(
             |(
@@ -318,7 +342,7 @@ fn params() -> impl Strategy<Value = Params> {
                 slow_rate,
                 slow_ms,
                 (open_ms, factor, max_ms),
-                probes,
+                (probes, probe_timeout_ms, max_trip_ms),
             )| {
                 Params {
                     window,
@@ -330,6 +354,8 @@ fn params() -> impl Strategy<Value = Params> {
                     factor,
                     max_ms,
                     probes,
+                    probe_timeout_ms,
+                    max_trip_ms,
                 }
             },
         )
@@ -347,6 +373,8 @@ fn check(p: Params, ops: Vec<Op>) -> Result<(), TestCaseError> {
         epoch: 0,
         trips: 0,
         last_failure: ErrorClass::ServerError,
+        probes: Vec::new(),
+        next_id: 0,
     };
     let mut in_flight: Vec<(Permit, MCall)> = Vec::new();
     for (step, op) in ops.into_iter().enumerate() {
@@ -443,6 +471,8 @@ fn time_params() -> impl Strategy<Value = Params> {
             factor: 1.0,
             max_ms: 5_000,
             probes: 2,
+            probe_timeout_ms: 300_000,
+            max_trip_ms: 3_600_000,
         })
 }
 

@@ -525,3 +525,75 @@ async fn policy_in_towers_retry_honours_the_deadline() {
     assert_eq!(call.await.unwrap().unwrap().status(), 500);
     assert_eq!(start.elapsed(), Duration::from_secs(1));
 }
+
+/// 100 concurrent requests over a provider that answers the first
+/// `failing` attempts with `status` and `headers`, then 200, through
+/// `layer` with a budget that allows 10 % more attempts. Returns how many
+/// attempts reached the provider and how many requests ended with the
+/// budget spent.
+async fn under_budget(
+    layer: RetryLayer,
+    status: u16,
+    headers: &'static [(&'static str, &'static str)],
+    failing: usize,
+) -> (usize, usize) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let provider = {
+        let calls = calls.clone();
+        tower::service_fn(move |_req: Request<String>| {
+            let n = calls.fetch_add(1, Ordering::Relaxed);
+            let r = if n < failing {
+                response(status, headers)
+            } else {
+                response(200, &[])
+            };
+            async move { Ok::<_, Infallible>(r) }
+        })
+    };
+    let budget = RetryBudget::new(Duration::from_secs(10), 0.1, 0);
+    let service = layer.budget(budget).layer(provider);
+    let results =
+        futures::future::join_all((0..100).map(|_| service.clone().oneshot(request()))).await;
+    let exhausted = results
+        .iter()
+        .filter(|r| r.as_ref().is_err_and(|e| e.is_retry_budget_exhausted()))
+        .count();
+    (calls.load(Ordering::Relaxed), exhausted)
+}
+
+/// Issue #11, finding 2: a `Retry-After` exempts a retry from the budget
+/// only when it paces traffic: a rate-limited answer with a wait above the
+/// floor. 503s with `retry-after: 0` (or any wait) draw from it, and so
+/// do 429s with `retry-after: 0`; 429s with `retry-after: 2` do not.
+#[tokio::test(start_paused = true)]
+async fn any_retry_after_even_0_no_longer_bypasses_the_retry_budget() {
+    let budgeted = |sent: usize, exhausted: usize| (100..=110).contains(&sent) && exhausted >= 90;
+    for headers in [&[("retry-after", "0")][..], &[("retry-after", "2")][..]] {
+        let (sent, exhausted) = under_budget(quiet(), 503, headers, usize::MAX).await;
+        // Without the budget: 400 attempts.
+        assert!(
+            budgeted(sent, exhausted),
+            "503 {headers:?}: {sent}, {exhausted}"
+        );
+    }
+    let (sent, exhausted) = under_budget(quiet(), 429, &[("retry-after", "0")], usize::MAX).await;
+    assert!(
+        budgeted(sent, exhausted),
+        "429 retry-after 0: {sent}, {exhausted}"
+    );
+    // 429s with `retry-after: 2`: the server paces them, none is refused
+    // by the budget (two refusals each, then success).
+    let (sent, exhausted) = under_budget(quiet(), 429, &[("retry-after", "2")], 200).await;
+    assert_eq!((sent, exhausted), (300, 0));
+    // A sliding window's precise short wait paces too, by default...
+    let short = &[("retry-after-ms", "10")];
+    let (sent, exhausted) = under_budget(quiet(), 429, short, 200).await;
+    assert_eq!((sent, exhausted), (300, 0));
+    // ...unless the floor is raised.
+    let strict = quiet().budget_exempt_retry_after(Duration::from_secs(1));
+    let (sent, exhausted) = under_budget(strict, 429, short, usize::MAX).await;
+    assert!(budgeted(sent, exhausted), "{sent}, {exhausted}");
+    let strict = quiet().budget_exempt_retry_after(Duration::from_secs(1));
+    let (sent, exhausted) = under_budget(strict, 429, &[("retry-after", "2")], 200).await;
+    assert_eq!((sent, exhausted), (300, 0));
+}

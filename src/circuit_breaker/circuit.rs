@@ -19,12 +19,21 @@ use crate::events::CircuitState;
 ///   duration has passed; the first call after it moves the circuit to
 ///   half-open (as Resilience4j does without its automatic transition).
 /// - **Half-open**: [`Config::half_open_probes`] probes are admitted, the
-///   rest rejected; one failed (or slow) probe opens the circuit again, with
-///   the open duration grown by [`Config::open_backoff`]; when all probes
-///   succeeded it closes. A probe whose outcome says nothing (a 400, a
-///   dropped call: [`release`](Circuit::release)) gives its slot back.
-/// - A [`Outcome::trip`] (quota exhausted, auth) opens it at once from any
-///   state, for the time the outcome carries.
+///   rest rejected (with the time until the earliest probe's deadline);
+///   one failed (or slow) probe opens the circuit again, with the open
+///   duration grown by [`Config::open_backoff`]; when all probes succeeded
+///   it closes. A probe whose outcome says nothing (a 400, a dropped call:
+///   [`release`](Circuit::release)) gives its slot back. A probe still
+///   unanswered [`Config::probe_timeout`] after it was admitted has failed
+///   (class [`ErrorClass::Timeout`]): the circuit opens again as for a
+///   failed probe, which frees every slot, and the probe's late outcome
+///   belongs to an old generation and is ignored. There is no timer: the
+///   deadlines are checked by [`try_acquire`](Circuit::try_acquire) and
+///   [`on_result`](Circuit::on_result), at their `now`.
+/// - A [`Outcome::trip`] (quota exhausted, invalid API key) opens it at
+///   once from any state, for the time the outcome carries, at most
+///   [`Config::max_trip_open`] (1 h by default); then it half-opens as
+///   usual.
 ///
 /// Every transition starts a new generation and clears the window; the
 /// outcome of a call admitted in an earlier generation is not recorded
@@ -59,20 +68,19 @@ pub struct Circuit {
     /// Trips by the rates since the circuit last closed (for the backoff).
     trips: u32,
     last_failure: ErrorClass,
+    /// The half-open probes in flight: `(slot, deadline)`. Empty in the
+    /// other states; its capacity is kept from one half-open state to the
+    /// next.
+    probes: Vec<(u32, Instant)>,
+    /// The slot number of the next probe of this generation.
+    next_slot: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
     Closed,
-    Open {
-        until: Instant,
-        class: ErrorClass,
-    },
-    HalfOpen {
-        in_flight: u32,
-        succeeded: u32,
-        class: ErrorClass,
-    },
+    Open { until: Instant, class: ErrorClass },
+    HalfOpen { succeeded: u32, class: ErrorClass },
 }
 
 /// Leave to make one call, from [`Circuit::try_acquire`]; give it back with
@@ -81,6 +89,8 @@ enum State {
 pub struct Permit {
     generation: u64,
     probe: bool,
+    /// Which probe of its generation (0 for a call of the closed state).
+    slot: u32,
 }
 
 impl Permit {
@@ -90,6 +100,7 @@ impl Permit {
         Permit {
             generation,
             probe: false,
+            slot: 0,
         }
     }
 
@@ -119,8 +130,13 @@ impl Rejected {
         self.class
     }
 
-    /// How long until the circuit lets a probe through; `None` while it is
-    /// half-open with every probe slot taken (the probes decide).
+    /// How long until the circuit may let a probe through: while open, the
+    /// time left; while half-open with every probe slot taken, the time
+    /// until the earliest probe's deadline ([`Config::probe_timeout`]
+    /// after it was admitted), the latest instant at which a slot frees or
+    /// the circuit opens again (a probe that answers sooner decides sooner).
+    /// A caller that holds work until the circuit may accept it (a batch
+    /// driver) can sleep that long. `None` only when no deadline is known.
     pub const fn retry_after(&self) -> Option<Duration> {
         self.retry_after
     }
@@ -150,6 +166,8 @@ impl Circuit {
             generation: 0,
             trips: 0,
             last_failure: ErrorClass::ServerError,
+            probes: Vec::new(),
+            next_slot: 0,
         }
     }
 
@@ -159,7 +177,9 @@ impl Circuit {
     }
 
     /// The state now (an open circuit whose time is up stays open until the
-    /// next [`try_acquire`](Circuit::try_acquire)).
+    /// next [`try_acquire`](Circuit::try_acquire); a half-open circuit with
+    /// a probe past its deadline stays half-open until the next
+    /// `try_acquire` or [`on_result`](Circuit::on_result)).
     pub fn state(&self) -> CircuitState {
         match self.state {
             State::Closed => CircuitState::Closed,
@@ -190,8 +210,19 @@ impl Circuit {
     }
 
     /// Asks to make one call now. An open circuit whose time is up turns
-    /// half-open here (the transition is returned).
+    /// half-open here, and a half-open circuit with a probe past its
+    /// deadline opens again here (the transition is returned).
     pub fn try_acquire(&mut self, now: Instant) -> (Result<Permit, Rejected>, Option<Transition>) {
+        if let Some(transition) = self.expire_probes(now) {
+            let rejected = match self.state {
+                State::Open { until, class } => Rejected {
+                    class,
+                    retry_after: Some(until.saturating_duration_since(now)),
+                },
+                _ => unreachable!("an expired probe opens the circuit"),
+            };
+            return (Err(rejected), Some(transition));
+        }
         let mut transition = None;
         if let State::Open { until, class } = self.state {
             if now < until {
@@ -202,34 +233,55 @@ impl Circuit {
                 return (Err(rejected), None);
             }
             transition = Some(self.set(State::HalfOpen {
-                in_flight: 0,
                 succeeded: 0,
                 class,
             }));
         }
-        let result = match &mut self.state {
+        let result = match self.state {
             State::Closed => Ok(Permit::closed(self.generation)),
-            State::HalfOpen {
-                in_flight,
-                succeeded,
-                class,
-            } => {
-                if in_flight.saturating_add(*succeeded) < self.config.half_open_probes {
-                    *in_flight += 1;
+            State::HalfOpen { succeeded, class } => {
+                let in_flight = u32::try_from(self.probes.len()).unwrap_or(u32::MAX);
+                if in_flight.saturating_add(succeeded) < self.config.half_open_probes {
+                    let slot = self.next_slot;
+                    self.next_slot = slot.wrapping_add(1);
+                    self.probes
+                        .push((slot, deadline(now, self.config.probe_timeout)));
                     Ok(Permit {
                         generation: self.generation,
                         probe: true,
+                        slot,
                     })
                 } else {
+                    let earliest = self.probes.iter().map(|&(_, d)| d).min();
                     Err(Rejected {
-                        class: *class,
-                        retry_after: None,
+                        class,
+                        retry_after: earliest.map(|d| d.saturating_duration_since(now)),
                     })
                 }
             }
             State::Open { .. } => unreachable!("an open circuit turned half-open above"),
         };
         (result, transition)
+    }
+
+    /// A half-open circuit one of whose probes is still unanswered at its
+    /// deadline opens again: that probe failed with a timeout. The other
+    /// probes' outcomes then belong to an old generation.
+    fn expire_probes(&mut self, now: Instant) -> Option<Transition> {
+        if !matches!(self.state, State::HalfOpen { .. }) {
+            return None;
+        }
+        if self.probes.iter().any(|&(_, d)| d <= now) {
+            return self.open_by_rates(ErrorClass::Timeout, now);
+        }
+        None
+    }
+
+    /// Forgets the deadline of the probe `permit` admitted.
+    fn finish_probe(&mut self, permit: Permit) {
+        if let Some(i) = self.probes.iter().position(|&(s, _)| s == permit.slot) {
+            self.probes.swap_remove(i);
+        }
     }
 
     /// Records the outcome of the call `permit` allowed, at `now`.
@@ -252,6 +304,14 @@ impl Circuit {
     ) -> Option<Transition> {
         if let OutcomeKind::Trip { class, open_for } = outcome.kind {
             return self.trip(class, open_for, now());
+        }
+        let mut clock = LazyNow::new(now);
+        if matches!(self.state, State::HalfOpen { .. }) {
+            // A probe past its deadline failed, whatever answers after it
+            // (this one included).
+            if let Some(transition) = self.expire_probes(clock.get()) {
+                return Some(transition);
+            }
         }
         if permit.generation != self.generation {
             return None;
@@ -279,25 +339,23 @@ impl Circuit {
         }
         match &mut self.state {
             State::Closed => {
-                let mut clock = LazyNow::new(now);
                 let at = matches!(self.config.window, Window::Time(_)).then(|| clock.get());
                 let totals = self.window.record(failure, slow, at);
                 let tripped = self.tripped(totals)?;
                 self.open_by_rates(tripped, clock.get())
             }
-            State::HalfOpen {
-                in_flight,
-                succeeded,
-                ..
-            } => {
-                *in_flight = in_flight.saturating_sub(1);
+            State::HalfOpen { succeeded, .. } => {
+                // Of this generation: a probe. Its deadline goes.
+                if let Some(i) = self.probes.iter().position(|&(s, _)| s == permit.slot) {
+                    self.probes.swap_remove(i);
+                }
                 if failure || slow {
                     let class = if failure {
                         self.last_failure
                     } else {
                         ErrorClass::Timeout
                     };
-                    self.open_by_rates(class, now())
+                    self.open_by_rates(class, clock.get())
                 } else {
                     *succeeded += 1;
                     if *succeeded >= self.config.half_open_probes {
@@ -318,8 +376,8 @@ impl Circuit {
         if permit.generation != self.generation || !permit.probe {
             return;
         }
-        if let State::HalfOpen { in_flight, .. } = &mut self.state {
-            *in_flight = in_flight.saturating_sub(1);
+        if matches!(self.state, State::HalfOpen { .. }) {
+            self.finish_probe(permit);
         }
     }
 
@@ -363,7 +421,9 @@ impl Circuit {
     }
 
     fn trip(&mut self, class: ErrorClass, open_for: Duration, now: Instant) -> Option<Transition> {
-        let open_for = open_for.min(MAX_OPEN);
+        // A server-given time (a quota reset a day away) never sticks: the
+        // circuit probes again after `max_trip_open` at the latest.
+        let open_for = open_for.min(self.config.max_trip_open).min(MAX_OPEN);
         if let State::Open { until, .. } = &mut self.state {
             // Already open: keep it open at least until this trip ends.
             let new_until = deadline(now, open_for);
@@ -390,6 +450,8 @@ impl Circuit {
         self.state = state;
         self.generation = self.generation.wrapping_add(1) & (u64::MAX >> 3);
         self.window.reset();
+        self.probes.clear();
+        self.next_slot = 0;
         Transition {
             from,
             to: self.state(),

@@ -45,9 +45,11 @@ pub struct Config {
     pub(crate) backoff_factor: f64,
     pub(crate) backoff_max: Duration,
     pub(crate) half_open_probes: u32,
+    pub(crate) probe_timeout: Duration,
     pub(crate) count_rate_limited: bool,
     pub(crate) quota_open_duration: Duration,
     pub(crate) auth_open_duration: Duration,
+    pub(crate) max_trip_open: Duration,
 }
 
 /// The defaults, chosen for LLM traffic: tens of calls per second at most,
@@ -62,11 +64,13 @@ pub struct Config {
 /// | [`open_duration`](Config::open_duration) | 10 s | 60 s | 5 s | recovery is noticed within 10 s; 3 probes per 10 s cost the provider nothing |
 /// | [`open_backoff`](Config::open_backoff) | off | off | off | turn on for long outages and many clients |
 /// | [`half_open_probes`](Config::half_open_probes) | 3 | 10 | 1 | one lucky answer does not close it; 10 would take long at low volume |
+/// | [`probe_timeout`](Config::probe_timeout) | 5 min | none (`maxWaitDurationInHalfOpenState` 0) | none | above a long LLM call (a minute or two for a long output, more for a reasoning model) and its retries, so a slow but healthy provider still closes it; a hung probe blocks its key 5 min at most (the stack's attempt timeout, 10 min, would cut it later) |
 /// | [`slow_call_rate`](Config::slow_call_rate) | off | 1.0 | — | an LLM call's time grows with its output, which the breaker cannot see |
 /// | [`slow_call_duration`](Config::slow_call_duration) | 60 s | 60 s | — | used once a slow-call rate is set |
 /// | [`count_rate_limited`](Config::count_rate_limited) | false | — | — | a 429 is the rate limiter's job, not a sign of ill health |
 /// | [`quota_open_duration`](Config::quota_open_duration) | 5 min | — | — | when the provider gives no reset; an empty wallet does not refill in seconds |
-/// | [`auth_open_duration`](Config::auth_open_duration) | 5 min | — | — | a revoked key does not heal in 30 s |
+/// | [`auth_open_duration`](Config::auth_open_duration) | 5 min | — | — | `auth` (401) only: a revoked key does not heal in 30 s; a 403 or 404 never opens it |
+/// | [`max_trip_open`](Config::max_trip_open) | 1 h | — | — | nothing learned from a provider is forever: one probe an hour costs nothing and heals a bogus or wrong reset (a quota reset "tomorrow") |
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -79,9 +83,11 @@ impl Default for Config {
             backoff_factor: 1.0,
             backoff_max: Duration::from_secs(10),
             half_open_probes: 3,
+            probe_timeout: Duration::from_secs(300),
             count_rate_limited: false,
             quota_open_duration: Duration::from_secs(300),
             auth_open_duration: Duration::from_secs(300),
+            max_trip_open: Duration::from_secs(3600),
         }
     }
 }
@@ -168,6 +174,26 @@ impl Config {
         self
     }
 
+    /// How long a half-open probe may run before it counts as failed
+    /// (default 5 min; at least 1 ms, at most 7 days). A probe that never
+    /// answers would otherwise keep its slot forever, and the breaker would
+    /// stay half-open rejecting every call. At the deadline the circuit
+    /// opens again as for a failed probe (class [`ErrorClass::Timeout`],
+    /// with the usual open duration and backoff), every slot is free, and
+    /// the probe's late outcome is ignored. The call itself is not
+    /// cancelled (put a timeout inside the breaker for that), and no timer
+    /// runs: the deadline is checked by the next call of the key or the
+    /// next outcome, so [`state`](super::CircuitBreaker::state) may read
+    /// half-open until then.
+    ///
+    /// Meanwhile a call rejected because every slot is taken gets the time
+    /// until the earliest probe's deadline as its
+    /// [`retry_after`](crate::Error::retry_after).
+    pub fn probe_timeout(mut self, timeout: Duration) -> Self {
+        self.probe_timeout = timeout.clamp(Duration::from_millis(1), MAX_OPEN);
+        self
+    }
+
     /// Whether a rate-limited answer (429 `rate_limit_exceeded`, slow down)
     /// counts as a failure (default `false`: pacing is the rate limiter's
     /// job, and a 429 proves the provider is up).
@@ -177,16 +203,34 @@ impl Config {
     }
 
     /// How long a quota-exhausted answer opens the breaker when the
-    /// provider gives no reset time (default 5 min).
+    /// provider gives no reset time (default 5 min; at most
+    /// [`max_trip_open`](Config::max_trip_open)).
     pub fn quota_open_duration(mut self, duration: Duration) -> Self {
         self.quota_open_duration = duration.min(MAX_OPEN);
         self
     }
 
-    /// How long an authentication or permission failure opens the breaker
-    /// (default 5 min).
+    /// How long an authentication failure (401, [`ErrorClass::Auth`]: an
+    /// invalid or revoked API key) opens the breaker (default 5 min). A
+    /// permission failure (403) does not open it: it is about one model or
+    /// resource, not the key.
     pub fn auth_open_duration(mut self, duration: Duration) -> Self {
         self.auth_open_duration = duration.min(MAX_OPEN);
+        self
+    }
+
+    /// The longest a trip keeps the breaker open (default 1 h), whatever
+    /// the open time it carries: a quota reset the provider gave (a
+    /// `Retry-After` of a day, a daily quota's reset),
+    /// [`quota_open_duration`](Config::quota_open_duration),
+    /// [`auth_open_duration`](Config::auth_open_duration), or an
+    /// [`Outcome::trip`] made by hand. After it the breaker half-opens and
+    /// probes as usual: if the quota is still spent, the probe's answer
+    /// opens it again. Nothing learned from a provider sticks for longer,
+    /// so a wrong or bogus reset heals within this time, at the cost of a
+    /// few probes. Longer values are cut to 7 days.
+    pub fn max_trip_open(mut self, duration: Duration) -> Self {
+        self.max_trip_open = duration.min(MAX_OPEN);
         self
     }
 
@@ -204,12 +248,17 @@ impl Config {
     /// - `quota_exhausted` opens at once, until the provider's reset
     ///   (`retry_after`, else the largest reset among the rate limits it
     ///   reports as spent) or for
-    ///   [`quota_open_duration`](Config::quota_open_duration);
-    /// - `auth` and `permission` open at once for
+    ///   [`quota_open_duration`](Config::quota_open_duration); the circuit
+    ///   caps it at [`max_trip_open`](Config::max_trip_open);
+    /// - `auth` (401, an invalid or revoked API key: every request of the
+    ///   key will fail) opens at once for
     ///   [`auth_open_duration`](Config::auth_open_duration);
-    /// - the caller's faults (invalid request, context length, not found),
-    ///   cancellations and unknown errors say nothing about the provider's
-    ///   health: they are not recorded at all.
+    /// - `permission` (403: a model or resource this key may not use),
+    ///   `not_found` (404, `model_not_found`) and the caller's other faults
+    ///   (invalid request, context length) end that request only: they say
+    ///   nothing about the provider's health, and the key's other requests
+    ///   (other models) may well be allowed. They are not recorded at all,
+    ///   and neither are cancellations and unknown errors.
     pub fn outcome(&self, classification: &Classification, elapsed: Duration) -> Outcome {
         let Some(class) = classification.class else {
             return Outcome::success(elapsed);
@@ -219,9 +268,7 @@ impl Config {
                 class,
                 quota_reset(classification).unwrap_or(self.quota_open_duration),
             ),
-            ErrorClass::Auth | ErrorClass::Permission => {
-                Outcome::trip(class, self.auth_open_duration)
-            }
+            ErrorClass::Auth => Outcome::trip(class, self.auth_open_duration),
             ErrorClass::RateLimited | ErrorClass::SlowDown if self.count_rate_limited => {
                 Outcome::failure(class, elapsed)
             }
@@ -302,7 +349,8 @@ impl Outcome {
         }
     }
 
-    /// Open at once, for `open_for`, whatever the rates say (quota, auth).
+    /// Open at once, for `open_for` (at most
+    /// [`Config::max_trip_open`]), whatever the rates say (quota, auth).
     pub const fn trip(class: ErrorClass, open_for: Duration) -> Self {
         Outcome {
             kind: OutcomeKind::Trip { class, open_for },

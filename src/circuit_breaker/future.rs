@@ -19,7 +19,8 @@ pin_project! {
     /// The response future of [`CircuitBreaker`](super::CircuitBreaker):
     /// the inner call, whose outcome it records in the key's breaker when it
     /// completes, or the breaker's refusal. Dropped before completion, it
-    /// gives a half-open probe slot back.
+    /// gives a half-open probe slot back; so does a panic in the inner
+    /// service's `call` or in its future.
     pub struct ResponseFuture<F, C> {
         #[pin]
         state: State<F>,
@@ -41,12 +42,25 @@ pin_project! {
 }
 
 /// The permit of one call in flight; releases a probe slot on drop unless
-/// the outcome was recorded.
-struct Guard<C> {
+/// the outcome was recorded. Made before the inner service's `call`, so
+/// that a panic there (or in the future's `poll`) gives the slot back as
+/// the stack unwinds.
+pub(crate) struct Guard<C> {
     cell: Arc<Cell<C>>,
     permit: Permit,
     start: Option<Instant>,
     done: bool,
+}
+
+impl<C> Guard<C> {
+    pub(crate) fn new(cell: Arc<Cell<C>>, permit: Permit, start: Option<Instant>) -> Self {
+        Guard {
+            cell,
+            permit,
+            start,
+            done: false,
+        }
+    }
 }
 
 impl<C> Drop for Guard<C> {
@@ -58,20 +72,10 @@ impl<C> Drop for Guard<C> {
 }
 
 impl<F, C> ResponseFuture<F, C> {
-    pub(crate) fn called(
-        future: F,
-        cell: Arc<Cell<C>>,
-        permit: Permit,
-        start: Option<Instant>,
-    ) -> Self {
+    pub(crate) fn called(future: F, guard: Guard<C>) -> Self {
         ResponseFuture {
             state: State::Called { future },
-            guard: Some(Guard {
-                cell,
-                permit,
-                start,
-                done: false,
-            }),
+            guard: Some(guard),
         }
     }
 

@@ -15,9 +15,9 @@ use crate::key::SingleKey;
 ///
 /// Defaults: the policy of [`Config::default`] (failure rate 0.5 over the
 /// last 20 calls once 10 were seen, open 10 s, 3 probes, quota and auth
-/// open at once for the provider's reset or 5 min), one key
-/// ([`SingleKey`]), the [`Provider::Auto`] classifier, no event listener,
-/// at most 10 000 keys.
+/// open at once for the provider's reset or 5 min, never more than 1 h),
+/// one key ([`SingleKey`]), the [`Provider::Auto`] classifier, no event
+/// listener, at most 10 000 keys.
 ///
 /// Each service this layer wraps gets its own breakers; the clones of that
 /// service share them.
@@ -88,12 +88,16 @@ impl<K, C> CircuitBreakerLayer<K, C> {
         open_backoff(factor: f64, max: Duration);
         /// See [`Config::half_open_probes`] (default 3).
         half_open_probes(n: u32);
+        /// See [`Config::probe_timeout`] (default 5 min).
+        probe_timeout(timeout: Duration);
         /// See [`Config::count_rate_limited`] (default `false`).
         count_rate_limited(count: bool);
         /// See [`Config::quota_open_duration`] (default 5 min).
         quota_open_duration(duration: Duration);
         /// See [`Config::auth_open_duration`] (default 5 min).
         auth_open_duration(duration: Duration);
+        /// See [`Config::max_trip_open`] (default 1 h).
+        max_trip_open(duration: Duration);
     }
 
     /// Where transitions and quota signals are reported (default: a fresh

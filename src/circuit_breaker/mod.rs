@@ -9,7 +9,11 @@
 //! open time it turns **half-open** and lets a few probe calls through: if
 //! they all succeed it closes, if one fails it opens again (for longer, if
 //! [`open_backoff`](CircuitBreakerLayer::open_backoff) is set). These are
-//! the states of Resilience4j and Polly.
+//! the states of Resilience4j and Polly. A probe still unanswered after
+//! [`probe_timeout`](CircuitBreakerLayer::probe_timeout) (5 min) has
+//! failed: a hung probe never keeps the breaker half-open, and while the
+//! probes run, a rejected call's `retry_after` says when the earliest of
+//! them times out.
 //!
 //! What counts comes from [`classify`](crate::classify), once for every
 //! layer:
@@ -17,8 +21,11 @@
 //! - server errors, overload (503, 529), timeouts and connection failures
 //!   are failures;
 //! - the caller's faults (400, context length exceeded, 404 model not
-//!   found) are not recorded: a storm of bad requests says nothing about the
-//!   provider's health and never opens the breaker;
+//!   found, 403 permission denied for a model this key may not use) are not
+//!   recorded: they end that request only; a storm of bad requests says
+//!   nothing about the provider's health and never opens the breaker (and
+//!   a breaker keyed by API key would otherwise lock out the key's other
+//!   models);
 //! - a 429 rate limit is not a failure by default (it is the limiter's job;
 //!   see [`count_rate_limited`](CircuitBreakerLayer::count_rate_limited));
 //! - **quota is not health**: one `quota_exhausted` answer (OpenAI
@@ -27,8 +34,12 @@
 //!   provider gave (its `Retry-After`, or the reset of the rate limit it
 //!   reports spent) or for
 //!   [`quota_open_duration`](CircuitBreakerLayer::quota_open_duration); an
-//!   auth or permission failure opens it at once for
-//!   [`auth_open_duration`](CircuitBreakerLayer::auth_open_duration).
+//!   invalid API key (`auth`, 401) opens it at once for
+//!   [`auth_open_duration`](CircuitBreakerLayer::auth_open_duration);
+//! - **nothing sticks**: whatever open time a trip carries (a quota reset a
+//!   day away), the breaker half-opens and probes after
+//!   [`max_trip_open`](CircuitBreakerLayer::max_trip_open) (1 h) at the
+//!   latest; a bogus or wrong reset heals within the hour.
 //!
 //! The breaker sits outermost, above the retry layer, so it sees one
 //! outcome per logical call: a provider that is down fails fast before

@@ -5,7 +5,7 @@ use http::Response;
 use tokio::time::Instant;
 use tower::Service;
 
-use super::future::ResponseFuture;
+use super::future::{Guard, ResponseFuture};
 use super::shared::{Breakers, Cell};
 use crate::classify::Classifier;
 use crate::events::CircuitState;
@@ -124,7 +124,11 @@ where
         match cell.acquire() {
             Ok(permit) => {
                 let start = cell.context.config.slow_calls_enabled().then(Instant::now);
-                ResponseFuture::called(self.inner.call(request), cell, permit, start)
+                // The guard holds the permit before the inner call: if that
+                // call panics, unwinding drops the guard, which gives a
+                // half-open probe slot back.
+                let guard = Guard::new(cell, permit, start);
+                ResponseFuture::called(self.inner.call(request), guard)
             }
             Err(error) => ResponseFuture::rejected(error),
         }

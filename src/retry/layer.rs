@@ -67,6 +67,7 @@ impl<C> RetryLayer<C> {
                 server_jitter: c.server_jitter,
                 deadline: c.deadline,
                 budget: c.budget,
+                budget_exempt_retry_after: c.budget_exempt_retry_after,
                 predicate: c.predicate,
                 rng: c.rng,
                 events: c.events,
@@ -140,13 +141,29 @@ impl<C> RetryLayer<C> {
     }
 
     /// The retry budget (default [`RetryBudget::default`]: 20 % of requests
-    /// plus 1 retry per second over 10 s). Retries whose wait the server
-    /// chose do not draw from it: the provider paces those itself. When it
-    /// is spent the caller gets an error for which
+    /// plus 1 retry per second over 10 s). Only retries the server paces do
+    /// not draw from it: a `rate_limited` or `slow_down` answer whose wait is
+    /// at least [`budget_exempt_retry_after`](Self::budget_exempt_retry_after)
+    /// (any wait above zero by default); every other retry (5xx, overload,
+    /// timeout, connect, a `Retry-After: 0`) does. When it is spent the
+    /// caller gets an error for which
     /// [`is_retry_budget_exhausted`](crate::Error::is_retry_budget_exhausted)
     /// holds. Pass the same budget to several layers to share it.
     pub fn budget(mut self, budget: RetryBudget) -> Self {
         self.config.budget = Some(budget);
+        self
+    }
+
+    /// The shortest server-given wait on a rate-limited answer that exempts
+    /// its retry from the [`budget`](Self::budget) (default
+    /// [`DEFAULT_BUDGET_EXEMPT_RETRY_AFTER`](super::DEFAULT_BUDGET_EXEMPT_RETRY_AFTER),
+    /// 1 ms: any wait above zero; see there why not more). Retries of
+    /// other classes draw from the budget whatever the server's wait.
+    /// `Duration::ZERO` exempts a `Retry-After: 0` too;
+    /// `Duration::from_secs(1)` budgets the sub-second waits of a sliding
+    /// window.
+    pub fn budget_exempt_retry_after(mut self, floor: Duration) -> Self {
+        self.config.budget_exempt_retry_after = floor;
         self
     }
 

@@ -25,8 +25,13 @@
 //!   an attempt that could not start before the overall
 //!   [`deadline`](RetryLayer::deadline), and when the shared
 //!   [`RetryBudget`] is spent (20 % of requests plus 1/s, so an outage does
-//!   not multiply the load; retries whose wait the server chose do not draw
-//!   from it).
+//!   not multiply the load). Only retries that the server paces do not draw
+//!   from it: a `rate_limited` or `slow_down` answer with a wait above zero
+//!   (at least [`RetryLayer::budget_exempt_retry_after`], 1 ms by
+//!   default), during which the rate limiter's gate holds the key's
+//!   requests. Every other retry (5xx and overload whatever their
+//!   `Retry-After`, timeouts, connection failures, and any retry told
+//!   `Retry-After: 0`) withdraws from the budget.
 //! - A response below 400 without a stored
 //!   [`Classification`](crate::Classification) is a success without asking
 //!   the classifier (no header is parsed on the success path); every error
@@ -89,8 +94,9 @@ pub use self::buffer::{BufferBody, BufferBodyLayer, BufferFuture, DEFAULT_BUFFER
 pub use self::future::ResponseFuture;
 pub use self::layer::RetryLayer;
 pub use self::policy::{
-    ClassifyError, RetryPolicy, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_RETRY_AFTER,
-    DEFAULT_RATE_LIMITED_ATTEMPTS, DEFAULT_SERVER_JITTER, SERVER_JITTER_MAX,
+    ClassifyError, RetryPolicy, DEFAULT_BUDGET_EXEMPT_RETRY_AFTER, DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_RETRY_AFTER, DEFAULT_RATE_LIMITED_ATTEMPTS, DEFAULT_SERVER_JITTER,
+    SERVER_JITTER_MAX,
 };
 pub use self::service::Retry;
 pub use self::spike::RetrySpike;

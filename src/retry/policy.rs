@@ -38,6 +38,27 @@ pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 pub const DEFAULT_SERVER_JITTER: f64 = 0.1;
 /// The largest jitter ever added to a server-given wait: 1 s.
 pub const SERVER_JITTER_MAX: Duration = Duration::from_secs(1);
+/// Default for [`RetryLayer::budget_exempt_retry_after`]: 1 ms, that is,
+/// any server-given wait above zero. Only a rate-limited answer
+/// (`rate_limited`, `slow_down`) whose wait is at least this long is exempt
+/// from the [`RetryBudget`]: the provider is pacing the key (a sliding
+/// window says to the millisecond when a slot frees; the rate limiter's
+/// gate holds the key's requests until then), and each such retry still
+/// waits at least its backoff and counts against the attempts for its
+/// class. `Retry-After: 0` paces nothing, and a wait on a 5xx or an
+/// overload does not stop other requests from piling on: those retries
+/// draw from the budget like any other.
+///
+/// Why not 1 s: a provider's sliding window answers a 429 with the exact
+/// time until its oldest request leaves, often a few milliseconds
+/// (OpenAI's and Azure's `retry-after-ms`). With a 1 s floor those retries
+/// spend the budget, and in `examples/retry_comparison.rs` (200 requests
+/// at 8/s against 5/s, retry layer alone) 60 requests are lost instead of
+/// none. Raise it with [`RetryLayer::budget_exempt_retry_after`] to budget
+/// short waits too.
+///
+/// [`RetryLayer::budget_exempt_retry_after`]: super::RetryLayer::budget_exempt_retry_after
+pub const DEFAULT_BUDGET_EXEMPT_RETRY_AFTER: Duration = Duration::from_millis(1);
 
 type Predicate = dyn Fn(&Classification) -> bool + Send + Sync;
 
@@ -52,6 +73,7 @@ pub(crate) struct Config<C> {
     pub(crate) server_jitter: f64,
     pub(crate) deadline: Option<Duration>,
     pub(crate) budget: Option<RetryBudget>,
+    pub(crate) budget_exempt_retry_after: Duration,
     pub(crate) predicate: Option<Arc<Predicate>>,
     pub(crate) rng: Arc<Mutex<SmallRng>>,
     pub(crate) events: Option<Events>,
@@ -69,6 +91,7 @@ impl<C: Clone> Clone for Config<C> {
             server_jitter: self.server_jitter,
             deadline: self.deadline,
             budget: self.budget.clone(),
+            budget_exempt_retry_after: self.budget_exempt_retry_after,
             predicate: self.predicate.clone(),
             rng: self.rng.clone(),
             events: self.events.clone(),
@@ -88,6 +111,7 @@ impl<C: fmt::Debug> fmt::Debug for Config<C> {
             .field("server_jitter", &self.server_jitter)
             .field("deadline", &self.deadline)
             .field("budget", &self.budget)
+            .field("budget_exempt_retry_after", &self.budget_exempt_retry_after)
             .field("predicate", &self.predicate.is_some())
             .field("events", &self.events)
             .field("spike", &self.spike)
@@ -149,6 +173,7 @@ impl<C> Config<C> {
             server_jitter: DEFAULT_SERVER_JITTER,
             deadline: None,
             budget: Some(RetryBudget::default()),
+            budget_exempt_retry_after: DEFAULT_BUDGET_EXEMPT_RETRY_AFTER,
             predicate: None,
             rng: Arc::new(Mutex::new(SmallRng::seed_from_u64(process_seed()))),
             events: None,
@@ -276,9 +301,13 @@ impl<C> Config<C> {
                 return Decision::GiveUp(GiveUp::Deadline);
             }
         }
-        // A wait the server chose is the provider pacing its own load; the
-        // budget guards against retries that nobody asked for.
-        if c.retry_after.is_none() {
+        // The budget guards against retries that multiply the load on a
+        // provider. A retry is exempt only when a server-given wait really
+        // paces it: a rate-limited answer (the limiter's gate holds the
+        // key's requests until then) with a wait of at least the floor.
+        // A 5xx, an overload, a timeout, a connect failure, and any retry
+        // told `Retry-After: 0` (or less than the floor), withdraw from it.
+        if !self.is_paced(c, class) {
             if let Some(budget) = &self.budget {
                 if !budget.withdraw() {
                     return Decision::GiveUp(GiveUp::Budget);
@@ -286,6 +315,15 @@ impl<C> Config<C> {
             }
         }
         Decision::Retry { wait, server_chose }
+    }
+
+    /// Whether the retry of a failure classified as `c` (of class `class`)
+    /// is paced by the server, and so exempt from the budget: a
+    /// rate-limited answer with a wait of at least the floor.
+    fn is_paced(&self, c: &Classification, class: ErrorClass) -> bool {
+        matches!(class, ErrorClass::RateLimited | ErrorClass::SlowDown)
+            && c.retry_after
+                .is_some_and(|wait| wait >= self.budget_exempt_retry_after)
     }
 
     /// The server's wait plus up to `server_jitter` of it (at most
