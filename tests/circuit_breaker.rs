@@ -542,8 +542,8 @@ async fn half_open_admits_only_the_set_number_of_probes() {
                 assert!(e.is_circuit_open());
                 assert_eq!(
                     e.retry_after(),
-                    Some(Duration::from_secs(300)),
-                    "half-open: until the earliest probe's deadline"
+                    Some(Duration::from_secs(10)),
+                    "half-open: until the earliest probe's deadline, at most the open duration"
                 );
                 rejected += 1;
             }
@@ -796,8 +796,8 @@ async fn half_open_probes_have_a_timeout() {
     assert!(err.is_circuit_open());
     assert_eq!(
         err.retry_after(),
-        Some(Duration::from_secs(240)),
-        "until the probe's deadline"
+        Some(Duration::from_secs(10)),
+        "until the probe's deadline (240 s), at most the open duration"
     );
 
     // At its deadline, the probe has failed: open again for 10 s.
@@ -841,7 +841,8 @@ async fn half_open_probes_have_a_timeout() {
     let (full, _) = circuit.try_acquire(at(50));
     assert_eq!(
         full.unwrap_err().retry_after(),
-        Some(Duration::from_secs(20))
+        Some(Duration::from_secs(10)),
+        "20 s to the first probe's deadline, at most the open duration (10 s)"
     );
     // The first succeeds in time; the hint moves on to the second's
     // deadline (30 s + 60 s).
@@ -850,6 +851,12 @@ async fn half_open_probes_have_a_timeout() {
     assert_eq!(
         full.unwrap_err().retry_after(),
         Some(Duration::from_secs(10))
+    );
+    let (full, _) = circuit.try_acquire(at(85));
+    assert_eq!(
+        full.unwrap_err().retry_after(),
+        Some(Duration::from_secs(5)),
+        "the second's deadline is nearer than an open duration"
     );
     // The second is unanswered at its deadline (90 s): open again.
     let (rejected, t) = circuit.try_acquire(at(90));

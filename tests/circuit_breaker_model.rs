@@ -167,7 +167,10 @@ impl Model {
                     })
                 } else {
                     let earliest = self.probes.iter().map(|&(_, d)| d).min().unwrap();
-                    Err(Some(earliest - now))
+                    // at most the open duration: probes usually decide sooner
+                    Err(Some(
+                        (earliest - now).min(Duration::from_millis(self.p.open_ms)),
+                    ))
                 }
             }
             MState::Open { .. } => unreachable!(),

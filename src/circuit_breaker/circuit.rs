@@ -133,10 +133,13 @@ impl Rejected {
     /// How long until the circuit may let a probe through: while open, the
     /// time left; while half-open with every probe slot taken, the time
     /// until the earliest probe's deadline ([`Config::probe_timeout`]
-    /// after it was admitted), the latest instant at which a slot frees or
-    /// the circuit opens again (a probe that answers sooner decides sooner).
-    /// A caller that holds work until the circuit may accept it (a batch
-    /// driver) can sleep that long. `None` only when no deadline is known.
+    /// after it was admitted, the latest instant at which a slot frees or
+    /// the circuit opens again), but at most
+    /// [`Config::open_duration`]: probes usually answer within seconds,
+    /// and a caller told to come back in five minutes would miss the
+    /// recovery. A caller that holds work until the circuit may accept it
+    /// (a batch driver) can sleep that long. `None` only when no deadline
+    /// is known.
     pub const fn retry_after(&self) -> Option<Duration> {
         self.retry_after
     }
@@ -252,10 +255,15 @@ impl Circuit {
                         slot,
                     })
                 } else {
+                    // Probes usually decide within an open interval; their
+                    // deadline is only the latest a slot frees.
                     let earliest = self.probes.iter().map(|&(_, d)| d).min();
                     Err(Rejected {
                         class,
-                        retry_after: earliest.map(|d| d.saturating_duration_since(now)),
+                        retry_after: earliest.map(|d| {
+                            d.saturating_duration_since(now)
+                                .min(self.config.open_duration)
+                        }),
                     })
                 }
             }
