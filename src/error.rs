@@ -75,6 +75,9 @@ enum Kind {
     StoreUnavailable,
     /// The caller cancelled the call before it finished (batch driver).
     Cancelled,
+    /// The limiter's in-memory store holds as many keys as it may, all of
+    /// them still counting usage: a new key cannot be admitted.
+    TooManyKeys { max: usize },
 }
 
 impl Error {
@@ -203,6 +206,13 @@ impl Error {
         )
     }
 
+    pub(crate) fn too_many_keys(max: usize, retry_after: Duration) -> Self {
+        Error::new(
+            Kind::TooManyKeys { max },
+            Classification::failure(ErrorClass::RateLimited).with_retry_after(retry_after),
+        )
+    }
+
     /// What went wrong, in the crate's taxonomy.
     pub fn class(&self) -> ErrorClass {
         self.inner.classification.class.unwrap_or(ErrorClass::Other)
@@ -246,7 +256,8 @@ impl Error {
             | Kind::DeadlineExceeded
             | Kind::CircuitOpen
             | Kind::StoreUnavailable
-            | Kind::Cancelled => self.class().is_retryable(),
+            | Kind::Cancelled
+            | Kind::TooManyKeys { .. } => self.class().is_retryable(),
             Kind::Response | Kind::Transport => self.inner.classification.is_retryable(),
         }
     }
@@ -358,6 +369,16 @@ impl Error {
     pub fn is_cancelled(&self) -> bool {
         self.inner.kind == Kind::Cancelled
     }
+
+    /// The rate limiter's in-memory store could not take the request's key:
+    /// it already holds its hard bound of keys (4 times
+    /// [`max_keys`](crate::rate_limit::MemoryStore::max_keys)), every one
+    /// of them still counting usage, which it never forgets to make room.
+    /// Class [`ErrorClass::RateLimited`]; [`retry_after`](Self::retry_after)
+    /// says when the first held key may go.
+    pub fn is_too_many_keys(&self) -> bool {
+        matches!(self.inner.kind, Kind::TooManyKeys { .. })
+    }
 }
 
 impl fmt::Debug for Error {
@@ -429,6 +450,13 @@ impl fmt::Display for Error {
             Kind::CircuitOpen => write!(f, "circuit breaker open ({class}")?,
             Kind::StoreUnavailable => return f.write_str("rate-limit store unavailable"),
             Kind::Cancelled => return f.write_str("cancelled before it finished"),
+            Kind::TooManyKeys { max } => {
+                return write!(
+                    f,
+                    "rate limit: the store already holds {max} keys, all still counting usage; a new key must wait, retry after {}",
+                    Secs(c.retry_after.unwrap_or_default())
+                )
+            }
         }
         if let Some(code) = c.code {
             write!(f, ": {code}")?;
