@@ -609,14 +609,18 @@ impl Window {
     /// per limit (the searches share one cursor per log, since re-booked
     /// instants never decrease).
     pub fn cancel(&mut self, id: u64, now: Instant) -> bool {
+        let mut found = false;
         for d in &mut self.dims {
             if let Some(i) = find(&d.log, id) {
                 if let Some(e) = d.log.remove(i) {
                     d.sum = d.sum.saturating_sub(e.cost);
+                    found = true;
                 }
             }
         }
-        self.rebook(now, Some(id), true)
+        // A reservation already gone (pruned, or cancelled before) frees
+        // nothing: nobody can move.
+        found && self.rebook(now, Some(id), true)
     }
 
     /// Books the waiting reservations (admission after `now`, and made
