@@ -78,6 +78,9 @@ enum Kind {
     /// A patient batch ran out of patience: no success for this long, or
     /// the provider asked to wait longer than that.
     GaveUp { patience: Duration },
+    /// The limiter's in-memory store holds as many keys as it may, all of
+    /// them still counting usage: a new key cannot be admitted.
+    TooManyKeys { max: usize },
 }
 
 impl Error {
@@ -216,6 +219,13 @@ impl Error {
         Error::new(Kind::GaveUp { patience }, last)
     }
 
+    pub(crate) fn too_many_keys(max: usize, retry_after: Duration) -> Self {
+        Error::new(
+            Kind::TooManyKeys { max },
+            Classification::failure(ErrorClass::RateLimited).with_retry_after(retry_after),
+        )
+    }
+
     /// What went wrong, in the crate's taxonomy.
     pub fn class(&self) -> ErrorClass {
         self.inner.classification.class.unwrap_or(ErrorClass::Other)
@@ -260,7 +270,8 @@ impl Error {
             | Kind::CircuitOpen
             | Kind::StoreUnavailable
             | Kind::Cancelled
-            | Kind::GaveUp { .. } => self.class().is_retryable(),
+            | Kind::GaveUp { .. }
+            | Kind::TooManyKeys { .. } => self.class().is_retryable(),
             Kind::Response | Kind::Transport => self.inner.classification.is_retryable(),
         }
     }
@@ -382,6 +393,16 @@ impl Error {
     pub fn is_gave_up(&self) -> bool {
         matches!(self.inner.kind, Kind::GaveUp { .. })
     }
+
+    /// The rate limiter's in-memory store could not take the request's key:
+    /// it already holds its hard bound of keys (4 times
+    /// [`max_keys`](crate::rate_limit::MemoryStore::max_keys)), every one
+    /// of them still counting usage, which it never forgets to make room.
+    /// Class [`ErrorClass::RateLimited`]; [`retry_after`](Self::retry_after)
+    /// says when the first held key may go.
+    pub fn is_too_many_keys(&self) -> bool {
+        matches!(self.inner.kind, Kind::TooManyKeys { .. })
+    }
 }
 
 impl fmt::Debug for Error {
@@ -458,6 +479,13 @@ impl fmt::Display for Error {
                 "batch gave up: no recovery within its patience of {} ({class}",
                 Secs(patience)
             )?,
+            Kind::TooManyKeys { max } => {
+                return write!(
+                    f,
+                    "rate limit: the store already holds {max} keys, all still counting usage; a new key must wait, retry after {}",
+                    Secs(c.retry_after.unwrap_or_default())
+                )
+            }
         }
         if let Some(code) = c.code {
             write!(f, ": {code}")?;

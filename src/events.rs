@@ -102,6 +102,24 @@ pub enum Event<'a> {
         /// `"deadline"`, `"retry_after_too_long"`.
         reason: &'static str,
     },
+    /// A rate-limit response closed the key's gate: no request of the key
+    /// is admitted before it opens (requests already waiting move behind
+    /// it).
+    GateClosed {
+        /// The key whose gate closed.
+        key: &'a Key,
+        /// How long the gate stays closed, from now.
+        until: Duration,
+    },
+    /// A request was refused at once because it would wait on its key's
+    /// gate longer than the limiter's bound (`max_gate_wait`); it failed
+    /// with a rate-limit timeout carrying the wait.
+    GateWaitRefused {
+        /// The request's key.
+        key: &'a Key,
+        /// How long it would have waited.
+        wait: Duration,
+    },
     /// A circuit breaker changed state.
     CircuitTransition {
         /// The breaker's key.
@@ -207,6 +225,13 @@ fn trace(event: &Event<'_>) {
         Event::QuotaExhausted { key, until } => warn!(
             target: T, %key, until_s = until.map(|d| d.as_secs()), "quota exhausted"
         ),
+        Event::GateClosed { key, until } => info!(
+            target: T, %key, until_ms = until.as_millis() as u64, "rate limit: gate closed"
+        ),
+        Event::GateWaitRefused { key, wait } => warn!(
+            target: T, %key, wait_ms = wait.as_millis() as u64,
+            "rate limit: refused a wait on the gate longer than its bound"
+        ),
         Event::RetryScheduled {
             attempt,
             class,
@@ -246,6 +271,8 @@ pub struct Counters {
     retries_server_chose: AtomicU64,
     gave_up: AtomicU64,
     circuit_opened: AtomicU64,
+    gates_closed: AtomicU64,
+    gate_waits_refused: AtomicU64,
 }
 
 impl Counters {
@@ -262,6 +289,8 @@ impl Counters {
             Event::RateLimitedResponse { .. } => add(&self.rate_limited_responses, 1),
             Event::LimitLearned { .. } => add(&self.limits_learned, 1),
             Event::QuotaExhausted { .. } => add(&self.quota_exhausted, 1),
+            Event::GateClosed { .. } => add(&self.gates_closed, 1),
+            Event::GateWaitRefused { .. } => add(&self.gate_waits_refused, 1),
             Event::RetryScheduled { server_chose, .. } => {
                 add(&self.retries, 1);
                 if server_chose {
@@ -290,6 +319,8 @@ impl Counters {
             retries_server_chose: get(&self.retries_server_chose),
             gave_up: get(&self.gave_up),
             circuit_opened: get(&self.circuit_opened),
+            gates_closed: get(&self.gates_closed),
+            gate_waits_refused: get(&self.gate_waits_refused),
         }
     }
 }
@@ -316,6 +347,11 @@ pub struct Summary {
     pub gave_up: u64,
     /// Times a circuit breaker opened.
     pub circuit_opened: u64,
+    /// Times a rate-limit response closed a key's gate.
+    pub gates_closed: u64,
+    /// Requests refused because they would wait on a gate longer than the
+    /// limiter's bound.
+    pub gate_waits_refused: u64,
 }
 
 #[cfg(test)]

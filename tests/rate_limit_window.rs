@@ -1,5 +1,7 @@
 //! Property test of the pure sliding window: exactness and earliest
-//! admission, over arbitrary arrivals, costs and cancellations.
+//! admission, over arbitrary arrivals, costs, cancellations and gates
+//! (a cancel or a gate re-books the waiters behind it in one sweep: they
+//! must land exactly where a fresh booking would put them).
 
 use std::time::Duration;
 
@@ -13,12 +15,15 @@ enum Op {
     Arrive { gap: u64, tokens: u64 },
     /// The n-th still-pending reservation (modulo) is cancelled.
     Cancel { gap: u64, pick: usize },
+    /// A gate closes for `len` ms (a 429's Retry-After).
+    Gate { gap: u64, len: u64 },
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (0u64..400, 0u64..120).prop_map(|(gap, tokens)| Op::Arrive { gap, tokens }),
         1 => (0u64..400, any::<usize>()).prop_map(|(gap, pick)| Op::Cancel { gap, pick }),
+        1 => (0u64..400, 0u64..3_000).prop_map(|(gap, len)| Op::Gate { gap, len }),
     ]
 }
 
@@ -36,6 +41,63 @@ fn used(log: &[Admitted], t: Instant, w: Duration, tokens: bool) -> u64 {
         .filter(|a| a.live && a.at <= t && a.at + w > t)
         .map(|a| if tokens { a.tokens } else { 1 })
         .sum()
+}
+
+/// Whether `tokens` (and one request) fit at `t` beside the live
+/// admissions other than `skip`.
+fn fits(
+    log: &[Admitted],
+    skip: u64,
+    t: Instant,
+    w: Duration,
+    limits: (u64, u64),
+    tokens: u64,
+) -> bool {
+    let others: Vec<Admitted> = log.iter().copied().filter(|a| a.id != skip).collect();
+    used(&others, t, w, false) < limits.0
+        && (tokens == 0 || used(&others, t, w, true) + tokens <= limits.1)
+}
+
+/// After a cancel or a gate at `now`: every waiting reservation sits at the
+/// earliest instant it fits after the ones before it (and after the gate),
+/// as a fresh booking in order would put it.
+fn rebooked_earliest(
+    log: &[Admitted],
+    now: Instant,
+    gate: Option<Instant>,
+    w: Duration,
+    limits: (u64, u64),
+) -> Result<(), TestCaseError> {
+    let mut before = now.max(gate.unwrap_or(now));
+    let mut booked: Vec<Admitted> = log
+        .iter()
+        .copied()
+        .filter(|a| a.live && a.at <= now)
+        .collect();
+    let mut waiting: Vec<Admitted> = log
+        .iter()
+        .copied()
+        .filter(|a| a.live && a.at > now)
+        .collect();
+    waiting.sort_by_key(|a| a.id);
+    for a in waiting {
+        prop_assert!(
+            a.at >= before,
+            "{:?} before its predecessor or the gate",
+            a.id
+        );
+        if a.at > before {
+            let t = a.at - Duration::from_nanos(1);
+            prop_assert!(
+                !fits(&booked, a.id, t, w, limits, a.tokens),
+                "{:?} could go earlier",
+                a.id
+            );
+        }
+        before = a.at;
+        booked.push(a);
+    }
+    Ok(())
 }
 
 proptest! {
@@ -56,6 +118,7 @@ proptest! {
         let mut window = Window::new(&limits, t0);
         let mut now = t0;
         let mut log: Vec<Admitted> = Vec::new();
+        let mut gate: Option<Instant> = None;
         for op in ops {
             match op {
                 Op::Arrive { gap, tokens } => {
@@ -67,6 +130,7 @@ proptest! {
                             // Earliest: one nanosecond earlier (but not before
                             // `now` or an earlier live reservation) it must not fit.
                             let base = log.iter().filter(|a| a.live).map(|a| a.at).fold(now, Instant::max);
+                            let base = gate.map_or(base, |g| base.max(g));
                             prop_assert!(at >= base, "overtook an earlier reservation");
                             if at > base {
                                 let t = at - Duration::from_nanos(1);
@@ -101,7 +165,29 @@ proptest! {
                             prop_assert!(at <= a.at && at >= now.min(a.at));
                             a.at = at;
                         }
+                        rebooked_earliest(&log, now, gate, w, (rpw, tpw))?;
                     }
+                }
+                Op::Gate { gap, len } => {
+                    now += Duration::from_millis(gap);
+                    let until = now + Duration::from_millis(len);
+                    window.gate(until, now);
+                    gate = Some(gate.map_or(until, |g| g.max(until)));
+                    // Waiters move behind the gate (never earlier than
+                    // they were: without learning, a gate only delays).
+                    for a in log.iter_mut().filter(|a| a.live) {
+                        let Some(at) = window.booked_at(a.id) else {
+                            prop_assert!(a.at + w <= now, "a held reservation was lost");
+                            continue;
+                        };
+                        if a.at > now {
+                            prop_assert!(at >= a.at && at >= until, "{:?} not behind the gate", a.id);
+                        } else {
+                            prop_assert_eq!(at, a.at, "an admitted request moved");
+                        }
+                        a.at = at;
+                    }
+                    rebooked_earliest(&log, now, gate, w, (rpw, tpw))?;
                 }
             }
             // Exactness: no interval [s, s + w) holds more than the limits;

@@ -135,12 +135,25 @@ where
 }
 
 impl<F, A, St: Store> State<F, A, St> {
+    /// A reservation that must wait: waits, unless the wait is on a gate
+    /// longer than the gate bound (then the reservation is given back and
+    /// the request fails at once).
     fn waiting<K, C, E>(
         r: Reservation,
         started: Instant,
         key: &Key,
         shared: &Arc<Shared<K, C, E, St>>,
     ) -> Self {
+        let now = Instant::now();
+        if let Some(gate) = shared.store.gate_until(key, now) {
+            let wait = gate.saturating_duration_since(now);
+            if wait > shared.max_gate_wait {
+                shared.store.cancel(&r);
+                return State::Failed {
+                    error: Some(gate_refusal(shared, key, wait)),
+                };
+            }
+        }
         shared.events.emit(Event::RateLimitWait {
             key,
             wait: r.at - started,
@@ -153,6 +166,12 @@ impl<F, A, St: Store> State<F, A, St> {
             }),
         }
     }
+}
+
+/// Reports and makes the error of a wait on a gate past the gate bound.
+fn gate_refusal<K, C, E, St>(shared: &Shared<K, C, E, St>, key: &Key, wait: Duration) -> Error {
+    shared.events.emit(Event::GateWaitRefused { key, wait });
+    Error::rate_limit_timeout(wait)
 }
 
 /// The error for a decision that admits nothing.
@@ -225,10 +244,22 @@ where
                     return Poll::Ready(Err(error));
                 }
                 StateProj::Waiting { sleep, guard } => {
-                    // A cancellation ahead of us may have moved us earlier.
+                    // A cancellation ahead of us may have moved us earlier,
+                    // a gate closed since we were booked later (see the
+                    // contract of `Store::watch`).
                     if let Some(r) = &guard.reservation {
                         if let Some(at) = this.shared.store.watch(r, cx.waker()) {
-                            if at < sleep.deadline() {
+                            let booked = sleep.deadline();
+                            if at > booked {
+                                let wait = at.saturating_duration_since(Instant::now());
+                                if wait > this.shared.max_gate_wait {
+                                    let error = gate_refusal(this.shared, this.key, wait);
+                                    // Dropping the guard gives the reservation back.
+                                    this.state.set(State::Done);
+                                    return Poll::Ready(Err(error));
+                                }
+                            }
+                            if at != booked {
                                 sleep.as_mut().reset(at);
                             }
                         }
@@ -398,6 +429,9 @@ where
             }
             if let Some(wait) = c.retry_after {
                 if let Some(until) = now.checked_add(wait) {
+                    if !wait.is_zero() {
+                        shared.events.emit(Event::GateClosed { key, until: wait });
+                    }
                     shared.store.gate(key, until);
                 }
             }

@@ -22,8 +22,11 @@ use crate::key::{Key, SingleKey};
 /// Defaults: one key for everything ([`SingleKey`]), classifier
 /// [`Provider::Auto`], estimator [`JsonEstimator`], no max wait (a request
 /// waits as long as the window needs, which is bounded by the longest
-/// window), events to a fresh [`Events`], the in-memory store with at most
-/// 10,000 keys, headers only ever tighten limits.
+/// window), a wait on a key's gate bounded by 60 s
+/// ([`max_gate_wait`](Self::max_gate_wait)), events to a fresh [`Events`],
+/// the in-memory store with 10,000 keys (a soft bound, see
+/// [`MemoryStore`]), headers only ever tighten limits and what they teach
+/// expires (see [`learned_ttl`](Self::learned_ttl)).
 ///
 /// ```
 /// use std::time::Duration;
@@ -47,6 +50,7 @@ pub struct RateLimitLayer<K = SingleKey, C = Provider, E = JsonEstimator, St = M
     store: St,
     events: Events,
     max_wait: Option<Duration>,
+    max_gate_wait: Duration,
     estimate: bool,
     refund_failed: bool,
 }
@@ -60,11 +64,18 @@ impl<K: Clone, C: Clone, E: Clone, St: Clone> Clone for RateLimitLayer<K, C, E, 
             store: self.store.clone(),
             events: self.events.clone(),
             max_wait: self.max_wait,
+            max_gate_wait: self.max_gate_wait,
             estimate: self.estimate,
             refund_failed: self.refund_failed,
         }
     }
 }
+
+/// The default bound on a wait on a key's gate
+/// ([`RateLimitLayer::max_gate_wait`]): 60 s, the same as the retry
+/// layer's default cap on a server-given wait
+/// ([`DEFAULT_MAX_RETRY_AFTER`](crate::retry::DEFAULT_MAX_RETRY_AFTER)).
+pub const DEFAULT_MAX_GATE_WAIT: Duration = crate::retry::DEFAULT_MAX_RETRY_AFTER;
 
 impl RateLimitLayer {
     /// A limiter where every key has `limits`.
@@ -77,6 +88,7 @@ impl RateLimitLayer {
             store: MemoryStore::new(limits),
             events: Events::new(),
             max_wait: None,
+            max_gate_wait: DEFAULT_MAX_GATE_WAIT,
             estimate,
             refund_failed: true,
         }
@@ -92,13 +104,30 @@ impl<K, C, E> RateLimitLayer<K, C, E, MemoryStore> {
     }
 
     /// Whether the provider's `limit` headers may raise the configured
-    /// limits (default `false`: headers only ever tighten).
+    /// limits (default `false`: headers only ever tighten). Either way a
+    /// learned limit of 0 is ignored, a learned limit is never below a
+    /// tenth of the configured one nor above 100 times it, and it expires
+    /// (see [`learned_ttl`](Self::learned_ttl) and the
+    /// [module docs](super#what-is-learned-and-for-how-long)).
     pub fn learn_limits(mut self, yes: bool) -> Self {
         self.store = self.store.learn_limits(yes);
         self
     }
 
-    /// The most keys held at once (default 10,000).
+    /// How long a limit learned from a provider's header holds after the
+    /// provider last said it; then the configured limit is back in force
+    /// (default: the limit's window, at most 10 minutes: 60 s for a
+    /// per-minute limit, 10 min for a per-day one).
+    pub fn learned_ttl(mut self, ttl: Duration) -> Self {
+        self.store = self.store.learned_ttl(ttl);
+        self
+    }
+
+    /// The soft bound on the keys held (default 10,000): keys whose
+    /// windows still count are never dropped to make room, so the map may
+    /// grow to 4 times this; past that a new key's request fails with
+    /// [`Error::is_too_many_keys`](crate::Error::is_too_many_keys). See
+    /// [`MemoryStore`].
     pub fn max_keys(mut self, n: usize) -> Self {
         self.store = self.store.max_keys(n);
         self
@@ -106,7 +135,9 @@ impl<K, C, E> RateLimitLayer<K, C, E, MemoryStore> {
 
     /// Keys unused this long may be evicted when the map is full, even if
     /// their windows still count something (default: never; idle keys
-    /// whose windows are empty are always evictable).
+    /// whose windows are empty are always evictable). A timeout shorter
+    /// than the longest window forgets usage: an evicted key starts again
+    /// with an empty window.
     pub fn idle_timeout(mut self, d: Duration) -> Self {
         self.store = self.store.idle_timeout(d);
         self
@@ -137,6 +168,7 @@ impl<K, C, E, St> RateLimitLayer<K, C, E, St> {
             store: self.store,
             events: self.events,
             max_wait: self.max_wait,
+            max_gate_wait: self.max_gate_wait,
             estimate: self.estimate,
             refund_failed: self.refund_failed,
         }
@@ -151,6 +183,7 @@ impl<K, C, E, St> RateLimitLayer<K, C, E, St> {
             store: self.store,
             events: self.events,
             max_wait: self.max_wait,
+            max_gate_wait: self.max_gate_wait,
             estimate: self.estimate,
             refund_failed: self.refund_failed,
         }
@@ -166,6 +199,7 @@ impl<K, C, E, St> RateLimitLayer<K, C, E, St> {
             store: self.store,
             events: self.events,
             max_wait: self.max_wait,
+            max_gate_wait: self.max_gate_wait,
             estimate: self.estimate,
             refund_failed: self.refund_failed,
         }
@@ -180,16 +214,38 @@ impl<K, C, E, St> RateLimitLayer<K, C, E, St> {
             store,
             events: self.events,
             max_wait: self.max_wait,
+            max_gate_wait: self.max_gate_wait,
             estimate: true,
             refund_failed: self.refund_failed,
         }
     }
 
-    /// The longest a request may wait for admission; past it, the call
-    /// fails at once with a rate-limit-timeout error and reserves nothing
-    /// (default: no limit).
+    /// The longest a request may wait for admission, for any reason (the
+    /// window or a gate); past it, the call fails at once with a
+    /// rate-limit-timeout error and reserves nothing (default: no limit;
+    /// the window's own waits are bounded by the longest window, a gate's
+    /// by [`max_gate_wait`](Self::max_gate_wait)).
     pub fn max_wait(mut self, d: Duration) -> Self {
         self.max_wait = Some(d);
+        self
+    }
+
+    /// The longest a request may wait on its key's gate (closed by a 429's
+    /// `Retry-After`) (default [`DEFAULT_MAX_GATE_WAIT`], 60 s; pass
+    /// `Duration::MAX` to wait out any gate).
+    ///
+    /// A request that would wait on the gate longer fails at once with
+    /// [`Error::is_rate_limit_timeout`](crate::Error::is_rate_limit_timeout)
+    /// (class rate limited, [`retry_after`](crate::Error::retry_after) the
+    /// gate's remaining time, so that a retry layer above sees the
+    /// server's wait) and keeps no reservation, and
+    /// [`Event::GateWaitRefused`](crate::events::Event::GateWaitRefused) is
+    /// reported. A request already waiting when a later gate closes is
+    /// moved behind the gate, and fails the same way if that is past the
+    /// bound. Without the bound a `retry-after: 86400` would hold every
+    /// request of the key for a day, silently.
+    pub fn max_gate_wait(mut self, d: Duration) -> Self {
+        self.max_gate_wait = d;
         self
     }
 
@@ -218,6 +274,7 @@ where
             store: Arc::new(self.store.clone()),
             events: self.events.clone(),
             max_wait: self.max_wait,
+            max_gate_wait: self.max_gate_wait,
             estimate: self.estimate,
             refund_failed: self.refund_failed,
         });

@@ -8,9 +8,11 @@
 //! limit: no burst at a boundary as with fixed windows. A request is
 //! admitted at the earliest instant it fits in every limit of its key, in
 //! arrival order (a large request is not starved by small ones behind it).
-//! A request that can never fit (its cost exceeds a limit's whole capacity)
-//! fails at once with [`Error::is_over_capacity`](crate::Error::is_over_capacity);
-//! one that would wait longer than [`max_wait`](RateLimitLayer::max_wait)
+//! A request that can never fit (its cost exceeds a limit's whole
+//! *configured* capacity) fails at once with
+//! [`Error::is_over_capacity`](crate::Error::is_over_capacity); one that
+//! would wait longer than [`max_wait`](RateLimitLayer::max_wait), or wait
+//! on a gate longer than [`max_gate_wait`](RateLimitLayer::max_gate_wait),
 //! fails at once with [`Error::is_rate_limit_timeout`](crate::Error::is_rate_limit_timeout).
 //!
 //! # Which dimension
@@ -34,11 +36,49 @@
 //!   header's reset. Headers only tighten unless
 //!   [`learn_limits(true)`](RateLimitLayer::learn_limits).
 //!
+//! # What is learned, and for how long
+//!
+//! Nothing learned from a provider is sticky: one odd response must never
+//! shut a key, since a key that sends nothing hears nothing that could
+//! correct it. Every part has a floor, a bound and an expiry (the rule is
+//! [`Window::learn`]'s; the Redis store applies the same one):
+//!
+//! | learned from | floor | bound | expires |
+//! | --- | --- | --- | --- |
+//! | a `limit` header (`x-ratelimit-limit-*`, `RateLimit-Policy` `q=`) | `max(1, configured / 10)`; a limit of 0 is ignored | the configured limit; with [`learn_limits(true)`](RateLimitLayer::learn_limits) `configured * 100` | [`learned_ttl`](RateLimitLayer::learned_ttl) after the provider last said it (default: the window, at most 10 min); then the configured limit is back |
+//! | a `remaining` header (usage we did not see) | 0 (a higher `remaining` never loosens; `-1` is ignored) | what the limit leaves | at the header's reset, at most one window |
+//! | a `Retry-After` (the gate, below) | 0 | a wait is at most [`MAX_SERVER_WAIT`](crate::classify::MAX_SERVER_WAIT); the limiter waits on it at most [`max_gate_wait`](RateLimitLayer::max_gate_wait) (60 s) | when it opens |
+//!
+//! Only the configured capacity decides that a request "never fits": a
+//! request above a learned, lower limit waits until that limit expires (at
+//! most `learned_ttl`) or room frees.
+//!
 //! # The shared gate
 //!
 //! A rate-limit response (429, `slow_down`, exhausted quota) with a
 //! `Retry-After` (or a reset header) closes the gate of its key: every
-//! request of the key waits until then, not only the one that was refused.
+//! request of the key waits until then, not only the one that was refused,
+//! including the requests already waiting (they move behind the gate;
+//! [`Event::GateClosed`](crate::events::Event::GateClosed) is reported).
+//!
+//! The wait on a gate is bounded: a request that would wait on it longer
+//! than [`max_gate_wait`](RateLimitLayer::max_gate_wait) (default 60 s, the
+//! retry layer's default cap on a server-given wait) fails at once with a
+//! rate-limit timeout whose [`retry_after`](crate::Error::retry_after) is
+//! the gate's remaining time, and keeps no reservation. So a
+//! `retry-after: 86400` fails the key's requests fast and visibly instead
+//! of holding them for a day.
+//! [`max_wait`](RateLimitLayer::max_wait) (default none) bounds every wait,
+//! whatever its cause.
+//!
+//! # Keys
+//!
+//! The in-memory store never forgets a key whose windows still count (a
+//! flood of new keys cannot push out the usage of the old ones): it holds
+//! [`max_keys`](RateLimitLayer::max_keys) keys as a soft bound, up to 4
+//! times that as a hard one, past which a new key's request fails with
+//! [`Error::is_too_many_keys`](crate::Error::is_too_many_keys). See
+//! [`MemoryStore`].
 //!
 //! ```
 //! use std::time::Duration;
@@ -68,7 +108,12 @@ mod window;
 
 pub use self::estimate::{BodyBytes, Estimator, JsonEstimator, TokenEstimate, TokenUsage};
 pub use self::future::ResponseFuture;
-pub use self::layer::RateLimitLayer;
+pub use self::layer::{RateLimitLayer, DEFAULT_MAX_GATE_WAIT};
 pub use self::service::RateLimit;
-pub use self::store::{Decision, MemoryStore, Reservation, Store, DEFAULT_MAX_KEYS};
-pub use self::window::{Admission, Costs, Dimension, Limit, Limits, Window};
+pub use self::store::{
+    Decision, MemoryStore, Reservation, Store, DEFAULT_MAX_KEYS, HARD_KEYS_FACTOR,
+};
+pub use self::window::{
+    default_learned_ttl, Admission, Costs, Dimension, Limit, Limits, Window,
+    DEFAULT_LEARNED_TTL_CAP,
+};

@@ -24,6 +24,7 @@ pub(crate) struct Shared<K, C, E, St> {
     pub(crate) store: Arc<St>,
     pub(crate) events: Events,
     pub(crate) max_wait: Option<Duration>,
+    pub(crate) max_gate_wait: Duration,
     pub(crate) estimate: bool,
     pub(crate) refund_failed: bool,
 }
@@ -82,6 +83,7 @@ impl<S: fmt::Debug, K, C, E, St: fmt::Debug> fmt::Debug for RateLimit<S, K, C, E
             .field("inner", &self.inner)
             .field("store", &self.shared.store)
             .field("max_wait", &self.shared.max_wait)
+            .field("max_gate_wait", &self.shared.max_gate_wait)
             .finish_non_exhaustive()
     }
 }

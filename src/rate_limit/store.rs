@@ -22,7 +22,10 @@ use crate::Error;
 pub struct Reservation {
     /// The key charged.
     pub key: Key,
-    /// The store's id of the reservation within the key.
+    /// The store's id of the reservation within the key. The
+    /// [`MemoryStore`] numbers reservations store-wide: an id never repeats,
+    /// so a late cancel or correction can never touch another request's
+    /// reservation, even after the key's state was dropped and made again.
     pub id: u64,
     /// When the request may start (the caller waits until then).
     pub at: Instant,
@@ -104,10 +107,26 @@ pub trait Store: Send + Sync + 'static {
     /// Takes back a reservation whose request was never sent.
     fn cancel(&self, reservation: &Reservation);
 
-    /// For a reservation still waiting: the instant it is booked at now
-    /// (earlier than first answered when reservations ahead of it were
-    /// cancelled), registering `waker` to be woken when it moves. The
-    /// default answers `None`: the first answer stands.
+    /// For a reservation still waiting: the instant it is booked at now,
+    /// registering `waker` to be woken when it moves. The default answers
+    /// `None`: the first answer stands.
+    ///
+    /// # Contract
+    ///
+    /// The answer may differ from the instant first given, both ways:
+    ///
+    /// - **earlier**, when reservations ahead of it were cancelled;
+    /// - **later**, when a gate closed after it was booked (a 429's
+    ///   `Retry-After` that holds every request of the key): a store must
+    ///   report an instant at or after the end of any gate of the key it
+    ///   knows of, so that no request is sent before the server said.
+    ///
+    /// The limiter then sleeps until the new instant; if a later instant is
+    /// further away than its gate bound
+    /// ([`RateLimitLayer::max_gate_wait`](super::RateLimitLayer::max_gate_wait)),
+    /// the request fails at once with
+    /// [`Error::is_rate_limit_timeout`](crate::Error::is_rate_limit_timeout)
+    /// (its `retry_after` the wait) and cancels its reservation.
     fn watch(&self, reservation: &Reservation, waker: &Waker) -> Option<Instant> {
         let _ = (reservation, waker);
         None
@@ -122,11 +141,25 @@ pub trait Store: Send + Sync + 'static {
     /// Replaces a reservation's token charge with what it really used.
     fn correct(&self, reservation: &Reservation, actual: &Costs, now: Instant);
 
-    /// Pauses every request of `key` until `until` (a 429's Retry-After).
+    /// Pauses every request of `key` until `until` (a 429's Retry-After),
+    /// including those already waiting (see [`watch`](Store::watch)).
     fn gate(&self, key: &Key, until: Instant);
 
+    /// The end of `key`'s gate, if it is closed at `now` and the store
+    /// knows without I/O; the default answers `None`. The limiter asks
+    /// only for a request that must wait, to refuse at once a wait on a
+    /// gate longer than its bound
+    /// ([`RateLimitLayer::max_gate_wait`](super::RateLimitLayer::max_gate_wait))
+    /// instead of holding it silently.
+    fn gate_until(&self, key: &Key, now: Instant) -> Option<Instant> {
+        let _ = (key, now);
+        None
+    }
+
     /// Takes in what the provider reported for one dimension of `key`
-    /// over `window`. Returns the limit in force when the state changed.
+    /// over `window`, by the rule of [`Window::learn`] (a limit of 0 is
+    /// ignored; a learned limit has a floor, a bound and an expiry).
+    /// Returns the limit in force when the state changed.
     fn learn(
         &self,
         key: &Key,
@@ -142,33 +175,69 @@ pub trait Store: Send + Sync + 'static {
 type Map = HashMap<Key, Slot, RandomState>;
 
 /// One key's window, and the wakers of its requests that wait (so that a
-/// cancellation ahead of them can wake them early).
+/// cancellation ahead of them, or a gate, can wake them).
 struct Slot {
     window: Window,
     watchers: Vec<(u64, Waker)>,
 }
 
+/// Everything behind the store's one lock.
+struct State {
+    map: Map,
+    /// The next reservation id: one counter for the whole store, so that
+    /// an id never repeats, even after a key's window was dropped and made
+    /// again (a late cancel then finds nothing instead of another request's
+    /// reservation).
+    next_id: u64,
+    /// No held key can be dropped before this instant (a lower bound, so
+    /// that a full map is not scanned on every new key); `None`: unknown,
+    /// scan.
+    next_free: Option<Instant>,
+}
+
 type KeyLimits = dyn Fn(&Key) -> Limits + Send + Sync;
+
+/// How many times `max_keys` the map may hold when every key still counts
+/// something (the hard bound; see [`MemoryStore::max_keys`]).
+pub const HARD_KEYS_FACTOR: usize = 4;
 
 /// The default store: every key's [`Window`] in one map in this process,
 /// shared by all clones of the limiter.
 ///
-/// The map is bounded: at most `max_keys` keys (default 10,000). When it is
-/// full, keys whose windows hold nothing that still counts are dropped
-/// first (that loses nothing); then keys unused for `idle_timeout`
-/// (default: off); and if none qualifies, the least recently used key.
+/// # Bounded, and never forgetful
+///
+/// The map holds `max_keys` keys (default 10,000) as a **soft** bound.
+/// When it is full and a new key comes, keys whose windows hold nothing
+/// that still counts (no entry in any window, no gate, no external usage)
+/// are dropped: that loses no usage. A key whose windows still count is
+/// **never** dropped (dropping it would forget in-flight usage, and a flood
+/// of new keys would then bypass every limit), unless it has been unused
+/// for the opt-in [`idle_timeout`](Self::idle_timeout). When no key can go,
+/// the map grows past `max_keys`, up to the **hard** bound of
+/// [`HARD_KEYS_FACTOR`] (4) times `max_keys`; past it, a request of a new
+/// key fails at once with [`Error::is_too_many_keys`](crate::Error::is_too_many_keys)
+/// (class rate limited, with a `retry_after` until the first held key can
+/// go). Requests of keys already held are never refused for this.
+///
+/// Reservation ids are numbered store-wide and never repeat.
 #[derive(Clone)]
 pub struct MemoryStore {
     inner: Arc<Inner>,
 }
 
 struct Inner {
+    params: Params,
+    state: Mutex<State>,
+}
+
+#[derive(Clone)]
+struct Params {
     limits: Limits,
     key_limits: Option<Arc<KeyLimits>>,
     learn_limits: bool,
+    learned_ttl: Option<Duration>,
     max_keys: usize,
     idle_timeout: Option<Duration>,
-    map: Mutex<Map>,
 }
 
 /// Default bound on the number of keys of a [`MemoryStore`].
@@ -177,52 +246,39 @@ pub const DEFAULT_MAX_KEYS: usize = 10_000;
 impl MemoryStore {
     /// A store where every key has `limits`.
     pub fn new(limits: Limits) -> Self {
-        Self::build(limits, None, false, DEFAULT_MAX_KEYS, None)
+        Self::build(Params {
+            limits,
+            key_limits: None,
+            learn_limits: false,
+            learned_ttl: None,
+            max_keys: DEFAULT_MAX_KEYS,
+            idle_timeout: None,
+        })
     }
 
-    fn build(
-        limits: Limits,
-        key_limits: Option<Arc<KeyLimits>>,
-        learn_limits: bool,
-        max_keys: usize,
-        idle_timeout: Option<Duration>,
-    ) -> Self {
+    fn build(mut params: Params) -> Self {
+        params.max_keys = params.max_keys.max(1);
         MemoryStore {
             inner: Arc::new(Inner {
-                limits,
-                key_limits,
-                learn_limits,
-                max_keys: max_keys.max(1),
-                idle_timeout,
-                map: Mutex::new(Map::default()),
+                params,
+                state: Mutex::new(State {
+                    map: Map::default(),
+                    next_id: 0,
+                    next_free: None,
+                }),
             }),
         }
     }
 
+    /// A store with changed parameters; a store still shared by clones is
+    /// not changed (the new one starts empty).
     fn rebuild(self, f: impl FnOnce(&mut Params)) -> Self {
-        let inner = Arc::try_unwrap(self.inner).unwrap_or_else(|shared| Inner {
-            limits: shared.limits.clone(),
-            key_limits: shared.key_limits.clone(),
-            learn_limits: shared.learn_limits,
-            max_keys: shared.max_keys,
-            idle_timeout: shared.idle_timeout,
-            map: Mutex::new(Map::default()),
-        });
-        let mut p = Params {
-            limits: inner.limits,
-            key_limits: inner.key_limits,
-            learn_limits: inner.learn_limits,
-            max_keys: inner.max_keys,
-            idle_timeout: inner.idle_timeout,
+        let mut params = match Arc::try_unwrap(self.inner) {
+            Ok(inner) => inner.params,
+            Err(shared) => shared.params.clone(),
         };
-        f(&mut p);
-        Self::build(
-            p.limits,
-            p.key_limits,
-            p.learn_limits,
-            p.max_keys,
-            p.idle_timeout,
-        )
+        f(&mut params);
+        Self::build(params)
     }
 
     /// Gives each key its own limits (a key not worth a special case
@@ -232,25 +288,42 @@ impl MemoryStore {
     }
 
     /// Whether a provider's `limit` header may raise the configured limit
-    /// (default `false`: headers only ever tighten).
+    /// (default `false`: headers only ever tighten). Raised or not, a
+    /// learned limit is bounded and expires: see
+    /// [`Window::learn`](super::Window::learn).
     pub fn learn_limits(self, yes: bool) -> Self {
         self.rebuild(|p| p.learn_limits = yes)
     }
 
-    /// The most keys held at once (default [`DEFAULT_MAX_KEYS`]).
+    /// How long a limit learned from a provider's header holds after the
+    /// provider last said it (default: the limit's window, at most 10
+    /// minutes; see [`default_learned_ttl`](super::default_learned_ttl)).
+    /// Then the configured limit is back in force.
+    pub fn learned_ttl(self, ttl: Duration) -> Self {
+        self.rebuild(|p| p.learned_ttl = Some(ttl))
+    }
+
+    /// The soft bound on the keys held (default [`DEFAULT_MAX_KEYS`]; at
+    /// least 1); the map may grow to [`HARD_KEYS_FACTOR`] times it while
+    /// every key still counts something (see the type's docs).
     pub fn max_keys(self, n: usize) -> Self {
         self.rebuild(|p| p.max_keys = n)
     }
 
     /// Keys unused for this long may be dropped when the map is full even
     /// if their windows still count something (default: never).
+    ///
+    /// An idle timeout shorter than the longest window **forgets usage**:
+    /// a key dropped while its window still counts starts again empty, so
+    /// its next requests may exceed the limit over that window. Keep it at
+    /// least the longest window, or leave it off.
     pub fn idle_timeout(self, d: Duration) -> Self {
         self.rebuild(|p| p.idle_timeout = Some(d))
     }
 
     /// Keys held now.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().map.len()
     }
 
     /// Whether no key is held.
@@ -261,8 +334,8 @@ impl MemoryStore {
     /// The earliest instant a request costing `costs` would be admitted for
     /// `key`, without reserving (`None`: it never fits).
     pub fn peek(&self, key: &Key, costs: &Costs, now: Instant) -> Option<Instant> {
-        let mut map = self.lock();
-        match map.get_mut(key) {
+        let mut state = self.lock();
+        match state.map.get_mut(key) {
             Some(slot) => {
                 slot.window.prune(now);
                 slot.window.earliest(costs, now).ok()
@@ -273,10 +346,12 @@ impl MemoryStore {
         }
     }
 
-    /// The limit in force for `key`, `dimension` and `window`.
+    /// The limit in force now for `key`, `dimension` and `window`: a
+    /// learned one until it expires, else the configured one.
     pub fn limit_of(&self, key: &Key, dimension: Dimension, window: Duration) -> Option<u64> {
-        match self.lock().get(key) {
-            Some(slot) => slot.window.limit_of(dimension, window),
+        let now = Instant::now();
+        match self.lock().map.get(key) {
+            Some(slot) => slot.window.limit_of(dimension, window, now),
             None => self
                 .limits_of(key)
                 .iter()
@@ -286,58 +361,99 @@ impl MemoryStore {
     }
 
     fn limits_of(&self, key: &Key) -> Limits {
-        match &self.inner.key_limits {
+        match &self.inner.params.key_limits {
             Some(f) => f(key),
-            None => self.inner.limits.clone(),
+            None => self.inner.params.limits.clone(),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Map> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic elsewhere cannot leave a window half-updated in a way
         // that matters more than losing the limiter: keep going.
-        self.inner.map.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn with_window<R>(&self, key: &Key, now: Instant, f: impl FnOnce(&mut Window) -> R) -> R {
-        let mut map = self.lock();
-        if let Some(slot) = map.get_mut(key) {
-            return f(&mut slot.window);
+    /// The instant from which the key may be dropped.
+    fn droppable_at(&self, slot: &Slot) -> Instant {
+        let idle = slot.window.idle_at();
+        match self
+            .inner
+            .params
+            .idle_timeout
+            .and_then(|d| slot.window.last_used().checked_add(d))
+        {
+            Some(unused) => idle.min(unused),
+            None => idle,
         }
-        if map.len() >= self.inner.max_keys {
-            self.evict(&mut map, now);
+    }
+
+    /// Runs `f` on the key's slot, made if need be; `Err` when the key is
+    /// new and the map is at its hard bound.
+    fn with_slot<R>(
+        &self,
+        key: &Key,
+        now: Instant,
+        f: impl FnOnce(&mut Slot, &mut u64) -> R,
+    ) -> Result<R, Error> {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        if let Some(slot) = state.map.get_mut(key) {
+            return Ok(f(slot, &mut state.next_id));
         }
-        let slot = map.entry(key.clone()).or_insert_with(|| Slot {
+        self.make_room(state, now)?;
+        let slot = state.map.entry(key.clone()).or_insert_with(|| Slot {
             window: Window::new(&self.limits_of(key), now),
             watchers: Vec::new(),
         });
-        f(&mut slot.window)
+        let r = f(slot, &mut state.next_id);
+        let free = self.droppable_at(slot);
+        if let Some(t) = &mut state.next_free {
+            *t = (*t).min(free);
+        }
+        Ok(r)
     }
 
-    fn evict(&self, map: &mut Map, now: Instant) {
-        map.retain(|_, s| !s.window.is_idle(now));
-        if map.len() < self.inner.max_keys {
-            return;
+    /// Before a new key is added: drops the keys that may go when the map
+    /// is full, and refuses past the hard bound.
+    fn make_room(&self, state: &mut State, now: Instant) -> Result<(), Error> {
+        let max = self.inner.params.max_keys;
+        if state.map.len() < max {
+            return Ok(());
         }
-        if let Some(idle) = self.inner.idle_timeout {
-            map.retain(|_, s| s.window.last_used() + idle > now);
-            if map.len() < self.inner.max_keys {
-                return;
-            }
+        if state.next_free.is_none_or(|t| t <= now) {
+            let mut next: Option<Instant> = None;
+            state.map.retain(|_, slot| {
+                let free = self.droppable_at(slot);
+                let keep = free > now;
+                if keep {
+                    next = Some(next.map_or(free, |n| n.min(free)));
+                }
+                keep
+            });
+            state.next_free = next;
         }
-        while map.len() >= self.inner.max_keys {
-            let Some(oldest) = map
-                .iter()
-                .min_by_key(|(_, s)| s.window.last_used())
-                .map(|(k, _)| k.clone())
-            else {
-                return;
-            };
-            map.remove(&oldest);
+        let hard = max.saturating_mul(HARD_KEYS_FACTOR);
+        if state.map.len() >= hard {
+            let wait = state
+                .next_free
+                .map_or(Duration::ZERO, |t| t.saturating_duration_since(now));
+            return Err(Error::too_many_keys(hard, wait));
+        }
+        Ok(())
+    }
+
+    /// A key's slot changed so that it may be dropped earlier: keep the
+    /// lower bound a lower bound.
+    fn may_free_earlier(&self, state: &mut State, key: &Key) {
+        let free = match state.map.get(key) {
+            Some(slot) => self.droppable_at(slot),
+            None => return,
+        };
+        if let Some(t) = &mut state.next_free {
+            *t = (*t).min(free);
         }
     }
-}
 
-impl MemoryStore {
     fn decide(
         &self,
         key: &Key,
@@ -345,7 +461,13 @@ impl MemoryStore {
         now: Instant,
         deadline: Option<Instant>,
     ) -> Result<Decision, Error> {
-        let admission = self.with_window(key, now, |w| w.acquire(costs, now, deadline));
+        let admission = self.with_slot(key, now, |slot, next_id| {
+            let admission = slot.window.acquire_as(*next_id, costs, now, deadline);
+            if matches!(admission, Admission::Reserved { .. }) {
+                *next_id = next_id.wrapping_add(1);
+            }
+            admission
+        })?;
         Ok(match admission {
             Admission::Reserved { id, at } => Decision::Admitted(Reservation {
                 key: key.clone(),
@@ -357,24 +479,30 @@ impl MemoryStore {
             Admission::Never { cost, capacity } => Decision::Never { cost, capacity },
         })
     }
-}
 
-struct Params {
-    limits: Limits,
-    key_limits: Option<Arc<KeyLimits>>,
-    learn_limits: bool,
-    max_keys: usize,
-    idle_timeout: Option<Duration>,
+    /// Wakes every watcher of a slot (after the lock is released).
+    fn wake(mut guard: std::sync::MutexGuard<'_, State>, key: &Key) {
+        let woken = match guard.map.get_mut(key) {
+            Some(slot) => std::mem::take(&mut slot.watchers),
+            None => return,
+        };
+        drop(guard);
+        for (_, waker) in woken {
+            waker.wake();
+        }
+    }
 }
 
 impl fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let p = &self.inner.params;
         f.debug_struct("MemoryStore")
-            .field("limits", &self.inner.limits)
-            .field("key_limits", &self.inner.key_limits.is_some())
-            .field("learn_limits", &self.inner.learn_limits)
-            .field("max_keys", &self.inner.max_keys)
-            .field("idle_timeout", &self.inner.idle_timeout)
+            .field("limits", &p.limits)
+            .field("key_limits", &p.key_limits.is_some())
+            .field("learn_limits", &p.learn_limits)
+            .field("learned_ttl", &p.learned_ttl)
+            .field("max_keys", &p.max_keys)
+            .field("idle_timeout", &p.idle_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -404,24 +532,22 @@ impl Store for MemoryStore {
 
     fn cancel(&self, reservation: &Reservation) {
         let now = Instant::now();
-        let mut map = self.lock();
-        let Some(slot) = map.get_mut(&reservation.key) else {
+        let mut guard = self.lock();
+        let Some(slot) = guard.map.get_mut(&reservation.key) else {
             return;
         };
         slot.watchers.retain(|(id, _)| *id != reservation.id);
-        if slot.window.cancel(reservation.id, now) {
+        let moved = slot.window.cancel(reservation.id, now);
+        self.may_free_earlier(&mut guard, &reservation.key);
+        if moved {
             // Wake every waiter of the key: each asks again when it is due.
-            let woken = std::mem::take(&mut slot.watchers);
-            drop(map);
-            for (_, waker) in woken {
-                waker.wake();
-            }
+            Self::wake(guard, &reservation.key);
         }
     }
 
     fn watch(&self, reservation: &Reservation, waker: &Waker) -> Option<Instant> {
-        let mut map = self.lock();
-        let slot = map.get_mut(&reservation.key)?;
+        let mut guard = self.lock();
+        let slot = guard.map.get_mut(&reservation.key)?;
         let at = slot.window.booked_at(reservation.id)?;
         match slot
             .watchers
@@ -435,19 +561,31 @@ impl Store for MemoryStore {
     }
 
     fn unwatch(&self, reservation: &Reservation) {
-        if let Some(slot) = self.lock().get_mut(&reservation.key) {
+        if let Some(slot) = self.lock().map.get_mut(&reservation.key) {
             slot.watchers.retain(|(id, _)| *id != reservation.id);
         }
     }
 
     fn correct(&self, reservation: &Reservation, actual: &Costs, _now: Instant) {
-        if let Some(slot) = self.lock().get_mut(&reservation.key) {
+        if let Some(slot) = self.lock().map.get_mut(&reservation.key) {
             slot.window.correct(reservation.id, actual);
         }
     }
 
     fn gate(&self, key: &Key, until: Instant) {
-        self.with_window(key, Instant::now(), |w| w.gate(until));
+        let now = Instant::now();
+        // A new key past the hard bound holds no reservation to move, and
+        // its requests are refused anyway: the gate is dropped.
+        let moved = self
+            .with_slot(key, now, |slot, _| slot.window.gate(until, now))
+            .unwrap_or(false);
+        if moved {
+            Self::wake(self.lock(), key);
+        }
+    }
+
+    fn gate_until(&self, key: &Key, now: Instant) -> Option<Instant> {
+        self.lock().map.get(key)?.window.gate_until(now)
     }
 
     fn learn(
@@ -458,17 +596,12 @@ impl Store for MemoryStore {
         state: LimitState,
         now: Instant,
     ) -> Option<u64> {
-        let learn_limits = self.inner.learn_limits;
-        self.with_window(key, now, |w| {
-            w.learn(
-                dimension,
-                window,
-                state.limit,
-                state.remaining,
-                state.reset,
-                learn_limits,
-                now,
-            )
+        let p = &self.inner.params;
+        self.with_slot(key, now, |slot, _| {
+            slot.window
+                .learn(dimension, window, state, p.learn_limits, p.learned_ttl, now)
         })
+        .ok()
+        .flatten()
     }
 }
