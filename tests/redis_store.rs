@@ -516,6 +516,62 @@ async fn the_layer_runs_on_the_redis_store() {
     );
 }
 
+#[tokio::test]
+async fn a_day_long_gate_fails_the_next_request_at_once_on_the_redis_store() {
+    use tower::{Service, ServiceBuilder, ServiceExt};
+    use tower_llm_resilience::rate_limit::RateLimitLayer;
+    use tower_llm_resilience::Provider;
+
+    let Some(server) =
+        RedisServer::start("a_day_long_gate_fails_the_next_request_at_once_on_the_redis_store")
+    else {
+        return;
+    };
+    let limits = Limits::new().window(Dimension::Requests, W, 100);
+    let store = RedisStore::builder(limits.clone())
+        .prefix("gate-bound")
+        .build(&server.url())
+        .unwrap();
+    let mut svc = ServiceBuilder::new()
+        .layer(
+            RateLimitLayer::new(limits)
+                .store(store.clone())
+                .classifier(Provider::OpenAi),
+        )
+        .service_fn(|_req: http::Request<String>| async {
+            Ok::<_, std::convert::Infallible>(
+                http::Response::builder()
+                    .status(429)
+                    .header("retry-after", "86400")
+                    .body(String::new())
+                    .unwrap(),
+            )
+        });
+    let first = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(http::Request::new(String::new()))
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 429);
+    store.flush().await;
+    let start = Instant::now();
+    let next = tokio::time::timeout(
+        Duration::from_secs(5),
+        svc.ready()
+            .await
+            .unwrap()
+            .call(http::Request::new(String::new())),
+    )
+    .await
+    .expect("not a hang")
+    .unwrap_err();
+    assert!(start.elapsed() < Duration::from_secs(1));
+    assert!(next.is_rate_limit_timeout(), "{next:?}");
+    assert!(next.retry_after().unwrap() > Duration::from_secs(23 * 3600));
+}
+
 mod differential {
     //! The Lua script against the pure `Window`, exactly: random sequences
     //! of acquire / cancel / correct run on Redis, then replay on a

@@ -46,7 +46,10 @@ impl Service<Request<String>> for Scripted {
         Box<dyn std::future::Future<Output = Result<Response<String>, Self::Error>> + Send>,
     >;
 
-    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
         std::task::Poll::Ready(Ok(()))
     }
 
@@ -86,7 +89,9 @@ fn answer(status: u16, headers: &[(&str, &str)], body: &str) -> Response<String>
 
 fn chat() -> Request<String> {
     Request::post("https://api.openai.com/v1/chat/completions")
-        .body(String::from(r#"{"model":"gpt-4o-mini","max_tokens":5,"messages":[]}"#))
+        .body(String::from(
+            r#"{"model":"gpt-4o-mini","max_tokens":5,"messages":[]}"#,
+        ))
         .unwrap()
 }
 
@@ -108,10 +113,7 @@ async fn bounded<T>(f: impl std::future::Future<Output = T>) -> T {
 
 #[tokio::test(start_paused = true)]
 async fn a_zero_limit_header_does_not_shut_the_key() {
-    for header in [
-        "x-ratelimit-limit-requests",
-        "x-ratelimit-limit-tokens",
-    ] {
+    for header in ["x-ratelimit-limit-requests", "x-ratelimit-limit-tokens"] {
         let provider = Scripted::new(match header {
             "x-ratelimit-limit-requests" => |n| match n {
                 0 => answer(200, &[("x-ratelimit-limit-requests", "0")], "{}"),
@@ -129,7 +131,10 @@ async fn a_zero_limit_header_does_not_shut_the_key() {
         send(&mut svc).await.unwrap();
         for i in 0..5 {
             let r = bounded(send(&mut svc)).await;
-            assert!(r.is_ok(), "{header}: request {i} after the odd header: {r:?}");
+            assert!(
+                r.is_ok(),
+                "{header}: request {i} after the odd header: {r:?}"
+            );
         }
         tokio::time::advance(Duration::from_secs(3600)).await;
         for i in 0..50 {
@@ -145,7 +150,10 @@ async fn a_policy_with_no_quota_does_not_shut_the_key() {
     let provider = Scripted::new(|n| match n {
         0 => answer(
             200,
-            &[("ratelimit-policy", r#""default";q=0;w=60"#), ("ratelimit", r#""default";r=0;t=60"#)],
+            &[
+                ("ratelimit-policy", r#""default";q=0;w=60"#),
+                ("ratelimit", r#""default";r=0;t=60"#),
+            ],
             "{}",
         ),
         _ => ok(),
@@ -178,11 +186,19 @@ async fn a_day_long_retry_after_fails_the_next_request_with_the_wait_not_a_hang(
     assert!(first.is_rate_limited(), "{first:?}");
     let start = Instant::now();
     let next = bounded(send(&mut svc)).await.unwrap_err();
-    assert!(start.elapsed() < Duration::from_secs(1), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
     assert!(next.is_rate_limited(), "{next:?}");
     let wait = next.retry_after().expect("the server's wait");
     assert!(wait > Duration::from_secs(23 * 3600), "{wait:?}");
-    assert_eq!(provider.arrivals().len(), 1, "nothing sent through the gate");
+    assert_eq!(
+        provider.arrivals().len(),
+        1,
+        "nothing sent through the gate"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -190,7 +206,10 @@ async fn one_permission_error_ends_that_request_only() {
     let provider = Scripted::new(|n| match n {
         0 => answer(
             403,
-            &[("anthropic-ratelimit-requests-limit", "50"), ("request-id", "req_1")],
+            &[
+                ("anthropic-ratelimit-requests-limit", "50"),
+                ("request-id", "req_1"),
+            ],
             r#"{"type":"error","error":{"type":"permission_error","message":"Your API key does not have permission to use the specified resource."}}"#,
         ),
         _ => answer(200, &[("anthropic-ratelimit-requests-limit", "50")], "{}"),
@@ -250,9 +269,13 @@ async fn a_gate_closed_after_a_waiter_was_booked_holds_that_waiter() {
         let mut svc = svc.clone();
         let mut request = chat();
         if i == 1 {
-            request.headers_mut().insert("x-test-answer", "429-30".parse().unwrap());
+            request
+                .headers_mut()
+                .insert("x-test-answer", "429-30".parse().unwrap());
         }
-        calls.push(tokio::spawn(async move { svc.ready().await?.call(request).await }));
+        calls.push(tokio::spawn(async move {
+            svc.ready().await?.call(request).await
+        }));
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let mut results = Vec::new();
@@ -260,7 +283,11 @@ async fn a_gate_closed_after_a_waiter_was_booked_holds_that_waiter() {
         results.push(bounded(call).await.unwrap());
     }
     assert!(results[0].is_ok());
-    assert!(results[1].as_ref().unwrap_err().is_rate_limited(), "{:?}", results[1]);
+    assert!(
+        results[1].as_ref().unwrap_err().is_rate_limited(),
+        "{:?}",
+        results[1]
+    );
     assert!(results[2].is_ok(), "{:?}", results[2]);
     let arrivals = provider.arrivals();
     assert_eq!(arrivals.len(), 3);
@@ -269,4 +296,42 @@ async fn a_gate_closed_after_a_waiter_was_booked_holds_that_waiter() {
         "the booked waiter went through the gate at {:?}",
         arrivals[2] - start
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_stack_bounds_a_gate_wait_where_it_is_told() {
+    let provider = Scripted::new(|n| match n {
+        0 => answer(
+            429,
+            &[("retry-after", "30")],
+            r#"{"error":{"code":"rate_limit_exceeded"}}"#,
+        ),
+        _ => ok(),
+    });
+    let layer = |gate: Option<Duration>| {
+        let l = LlmLayer::new(Provider::OpenAi)
+            .requests_per_minute(100)
+            .retry(|r| r.max_attempts_for(tower_llm_resilience::ErrorClass::RateLimited, 1));
+        match gate {
+            Some(d) => l.max_gate_wait(d),
+            None => l,
+        }
+    };
+    // told 10 s: the next request fails at once with the server's wait
+    let mut svc = layer(Some(Duration::from_secs(10))).layer(provider.clone());
+    assert!(send(&mut svc).await.unwrap_err().is_rate_limited());
+    let start = Instant::now();
+    let next = bounded(send(&mut svc)).await.unwrap_err();
+    assert!(next.is_rate_limit_timeout() && start.elapsed() < Duration::from_secs(1));
+    assert!(
+        next.retry_after().unwrap() >= Duration::from_secs(29),
+        "{next:?}"
+    );
+    // by default (60 s) the next request waits the 30 s out, then goes
+    let provider = Scripted::new(provider.script);
+    let mut svc = layer(None).layer(provider.clone());
+    assert!(send(&mut svc).await.unwrap_err().is_rate_limited());
+    let start = Instant::now();
+    assert!(bounded(send(&mut svc)).await.is_ok());
+    assert!(start.elapsed() >= Duration::from_secs(30));
 }

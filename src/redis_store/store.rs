@@ -784,6 +784,14 @@ impl Store for RedisStore {
         }
     }
 
+    /// The end of a gate this process closed (it saw the 429), so that
+    /// the limiter refuses at once a wait on it longer than its bound; a
+    /// gate closed by another process is known only to the script, and a
+    /// wait on it is bounded by the limiter's `max_wait` alone.
+    fn gate_until(&self, key: &Key, now: Instant) -> Option<Instant> {
+        self.inner.gates.end(key, now)
+    }
+
     fn gate(&self, key: &Key, until: Instant) {
         self.inner.gates.close(key, until);
         if let Some(m) = &self.inner.fallback {

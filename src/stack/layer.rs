@@ -40,8 +40,10 @@ pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(600);
 /// tokens); one key for all requests ([`SingleKey`]); and each layer's own
 /// defaults: [`RetryLayer`] (4 attempts, 10 for 429s, server waits up to
 /// 60 s honoured), [`CircuitBreakerLayer`] (opens at 50 % failures over
-/// 20 calls, at once on an exhausted quota), [`RateLimitLayer`] (no max
-/// wait, headers only tighten, failed attempts refunded), an attempt
+/// 20 calls, at once on an exhausted quota or an invalid key, never longer
+/// than an hour on the provider's word), [`RateLimitLayer`] (no max wait,
+/// gate waits bounded at 60 s, headers only tighten and what they teach
+/// expires, failed attempts refunded), an attempt
 /// timeout of [`DEFAULT_ATTEMPT_TIMEOUT`] (10 min), [`ClassifyLayer`]
 /// (8 KiB of error bodies).
 ///
@@ -59,7 +61,9 @@ pub struct LlmLayer<K = SingleKey, C = Provider, St = MemoryStore> {
     limits: Limits,
     events: Events,
     max_wait: Option<Duration>,
+    max_gate_wait: Option<Duration>,
     learn_limits: bool,
+    learned_ttl: Option<Duration>,
     attempt_timeout: Duration,
     make_store: Arc<MakeStore<St>>,
     classify: ClassifyLayer<C>,
@@ -67,9 +71,10 @@ pub struct LlmLayer<K = SingleKey, C = Provider, St = MemoryStore> {
     breaker: CircuitBreakerLayer<K, C>,
 }
 
-/// Makes the limiter's store from the limits and `learn_limits` at
-/// [`Layer::layer`] time, so that the limit setters may come in any order.
-type MakeStore<St> = dyn Fn(&Limits, bool) -> St + Send + Sync;
+/// Makes the limiter's store from the limits, `learn_limits` and
+/// `learned_ttl` at [`Layer::layer`] time, so that the setters may come in
+/// any order.
+type MakeStore<St> = dyn Fn(&Limits, bool, Option<Duration>) -> St + Send + Sync;
 
 impl<K: fmt::Debug, C: fmt::Debug, St> fmt::Debug for LlmLayer<K, C, St> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -78,7 +83,9 @@ impl<K: fmt::Debug, C: fmt::Debug, St> fmt::Debug for LlmLayer<K, C, St> {
             .field("key_fn", &self.key_fn)
             .field("limits", &self.limits)
             .field("max_wait", &self.max_wait)
+            .field("max_gate_wait", &self.max_gate_wait)
             .field("learn_limits", &self.learn_limits)
+            .field("learned_ttl", &self.learned_ttl)
             .field("attempt_timeout", &self.attempt_timeout)
             .field("classify", &self.classify)
             .field("retry", &self.retry)
@@ -105,10 +112,16 @@ impl<C: Clone> LlmLayer<SingleKey, C> {
             limits: Limits::new(),
             events: events.clone(),
             max_wait: None,
+            max_gate_wait: None,
             learn_limits: false,
+            learned_ttl: None,
             attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
-            make_store: Arc::new(|limits: &Limits, learn: bool| {
-                MemoryStore::new(limits.clone()).learn_limits(learn)
+            make_store: Arc::new(|limits: &Limits, learn: bool, ttl: Option<Duration>| {
+                let store = MemoryStore::new(limits.clone()).learn_limits(learn);
+                match ttl {
+                    Some(ttl) => store.learned_ttl(ttl),
+                    None => store,
+                }
             }),
             classify: ClassifyLayer::with_classifier(classifier.clone()),
             retry: RetryLayer::new()
@@ -178,6 +191,26 @@ impl<K, C, St> LlmLayer<K, C, St> {
         self
     }
 
+    /// The longest a request may wait on its key's Retry-After gate before
+    /// it fails at once with
+    /// [`Error::is_rate_limit_timeout`](crate::Error::is_rate_limit_timeout),
+    /// carrying the server's wait (default
+    /// [`DEFAULT_MAX_GATE_WAIT`](crate::rate_limit::DEFAULT_MAX_GATE_WAIT),
+    /// 60 s; see [`RateLimitLayer::max_gate_wait`]).
+    pub fn max_gate_wait(mut self, wait: Duration) -> Self {
+        self.max_gate_wait = Some(wait);
+        self
+    }
+
+    /// How long a limit learned from the provider's headers holds after the
+    /// provider last said it (default: the limit's window, at most 10 min;
+    /// see [`RateLimitLayer::learned_ttl`]). Configures the in-memory store
+    /// only: a store given to [`store`](Self::store) has its own.
+    pub fn learned_ttl(mut self, ttl: Duration) -> Self {
+        self.learned_ttl = Some(ttl);
+        self
+    }
+
     /// How long one attempt may wait for the provider's response headers
     /// (default [`DEFAULT_ATTEMPT_TIMEOUT`], 10 min). Past it the attempt
     /// fails as [`ErrorClass::Timeout`](crate::ErrorClass::Timeout), which
@@ -239,7 +272,9 @@ impl<K, C, St> LlmLayer<K, C, St> {
             limits: self.limits,
             events: self.events,
             max_wait: self.max_wait,
+            max_gate_wait: self.max_gate_wait,
             learn_limits: self.learn_limits,
+            learned_ttl: self.learned_ttl,
             attempt_timeout: self.attempt_timeout,
             make_store: self.make_store,
             classify: self.classify,
@@ -264,9 +299,11 @@ impl<K, C, St> LlmLayer<K, C, St> {
             limits: self.limits,
             events: self.events,
             max_wait: self.max_wait,
+            max_gate_wait: self.max_gate_wait,
             learn_limits: self.learn_limits,
+            learned_ttl: self.learned_ttl,
             attempt_timeout: self.attempt_timeout,
-            make_store: Arc::new(move |_: &Limits, _: bool| store.clone()),
+            make_store: Arc::new(move |_: &Limits, _: bool, _: Option<Duration>| store.clone()),
             classify: self.classify,
             retry: self.retry,
             breaker: self.breaker,
@@ -283,7 +320,7 @@ where
     type Service = Llm<S, K, C, St>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        let store = (self.make_store)(&self.limits, self.learn_limits);
+        let store = (self.make_store)(&self.limits, self.learn_limits, self.learned_ttl);
         let mut rate_limit = RateLimitLayer::new(self.limits.clone())
             .store(store)
             .key_fn(self.key_fn.clone())
@@ -291,6 +328,9 @@ where
             .events(self.events.clone());
         if let Some(wait) = self.max_wait {
             rate_limit = rate_limit.max_wait(wait);
+        }
+        if let Some(wait) = self.max_gate_wait {
+            rate_limit = rate_limit.max_gate_wait(wait);
         }
         let classified = self.classify.layer(inner);
         let timed = Timeout::new(classified, self.attempt_timeout);
