@@ -63,8 +63,9 @@ fn rss() -> u64 {
         .map_or(0, |pages| pages * 4096)
 }
 
-/// `SOAK_REQUESTS` when set; else 1,000,000 in an optimised build and
-/// 50,000 in a debug build (a million takes about 10 minutes there).
+/// `SOAK_REQUESTS` when set; else 1,000,000 in an optimised build
+/// (`cargo test --release --test soak`: about 45 s on 2 cores) and 50,000
+/// in a debug build (about 30 s; a million would take over ten minutes).
 fn requests() -> u64 {
     if let Some(n) = std::env::var("SOAK_REQUESTS")
         .ok()
