@@ -52,6 +52,8 @@ mod class;
 mod classification;
 mod classifier;
 mod future;
+#[doc(hidden)]
+pub mod fuzzing;
 mod headers;
 mod layer;
 mod peek;
