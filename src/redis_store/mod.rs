@@ -76,6 +76,14 @@
 //! - `{<prefix>:<key>}:k:<token>`: one small string per recent acquire,
 //!   the reservation id it made (see below).
 //!
+//! A limiter key made by [`ByHeader`](crate::key::ByHeader) is a keyed
+//! fingerprint of the API key, under a secret that is random per process
+//! by default: **workers that share a quota through Redis and key by
+//! `ByHeader` must all set the same
+//! [`ByHeader::fingerprint_secret`](crate::key::ByHeader::fingerprint_secret)**
+//! (kept like an API key), or each names the same API key differently and
+//! believes it has the whole quota.
+//!
 //! Every key carries an expiry: as long as anything in it still counts,
 //! plus one second. An idle limiter leaves nothing behind. The prefix
 //! defaults to [`DEFAULT_PREFIX`]. All processes sharing a prefix must
