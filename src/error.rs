@@ -476,7 +476,7 @@ impl fmt::Display for Error {
             Kind::Cancelled => return f.write_str("cancelled before it finished"),
             Kind::GaveUp { patience } => write!(
                 f,
-                "batch gave up: no recovery within its patience of {} ({class}",
+                "batch gave up: the provider did not recover within its patience of {}, or asked to wait longer ({class}",
                 Secs(patience)
             )?,
             Kind::TooManyKeys { max } => {

@@ -287,3 +287,127 @@ async fn cancellation_answers_held_items_as_cancelled() {
         .iter()
         .all(|r| r.as_ref().unwrap_err().is_cancelled()));
 }
+
+// Found in review: each failed before its fix.
+
+#[tokio::test(start_paused = true)]
+async fn give_up_after_max_never_gives_up() {
+    let script: Script = |n, k| match k {
+        0 => Err(failure(
+            ErrorClass::Overloaded,
+            Some(Duration::from_secs(1)),
+        )),
+        _ => Ok(n),
+    };
+    let results = Batch::new(scripted(script, Arc::default()))
+        .concurrency(1)
+        .patience(Patience::new().give_up_after(Duration::MAX))
+        .run(0..1u32)
+        .await;
+    assert_eq!(*results[0].as_ref().unwrap(), 0, "{:?}", results[0]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_call_that_fails_once_is_sent_again() {
+    // no success for 11 minutes because the first call is slow, then it
+    // times out: that is not ten minutes of outage
+    let calls = Arc::new(Mutex::new(0u32));
+    let c = Arc::clone(&calls);
+    let svc = service_fn(move |n: u32| {
+        let k = {
+            let mut c = c.lock().unwrap();
+            *c += 1;
+            *c - 1
+        };
+        async move {
+            if k == 0 {
+                tokio::time::sleep(Duration::from_secs(11 * 60)).await;
+                Err(failure(ErrorClass::Timeout, None))
+            } else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Ok(n)
+            }
+        }
+    });
+    let results = Batch::new(svc)
+        .concurrency(1)
+        .patience(Patience::new().give_up_after(Duration::from_secs(600)))
+        .run(0..1u32)
+        .await;
+    assert_eq!(*results[0].as_ref().unwrap(), 0, "{:?}", results[0]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancel_keeps_the_reorder_window() {
+    let svc = service_fn(|n: u32| async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        Ok::<_, Error>(n)
+    });
+    let token = tokio_util::sync::CancellationToken::new();
+    let max_buffered = Arc::new(Mutex::new(0u64));
+    let m = Arc::clone(&max_buffered);
+    let mut stream = Batch::new(svc)
+        .concurrency(2)
+        .reorder_window(4)
+        .cancel_token(token.clone())
+        .on_progress(move |p: &Progress| {
+            let mut m = m.lock().unwrap();
+            *m = (*m).max(p.buffered);
+        })
+        .stream(0..100_000u32);
+    assert!(stream.next().await.unwrap().is_ok());
+    token.cancel();
+    let mut n = 1;
+    while let Some(r) = stream.next().await {
+        assert!(n < 4 || r.unwrap_err().is_cancelled());
+        n += 1;
+    }
+    assert_eq!(n, 100_000);
+    let max = *max_buffered.lock().unwrap();
+    assert!(
+        max <= 4,
+        "buffered {max} results with a reorder window of 4"
+    );
+}
+
+/// Fails its next `poll_ready`s with a connection error.
+#[derive(Clone)]
+struct FlakyReady {
+    fail_next_ready: Arc<Mutex<u32>>,
+}
+
+impl tower::Service<u32> for FlakyReady {
+    type Response = u32;
+    type Error = Error;
+    type Future = std::future::Ready<Result<u32, Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Error>> {
+        let mut n = self.fail_next_ready.lock().unwrap();
+        if *n > 0 {
+            *n -= 1;
+            return std::task::Poll::Ready(Err(failure(ErrorClass::Connect, None)));
+        }
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, n: u32) -> Self::Future {
+        std::future::ready(Ok(n))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_transient_readiness_error_is_held_in_a_patient_batch() {
+    let svc = FlakyReady {
+        fail_next_ready: Arc::new(Mutex::new(1)),
+    };
+    let mut stream = Batch::new(svc).on_progress(check).stream(0..2u32);
+    let mut results = Vec::new();
+    while let Some(r) = stream.next().await {
+        results.push(r);
+    }
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(stream.progress().resent, 1);
+}

@@ -113,7 +113,7 @@ pub fn run(scenario: Scenario) -> Figures {
         let start = Instant::now();
         let mut stream = Batch::new(stack)
             .concurrency(CONCURRENCY)
-            .patience(scenario.patience)
+            .patience(scenario.patience.seed(5))
             .stream((0..ITEMS).map(request));
         let mut figures = Figures {
             succeeded: 0,

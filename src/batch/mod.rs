@@ -59,7 +59,11 @@
 //!   once the same way.
 //!
 //! Holding an input means sending it again, so inputs must be `Clone`
-//! (`http::Request<B>` is when `B` is).
+//! (`http::Request<B>` is when `B` is). An input whose connection broke
+//! after the provider received it may have been served (and charged)
+//! once already: LLM completions are safe to repeat, as the official SDKs
+//! assume, but a call that is not (one that sends an e-mail from a tool)
+//! belongs in a fail-fast batch.
 //!
 //! **Which to use when.** A batch job (classification, extraction,
 //! embeddings backfill, evaluation) wants every item done: keep the default.

@@ -27,6 +27,7 @@ use crate::Error;
 pub struct Patience {
     pub(super) give_up_after: Option<Duration>,
     pub(super) backoff: Backoff,
+    pub(super) seed: u64,
 }
 
 /// The default of [`Patience::give_up_after`]: 10 minutes. Longer than the
@@ -43,6 +44,7 @@ impl Default for Patience {
         Patience {
             give_up_after: Some(DEFAULT_GIVE_UP_AFTER),
             backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(30)),
+            seed: crate::retry::process_seed(),
         }
     }
 }
@@ -64,17 +66,20 @@ impl Patience {
     }
 
     /// Ends every item still unanswered, with an error for which
-    /// [`Error::is_gave_up`] is true, once no item has succeeded for
-    /// `limit` while some item is held (default
-    /// [`DEFAULT_GIVE_UP_AFTER`], 10 min). The clock starts with the run
-    /// and restarts at every success, so a long job against a healthy
-    /// provider never hits it, and a slow call does not either (nothing is
-    /// held while calls only take long). An item whose error asks for a
-    /// wait longer than `limit` ends at once the same way: waiting a day
-    /// for a per-day quota is not patience, it is a hang.
+    /// [`Error::is_gave_up`] is true, once the provider has been failing
+    /// for `limit`: from the first transient failure after the latest
+    /// success, with no success since and some item held (default
+    /// [`DEFAULT_GIVE_UP_AFTER`], 10 min). A long job against a healthy
+    /// provider never hits it, and slow calls do not either (the clock
+    /// starts only with a failure). An item whose error asks for a wait
+    /// longer than `limit` ends at once the same way: waiting a day for a
+    /// per-day quota is not patience, it is a hang. A limit too long to
+    /// add to an instant (`Duration::MAX`) never runs out.
     ///
     /// Calls still in flight when the limit passes are dropped and
-    /// answered the same way, so that the run ends by the limit.
+    /// answered the same way, and so is every input the source yields
+    /// after it, without being sent: giving up ends the run, even for a
+    /// long-lived source such as a channel.
     pub fn give_up_after(mut self, limit: Duration) -> Self {
         self.give_up_after = Some(limit);
         self
@@ -85,6 +90,15 @@ impl Patience {
     /// an item waits `backoff.wait(n)`.
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
+        self
+    }
+
+    /// The seed of the resend jitter (default: drawn per batch, so that
+    /// workers hit by one outage do not all come back at the same
+    /// instants). Set it for a run that is the same every time (paused-time
+    /// simulations).
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
         self
     }
 
@@ -132,7 +146,8 @@ impl Patience {
             }
             None => self.backoff.wait(holds, Duration::ZERO, rng),
         };
-        Some(wait)
+        // a hold longer than the patience could only end in giving up
+        Some(wait.min(limit))
     }
 }
 
@@ -142,6 +157,9 @@ impl Patience {
 pub(super) struct Held<Req> {
     sleep: Pin<Box<Sleep>>,
     item: Option<HeldItem<Req>>,
+    /// Whether the first success after failures sends it at once: not when
+    /// the provider named the wait itself.
+    wakes_on_success: bool,
 }
 
 /// A held item and what the batch knows of it.
@@ -156,9 +174,12 @@ pub(super) struct HeldItem<Req> {
 
 impl<Req> Held<Req> {
     pub(super) fn new(item: HeldItem<Req>, until: Instant) -> Self {
+        let last = &item.last;
+        let wakes_on_success = last.retry_after().is_none() || last.is_circuit_open();
         Held {
             sleep: Box::pin(tokio::time::sleep_until(until)),
             item: Some(item),
+            wakes_on_success,
         }
     }
 
@@ -167,9 +188,11 @@ impl<Req> Held<Req> {
         self.sleep.deadline()
     }
 
-    /// Makes it due at `at` if that is sooner.
+    /// Makes it due at `at` if that is sooner, unless the provider named
+    /// its wait (an open circuit's wait is the breaker's, not the
+    /// provider's: it is cut short).
     pub(super) fn wake_at(&mut self, at: Instant) {
-        if at < self.sleep.deadline() {
+        if self.wakes_on_success && at < self.sleep.deadline() {
             self.sleep.as_mut().reset(at);
         }
     }

@@ -104,7 +104,7 @@ where
             cancelled: false,
             classifier: batch.classifier,
             patience: batch.patience,
-            rng: SmallRng::seed_from_u64(SEED),
+            rng: SmallRng::seed_from_u64(batch.patience.seed),
             last_success: None,
             failing_since: None,
             last_failure: None,
@@ -113,10 +113,6 @@ where
         }
     }
 }
-
-/// The seed of the resend jitter: a fixed one, so that a run under paused
-/// time is the same on every machine.
-const SEED: u64 = 0x6261_7463_6821;
 
 impl<S, St, C> Ordered<S, St, C>
 where
@@ -228,15 +224,15 @@ where
             };
 
             // 2. start calls while there is room: held items that came due
-            // first (they are older), then new inputs
+            // before new inputs (they are older); once stopped, drain the
+            // source a window at a time
             loop {
                 if this.queued.is_none() {
                     if let Some(item) = this.due.pop_front() {
                         *this.queued = Some(Queued::Again(item));
                     } else if *this.source_done
-                        || (stop.is_none()
-                            && (this.in_flight.len() >= *this.concurrency
-                                || this.slots.len() >= *this.window))
+                        || this.slots.len() >= *this.window
+                        || (stop.is_none() && this.in_flight.len() >= *this.concurrency)
                     {
                         break;
                     } else {
@@ -285,7 +281,6 @@ where
                             }
                             Some(Queued::Again(item)) => {
                                 p.held -= 1;
-                                p.resent += 1;
                                 (item.index, item.request, item.holds)
                             }
                             None => unreachable!("queued above"),
@@ -294,6 +289,9 @@ where
                         let slot = (index - *this.next_yield) as usize;
                         match ready {
                             Ok(()) => {
+                                if holds > 0 {
+                                    p.resent += 1;
+                                }
                                 let copy = patient.then(|| request.clone());
                                 let future = this.service.call(request);
                                 this.in_flight.push(Indexed {
@@ -306,13 +304,35 @@ where
                             }
                             Err(e) => {
                                 // the service could not take this input: it is
-                                // answered with that error; the next input asks
-                                // the service again
+                                // held when that may pass, else answered with
+                                // the error; the next input asks the service
+                                // again
                                 let classifier = &*this.classifier;
                                 let e = Error::from_transport(e, |e| classifier.classify_error(e));
-                                this.slots[slot] = Some(Err(e));
-                                p.failed += 1;
-                                p.buffered += 1;
+                                if patient && Patience::is_transient(&e) {
+                                    let now = Instant::now();
+                                    this.failing_since.get_or_insert(now);
+                                    *this.last_failure = Some(*e.classification());
+                                    let item = HeldItem {
+                                        index,
+                                        request,
+                                        holds,
+                                        last: e,
+                                    };
+                                    hold(
+                                        this.patience,
+                                        this.rng,
+                                        this.held,
+                                        &mut this.slots[slot],
+                                        p,
+                                        item,
+                                        now,
+                                    );
+                                } else {
+                                    this.slots[slot] = Some(Err(e));
+                                    p.failed += 1;
+                                    p.buffered += 1;
+                                }
                             }
                         }
                     }
@@ -338,9 +358,11 @@ where
                         if patient {
                             *this.last_success = Some(Instant::now());
                             // The provider answers again: what was held
-                            // goes now, not at the end of its backoff (the
-                            // breaker, still half-open, lets through what
-                            // it can and turns the rest back at no cost).
+                            // goes now, not at the end of its backoff or of
+                            // the breaker's open time (the breaker, still
+                            // half-open, lets through what it can and turns
+                            // the rest back at no cost); a wait the
+                            // provider named is kept.
                             if this.failing_since.take().is_some() {
                                 let now = Instant::now();
                                 for held in this.held.iter_mut() {
@@ -365,28 +387,21 @@ where
                 let now = Instant::now();
                 this.failing_since.get_or_insert(now);
                 *this.last_failure = Some(*error.classification());
-                match this.patience.hold_for(&error, holds, this.rng) {
-                    Some(wait) => {
-                        let until = now.checked_add(wait).unwrap_or(now);
-                        let item = HeldItem {
-                            index,
-                            request,
-                            holds: holds.saturating_add(1),
-                            last: error,
-                        };
-                        this.held.push(Held::new(item, until));
-                        p.held += 1;
-                    }
-                    None => {
-                        // it asks for a wait past the batch's patience
-                        let limit = this.patience.give_up_after.unwrap_or_default();
-                        let c = *error.classification();
-                        p.failed += 1;
-                        p.gave_up += 1;
-                        p.buffered += 1;
-                        this.slots[slot] = Some(Err(Error::gave_up(c, limit).with_source(error)));
-                    }
-                }
+                let item = HeldItem {
+                    index,
+                    request,
+                    holds,
+                    last: error,
+                };
+                hold(
+                    this.patience,
+                    this.rng,
+                    this.held,
+                    &mut this.slots[slot],
+                    p,
+                    item,
+                    now,
+                );
             }
 
             // 4. held items whose time came
@@ -402,8 +417,11 @@ where
                 *this.gave_up,
                 *this.cancelled,
             ) {
-                if p.held > 0 {
-                    let deadline = last.checked_add(limit).unwrap_or(last);
+                // The clock runs from the first transient failure since the
+                // latest success: slow calls alone never start it. A limit
+                // too long to add to an instant never runs out.
+                let since = this.failing_since.unwrap_or(last);
+                if let (true, Some(deadline)) = (p.held > 0, since.checked_add(limit)) {
                     let timer = this
                         .give_up
                         .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
@@ -484,6 +502,43 @@ where
             hi.and_then(|h| h.checked_add(pending)),
         )
     }
+}
+
+/// Holds `item` (its `holds` counts the holds before this one) until the
+/// wait its last error asks for, or answers it in `slot` when that wait is
+/// past the batch's patience.
+fn hold<Req, T>(
+    patience: &Patience,
+    rng: &mut SmallRng,
+    held: &mut FuturesUnordered<Held<Req>>,
+    slot: &mut Option<Result<T, Error>>,
+    p: &mut Progress,
+    mut item: HeldItem<Req>,
+    now: Instant,
+) {
+    match patience.hold_for(&item.last, item.holds, rng) {
+        Some(wait) => {
+            item.holds = item.holds.saturating_add(1);
+            held.push(Held::new(item, far(now, wait)));
+            p.held += 1;
+        }
+        None => {
+            // it asks for a wait past the batch's patience
+            let limit = patience.give_up_after.unwrap_or_default();
+            let c = *item.last.classification();
+            p.failed += 1;
+            p.gave_up += 1;
+            p.buffered += 1;
+            *slot = Some(Err(Error::gave_up(c, limit).with_source(item.last)));
+        }
+    }
+}
+
+/// `now + wait`, or a day from now when that overflows.
+fn far(now: Instant, wait: Duration) -> Instant {
+    now.checked_add(wait)
+        .or_else(|| now.checked_add(Duration::from_secs(86_400)))
+        .unwrap_or(now)
 }
 
 /// Answers every input not yet answered with `stop`'s error: calls in

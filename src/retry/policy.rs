@@ -540,7 +540,7 @@ where
 /// A seed that differs between processes (std's `RandomState` is keyed
 /// from the OS per process) and between layers of one process, so that
 /// clients started together do not draw the same jitter.
-fn process_seed() -> u64 {
+pub(crate) fn process_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     use std::sync::atomic::{AtomicU64, Ordering};
     static LAYERS: AtomicU64 = AtomicU64::new(0);
