@@ -79,9 +79,8 @@ struct Args {
     /// labels and the program splits it.
     #[arg(long, value_name = "K", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=100))]
     batch_size: u64,
-    /// Give up what is left after this many seconds without a single
-    /// success while items wait for a failing provider (the batch's
-    /// patience; default 600).
+    /// Give up what is left once the provider has been failing for this
+    /// many seconds with no success (the batch's patience; default 600).
     #[arg(long, value_name = "S", default_value_t = 600.0)]
     give_up_after: f64,
     /// Simulated provider only: answer 503 to every request for this many

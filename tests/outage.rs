@@ -59,7 +59,8 @@ fn a_provider_that_never_comes_back_ends_every_item_by_the_job_limit() {
     assert!(f.succeeded < ITEMS / 2);
     assert_eq!(f.gave_up, ITEMS - f.succeeded, "{f:?}");
     assert!(f.errors_typed);
-    // by the limit: its start (the last success) plus the limit plus the
+    // by the limit: its start (the first failure, just after the last
+    // success) plus the limit plus the
     // longest call in flight (they are dropped at the limit)
     assert!(
         f.elapsed <= DEFAULT_GIVE_UP_AFTER + Duration::from_secs(2),

@@ -17,7 +17,7 @@ pub(super) type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
 ///
 /// Defaults: concurrency 16, reorder window 4 × concurrency, patient
 /// ([`Patience::default`]: a transiently failed input is held and sent
-/// again; the batch gives up after 10 minutes without a success), no
+/// again; the batch gives up after 10 minutes of failing), no
 /// progress callback, no cancellation token, classifier [`Provider::Auto`]
 /// (used only to classify the service's transport errors).
 ///
@@ -92,7 +92,7 @@ impl<S, C> Batch<S, C> {
 
     /// What the batch does with an input that failed for a transient
     /// reason (default [`Patience::default`]: hold it and send it again,
-    /// give up after 10 minutes without a success; [`Patience::fail_fast`]
+    /// give up after 10 minutes of failing; [`Patience::fail_fast`]
     /// answers every input with its first error). See the
     /// [module docs](super#patience).
     pub fn patience(mut self, patience: Patience) -> Self {

@@ -49,8 +49,9 @@
 //! - an input whose error is **permanent** (quota exhausted, invalid API
 //!   key, permission, invalid request, context length, not found, over
 //!   capacity, `x-should-retry: false`) is answered with it at once;
-//! - the job's limit, [`Patience::give_up_after`] (default 10 min without
-//!   a single success while inputs are held), ends every input still
+//! - the job's limit, [`Patience::give_up_after`] (default 10 min of
+//!   failing: from the first transient failure since the latest success,
+//!   with no success since), ends every input still
 //!   unanswered with an error for which
 //!   [`is_gave_up`](crate::Error::is_gave_up) is true, whose class and
 //!   `retry_after` are the last failure's: a provider that never comes

@@ -21,8 +21,8 @@ use crate::Error;
 /// [`retry_after`](Error::retry_after) (plus up to 10 % of it, at most
 /// 1 s, so that held items do not all come back at one instant), or when
 /// the error names no wait, after a backoff of 1 s doubling up to 30 s
-/// (equal jitter); the batch gives up after 10 minutes without a single
-/// success while items are held ([`give_up_after`](Self::give_up_after)).
+/// (equal jitter); the batch gives up once the provider has been failing
+/// for 10 minutes with no success ([`give_up_after`](Self::give_up_after)).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Patience {
     pub(super) give_up_after: Option<Duration>,
