@@ -40,8 +40,52 @@ fn request() -> Request<String> {
     request
 }
 
+/// A realistic chat request of about 1 KiB, as an SDK sends it: headers,
+/// a JSON body with a system prompt, a user turn and `max_tokens`, and no
+/// token estimate (the estimator reads the body).
+fn chat_request() -> Request<String> {
+    static BODY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let text = "The package arrived two days late and the box was crushed, but the \
+                    headphones inside work well and the sound is clear. ";
+        serde_json::json!({
+            "model": "gpt-4o-mini",
+            "temperature": 0,
+            "messages": [
+                {"role": "system", "content": "You label the sentiment of short texts. Answer with exactly one word: positive, negative or neutral."},
+                {"role": "user", "content": text.repeat(6)},
+            ],
+            "max_tokens": 5,
+        })
+        .to_string()
+    });
+    Request::post("https://api.openai.com/v1/chat/completions")
+        .header(
+            "authorization",
+            "Bearer sk-bench-0123456789abcdef0123456789abcdef",
+        )
+        .header("content-type", "application/json")
+        .header("user-agent", "bench/1.0")
+        .body(BODY.clone())
+        .unwrap()
+}
+
 /// `ready().await` + `call().await` for `iters` requests.
 fn run<S>(rt: &tokio::runtime::Runtime, svc: &mut S, iters: u64) -> Duration
+where
+    S: Service<Request<String>>,
+    S::Error: std::fmt::Debug,
+{
+    run_with(rt, svc, iters, request)
+}
+
+/// [`run`] with requests made by `make` (made inside the timed loop, as
+/// the baseline does too).
+fn run_with<S>(
+    rt: &tokio::runtime::Runtime,
+    svc: &mut S,
+    iters: u64,
+    make: fn() -> Request<String>,
+) -> Duration
 where
     S: Service<Request<String>>,
     S::Error: std::fmt::Debug,
@@ -49,7 +93,7 @@ where
     rt.block_on(async {
         let start = Instant::now();
         for _ in 0..iters {
-            let response = svc.ready().await.unwrap().call(request()).await;
+            let response = svc.ready().await.unwrap().call(make()).await;
             black_box(response.unwrap());
         }
         start.elapsed()
@@ -93,6 +137,12 @@ fn per_request(c: &mut Criterion) {
         .layer(Noop);
     g.bench_function("ours: LlmLayer (RPM + TPM)", |b| {
         b.iter_custom(|n| run(&rt, &mut ours, n))
+    });
+    g.bench_function("no-op baseline, 1 KiB chat request", |b| {
+        b.iter_custom(|n| run_with(&rt, &mut noop, n, chat_request))
+    });
+    g.bench_function("ours: LlmLayer (RPM + TPM), 1 KiB chat request", |b| {
+        b.iter_custom(|n| run_with(&rt, &mut ours, n, chat_request))
     });
 
     // tower's `Retry` needs a `Clone` inner service and its `RateLimit` is

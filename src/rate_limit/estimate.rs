@@ -130,28 +130,45 @@ impl JsonEstimator {
         };
         let input = (body.len() as u64).div_ceil(4);
         let scanned = &body[..body.len().min(self.scan_limit)];
-        let output = [
-            "\"max_completion_tokens\"",
-            "\"max_tokens\"",
-            "\"max_output_tokens\"",
-        ]
-        .iter()
-        .find_map(|k| field_u64(scanned, k.as_bytes()))
-        .unwrap_or(self.default_max_tokens);
+        let output = max_tokens(scanned).unwrap_or(self.default_max_tokens);
         Costs::new(input, output)
     }
 }
 
-impl<B: BodyBytes> Estimator<Request<B>> for JsonEstimator {
-    fn estimate(&self, request: &Request<B>) -> Costs {
-        self.estimate_bytes(request.body().body_bytes())
+/// The output-token maximum a JSON body names: the first
+/// `"max_completion_tokens"`, else the first `"max_tokens"`, else the first
+/// `"max_output_tokens"` (OpenAI's current, OpenAI's and Anthropic's, and
+/// Gemini's names), each followed by a colon and an unsigned integer.
+///
+/// One pass over the body with a SIMD substring search for what the three
+/// names end with, `tokens"`, then a look at the few bytes before each hit:
+/// a 1 KiB chat body costs tens of nanoseconds, where three byte-window
+/// scans cost microseconds.
+fn max_tokens(body: &[u8]) -> Option<u64> {
+    static SUFFIX: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"tokens\""));
+    // the first occurrence of each name, in order of preference
+    const NAMES: [&[u8]; 3] = [b"\"max_completion_", b"\"max_", b"\"max_output_"];
+    let mut first: [Option<usize>; 3] = [None; 3];
+    for hit in SUFFIX.find_iter(body) {
+        let before = &body[..hit];
+        for (slot, name) in first.iter_mut().zip(NAMES) {
+            if slot.is_none() && before.ends_with(name) {
+                *slot = Some(hit + b"tokens\"".len());
+            }
+        }
+        if first.iter().all(Option::is_some) {
+            break;
+        }
     }
+    first
+        .iter()
+        .find_map(|at| at.and_then(|at| value_u64(&body[at..])))
 }
 
-/// The unsigned integer after `"name"` and a colon, if any.
-fn field_u64(hay: &[u8], name: &[u8]) -> Option<u64> {
-    let pos = hay.windows(name.len()).position(|w| w == name)?;
-    let rest = &hay[pos + name.len()..];
+/// The unsigned integer after optional spaces, a colon and optional
+/// spaces, if any.
+fn value_u64(rest: &[u8]) -> Option<u64> {
     let rest = trim(rest);
     let rest = trim(rest.strip_prefix(b":")?);
     let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
@@ -159,6 +176,12 @@ fn field_u64(hay: &[u8], name: &[u8]) -> Option<u64> {
         return None;
     }
     std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
+}
+
+impl<B: BodyBytes> Estimator<Request<B>> for JsonEstimator {
+    fn estimate(&self, request: &Request<B>) -> Costs {
+        self.estimate_bytes(request.body().body_bytes())
+    }
 }
 
 fn trim(b: &[u8]) -> &[u8] {
@@ -183,6 +206,60 @@ mod tests {
         let c = e.estimate_bytes(Some(br#"{"max_tokens":"x"}"#));
         assert_eq!(c.output_tokens, 1024);
         assert_eq!(e.estimate_bytes(None), Costs::new(0, 1024));
+    }
+
+    #[test]
+    fn the_names_keep_their_order_of_preference() {
+        let e = JsonEstimator::new();
+        let out = |b: &[u8]| e.estimate_bytes(Some(b)).output_tokens;
+        // the first name that is present with a number wins, in this order
+        assert_eq!(out(br#"{"max_tokens":3,"max_completion_tokens":9}"#), 9);
+        assert_eq!(out(br#"{"max_output_tokens":4,"max_tokens":3}"#), 3);
+        assert_eq!(out(br#"{"generationConfig":{"max_output_tokens": 7}}"#), 7);
+        // only a name's first occurrence counts
+        assert_eq!(out(br#"{"max_tokens":"x","max_tokens":5}"#), 1024);
+        assert_eq!(out(br#"{"max_tokens":"x","max_output_tokens":5}"#), 5);
+        // near misses are not the names
+        assert_eq!(
+            out(br#"{"xmax_tokens":5,"max_tokens_x":6,"tokens":7}"#),
+            1024
+        );
+        assert_eq!(out(br#"{"max_tokens" : 12 }"#), 12);
+        assert_eq!(out(br#"{"max_tokens":18446744073709551616}"#), 1024);
+        assert_eq!(out(b"tokens\""), 1024);
+    }
+
+    /// The byte-window search the single pass replaced, kept as the
+    /// reference.
+    fn reference(hay: &[u8]) -> Option<u64> {
+        [
+            "\"max_completion_tokens\"",
+            "\"max_tokens\"",
+            "\"max_output_tokens\"",
+        ]
+        .iter()
+        .find_map(|name| {
+            let name = name.as_bytes();
+            let pos = hay.windows(name.len()).position(|w| w == name)?;
+            value_u64(&hay[pos + name.len()..])
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_single_pass_agrees_with_the_reference(
+            parts in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "\"max_tokens\"", "\"max_completion_tokens\"", "\"max_output_tokens\"",
+                    "\"tokens\"", "tokens\"", "\"max_", ":", " ", "12", "7", "\"x\"", ",", "{", "}",
+                    "\"max_tokens_x\"", "completion_", "output_", "\"",
+                ]),
+                0..24,
+            )
+        ) {
+            let body = parts.concat();
+            proptest::prop_assert_eq!(max_tokens(body.as_bytes()), reference(body.as_bytes()), "{}", body);
+        }
     }
 
     #[test]
