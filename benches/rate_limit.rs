@@ -22,6 +22,8 @@ use tower_llm_resilience::rate_limit::{
     Costs, Dimension, Limits, MemoryStore, RateLimitLayer, Store,
 };
 
+mod support;
+
 #[derive(Clone, Copy)]
 struct Noop;
 
@@ -189,27 +191,9 @@ fn contended(c: &mut Criterion) {
     g.finish();
 }
 
-/// A realistic chat request of about 1 KiB: a system prompt, a user turn
-/// and `max_tokens` at the end (the estimator's worst case: every field
-/// name it looks for is searched through the whole body).
-fn chat_body() -> String {
-    let text = "The package arrived two days late and the box was crushed, but the \
-                headphones inside work well and the sound is clear. ";
-    serde_json::json!({
-        "model": "gpt-4o-mini",
-        "temperature": 0,
-        "messages": [
-            {"role": "system", "content": "You label the sentiment of short texts. Answer with exactly one word: positive, negative or neutral."},
-            {"role": "user", "content": text.repeat(6)},
-        ],
-        "max_tokens": 5,
-    })
-    .to_string()
-}
-
 fn estimator(c: &mut Criterion) {
     use tower_llm_resilience::rate_limit::JsonEstimator;
-    let body = chat_body();
+    let body = support::chat_body();
     let estimator = JsonEstimator::new();
     let mut g = c.benchmark_group("estimator");
     g.bench_function(format!("JsonEstimator, {} B chat body", body.len()), |b| {

@@ -17,6 +17,8 @@ use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 use tower_llm_resilience::rate_limit::{Dimension, Limits, TokenEstimate};
 use tower_llm_resilience::{LlmLayer, Provider};
 
+mod support;
+
 #[derive(Clone, Copy)]
 struct Noop;
 
@@ -44,20 +46,7 @@ fn request() -> Request<String> {
 /// a JSON body with a system prompt, a user turn and `max_tokens`, and no
 /// token estimate (the estimator reads the body).
 fn chat_request() -> Request<String> {
-    static BODY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        let text = "The package arrived two days late and the box was crushed, but the \
-                    headphones inside work well and the sound is clear. ";
-        serde_json::json!({
-            "model": "gpt-4o-mini",
-            "temperature": 0,
-            "messages": [
-                {"role": "system", "content": "You label the sentiment of short texts. Answer with exactly one word: positive, negative or neutral."},
-                {"role": "user", "content": text.repeat(6)},
-            ],
-            "max_tokens": 5,
-        })
-        .to_string()
-    });
+    static BODY: std::sync::LazyLock<String> = std::sync::LazyLock::new(support::chat_body);
     Request::post("https://api.openai.com/v1/chat/completions")
         .header(
             "authorization",

@@ -10,30 +10,8 @@ use tower_llm_resilience::classify::{
     parse_rfc3339_reset, Classification, Provider, MAX_SERVER_WAIT,
 };
 
-const NAMES: &[&str] = &[
-    "retry-after",
-    "retry-after-ms",
-    "x-ms-retry-after-ms",
-    "x-should-retry",
-    "date",
-    "x-ratelimit-limit-requests",
-    "x-ratelimit-remaining-requests",
-    "x-ratelimit-reset-requests",
-    "x-ratelimit-limit-tokens",
-    "x-ratelimit-remaining-tokens",
-    "x-ratelimit-reset-tokens",
-    "anthropic-ratelimit-requests-limit",
-    "anthropic-ratelimit-requests-remaining",
-    "anthropic-ratelimit-requests-reset",
-    "anthropic-ratelimit-input-tokens-reset",
-    "anthropic-ratelimit-output-tokens-remaining",
-    "ratelimit",
-    "ratelimit-policy",
-    "ratelimit-limit",
-    "ratelimit-remaining",
-    "ratelimit-reset",
-    "openai-processing-ms",
-];
+/// Every header name the classifier reads (shared with the fuzz targets).
+const NAMES: &[&str] = tower_llm_resilience::classify::fuzzing::HEADER_NAMES;
 
 /// Values that have broken parsers elsewhere, plus arbitrary text.
 fn value() -> impl Strategy<Value = String> {
