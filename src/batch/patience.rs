@@ -7,10 +7,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rand::rngs::SmallRng;
-use rand::RngExt;
 use tokio::time::{Instant, Sleep};
 
-use crate::retry::Backoff;
+use crate::retry::{
+    scale, unit, Backoff, DEFAULT_SERVER_JITTER as JITTER, SERVER_JITTER_MAX as JITTER_MAX,
+};
 use crate::Error;
 
 /// How long a batch waits for a provider that fails, before it gives its
@@ -35,9 +36,6 @@ pub struct Patience {
 /// short enough that a job against a provider that is gone for good ends
 /// within a coffee break with every item answered.
 pub const DEFAULT_GIVE_UP_AFTER: Duration = Duration::from_secs(600);
-
-/// The largest jitter added to a wait the error named: 1 s.
-const JITTER_MAX: Duration = Duration::from_secs(1);
 
 impl Default for Patience {
     fn default() -> Self {
@@ -133,15 +131,7 @@ impl Patience {
         let wait = match error.retry_after() {
             Some(wait) if wait > limit => return None,
             Some(wait) => {
-                let draw: f64 = rng.random();
-                let draw = if (0.0..1.0).contains(&draw) {
-                    draw
-                } else {
-                    0.0
-                };
-                let jitter = Duration::try_from_secs_f64(wait.as_secs_f64() * 0.1 * draw)
-                    .unwrap_or(Duration::ZERO)
-                    .min(JITTER_MAX);
+                let jitter = scale(wait, JITTER * unit(rng)).min(JITTER_MAX);
                 wait.saturating_add(jitter)
             }
             None => self.backoff.wait(holds, Duration::ZERO, rng),

@@ -356,7 +356,8 @@ where
                 let error = match result {
                     Ok(response) => {
                         if patient {
-                            *this.last_success = Some(Instant::now());
+                            let now = Instant::now();
+                            *this.last_success = Some(now);
                             // The provider answers again: what was held
                             // goes now, not at the end of its backoff or of
                             // the breaker's open time (the breaker, still
@@ -364,7 +365,6 @@ where
                             // the rest back at no cost); a wait the
                             // provider named is kept.
                             if this.failing_since.take().is_some() {
-                                let now = Instant::now();
                                 for held in this.held.iter_mut() {
                                     held.wake_at(now);
                                 }

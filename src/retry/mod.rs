@@ -88,6 +88,7 @@ mod replay;
 mod service;
 mod spike;
 
+pub(crate) use self::backoff::{scale, unit};
 pub use self::backoff::{Backoff, Jitter};
 pub use self::budget::RetryBudget;
 pub use self::buffer::{BufferBody, BufferBodyLayer, BufferFuture, DEFAULT_BUFFER_LIMIT};
