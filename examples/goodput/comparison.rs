@@ -18,7 +18,7 @@ use tower::retry::backoff::{
 };
 use tower::{Layer, Service, ServiceBuilder};
 use tower_llm_resilience::batch::{Batch, Patience};
-use tower_llm_resilience::classify::RateLimits;
+use tower_llm_resilience::classify::ReportedLimits;
 use tower_llm_resilience::key::SingleKey;
 use tower_llm_resilience::rate_limit::{Dimension, Limits, TokenEstimate};
 use tower_llm_resilience::sim::{count_tokens, Fault, SimProvider};
@@ -369,7 +369,7 @@ impl Classifier for HideLimitHeaders {
         body: Option<&[u8]>,
     ) -> Classification {
         let mut c = self.0.classify(status, headers, body);
-        c.limits = RateLimits::EMPTY;
+        c.limits = ReportedLimits::EMPTY;
         c
     }
 }
