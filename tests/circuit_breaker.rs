@@ -315,7 +315,11 @@ async fn context_length_errors_from_the_body_do_not_count() {
             )
         }
     });
-    let mut svc = small().layer(ClassifyLayer::with_classifier(Provider::OpenAi).layer(provider));
+    let mut svc = small().layer(
+        ClassifyLayer::new()
+            .classifier(Provider::OpenAi)
+            .layer(provider),
+    );
     for _ in 0..100 {
         let r = send(&mut svc, req()).await.unwrap();
         assert_eq!(r.status(), 400);
@@ -360,9 +364,11 @@ async fn one_insufficient_quota_opens_it_at_once_until_the_reset() {
             log.lock().unwrap().push(*until);
         }
     });
-    let mut svc = small()
-        .events(events.clone())
-        .layer(ClassifyLayer::with_classifier(Provider::OpenAi).layer(provider));
+    let mut svc = small().events(events.clone()).layer(
+        ClassifyLayer::new()
+            .classifier(Provider::OpenAi)
+            .layer(provider),
+    );
     let r = send(&mut svc, req()).await.unwrap();
     assert_eq!(r.status(), 429);
     assert_eq!(
@@ -709,7 +715,10 @@ fn scripted_bodies(
         let r = r.body(body.to_string()).unwrap();
         async move { Ok::<_, BoxError>(r) }
     });
-    (ClassifyLayer::with_classifier(provider).layer(inner), calls)
+    (
+        ClassifyLayer::new().classifier(provider).layer(inner),
+        calls,
+    )
 }
 
 /// Issue #11, finding 1: a 403 `permission_error` (a model this key may not

@@ -149,6 +149,6 @@ impl<S, K: Clone, C: Clone> Layer<S> for CircuitBreakerLayer<K, C> {
             classifier: self.classifier.clone(),
         };
         let breakers = Arc::new(Breakers::new(context, self.max_keys));
-        CircuitBreaker::new(inner, self.key_fn.clone(), breakers)
+        CircuitBreaker::from_parts(inner, self.key_fn.clone(), breakers)
     }
 }

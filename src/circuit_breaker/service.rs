@@ -7,9 +7,9 @@ use tower::Service;
 
 use super::future::{Guard, ResponseFuture};
 use super::shared::{Breakers, Cell};
-use crate::classify::Classifier;
+use crate::classify::{Classifier, Provider};
 use crate::events::CircuitState;
-use crate::key::{Key, KeyFn};
+use crate::key::{Key, KeyFn, SingleKey};
 use crate::{BoxError, Error};
 
 /// The service of [`CircuitBreakerLayer`](super::CircuitBreakerLayer): one
@@ -33,8 +33,17 @@ pub struct CircuitBreaker<S, K, C> {
     last: Option<Arc<Cell<C>>>,
 }
 
+impl<S> CircuitBreaker<S, SingleKey, Provider> {
+    /// Breakers around `inner` with the defaults of
+    /// [`CircuitBreakerLayer::new`](super::CircuitBreakerLayer::new): the
+    /// same as `CircuitBreakerLayer::new().layer(inner)`.
+    pub fn new(inner: S) -> Self {
+        tower::Layer::layer(&super::CircuitBreakerLayer::new(), inner)
+    }
+}
+
 impl<S, K, C> CircuitBreaker<S, K, C> {
-    pub(crate) fn new(inner: S, key_fn: K, breakers: Arc<Breakers<C>>) -> Self {
+    pub(crate) fn from_parts(inner: S, key_fn: K, breakers: Arc<Breakers<C>>) -> Self {
         CircuitBreaker {
             inner,
             key_fn,

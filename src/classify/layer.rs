@@ -26,7 +26,11 @@ pub(crate) const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(5);
 impl ClassifyLayer {
     /// A layer with the [`Provider::Auto`] classifier.
     pub const fn new() -> Self {
-        ClassifyLayer::with_classifier(Provider::Auto)
+        ClassifyLayer {
+            classifier: Provider::Auto,
+            max_body: DEFAULT_BODY_PREFIX,
+            read_timeout: DEFAULT_READ_TIMEOUT,
+        }
     }
 }
 
@@ -37,12 +41,12 @@ impl Default for ClassifyLayer {
 }
 
 impl<C> ClassifyLayer<C> {
-    /// A layer with the given classifier.
-    pub const fn with_classifier(classifier: C) -> Self {
+    /// What responses mean (default [`Provider::Auto`]).
+    pub fn classifier<C2>(self, classifier: C2) -> ClassifyLayer<C2> {
         ClassifyLayer {
             classifier,
-            max_body: DEFAULT_BODY_PREFIX,
-            read_timeout: DEFAULT_READ_TIMEOUT,
+            max_body: self.max_body,
+            read_timeout: self.read_timeout,
         }
     }
 

@@ -8,13 +8,13 @@ use std::time::Duration;
 use http::{Request, Response};
 use tower::Service;
 
-use super::estimate::{Estimator, TokenEstimate};
+use super::estimate::{Estimator, JsonEstimator, TokenEstimate};
 use super::future::ResponseFuture;
-use super::store::Store;
-use super::window::Costs;
-use crate::classify::Classifier;
+use super::store::{MemoryStore, Store};
+use super::window::{Costs, Limits};
+use crate::classify::{Classifier, Provider};
 use crate::events::Events;
-use crate::key::KeyFn;
+use crate::key::{KeyFn, SingleKey};
 use crate::{BoxError, Error};
 
 pub(crate) struct Shared<K, C, E, St> {
@@ -40,6 +40,15 @@ pub(crate) struct Shared<K, C, E, St> {
 pub struct RateLimit<S, K, C, E, St> {
     inner: S,
     shared: Arc<Shared<K, C, E, St>>,
+}
+
+impl<S> RateLimit<S, SingleKey, Provider, JsonEstimator, MemoryStore> {
+    /// A limiter around `inner` where every request has `limits`, with the
+    /// defaults of [`RateLimitLayer::new`](super::RateLimitLayer::new): the
+    /// same as `RateLimitLayer::new(limits).layer(inner)`.
+    pub fn new(inner: S, limits: Limits) -> Self {
+        tower::Layer::layer(&super::RateLimitLayer::new(limits), inner)
+    }
 }
 
 impl<S, K, C, E, St> RateLimit<S, K, C, E, St> {

@@ -95,19 +95,13 @@ impl<K: fmt::Debug, C: fmt::Debug, St> fmt::Debug for LlmLayer<K, C, St> {
 }
 
 impl LlmLayer {
-    /// The stack for `provider`'s signals, with no limit yet.
+    /// The stack for `provider`'s signals, with no limit yet (for a
+    /// classifier of your own, see [`classifier`](Self::classifier)).
     pub fn new(provider: Provider) -> Self {
-        LlmLayer::with_classifier(provider)
-    }
-}
-
-impl<C: Clone> LlmLayer<SingleKey, C> {
-    /// The stack with a classifier of your own (see
-    /// [`Classifier`](crate::Classifier)), with no limit yet.
-    pub fn with_classifier(classifier: C) -> Self {
+        let classifier = provider;
         let events = Events::new();
         LlmLayer {
-            classifier: classifier.clone(),
+            classifier,
             key_fn: SingleKey,
             limits: Limits::new(),
             events: events.clone(),
@@ -123,9 +117,9 @@ impl<C: Clone> LlmLayer<SingleKey, C> {
                     None => store,
                 }
             }),
-            classify: ClassifyLayer::with_classifier(classifier.clone()),
+            classify: ClassifyLayer::new().classifier(classifier),
             retry: RetryLayer::new()
-                .classifier(classifier.clone())
+                .classifier(classifier)
                 .events(events.clone()),
             breaker: CircuitBreakerLayer::new()
                 .classifier(classifier)
@@ -261,6 +255,28 @@ impl<K, C, St> LlmLayer<K, C, St> {
     pub fn classify(mut self, f: impl FnOnce(ClassifyLayer<C>) -> ClassifyLayer<C>) -> Self {
         self.classify = f(self.classify);
         self
+    }
+
+    /// What responses and errors mean, for every layer of the stack
+    /// (default: the [`Provider`] given to [`new`](Self::new); see
+    /// [`Classifier`](crate::Classifier) for one of your own). The layers'
+    /// other settings are kept.
+    pub fn classifier<C2: Clone>(self, classifier: C2) -> LlmLayer<K, C2, St> {
+        LlmLayer {
+            classifier: classifier.clone(),
+            key_fn: self.key_fn,
+            limits: self.limits,
+            events: self.events,
+            max_wait: self.max_wait,
+            max_gate_wait: self.max_gate_wait,
+            learn_limits: self.learn_limits,
+            learned_ttl: self.learned_ttl,
+            attempt_timeout: self.attempt_timeout,
+            make_store: self.make_store,
+            classify: self.classify.classifier(classifier.clone()),
+            retry: self.retry.classifier(classifier.clone()),
+            breaker: self.breaker.classifier(classifier),
+        }
     }
 
     /// One quota (and one breaker) per key (default [`SingleKey`]): e.g.
