@@ -167,3 +167,8 @@ pub use self::key::{Key, KeyFn};
 pub use self::rate_limit::{Limits, RateLimitLayer};
 pub use self::retry::{RetryLayer, RetryPolicy};
 pub use self::stack::{Llm, LlmLayer};
+
+/// The README's code blocks, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
