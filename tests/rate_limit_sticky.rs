@@ -15,6 +15,10 @@ use tower_llm_resilience::rate_limit::{
 };
 use tower_test::mock;
 
+mod support;
+
+use support::response;
+
 type Req = Request<String>;
 type Resp = Response<String>;
 
@@ -32,14 +36,6 @@ fn req(tokens: u32) -> Req {
     let mut r = Request::new(String::new());
     r.extensions_mut().insert(TokenEstimate(tokens));
     r
-}
-
-fn response(status: StatusCode, headers: &[(&'static str, &'static str)]) -> Resp {
-    let mut b = Response::builder().status(status);
-    for (k, v) in headers {
-        b = b.header(*k, *v);
-    }
-    b.body(String::new()).unwrap()
 }
 
 /// The next request the provider sees; fails (never hangs) when none
