@@ -17,26 +17,12 @@ use tower_test::mock;
 
 mod support;
 
-use support::response;
+use support::{ms, req, response, secs};
 
 type Req = Request<String>;
 type Resp = Response<String>;
 
 const MINUTE: Duration = Duration::from_secs(60);
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
-
-fn req(tokens: u32) -> Req {
-    let mut r = Request::new(String::new());
-    r.extensions_mut().insert(TokenEstimate(tokens));
-    r
-}
 
 /// The next request the provider sees; fails (never hangs) when none
 /// comes within a week of paused time.

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
 use tower::Service;
+use tower_llm_resilience::rate_limit::TokenEstimate;
 
 // ---------------------------------------------------------------------------
 // Services
@@ -94,8 +95,26 @@ where
 }
 
 // ---------------------------------------------------------------------------
-// Responses
+// Requests and responses
 // ---------------------------------------------------------------------------
+
+/// `n` milliseconds.
+pub const fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// `n` seconds.
+pub const fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// A request with an empty body whose token cost is `tokens` (a
+/// [`TokenEstimate`]).
+pub fn req(tokens: u32) -> Request<String> {
+    let mut r = Request::new(String::new());
+    r.extensions_mut().insert(TokenEstimate(tokens));
+    r
+}
 
 /// A response with this status (a `u16` or a `StatusCode`), these headers
 /// and an empty body.
