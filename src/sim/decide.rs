@@ -1,7 +1,7 @@
 //! How the provider answers one request: a pipeline of steps in the order
 //! of the [module docs](super#order-of-decisions-for-one-request). Each
 //! step either hands the request on or stops it with its answer; the
-//! answers' shapes are [`answer`](super::answer)'s.
+//! answers' shapes are [`super::answer`]'s.
 
 use std::io;
 use std::time::{Duration, SystemTime};
@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use super::answer::{self, Completion, Endpoint, OverLimit, Reply, Room};
 use super::config::{Config, Fault};
-use super::label::label;
+use super::model::label;
 use super::prompt::{self, count_tokens};
 use super::provider::State;
 use super::served::{Outcome, Served};

@@ -88,7 +88,7 @@ mod answer;
 mod config;
 mod decide;
 mod format;
-mod label;
+mod model;
 mod prompt;
 mod provider;
 mod served;
@@ -97,7 +97,7 @@ mod window;
 
 pub use self::config::{Fault, SimProviderBuilder, Style};
 pub use self::format::go_duration;
-pub use self::label::label;
+pub use self::model::label;
 pub use self::prompt::{batched_texts, count_tokens, text_of_prompt};
 pub use self::provider::SimProvider;
 pub use self::served::{Outcome, Served, SimStats};
