@@ -28,7 +28,7 @@ pin_project! {
     /// [`Batch::stream`] or [`Batch::stream_from`].
     ///
     /// It yields exactly one item per input, then ends.
-    pub struct Ordered<S, St, C>
+    pub struct BatchStream<S, St, C>
     where
         St: Stream,
         S: Service<St::Item>,
@@ -74,7 +74,7 @@ enum Queued<Req> {
     Again(HeldItem<Req>),
 }
 
-impl<S, St, C> Ordered<S, St, C>
+impl<S, St, C> BatchStream<S, St, C>
 where
     St: Stream,
     S: Service<St::Item>,
@@ -87,7 +87,7 @@ where
             .reorder_window
             .unwrap_or_else(|| concurrency.saturating_mul(4))
             .max(concurrency);
-        Ordered {
+        BatchStream {
             service: batch.service,
             source,
             source_done: false,
@@ -116,7 +116,7 @@ where
     }
 }
 
-impl<S, St, C> Ordered<S, St, C>
+impl<S, St, C> BatchStream<S, St, C>
 where
     St: Stream,
     S: Service<St::Item>,
@@ -170,7 +170,7 @@ impl Stop {
     }
 }
 
-impl<S, St, C> Stream for Ordered<S, St, C>
+impl<S, St, C> Stream for BatchStream<S, St, C>
 where
     St: Stream,
     St::Item: Clone,
@@ -598,13 +598,13 @@ fn far(now: Instant, wait: Duration) -> Instant {
         .unwrap_or(now)
 }
 
-impl<S, St, C> fmt::Debug for Ordered<S, St, C>
+impl<S, St, C> fmt::Debug for BatchStream<S, St, C>
 where
     St: Stream,
     S: Service<St::Item>,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Ordered")
+        f.debug_struct("BatchStream")
             .field("progress", &self.progress)
             .field("concurrency", &self.concurrency)
             .field("reorder_window", &self.window)

@@ -17,7 +17,7 @@ use super::config::{Config, Fault};
 use super::model::label;
 use super::prompt::{self, count_tokens};
 use super::provider::State;
-use super::served::{Outcome, Served};
+use super::served::{Verdict, Served};
 use super::window::Window;
 use crate::BoxError;
 
@@ -97,7 +97,7 @@ impl<'a> Turn<'a> {
         let served = Served {
             seq,
             at: since_epoch,
-            outcome: Outcome::Invalid,
+            outcome: Verdict::Invalid,
             status: None,
             prompt_tokens: 0,
             completion_tokens: 0,
@@ -231,7 +231,7 @@ impl<'a> Turn<'a> {
     fn outage(&mut self) -> Result<(), Stop> {
         match self.cfg.outage {
             Some((start, end)) if (start..end).contains(&self.served.at) => {
-                self.served.outcome = Outcome::Outage;
+                self.served.outcome = Verdict::Outage;
                 self.st.stats.outage += 1;
                 Err(Stop::Reply(answer::outage(self.cfg.style)))
             }
@@ -244,7 +244,7 @@ impl<'a> Turn<'a> {
         if self.cfg.quota_after.is_none_or(|n| self.served.seq < n) {
             return Ok(());
         }
-        self.served.outcome = Outcome::QuotaExhausted;
+        self.served.outcome = Verdict::QuotaExhausted;
         self.st.stats.quota_exhausted += 1;
         Err(Stop::Reply(answer::quota_exhausted(self.cfg.style)))
     }
@@ -272,7 +272,7 @@ impl<'a> Turn<'a> {
             Fault::InvalidApiKey => &mut stats.invalid_api_key,
         };
         *counter += 1;
-        self.served.outcome = Outcome::Fault(fault);
+        self.served.outcome = Verdict::Fault(fault);
         Err(match answer::fault(self.cfg.style, fault) {
             Some(reply) => Stop::Reply(reply),
             None => Stop::Reset(io::Error::new(
@@ -300,7 +300,7 @@ impl<'a> Turn<'a> {
             _ => None, // larger than the window: waiting cannot help
         };
         let over = if by_requests {
-            self.served.outcome = Outcome::RateLimitedRequests;
+            self.served.outcome = Verdict::RateLimitedRequests;
             self.st.stats.rate_limited_requests += 1;
             OverLimit {
                 kind: "requests",
@@ -310,7 +310,7 @@ impl<'a> Turn<'a> {
                 model: &call.model,
             }
         } else {
-            self.served.outcome = Outcome::RateLimitedTokens;
+            self.served.outcome = Verdict::RateLimitedTokens;
             self.st.stats.rate_limited_tokens += 1;
             OverLimit {
                 kind: "tokens",
@@ -356,7 +356,7 @@ impl<'a> Turn<'a> {
         };
         let completion_tokens = count_tokens(content.len()).min(call.max_tokens);
         let served = &mut self.served;
-        served.outcome = Outcome::Completed;
+        served.outcome = Verdict::Completed;
         served.label = labels.first().copied();
         served.labels = labels;
         served.charged_tokens = call.cost;

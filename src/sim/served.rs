@@ -10,7 +10,7 @@ use super::config::Fault;
 /// What the provider did with one request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Outcome {
+pub enum Verdict {
     /// A completion (possibly slowed by [`Fault::Slow`]).
     Completed,
     /// 429 over the requests-per-window limit.
@@ -37,7 +37,7 @@ pub struct Served {
     /// When it arrived, after the provider was built.
     pub at: Duration,
     /// What the provider did.
-    pub outcome: Outcome,
+    pub outcome: Verdict,
     /// The status sent; `None` when the connection was reset.
     pub status: Option<StatusCode>,
     /// Prompt tokens counted (see [`count_tokens`](super::count_tokens)).
