@@ -17,7 +17,7 @@ use super::config::{Config, Fault};
 use super::model::label;
 use super::prompt::{self, count_tokens};
 use super::provider::State;
-use super::served::{Verdict, Served};
+use super::served::{Served, Verdict};
 use super::window::Window;
 use crate::BoxError;
 

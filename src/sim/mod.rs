@@ -100,5 +100,5 @@ pub use self::format::go_duration;
 pub use self::model::label;
 pub use self::prompt::{batched_texts, count_tokens, text_of_prompt};
 pub use self::provider::SimProvider;
-pub use self::served::{Verdict, Served, SimStats};
+pub use self::served::{Served, SimStats, Verdict};
 pub use self::server::SimServer;
