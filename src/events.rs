@@ -142,7 +142,9 @@ type Listener = dyn Fn(&Event<'_>) + Send + Sync;
 /// ```
 /// use std::sync::atomic::{AtomicU32, Ordering};
 /// use std::sync::Arc;
+/// use std::time::Duration;
 /// use tower_llm_resilience::events::{Event, Events};
+/// use tower_llm_resilience::ErrorClass;
 ///
 /// let retries = Arc::new(AtomicU32::new(0));
 /// let seen = retries.clone();
@@ -151,7 +153,16 @@ type Listener = dyn Fn(&Event<'_>) + Send + Sync;
 ///         seen.fetch_add(1, Ordering::Relaxed);
 ///     }
 /// });
-/// # let _ = events;
+/// // A layer given a clone reports to the same listener and counters.
+/// let layer_events = events.clone();
+/// layer_events.emit(Event::RetryScheduled {
+///     attempt: 2,
+///     class: ErrorClass::Overloaded,
+///     wait: Duration::from_millis(500),
+///     server_chose: false,
+/// });
+/// assert_eq!(retries.load(Ordering::Relaxed), 1);
+/// assert_eq!(events.counters().snapshot().retries, 1);
 /// ```
 #[derive(Clone, Default)]
 pub struct Events {

@@ -3,13 +3,23 @@
 //! rate limits, quotas, overloads and outages handled once, for every stack.
 //!
 //! ```
+//! use std::sync::atomic::{AtomicU32, Ordering};
+//! use std::sync::Arc;
 //! use tower::{Service, ServiceBuilder, ServiceExt};
-//! use tower_llm_resilience::{LlmLayer, Provider};
+//! use tower_llm_resilience::{ErrorClass, LlmLayer, Provider};
 //!
-//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
 //! // Any tower HTTP client: hyper-util's `Client`, a tonic channel, a mock.
-//! let http_client = tower::service_fn(|_req: http::Request<String>| async {
-//!     Ok::<_, std::convert::Infallible>(http::Response::new(String::from(r#"{"choices":[]}"#)))
+//! // This one answers what OpenAI sends when the account's quota is gone.
+//! let calls = Arc::new(AtomicU32::new(0));
+//! let seen = calls.clone();
+//! let http_client = tower::service_fn(move |_req: http::Request<String>| {
+//!     seen.fetch_add(1, Ordering::Relaxed);
+//!     async {
+//!         let body = r#"{"error":{"type":"insufficient_quota","code":"insufficient_quota"}}"#;
+//!         let response = http::Response::builder().status(429).body(String::from(body));
+//!         Ok::<_, std::convert::Infallible>(response.unwrap())
+//!     }
 //! });
 //! let mut client = ServiceBuilder::new()
 //!     .layer(LlmLayer::new(Provider::OpenAi).requests_per_minute(500).tokens_per_minute(200_000))
@@ -17,17 +27,18 @@
 //! let request = http::Request::post("https://api.openai.com/v1/chat/completions")
 //!     .body(String::from(r#"{"model":"gpt-4o-mini","max_tokens":5,"messages":[]}"#))
 //!     .unwrap();
-//! match client.ready().await.unwrap().call(request).await {
-//!     Ok(response) => assert!(response.status().is_success()),
-//!     // Typed: quota gone, overloaded, circuit open... and whether waiting helps.
-//!     Err(error) => eprintln!("{} (retry after {:?})", error.class(), error.retry_after()),
-//! }
+//! let error = client.ready().await.unwrap().call(request).await.unwrap_err();
+//! // Typed: this 429 means "quota gone", not "slow down". Waiting does not
+//! // help, so the stack did not retry it.
+//! assert_eq!(error.class(), ErrorClass::QuotaExhausted);
+//! assert!(!error.is_retryable());
+//! assert_eq!(calls.load(Ordering::Relaxed), 1);
 //! # }
 //! ```
 //!
 //! ```text
-//! request ─▶ CircuitBreaker ─▶ Retry ─▶ RateLimit ─▶ Classify ─▶ HTTP client ─▶ provider
-//! response ◀──────────── typed Error / Response ◀────────────────────────────┘
+//! request ─▶ CircuitBreaker ─▶ Retry ─▶ RateLimit ─▶ Timeout ─▶ Classify ─▶ HTTP client ─▶ provider
+//! response ◀──────────────── typed Error / Response ◀─────────────────────────────────┘
 //! ```
 //!
 //! - the circuit breaker is outermost, so a provider that is down or out of
@@ -36,6 +47,9 @@
 //!   a permit and a retry storm can never exceed the quota;
 //! - the rate limiter sits next to the wire and learns from every
 //!   response's headers;
+//! - the timeout bounds each attempt (10 min by default), inside the
+//!   limiter so that waiting for the window does not count, and its expiry
+//!   is a retryable [`ErrorClass::Timeout`];
 //! - [`classify`] decides what a response means, once, for every layer.
 //!
 //! # Classifying a response
@@ -82,10 +96,22 @@
 //! a `Retry-After`. See [`rate_limit`].
 //!
 //! ```
+//! use tower::{Layer, Service, ServiceExt};
 //! use tower_llm_resilience::{Limits, RateLimitLayer};
 //!
-//! let limiter = RateLimitLayer::new(Limits::new().requests_per_minute(500).tokens_per_minute(200_000));
-//! # let _ = limiter;
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+//! let limiter = RateLimitLayer::new(Limits::new().requests_per_minute(2).tokens_per_minute(200_000));
+//! let mut client = limiter.layer(tower::service_fn(|_req: http::Request<String>| async {
+//!     Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+//! }));
+//! let start = tokio::time::Instant::now();
+//! for _ in 0..3 {
+//!     let request = http::Request::new(String::from(r#"{"max_tokens":10,"messages":[]}"#));
+//!     client.ready().await.unwrap().call(request).await.unwrap();
+//! }
+//! // The third request waited, without a 429, until the first left the window.
+//! assert_eq!(start.elapsed().as_secs(), 60);
+//! # }
 //! ```
 //!
 //! # Running a batch
@@ -141,3 +167,8 @@ pub use self::key::{Key, KeyFn};
 pub use self::rate_limit::{Limits, RateLimitLayer};
 pub use self::retry::{RetryLayer, RetryPolicy};
 pub use self::stack::{LlmLayer, LlmService};
+
+/// The README's code blocks, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

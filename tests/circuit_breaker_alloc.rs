@@ -1,8 +1,6 @@
 //! A closed breaker allocates nothing per call, and neither does a failure
 //! recorded while it stays closed.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::convert::Infallible;
 use std::future::{ready, Ready};
 use std::task::{Context, Poll};
@@ -11,28 +9,12 @@ use http::{Request, Response, StatusCode};
 use tower::{Layer, Service, ServiceExt};
 use tower_llm_resilience::circuit_breaker::CircuitBreakerLayer;
 
-struct Counting;
+mod support;
 
-thread_local! {
-    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
-}
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.with(|n| n.set(n.get() + 1));
-        System.alloc(layout)
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
-    }
-}
+use support::allocations;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
-
-fn allocations() -> u64 {
-    ALLOCATIONS.with(|n| n.get())
-}
+static GLOBAL: support::Counting = support::Counting;
 
 #[derive(Clone, Copy)]
 struct Answer(StatusCode);

@@ -34,6 +34,8 @@ use tower_llm_resilience::classify::PeekedBody;
 use tower_llm_resilience::retry::Backoff;
 use tower_llm_resilience::{Error, ErrorClass, LlmLayer, LlmService, Provider};
 
+mod support;
+
 // ---------------------------------------------------------------------------
 // The hostile server
 // ---------------------------------------------------------------------------
@@ -306,10 +308,7 @@ fn request(url: &str, i: usize) -> Request<String> {
 }
 
 async fn within<T>(what: impl std::fmt::Display, f: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(BOUND, f).await {
-        Ok(t) => t,
-        Err(_) => panic!("{what}: did not end within {BOUND:?}"),
-    }
+    support::within(BOUND, what, f).await
 }
 
 /// One call through the stack, bounded.

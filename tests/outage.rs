@@ -4,6 +4,7 @@
 #[allow(dead_code)]
 #[path = "../examples/outage/scenarios.rs"]
 mod scenarios;
+mod support;
 
 use std::time::Duration;
 
@@ -86,29 +87,16 @@ fn without_patience_the_same_outage_loses_most_of_the_batch() {
 /// budget runs out); a patient batch holds them and loses none.
 #[tokio::test(start_paused = true)]
 async fn thirty_503s_then_healthy_lose_nothing_in_a_patient_batch() {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    use std::sync::Arc;
-
     use futures::StreamExt;
-    use http::{Request, Response};
+    use http::Request;
     use tower::Layer;
     use tower_llm_resilience::batch::Batch;
     use tower_llm_resilience::{LlmLayer, Provider};
 
-    let calls = Arc::new(AtomicU32::new(0));
-    let seen = calls.clone();
-    let provider = tower::service_fn(move |_req: Request<String>| {
-        let n = seen.fetch_add(1, Ordering::SeqCst);
-        async move {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            let status = if n < 30 { 503 } else { 200 };
-            Ok::<_, std::convert::Infallible>(
-                Response::builder()
-                    .status(status)
-                    .body(String::from("{}"))
-                    .unwrap(),
-            )
-        }
+    let (calls, provider) = support::counting(|n| async move {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let status = if n < 30 { 503 } else { 200 };
+        Ok::<_, std::convert::Infallible>(support::answer(status, &[], "{}"))
     });
     let stack = LlmLayer::new(Provider::OpenAi)
         .requests_per_minute(1_000)
@@ -133,5 +121,5 @@ async fn thirty_503s_then_healthy_lose_nothing_in_a_patient_batch() {
             "item {i}: {r:?}"
         );
     }
-    assert!(calls.load(Ordering::SeqCst) >= 50);
+    assert!(calls.get() >= 50);
 }

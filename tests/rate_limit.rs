@@ -12,18 +12,12 @@ use tower_llm_resilience::rate_limit::{
 };
 use tower_test::mock;
 
+mod support;
+
+use support::{ms, req};
+
 type Req = Request<String>;
 type Resp = Response<String>;
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-fn req(tokens: u32) -> Req {
-    let mut r = Request::new(String::new());
-    r.extensions_mut().insert(TokenEstimate(tokens));
-    r
-}
 
 fn keyed(key: &'static str, tokens: u32) -> Req {
     let mut r = req(tokens);

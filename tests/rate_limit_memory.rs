@@ -2,60 +2,20 @@
 //! binary only): no allocation per request on the success path, and the
 //! memory held per idle key with 100,000 keys.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::convert::Infallible;
-use std::future::{ready, Ready};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{Request, Response};
+use http::Request;
 use tower::{Layer, Service, ServiceExt};
 use tower_llm_resilience::key::Key;
 use tower_llm_resilience::rate_limit::{Dimension, Limits, RateLimitLayer};
 
-struct Counting;
+mod support;
 
-thread_local! {
-    static ALLOCS: Cell<u64> = const { Cell::new(0) };
-    static LIVE: Cell<i64> = const { Cell::new(0) };
-}
-
-// SAFETY: forwards to the system allocator; only counts, per thread.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-        let _ = LIVE.try_with(|c| c.set(c.get() + layout.size() as i64));
-        System.alloc(layout)
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        let _ = LIVE.try_with(|c| c.set(c.get() - layout.size() as i64));
-        System.dealloc(ptr, layout)
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new: usize) -> *mut u8 {
-        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-        let _ = LIVE.try_with(|c| c.set(c.get() + new as i64 - layout.size() as i64));
-        System.realloc(ptr, layout, new)
-    }
-}
+use support::{Noop, ALLOCS, LIVE};
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
-
-#[derive(Clone, Copy)]
-struct Noop;
-
-impl Service<Request<String>> for Noop {
-    type Response = Response<()>;
-    type Error = Infallible;
-    type Future = Ready<Result<Response<()>, Infallible>>;
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-    fn call(&mut self, _: Request<String>) -> Self::Future {
-        ready(Ok(Response::new(())))
-    }
-}
+static GLOBAL: support::Counting = support::Counting;
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()

@@ -15,32 +15,14 @@ use tower_llm_resilience::rate_limit::{
 };
 use tower_test::mock;
 
+mod support;
+
+use support::{ms, req, response, secs};
+
 type Req = Request<String>;
 type Resp = Response<String>;
 
 const MINUTE: Duration = Duration::from_secs(60);
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
-
-fn req(tokens: u32) -> Req {
-    let mut r = Request::new(String::new());
-    r.extensions_mut().insert(TokenEstimate(tokens));
-    r
-}
-
-fn response(status: StatusCode, headers: &[(&'static str, &'static str)]) -> Resp {
-    let mut b = Response::builder().status(status);
-    for (k, v) in headers {
-        b = b.header(*k, *v);
-    }
-    b.body(String::new()).unwrap()
-}
 
 /// The next request the provider sees; fails (never hangs) when none
 /// comes within a week of paused time.

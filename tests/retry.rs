@@ -17,6 +17,10 @@ use tower_llm_resilience::retry::{Backoff, BufferBodyLayer, Jitter, RetryBudget,
 use tower_llm_resilience::{Error, ErrorClass};
 use tower_test::mock;
 
+mod support;
+
+use support::response;
+
 type Mock = mock::Mock<Request<String>, Response<String>>;
 type Handle = mock::Handle<Request<String>, Response<String>>;
 
@@ -26,18 +30,6 @@ enum Reply {
     /// A response classified with its body, as `ClassifyLayer` would.
     Body(u16, &'static str),
     Io(io::ErrorKind),
-}
-
-fn response(status: u16, headers: &[(&str, &str)]) -> Response<String> {
-    let mut r = Response::new(String::new());
-    *r.status_mut() = StatusCode::from_u16(status).unwrap();
-    for (k, v) in headers {
-        r.headers_mut().insert(
-            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-            v.parse().unwrap(),
-        );
-    }
-    r
 }
 
 fn request() -> Request<String> {

@@ -2,58 +2,18 @@
 //! the request's copy allocates nothing (an empty `String` body, no
 //! headers): the layer itself adds no allocation.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-use std::convert::Infallible;
-use std::future::{ready, Ready};
-use std::task::{Context, Poll};
-
-use http::{Request, Response};
+use http::Request;
 use tower::{Layer, Service, ServiceExt};
 use tower_llm_resilience::retry::RetryLayer;
 
-struct Counting;
+mod support;
 
-// Per thread: the test harness's own threads may allocate meanwhile; the
-// requests run on this one (`block_on`).
-thread_local! {
-    static ALLOCS: Cell<u64> = const { Cell::new(0) };
-}
+use support::{allocations, Noop};
 
-fn allocations() -> u64 {
-    ALLOCS.with(Cell::get)
-}
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.with(|n| n.set(n.get() + 1));
-        System.alloc(layout)
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
-    }
-}
-
+// The counts are per thread: the test harness's own threads may allocate
+// meanwhile; the requests run on this one (`block_on`).
 #[global_allocator]
-static GLOBAL: Counting = Counting;
-
-#[derive(Clone, Copy)]
-struct Noop;
-
-impl Service<Request<String>> for Noop {
-    type Response = Response<String>;
-    type Error = Infallible;
-    type Future = Ready<Result<Response<String>, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: Request<String>) -> Self::Future {
-        ready(Ok(Response::new(String::new())))
-    }
-}
+static GLOBAL: support::Counting = support::Counting;
 
 #[test]
 fn success_path_allocates_nothing() {

@@ -11,6 +11,10 @@ use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 use tower_llm_resilience::{Error, LlmLayer, Provider};
 
+mod support;
+
+use support::{answer, bounded};
+
 /// A provider whose n-th answer (from 0) is `script(n)`; logs when each
 /// request arrived.
 #[derive(Clone)]
@@ -79,14 +83,6 @@ fn ok() -> Response<String> {
     Response::new(String::from(r#"{"choices":[]}"#))
 }
 
-fn answer(status: u16, headers: &[(&str, &str)], body: &str) -> Response<String> {
-    let mut b = Response::builder().status(status);
-    for (k, v) in headers {
-        b = b.header(*k, *v);
-    }
-    b.body(body.to_owned()).unwrap()
-}
-
 fn chat() -> Request<String> {
     Request::post("https://api.openai.com/v1/chat/completions")
         .body(String::from(
@@ -101,14 +97,6 @@ where
     S: Service<Request<String>, Response = Response<B>, Error = Error>,
 {
     svc.ready().await?.call(chat()).await
-}
-
-/// Runs `f` with a bound in paused time: a call that never resolves is a
-/// hang, reported as such.
-async fn bounded<T>(f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(3600), f)
-        .await
-        .expect("still pending after an hour: a hang")
 }
 
 #[tokio::test(start_paused = true)]

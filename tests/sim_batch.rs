@@ -12,15 +12,9 @@ use tower::ServiceExt;
 use tower_llm_resilience::batch::{Batch, Patience};
 use tower_llm_resilience::sim::{label, Fault, SimProvider, Verdict};
 
-const WORDS: &[&str] = &[
-    "love", "awful", "chair", "great", "broken", "table", "best", "rude",
-];
+mod support;
 
-fn texts(n: usize) -> Vec<String> {
-    (0..n)
-        .map(|i| format!("{} {} item {i}", WORDS[i % 8], WORDS[(i * 3 + 1) % 8]))
-        .collect()
-}
+use support::{content, texts};
 
 fn request(i: usize, text: &str, base: &str) -> Request<Full<Bytes>> {
     let body = serde_json::json!({
@@ -32,14 +26,6 @@ fn request(i: usize, text: &str, base: &str) -> Request<Full<Bytes>> {
         .header("x-request-id", i.to_string())
         .body(Full::new(Bytes::from(body.to_string())))
         .unwrap()
-}
-
-fn content(body: &[u8]) -> String {
-    let v: serde_json::Value = serde_json::from_slice(body).unwrap();
-    v["choices"][0]["message"]["content"]
-        .as_str()
-        .unwrap()
-        .to_owned()
 }
 
 #[tokio::test(start_paused = true)]

@@ -14,16 +14,11 @@ use tower_llm_resilience::rate_limit::{Dimension, Limits, TokenEstimate};
 use tower_llm_resilience::sim::{count_tokens, label, Fault, SimProvider, Verdict};
 use tower_llm_resilience::{LlmLayer, Provider};
 
-const WORDS: &[&str] = &[
-    "love", "awful", "chair", "great", "broken", "table", "best", "rude",
-];
-const MAX_TOKENS: u64 = 4;
+mod support;
 
-fn texts(n: usize) -> Vec<String> {
-    (0..n)
-        .map(|i| format!("{} {} item {i}", WORDS[i % 8], WORDS[(i * 3 + 1) % 8]))
-        .collect()
-}
+use support::{content, counting, texts};
+
+const MAX_TOKENS: u64 = 4;
 
 /// A chat completion request whose token estimate is what the provider
 /// charges: the prompt's tokens plus `max_tokens`.
@@ -42,14 +37,6 @@ fn request(i: usize, text: &str, base: &str) -> Request<String> {
     let tokens = count_tokens(prompt.chars().count()) + MAX_TOKENS;
     req.extensions_mut().insert(TokenEstimate(tokens as u32));
     req
-}
-
-fn content(body: &[u8]) -> String {
-    let v: serde_json::Value = serde_json::from_slice(body).unwrap();
-    v["choices"][0]["message"]["content"]
-        .as_str()
-        .unwrap()
-        .to_owned()
 }
 
 /// The label of each response, or its error's message.
@@ -223,21 +210,14 @@ async fn over_loopback_http2() {
 
 #[tokio::test(start_paused = true)]
 async fn a_provider_that_never_answers_times_out_and_is_retried() {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    use std::sync::Arc;
     use tower::{Service, ServiceExt};
 
     // The first attempt hangs forever; the second is answered at once.
-    let calls = Arc::new(AtomicU32::new(0));
-    let seen = calls.clone();
-    let provider = tower::service_fn(move |_: Request<String>| {
-        let n = seen.fetch_add(1, Ordering::Relaxed);
-        async move {
-            if n == 0 {
-                std::future::pending::<()>().await;
-            }
-            Ok::<_, std::io::Error>(http::Response::new(String::from("{}")))
+    let (calls, provider) = counting(|n| async move {
+        if n == 0 {
+            std::future::pending::<()>().await;
         }
+        Ok::<_, std::io::Error>(http::Response::new(String::from("{}")))
     });
     let mut stack = LlmLayer::new(Provider::OpenAi)
         .requests_per_minute(100)
@@ -251,7 +231,7 @@ async fn a_provider_that_never_answers_times_out_and_is_retried() {
         .call(Request::new(String::new()))
         .await;
     assert!(response.is_ok());
-    assert_eq!(calls.load(Ordering::Relaxed), 2);
+    assert_eq!(calls.get(), 2);
     assert!(start.elapsed() >= Duration::from_secs(30));
 
     // A provider that never answers: every attempt times out, then a

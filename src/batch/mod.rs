@@ -86,6 +86,7 @@
 //! # }
 //! ```
 
+mod call;
 mod driver;
 mod patience;
 mod progress;

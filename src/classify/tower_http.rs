@@ -19,11 +19,21 @@ use crate::BoxError;
 /// `Display`).
 ///
 /// ```
+/// use tower_http::classify::{ClassifiedResponse, ClassifyResponse};
 /// use tower_http::trace::TraceLayer;
-/// use tower_llm_resilience::classify::{Provider, TowerHttpClassifier};
+/// use tower_llm_resilience::classify::{ErrorClass, Provider, TowerHttpClassifier};
 ///
-/// let trace = TraceLayer::new(TowerHttpClassifier::new(Provider::OpenAi).into_make_classifier());
+/// let classifier = TowerHttpClassifier::new(Provider::OpenAi);
+/// let trace = TraceLayer::new(classifier.into_make_classifier());
 /// # let _ = trace;
+/// // What `Trace` is told of a 503 and of a 200:
+/// let overloaded = http::Response::builder().status(503).body(()).unwrap();
+/// match classifier.classify_response(&overloaded) {
+///     ClassifiedResponse::Ready(Err(c)) => assert_eq!(c.class, Some(ErrorClass::Overloaded)),
+///     _ => panic!("a 503 is a failure"),
+/// }
+/// let ok = http::Response::new(());
+/// assert!(matches!(classifier.classify_response(&ok), ClassifiedResponse::Ready(Ok(()))));
 /// ```
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TowerHttpClassifier<C = Provider> {

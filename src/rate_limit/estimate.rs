@@ -9,10 +9,21 @@ use super::window::Costs;
 /// extension; it wins over any [`Estimator`]. Counted as input tokens.
 ///
 /// ```
-/// use tower_llm_resilience::rate_limit::TokenEstimate;
+/// use tower::{Layer, Service, ServiceExt};
+/// use tower_llm_resilience::rate_limit::{Limits, RateLimitLayer, TokenEstimate};
 ///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let limiter = RateLimitLayer::new(Limits::new().tokens_per_minute(1_000));
+/// let mut svc = limiter.layer(tower::service_fn(|_req: http::Request<String>| async {
+///     Ok::<_, std::convert::Infallible>(http::Response::new(()))
+/// }));
 /// let mut req = http::Request::new(String::from("{}"));
 /// req.extensions_mut().insert(TokenEstimate(1_200));
+/// // Charged 1,200 tokens whatever the body says: more than the minute's
+/// // whole 1,000, so it can never fit and fails at once.
+/// let error = svc.ready().await.unwrap().call(req).await.unwrap_err();
+/// assert!(error.is_over_capacity());
+/// # }
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TokenEstimate(pub u32);

@@ -30,17 +30,24 @@ use crate::key::{Key, SingleKey};
 ///
 /// ```
 /// use std::time::Duration;
-/// use tower::ServiceBuilder;
+/// use tower::{Service, ServiceBuilder, ServiceExt};
 /// use tower_llm_resilience::rate_limit::{Limits, RateLimitLayer};
 ///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
 /// let limiter = RateLimitLayer::new(
-///     Limits::new().requests_per_minute(500).tokens_per_minute(200_000),
+///     Limits::new().requests_per_minute(1).tokens_per_minute(200_000),
 /// )
 /// .max_wait(Duration::from_secs(30));
-/// let svc = ServiceBuilder::new().layer(limiter).service(tower::service_fn(
+/// let mut svc = ServiceBuilder::new().layer(limiter).service(tower::service_fn(
 ///     |_req: http::Request<String>| async { Ok::<_, std::convert::Infallible>(http::Response::new(())) },
 /// ));
-/// # let _ = svc;
+/// let request = || http::Request::new(String::from(r#"{"messages":[]}"#));
+/// svc.ready().await.unwrap().call(request()).await.unwrap();
+/// // The next request would wait 60 s for the window, longer than
+/// // `max_wait`: it fails at once, and reserves nothing.
+/// let error = svc.ready().await.unwrap().call(request()).await.unwrap_err();
+/// assert!(error.is_rate_limit_timeout());
+/// # }
 /// ```
 #[derive(Debug)]
 pub struct RateLimitLayer<K = SingleKey, C = Provider, E = JsonEstimator, St = MemoryStore> {

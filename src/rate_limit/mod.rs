@@ -85,18 +85,24 @@
 //! use tower::{Service, ServiceBuilder, ServiceExt};
 //! use tower_llm_resilience::rate_limit::{Limits, RateLimitLayer, TokenEstimate};
 //!
-//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
 //! let mut svc = ServiceBuilder::new()
 //!     .layer(RateLimitLayer::new(
-//!         Limits::new().requests_per_minute(500).tokens_per_minute(30_000),
+//!         Limits::new().requests_per_minute(500).tokens_per_minute(1_000),
 //!     ))
 //!     .service_fn(|_req: http::Request<String>| async {
 //!         Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
 //!     });
-//! let mut req = http::Request::new(String::from(r#"{"messages":[]}"#));
-//! req.extensions_mut().insert(TokenEstimate(500));
-//! let resp = svc.ready().await.unwrap().call(req).await.unwrap();
-//! # let _ = resp; }
+//! let start = tokio::time::Instant::now();
+//! for _ in 0..3 {
+//!     let mut req = http::Request::new(String::from(r#"{"messages":[]}"#));
+//!     req.extensions_mut().insert(TokenEstimate(500));
+//!     svc.ready().await.unwrap().call(req).await.unwrap();
+//! }
+//! // Two requests of 500 tokens fill the minute's 1,000; the third waited
+//! // until the first left the window, exactly 60 s after it entered.
+//! assert_eq!(start.elapsed(), Duration::from_secs(60));
+//! # }
 //! ```
 
 mod estimate;

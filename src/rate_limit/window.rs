@@ -130,7 +130,13 @@ pub struct Limit {
 ///     .output_tokens_per_minute(8_000);
 /// // Any window: 3 requests per 2 seconds.
 /// let short = Limits::new().window(Dimension::Requests, Duration::from_secs(2), 3);
-/// # let _ = (openai, anthropic, short);
+///
+/// assert_eq!(openai.iter().count(), 3);
+/// assert_eq!(anthropic.iter().count(), 3);
+/// assert!(anthropic.counts_tokens()); // so the limiter estimates each request's tokens
+/// assert!(!short.counts_tokens());
+/// let only = short.iter().next().unwrap();
+/// assert_eq!((only.dimension, only.window, only.limit), (Dimension::Requests, Duration::from_secs(2), 3));
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Limits {

@@ -31,13 +31,27 @@ pub const DEFAULT_BUFFER_LIMIT: usize = 16 * 1024 * 1024;
 /// holds. Retries are never silently turned off.
 ///
 /// ```
-/// use tower::ServiceBuilder;
+/// use bytes::Bytes;
+/// use http_body_util::{combinators::BoxBody, BodyExt, Full};
+/// use tower::{Service, ServiceBuilder, ServiceExt};
 /// use tower_llm_resilience::retry::{BufferBodyLayer, RetryLayer};
 ///
-/// let stack = ServiceBuilder::new()
-///     .layer(BufferBodyLayer::new(1024 * 1024))
-///     .layer(RetryLayer::new());
-/// # let _ = stack;
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let mut stack = ServiceBuilder::new()
+///     .layer(BufferBodyLayer::new(1024))
+///     .layer(RetryLayer::new())
+///     .service_fn(|_req: http::Request<Full<Bytes>>| async {
+///         Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+///     });
+/// // A boxed body is not `Clone`; buffered, it can be replayed.
+/// type Boxed = http::Request<BoxBody<Bytes, std::convert::Infallible>>;
+/// let small: Boxed = http::Request::new(Full::new(Bytes::from_static(b"{}")).boxed());
+/// assert!(ServiceExt::<Boxed>::ready(&mut stack).await.unwrap().call(small).await.is_ok());
+/// // Past the cap the request is not sent at all.
+/// let large: Boxed = http::Request::new(Full::new(Bytes::from(vec![b' '; 2048])).boxed());
+/// let error = ServiceExt::<Boxed>::ready(&mut stack).await.unwrap().call(large).await.unwrap_err();
+/// assert!(error.is_body_too_large());
+/// # }
 /// ```
 #[derive(Clone, Copy, Debug)]
 pub struct BufferBodyLayer {

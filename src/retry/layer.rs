@@ -21,17 +21,32 @@ use crate::events::Events;
 /// share its budget, random generator, events and spike alert.
 ///
 /// ```
+/// use std::sync::atomic::{AtomicU32, Ordering};
+/// use std::sync::Arc;
 /// use std::time::Duration;
+/// use tower::{Layer, Service, ServiceExt};
 /// use tower_llm_resilience::retry::{Backoff, Jitter, RetryLayer};
 /// use tower_llm_resilience::ErrorClass;
 ///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
 /// let layer = RetryLayer::new()
 ///     .max_attempts(3)
 ///     .max_attempts_for(ErrorClass::RateLimited, 6)
 ///     .backoff(Backoff::new(Duration::from_millis(250), Duration::from_secs(5)).jitter(Jitter::Equal))
 ///     .max_retry_after(Duration::from_secs(30))
 ///     .deadline(Duration::from_secs(120));
-/// # let _ = layer;
+/// // A provider that always fails with a 500.
+/// let calls = Arc::new(AtomicU32::new(0));
+/// let seen = calls.clone();
+/// let mut svc = layer.layer(tower::service_fn(move |_req: http::Request<String>| {
+///     seen.fetch_add(1, Ordering::Relaxed);
+///     let response = http::Response::builder().status(500).body(String::new());
+///     async move { Ok::<_, std::convert::Infallible>(response.unwrap()) }
+/// }));
+/// let error = svc.ready().await.unwrap().call(http::Request::new(String::new())).await.unwrap_err();
+/// assert_eq!(calls.load(Ordering::Relaxed), 3); // max_attempts(3)
+/// assert_eq!(error.status(), Some(http::StatusCode::INTERNAL_SERVER_ERROR)); // the last answer
+/// # }
 /// ```
 pub struct RetryLayer<C = Provider> {
     config: Config<C>,
@@ -179,13 +194,27 @@ impl<C> RetryLayer<C> {
     /// attempt limits, cap, deadline and budget still apply.
     ///
     /// ```
+    /// use std::sync::atomic::{AtomicU32, Ordering};
+    /// use std::sync::Arc;
+    /// use tower::{Layer, Service, ServiceExt};
     /// use tower_llm_resilience::retry::RetryLayer;
     /// use tower_llm_resilience::ErrorClass;
     ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
     /// // Also retry 404s (a model that is still being deployed).
     /// let layer = RetryLayer::new()
     ///     .retry_if(|c| c.is_retryable() || c.class == Some(ErrorClass::NotFound));
-    /// # let _ = layer;
+    /// let calls = Arc::new(AtomicU32::new(0));
+    /// let seen = calls.clone();
+    /// let mut svc = layer.layer(tower::service_fn(move |_req: http::Request<String>| {
+    ///     let status = if seen.fetch_add(1, Ordering::Relaxed) == 0 { 404 } else { 200 };
+    ///     let response = http::Response::builder().status(status).body(String::new());
+    ///     async move { Ok::<_, std::convert::Infallible>(response.unwrap()) }
+    /// }));
+    /// let response = svc.ready().await.unwrap().call(http::Request::new(String::new())).await.unwrap();
+    /// assert_eq!(response.status(), 200);
+    /// assert_eq!(calls.load(Ordering::Relaxed), 2); // the 404 was retried
+    /// # }
     /// ```
     pub fn retry_if(
         mut self,
@@ -215,13 +244,30 @@ impl<C> RetryLayer<C> {
     /// scheduled the retry: keep it quick.
     ///
     /// ```
+    /// use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+    /// use std::sync::Arc;
     /// use std::time::Duration;
+    /// use tower::{Layer, Service, ServiceExt};
     /// use tower_llm_resilience::retry::RetryLayer;
     ///
-    /// let layer = RetryLayer::new().on_retry_spike(50, Duration::from_secs(60), |spike| {
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// let alerted = Arc::new(AtomicU64::new(0));
+    /// let alert = alerted.clone();
+    /// let layer = RetryLayer::new().on_retry_spike(2, Duration::from_secs(60), move |spike| {
     ///     eprintln!("{} retries in {:?}", spike.retries, spike.window);
+    ///     alert.store(spike.retries, Ordering::Relaxed);
     /// });
-    /// # let _ = layer;
+    /// // Two 500s, then a success: two retries in the window.
+    /// let calls = Arc::new(AtomicU32::new(0));
+    /// let seen = calls.clone();
+    /// let mut svc = layer.layer(tower::service_fn(move |_req: http::Request<String>| {
+    ///     let status = if seen.fetch_add(1, Ordering::Relaxed) < 2 { 500 } else { 200 };
+    ///     let response = http::Response::builder().status(status).body(String::new());
+    ///     async move { Ok::<_, std::convert::Infallible>(response.unwrap()) }
+    /// }));
+    /// svc.ready().await.unwrap().call(http::Request::new(String::new())).await.unwrap();
+    /// assert_eq!(alerted.load(Ordering::Relaxed), 2);
+    /// # }
     /// ```
     pub fn on_retry_spike(
         mut self,

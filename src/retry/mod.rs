@@ -46,20 +46,33 @@
 //! last failure's classification.
 //!
 //! ```
+//! use std::sync::atomic::{AtomicU32, Ordering};
+//! use std::sync::Arc;
 //! use std::time::Duration;
-//! use tower::ServiceBuilder;
+//! use tower::{Service, ServiceBuilder, ServiceExt};
 //! use tower_llm_resilience::events::Events;
 //! use tower_llm_resilience::retry::RetryLayer;
 //! use tower_llm_resilience::{ErrorClass, Provider};
 //!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
 //! let events = Events::new();
 //! let retry = RetryLayer::new()
 //!     .classifier(Provider::OpenAi)
 //!     .max_attempts_for(ErrorClass::ServerError, 3)
 //!     .deadline(Duration::from_secs(90))
 //!     .events(events.clone());
-//! let stack = ServiceBuilder::new().layer(retry);
-//! # let _ = stack;
+//! // A provider that fails once with a 500, then answers.
+//! let calls = Arc::new(AtomicU32::new(0));
+//! let seen = calls.clone();
+//! let mut stack = ServiceBuilder::new().layer(retry).service_fn(move |_req: http::Request<String>| {
+//!     let status = if seen.fetch_add(1, Ordering::Relaxed) == 0 { 500 } else { 200 };
+//!     let response = http::Response::builder().status(status).body(String::new());
+//!     async move { Ok::<_, std::convert::Infallible>(response.unwrap()) }
+//! });
+//! let response = stack.ready().await.unwrap().call(http::Request::new(String::new())).await.unwrap();
+//! assert_eq!(response.status(), 200);
+//! assert_eq!(events.counters().snapshot().retries, 1);
+//! # }
 //! ```
 //!
 //! # Two ways to use it

@@ -454,12 +454,27 @@ impl ClassifiableError for BoxError {
 /// events) with the original.
 ///
 /// ```
+/// use std::sync::atomic::{AtomicU32, Ordering};
+/// use std::sync::Arc;
 /// use tower::retry::RetryLayer as TowerRetryLayer;
+/// use tower::{Layer, Service, ServiceExt};
 /// use tower_llm_resilience::retry::RetryLayer;
 ///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
 /// let policy = RetryLayer::new().max_attempts(3).seed(7).policy();
 /// let layer = TowerRetryLayer::new(policy);
-/// # let _ = layer;
+/// // A provider that is overloaded once, then answers.
+/// let calls = Arc::new(AtomicU32::new(0));
+/// let seen = calls.clone();
+/// let mut svc = layer.layer(tower::service_fn(move |_req: http::Request<String>| {
+///     let status = if seen.fetch_add(1, Ordering::Relaxed) == 0 { 503 } else { 200 };
+///     let response = http::Response::builder().status(status).body(String::new());
+///     async move { Ok::<_, std::convert::Infallible>(response.unwrap()) }
+/// }));
+/// let response = svc.ready().await.unwrap().call(http::Request::new(String::new())).await.unwrap();
+/// assert_eq!(response.status(), 200);
+/// assert_eq!(calls.load(Ordering::Relaxed), 2);
+/// # }
 /// ```
 pub struct RetryPolicy<C = crate::Provider> {
     config: Arc<Config<C>>,

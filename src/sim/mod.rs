@@ -84,13 +84,21 @@
 //! # }
 //! ```
 
+mod answer;
 mod config;
+mod decide;
 mod format;
+mod model;
+mod prompt;
 mod provider;
+mod served;
 mod server;
 mod window;
 
 pub use self::config::{Fault, SimProviderBuilder, Style};
-pub use self::format::{batched_texts, count_tokens, go_duration, label, text_of_prompt};
-pub use self::provider::{Served, SimProvider, SimStats, Verdict};
+pub use self::format::go_duration;
+pub use self::model::label;
+pub use self::prompt::{batched_texts, count_tokens, text_of_prompt};
+pub use self::provider::SimProvider;
+pub use self::served::{Served, SimStats, Verdict};
 pub use self::server::SimServer;
