@@ -10,8 +10,8 @@ use tower::Service;
 
 use super::estimate::{Estimator, TokenEstimate};
 use super::future::ResponseFuture;
+use super::limits::Costs;
 use super::store::Store;
-use super::window::Costs;
 use crate::classify::Classifier;
 use crate::events::Events;
 use crate::key::KeyFn;
