@@ -1,4 +1,4 @@
-//! [`MemoryStore`]: every key's [`Window`] in this process, one lock per
+//! [`MemoryStore`]: every key's [`SlidingWindow`] in this process, one lock per
 //! key.
 //!
 //! # Locks on the hot path
@@ -30,8 +30,8 @@ use tokio::time::Instant;
 
 use super::limits::{Costs, Dimension, Limits};
 use super::store::{Decision, Reservation, Store};
-use super::window::{Admission, Window};
-use crate::classify::LimitState;
+use super::window::{Admission, SlidingWindow};
+use crate::classify::ReportedLimit;
 use crate::key::Key;
 use crate::Error;
 
@@ -57,7 +57,7 @@ struct Slot {
 /// One key's window, and the wakers of its requests that wait (so that a
 /// cancellation ahead of them, or a gate, can wake them).
 struct SlotState {
-    window: Window,
+    window: SlidingWindow,
     watchers: Vec<(u64, Waker)>,
     /// The next reservation id, and the end of the block it is taken from.
     next_id: u64,
@@ -84,7 +84,7 @@ pub const HARD_KEYS_FACTOR: usize = 4;
 /// Default bound on the number of keys of a [`MemoryStore`].
 pub const DEFAULT_MAX_KEYS: usize = 10_000;
 
-/// The default store: every key's [`Window`] in this process, shared by
+/// The default store: every key's [`SlidingWindow`] in this process, shared by
 /// all clones of the store (and so of the limiter).
 ///
 /// # Bounded, and never forgetful
@@ -199,7 +199,7 @@ impl MemoryStore {
     /// Whether a provider's `limit` header may raise the configured limit
     /// (default `false`: headers only ever tighten). Raised or not, a
     /// learned limit is bounded and expires: see
-    /// [`Window::learn`](super::Window::learn). Changes every clone.
+    /// [`SlidingWindow::learn`](super::SlidingWindow::learn). Changes every clone.
     pub fn learn_limits(self, yes: bool) -> Self {
         self.inner.params.learn_limits.store(yes, Relaxed);
         self
@@ -257,7 +257,7 @@ impl MemoryStore {
             s.window.earliest(costs, now).ok()
         }) {
             Some(at) => at,
-            None => Window::new(&self.limits_of(key), now)
+            None => SlidingWindow::new(&self.limits_of(key), now)
                 .earliest(costs, now)
                 .ok(),
         }
@@ -364,7 +364,7 @@ impl MemoryStore {
         let slot = Arc::new(Slot {
             key: key.clone(),
             state: Mutex::new(SlotState {
-                window: Window::new(&self.limits_of(key), now),
+                window: SlidingWindow::new(&self.limits_of(key), now),
                 watchers: Vec::new(),
                 next_id: 0,
                 id_end: 0,
@@ -407,7 +407,7 @@ impl MemoryStore {
                         // Only the pinned first key outlives this: give
                         // its buffers back.
                         state.evicted = true;
-                        state.window = Window::new(&Limits::new(), now);
+                        state.window = SlidingWindow::new(&Limits::new(), now);
                         state.watchers = Vec::new();
                     }
                     keep
@@ -593,7 +593,7 @@ impl Store for MemoryStore {
         key: &Key,
         dimension: Dimension,
         window: Duration,
-        state: LimitState,
+        state: ReportedLimit,
         now: Instant,
     ) -> Option<u64> {
         let p = &self.inner.params;

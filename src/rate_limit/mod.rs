@@ -41,7 +41,7 @@
 //! Nothing learned from a provider is sticky: one odd response must never
 //! shut a key, since a key that sends nothing hears nothing that could
 //! correct it. Every part has a floor, a bound and an expiry (the rule is
-//! [`Window::learn`]'s; the Redis store applies the same one):
+//! [`SlidingWindow::learn`]'s; the Redis store applies the same one):
 //!
 //! | learned from | floor | bound | expires |
 //! | --- | --- | --- | --- |
@@ -118,4 +118,4 @@ pub use self::limits::{
 pub use self::memory::{MemoryStore, DEFAULT_MAX_KEYS, HARD_KEYS_FACTOR};
 pub use self::service::RateLimit;
 pub use self::store::{Decision, Reservation, Store};
-pub use self::window::{Admission, Window};
+pub use self::window::{Admission, SlidingWindow};

@@ -13,7 +13,7 @@ use super::estimate::TokenUsage;
 use super::limits::{Costs, Dimension, MINUTE};
 use super::service::Shared;
 use super::store::{Reservation, Store};
-use crate::classify::{Classifier, ErrorClass, LimitState};
+use crate::classify::{Classifier, ErrorClass, ReportedLimit};
 use crate::events::Event;
 use crate::key::Key;
 
@@ -94,7 +94,7 @@ where
         .provider
         .and_then(|p| p.request_limit_window())
         .unwrap_or(MINUTE);
-    let dims: [(Dimension, Option<LimitState>, Duration); 4] = [
+    let dims: [(Dimension, Option<ReportedLimit>, Duration); 4] = [
         (Dimension::Requests, c.limits.requests, request_window),
         (Dimension::Tokens, c.limits.tokens, MINUTE),
         (Dimension::InputTokens, c.limits.input_tokens, MINUTE),

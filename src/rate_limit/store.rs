@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::limits::{Costs, Dimension};
-use crate::classify::LimitState;
+use crate::classify::ReportedLimit;
 use crate::key::Key;
 use crate::Error;
 
@@ -153,7 +153,7 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// Takes in what the provider reported for one dimension of `key`
-    /// over `window`, by the rule of [`Window::learn`](super::Window::learn) (a limit of 0 is
+    /// over `window`, by the rule of [`SlidingWindow::learn`](super::SlidingWindow::learn) (a limit of 0 is
     /// ignored; a learned limit has a floor, a bound and an expiry).
     /// Returns the limit in force when the state changed.
     fn learn(
@@ -161,7 +161,7 @@ pub trait Store: Send + Sync + 'static {
         key: &Key,
         dimension: Dimension,
         window: Duration,
-        state: LimitState,
+        state: ReportedLimit,
         now: Instant,
     ) -> Option<u64>;
 }
