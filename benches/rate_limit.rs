@@ -1,17 +1,16 @@
 //! Per-request overhead of `RateLimit` next to the anchors, in one run:
 //! a no-op baseline, ours (requests only; requests + tokens from a JSON
 //! body), governor's direct `check()`, tower's `RateLimit`,
-//! tower-resilience's rate limiter; and 2 threads contending on one key
-//! for ours and governor.
+//! tower-resilience's rate limiter; 1 and 2 threads on one key for ours,
+//! the baseline and governor (time per request of the group: the
+//! throughput of 2 threads relative to 1 is `t1 / t2`); and the
+//! allocations per request, counted before the timed runs.
 //!
 //! `cargo bench --bench rate_limit -- --warm-up-time 1 --measurement-time 3`
 
-use std::convert::Infallible;
-use std::future::{ready, Ready};
 use std::hint::black_box;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -23,28 +22,13 @@ use tower_llm_resilience::rate_limit::{
 };
 
 mod support;
+use support::{allocations, contended, rt, Counting};
 
-#[derive(Clone, Copy)]
-struct Noop;
+#[global_allocator]
+static GLOBAL: Counting = Counting;
 
-impl Service<Request<String>> for Noop {
-    type Response = Response<()>;
-    type Error = Infallible;
-    type Future = Ready<Result<Response<()>, Infallible>>;
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-    fn call(&mut self, _: Request<String>) -> Self::Future {
-        ready(Ok(Response::new(())))
-    }
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
+type Noop = support::Noop<()>;
+const NOOP: Noop = Noop::new();
 
 /// Limits high enough that nothing waits. A 10 ms window keeps the log
 /// at the number of requests in 10 ms (the log holds one entry per
@@ -53,8 +37,16 @@ fn no_wait_limits() -> Limits {
     Limits::new().window(Dimension::Requests, Duration::from_millis(10), u64::MAX / 4)
 }
 
+fn no_wait_token_limits() -> Limits {
+    no_wait_limits().window(Dimension::Tokens, Duration::from_millis(10), u64::MAX / 4)
+}
+
 fn body() -> String {
     String::new()
+}
+
+fn json() -> String {
+    String::from(r#"{"model":"m","max_tokens":16,"messages":[]}"#)
 }
 
 /// `ready().await` + `call().await` for `iters` requests.
@@ -65,7 +57,7 @@ fn run<S, E>(
     make: fn() -> String,
 ) -> Duration
 where
-    S: Service<Request<String>, Error = E>,
+    S: Service<Request<String>, Response = Response<()>, Error = E>,
     E: std::fmt::Debug,
 {
     rt.block_on(async {
@@ -78,38 +70,67 @@ where
     })
 }
 
+/// Allocations per request beyond the baseline's (the request body),
+/// after a warm-up.
+fn allocs_per_request<S, E>(name: &str, mut svc: S, make: fn() -> String)
+where
+    S: Service<Request<String>, Response = Response<()>, Error = E>,
+    E: std::fmt::Debug,
+{
+    let rt = rt();
+    const N: u64 = 10_000;
+    run(&rt, &mut svc, N, make);
+    let base = {
+        let before = allocations();
+        run(&rt, &mut NOOP.clone(), N, make);
+        allocations() - before
+    };
+    let before = allocations();
+    run(&rt, &mut svc, N, make);
+    let ours = allocations() - before;
+    println!(
+        "allocations per request, {name}: {} (baseline's request: {})",
+        (ours.saturating_sub(base)) as f64 / N as f64,
+        base as f64 / N as f64
+    );
+}
+
 fn per_request(c: &mut Criterion) {
+    allocs_per_request(
+        "ours_requests",
+        RateLimitLayer::new(no_wait_limits()).layer(NOOP),
+        body,
+    );
+    allocs_per_request(
+        "ours_requests_tokens_json_body",
+        RateLimitLayer::new(no_wait_token_limits()).layer(NOOP),
+        json,
+    );
     let rt = rt();
     let mut g = c.benchmark_group("rate_limit/per_request");
 
-    let mut base = Noop;
+    let mut base = NOOP;
     g.bench_function("baseline_noop", |b| {
         b.iter_custom(|n| run(&rt, &mut base, n, body))
     });
 
-    let mut ours = RateLimitLayer::new(no_wait_limits()).layer(Noop);
+    let mut ours = RateLimitLayer::new(no_wait_limits()).layer(NOOP);
     g.bench_function("ours_requests", |b| {
         b.iter_custom(|n| run(&rt, &mut ours, n, body))
     });
 
-    let json = || String::from(r#"{"model":"m","max_tokens":16,"messages":[]}"#);
-    let mut base_json = Noop;
+    let mut base_json = NOOP;
     g.bench_function("baseline_noop_json_body", |b| {
         b.iter_custom(|n| run(&rt, &mut base_json, n, json))
     });
-    let mut ours_tokens = RateLimitLayer::new(no_wait_limits().window(
-        Dimension::Tokens,
-        Duration::from_millis(10),
-        u64::MAX / 4,
-    ))
-    .layer(Noop);
+    let mut ours_tokens = RateLimitLayer::new(no_wait_token_limits()).layer(NOOP);
     g.bench_function("ours_requests_tokens_json_body", |b| {
         b.iter_custom(|n| run(&rt, &mut ours_tokens, n, json))
     });
 
     let mut tower_rl = {
         let _in_runtime = rt.enter(); // tower's RateLimit makes its timer at once
-        tower::limit::RateLimitLayer::new(u64::MAX / 4, Duration::from_secs(1)).layer(Noop)
+        tower::limit::RateLimitLayer::new(u64::MAX / 4, Duration::from_secs(1)).layer(NOOP)
     };
     g.bench_function("tower_rate_limit", |b| {
         b.iter_custom(|n| run(&rt, &mut tower_rl, n, body))
@@ -121,12 +142,12 @@ fn per_request(c: &mut Criterion) {
         .timeout_duration(Duration::from_millis(1))
         .build()
         .unwrap()
-        .layer(Noop);
+        .layer(NOOP);
     g.bench_function("tower_resilience_rate_limiter", |b| {
         b.iter_custom(|n| run(&rt, &mut tr, n, body))
     });
 
-    // The decision alone, next to governor's check: clock read, lock, map
+    // The decision alone, next to governor's check: clock read, lock,
     // lookup, window update, reservation.
     let store = MemoryStore::new(no_wait_limits());
     let key = Key::DEFAULT;
@@ -137,6 +158,9 @@ fn per_request(c: &mut Criterion) {
             black_box(store.try_acquire(&key, &one, now, None))
         })
     });
+    g.bench_function("clock_read_op", |b| {
+        b.iter(|| black_box(tokio::time::Instant::now()))
+    });
     let gov = governor::RateLimiter::direct(governor::Quota::per_second(NonZeroU32::MAX));
     g.bench_function("governor_check_op", |b| {
         b.iter(|| black_box(gov.check().is_ok()))
@@ -144,50 +168,71 @@ fn per_request(c: &mut Criterion) {
     g.finish();
 }
 
-/// Two OS threads, each with its own current-thread runtime, on one key:
-/// reported time is wall time per request per thread.
-fn contended(c: &mut Criterion) {
-    let mut g = c.benchmark_group("rate_limit/two_threads_one_key");
-    let ours = RateLimitLayer::new(no_wait_limits()).layer(Noop);
-    g.bench_function("ours_requests", |b| {
-        b.iter_custom(|n| {
-            let handles: Vec<_> = (0..2)
-                .map(|_| {
-                    let mut svc = ours.clone();
-                    std::thread::spawn(move || run(&rt(), &mut svc, n, body))
+/// 1 and 2 OS threads, each with its own current-thread runtime and its
+/// own clone of the service, on one key.
+fn threads(c: &mut Criterion) {
+    let mut g = c.benchmark_group("rate_limit/threads_one_key");
+    for threads in [1, 2] {
+        g.bench_function(
+            format!("baseline_noop_json_body, {threads} thread(s)"),
+            |b| {
+                b.iter_custom(|n| {
+                    contended(threads, n, || {
+                        move |n| {
+                            run(&rt(), &mut NOOP.clone(), n, json);
+                        }
+                    })
                 })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap())
-                .max()
-                .unwrap()
-        })
-    });
-    let gov = Arc::new(governor::RateLimiter::direct(governor::Quota::per_second(
-        NonZeroU32::MAX,
-    )));
-    g.bench_function("governor_check_op", |b| {
-        b.iter_custom(|n| {
-            let handles: Vec<_> = (0..2)
-                .map(|_| {
+            },
+        );
+        let ours = RateLimitLayer::new(no_wait_token_limits()).layer(NOOP);
+        g.bench_function(
+            format!("ours_requests_tokens_json_body, {threads} thread(s)"),
+            |b| {
+                b.iter_custom(|n| {
+                    contended(threads, n, || {
+                        let mut svc = ours.clone();
+                        move |n| {
+                            run(&rt(), &mut svc, n, json);
+                        }
+                    })
+                })
+            },
+        );
+        let store = MemoryStore::new(no_wait_token_limits());
+        g.bench_function(
+            format!("ours_store_decision_op, {threads} thread(s)"),
+            |b| {
+                b.iter_custom(|n| {
+                    contended(threads, n, || {
+                        let store = store.clone();
+                        move |n| {
+                            let costs = Costs::tokens(100);
+                            for _ in 0..n {
+                                let now = tokio::time::Instant::now();
+                                black_box(store.try_acquire(&Key::DEFAULT, &costs, now, None));
+                            }
+                        }
+                    })
+                })
+            },
+        );
+        let gov = Arc::new(governor::RateLimiter::direct(governor::Quota::per_second(
+            NonZeroU32::MAX,
+        )));
+        g.bench_function(format!("governor_check_op, {threads} thread(s)"), |b| {
+            b.iter_custom(|n| {
+                contended(threads, n, || {
                     let gov = gov.clone();
-                    std::thread::spawn(move || {
-                        let start = Instant::now();
+                    move |n| {
                         for _ in 0..n {
                             black_box(gov.check().is_ok());
                         }
-                        start.elapsed()
-                    })
+                    }
                 })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap())
-                .max()
-                .unwrap()
-        })
-    });
+            })
+        });
+    }
     g.finish();
 }
 
@@ -202,5 +247,5 @@ fn estimator(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, per_request, contended, estimator);
+criterion_group!(benches, per_request, threads, estimator);
 criterion_main!(benches);

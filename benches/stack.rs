@@ -3,36 +3,31 @@
 //! stack (rate limit, concurrency limit, retry), in one run, over a no-op
 //! inner service that answers 200 with a body.
 //!
+//! Then 1 and 2 threads on one key (each thread its own runtime and its
+//! own clone of the stack; time per request of the group, so that the
+//! throughput of 2 threads relative to 1 is `t1 / t2`), and the
+//! allocations per request, counted before the timed runs.
+//!
 //! `cargo bench --bench stack -- --warm-up-time 1 --measurement-time 3`
 
-use std::convert::Infallible;
-use std::future::{ready, Ready};
+use std::future::Ready;
 use std::hint::black_box;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use http::{Request, Response};
+use http::Request;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 use tower_llm_resilience::rate_limit::{Dimension, Limits, TokenEstimate};
 use tower_llm_resilience::{LlmLayer, Provider};
 
 mod support;
+use support::{allocations, contended, Counting};
 
-#[derive(Clone, Copy)]
-struct Noop;
+#[global_allocator]
+static GLOBAL: Counting = Counting;
 
-impl Service<Request<String>> for Noop {
-    type Response = Response<String>;
-    type Error = Infallible;
-    type Future = Ready<Result<Response<String>, Infallible>>;
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-    fn call(&mut self, _: Request<String>) -> Self::Future {
-        ready(Ok(Response::new(String::new())))
-    }
-}
+#[allow(non_upper_case_globals)]
+const Noop: support::Noop<String> = support::Noop::new();
 
 /// A request with its token estimate, as a caller of a token-limited stack
 /// sends it.
@@ -103,7 +98,51 @@ impl<Req: Clone, Res, E> tower::retry::Policy<Req, Res, E> for Never {
     }
 }
 
+/// `STACK_PROFILE=N`: runs N minimal requests through our stack inside
+/// `profile_region` (after as many to warm up) and exits, for
+/// `valgrind --tool=callgrind --toggle-collect='*profile_region*'`.
+#[inline(never)]
+fn profile_region<S>(
+    rt: &tokio::runtime::Runtime,
+    svc: &mut S,
+    n: u64,
+    make: fn() -> Request<String>,
+) where
+    S: Service<Request<String>>,
+    S::Error: std::fmt::Debug,
+{
+    run_with(rt, svc, n, make);
+}
+
+fn profile() {
+    let Some(n) = std::env::var("STACK_PROFILE")
+        .ok()
+        .and_then(|n| n.parse().ok())
+    else {
+        return;
+    };
+    let rt = support::rt();
+    let make = match std::env::var("STACK_PROFILE_REQUEST").as_deref() {
+        Ok("chat") => chat_request as fn() -> Request<String>,
+        _ => request,
+    };
+    match std::env::var("STACK_PROFILE_STACK").as_deref() {
+        Ok("noop") => {
+            let mut svc = Noop;
+            run_with(&rt, &mut svc, n, make);
+            profile_region(&rt, &mut svc, n, make);
+        }
+        _ => {
+            let mut svc = ours();
+            run_with(&rt, &mut svc, n, make);
+            profile_region(&rt, &mut svc, n, make);
+        }
+    }
+    std::process::exit(0);
+}
+
 fn per_request(c: &mut Criterion) {
+    profile();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -145,8 +184,129 @@ fn per_request(c: &mut Criterion) {
     g.bench_function("tower: rate limit + concurrency limit + retry", |b| {
         b.iter_custom(|n| run(&rt, &mut tower_stack, n))
     });
+    let mut resilience = tower_resilience();
+    g.bench_function("tower-resilience: breaker + rate limiter", |b| {
+        b.iter_custom(|n| run(&rt, &mut resilience, n))
+    });
+    let mut resilience_chat = tower_resilience();
+    g.bench_function(
+        "tower-resilience: breaker + rate limiter, 1 KiB chat request",
+        |b| b.iter_custom(|n| run_with(&rt, &mut resilience_chat, n, chat_request)),
+    );
     g.finish();
 }
 
-criterion_group!(benches, per_request);
+/// Our stack, with limits that are never reached (10 ms windows keep the
+/// logs short).
+fn ours() -> impl Service<Request<String>, Error = impl std::fmt::Debug> + Clone + Send + 'static {
+    let window = Duration::from_millis(10);
+    LlmLayer::new(Provider::OpenAi)
+        .limits(
+            Limits::new()
+                .window(Dimension::Requests, window, u64::MAX / 4)
+                .window(Dimension::Tokens, window, u64::MAX / 4),
+        )
+        .layer(Noop)
+}
+
+/// tower-resilience's stack: circuit breaker and rate limiter (its retry
+/// layer wants a per-type policy; tower's stock stack has the retry row).
+fn tower_resilience(
+) -> impl Service<Request<String>, Error = impl std::fmt::Debug> + Clone + Send + 'static {
+    ServiceBuilder::new()
+        .layer(
+            tower_resilience::circuitbreaker::CircuitBreakerLayer::builder()
+                .failure_rate_threshold(0.5)
+                .build()
+                .unwrap(),
+        )
+        .layer(
+            tower_resilience::ratelimiter::RateLimiterLayer::builder()
+                .limit_for_period(usize::MAX / 4)
+                .refresh_period(Duration::from_secs(1))
+                .timeout_duration(Duration::from_millis(1))
+                .build()
+                .unwrap(),
+        )
+        .service(Noop)
+}
+
+/// Allocations per request beyond the baseline's (the request itself).
+fn allocs_per_request<S>(name: &str, mut svc: S, make: fn() -> Request<String>)
+where
+    S: Service<Request<String>>,
+    S::Error: std::fmt::Debug,
+{
+    let rt = support::rt();
+    const N: u64 = 10_000;
+    run_with(&rt, &mut svc, N, make);
+    let before = allocations();
+    run_with(&rt, &mut Noop.clone(), N, make);
+    let base = allocations() - before;
+    let before = allocations();
+    run_with(&rt, &mut svc, N, make);
+    let total = allocations() - before;
+    println!(
+        "allocations per request, {name}: {} (baseline's request: {})",
+        total.saturating_sub(base) as f64 / N as f64,
+        base as f64 / N as f64
+    );
+}
+
+fn threads(c: &mut Criterion) {
+    allocs_per_request("ours: LlmLayer, minimal request", ours(), request);
+    allocs_per_request("ours: LlmLayer, 1 KiB chat request", ours(), chat_request);
+    allocs_per_request("tower-resilience stack", tower_resilience(), request);
+    let mut g = c.benchmark_group("stack/threads_one_key");
+    for (what, make) in [
+        ("minimal", request as fn() -> Request<String>),
+        ("1 KiB chat", chat_request),
+    ] {
+        for threads in [1, 2] {
+            g.bench_function(
+                format!("no-op baseline, {what}, {threads} thread(s)"),
+                |b| {
+                    b.iter_custom(|n| {
+                        contended(threads, n, || {
+                            move |n| {
+                                run_with(&support::rt(), &mut Noop.clone(), n, make);
+                            }
+                        })
+                    })
+                },
+            );
+            let stack = ours();
+            g.bench_function(
+                format!("ours: LlmLayer, {what}, {threads} thread(s)"),
+                |b| {
+                    b.iter_custom(|n| {
+                        contended(threads, n, || {
+                            let mut svc = stack.clone();
+                            move |n| {
+                                run_with(&support::rt(), &mut svc, n, make);
+                            }
+                        })
+                    })
+                },
+            );
+            let stack = tower_resilience();
+            g.bench_function(
+                format!("tower-resilience stack, {what}, {threads} thread(s)"),
+                |b| {
+                    b.iter_custom(|n| {
+                        contended(threads, n, || {
+                            let mut svc = stack.clone();
+                            move |n| {
+                                run_with(&support::rt(), &mut svc, n, make);
+                            }
+                        })
+                    })
+                },
+            );
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, per_request, threads);
 criterion_main!(benches);

@@ -549,3 +549,75 @@ async fn costs_default_counts_0_requests() {
     }
     assert_eq!(t0.elapsed(), ms(1000), "the second request waited");
 }
+
+/// A setter on a clone of a shared store made a new, empty store: the
+/// clone no longer saw the keys (and limits) of the store it came from,
+/// and two handles of "one" limiter each admitted the full limit.
+#[tokio::test(start_paused = true)]
+async fn max_keys_on_a_clone_forks_the_store() {
+    let limits = Limits::new().requests_per_minute(1);
+    let store = MemoryStore::new(limits);
+    let one = Costs::new(0, 0);
+    let a = Key::from_static("a");
+    let now = Instant::now();
+    admitted(store.acquire(&a, &one, now, None).await.unwrap());
+    let clone = store
+        .clone()
+        .max_keys(5)
+        .idle_timeout(secs(3600))
+        .learn_limits(true)
+        .learned_ttl(secs(5));
+    assert_eq!(clone.len(), 1, "the clone holds the store's key");
+    match clone.acquire(&a, &one, now, Some(now)).await.unwrap() {
+        Decision::TooLate(at) => assert_eq!(at, now + secs(60)),
+        other => panic!("the clone admitted past the limit: {other:?}"),
+    }
+    // And the setting reached the original: 5 keys soft, 20 hard, all
+    // live (one request per minute each) -> the 21st new key is refused.
+    for i in 0..19 {
+        let k = Key::new(format!("k{i}"));
+        admitted(store.acquire(&k, &one, now, None).await.unwrap());
+    }
+    let refused = store.acquire(&Key::from_static("z"), &one, now, None).await;
+    assert!(
+        refused.as_ref().is_err_and(|e| e.is_too_many_keys()),
+        "{refused:?}"
+    );
+}
+
+/// Two threads on one key (and on several): together they admit exactly
+/// the limit, with ids that never repeat.
+#[test]
+fn two_threads_on_one_key_admit_exactly_the_limit() {
+    let limits = Limits::new().requests_per_minute(1_000);
+    let store = MemoryStore::new(limits);
+    let now = Instant::now();
+    let one = Costs::new(0, 0);
+    let keys = [Key::DEFAULT, Key::from_static("b"), Key::new("c")];
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            let store = store.clone();
+            let keys = keys.clone();
+            std::thread::spawn(move || {
+                let mut ids = Vec::new();
+                for i in 0..3_000 {
+                    let key = &keys[i % keys.len()];
+                    match store.try_acquire(key, &one, now, Some(now)) {
+                        Some(Ok(Decision::Admitted(r))) => ids.push((r.key.to_string(), r.id)),
+                        Some(Ok(Decision::TooLate(_))) => {}
+                        other => panic!("{other:?}"),
+                    }
+                }
+                ids
+            })
+        })
+        .collect();
+    let mut ids: Vec<(String, u64)> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 3 * 1_000, "each key admits its limit, no more");
+    ids.sort_unstable_by_key(|(_, id)| *id);
+    ids.dedup_by_key(|(_, id)| *id);
+    assert_eq!(ids.len(), 3 * 1_000, "ids never repeat");
+}

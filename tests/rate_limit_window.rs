@@ -17,6 +17,12 @@ enum Op {
     Cancel { gap: u64, pick: usize },
     /// A gate closes for `len` ms (a 429's Retry-After).
     Gate { gap: u64, len: u64 },
+    /// The n-th live reservation (modulo) is corrected down to `tokens`
+    /// (a `TokenUsage` lower than the estimate).
+    Correct { gap: u64, pick: usize, tokens: u64 },
+    /// A request arrives with a `now` `back` ms before the latest one (two
+    /// threads read the clock, and the later reader locks first).
+    Late { back: u64, tokens: u64 },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -24,6 +30,9 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (0u64..400, 0u64..120).prop_map(|(gap, tokens)| Op::Arrive { gap, tokens }),
         1 => (0u64..400, any::<usize>()).prop_map(|(gap, pick)| Op::Cancel { gap, pick }),
         1 => (0u64..400, 0u64..3_000).prop_map(|(gap, len)| Op::Gate { gap, len }),
+        1 => (0u64..400, any::<usize>(), 0u64..120)
+            .prop_map(|(gap, pick, tokens)| Op::Correct { gap, pick, tokens }),
+        1 => (0u64..5, 0u64..120).prop_map(|(back, tokens)| Op::Late { back, tokens }),
     ]
 }
 
@@ -60,13 +69,16 @@ fn fits(
 
 /// After a cancel or a gate at `now`: every waiting reservation sits at the
 /// earliest instant it fits after the ones before it (and after the gate),
-/// as a fresh booking in order would put it.
+/// as a fresh booking in order would put it. With `strict` false (a
+/// correction freed room since: a correction does not re-book the waiters,
+/// so they may sit later than the earliest), only the order is checked.
 fn rebooked_earliest(
     log: &[Admitted],
     now: Instant,
     gate: Option<Instant>,
     w: Duration,
     limits: (u64, u64),
+    strict: bool,
 ) -> Result<(), TestCaseError> {
     let mut before = now.max(gate.unwrap_or(now));
     let mut booked: Vec<Admitted> = log
@@ -86,7 +98,7 @@ fn rebooked_earliest(
             "{:?} before its predecessor or the gate",
             a.id
         );
-        if a.at > before {
+        if strict && a.at > before {
             let t = a.at - Duration::from_nanos(1);
             prop_assert!(
                 !fits(&booked, a.id, t, w, limits, a.tokens),
@@ -119,10 +131,22 @@ proptest! {
         let mut now = t0;
         let mut log: Vec<Admitted> = Vec::new();
         let mut gate: Option<Instant> = None;
+        let mut corrected = false;
         for op in ops {
-            match op {
+            let (arrival, tokens) = match op {
                 Op::Arrive { gap, tokens } => {
                     now += Duration::from_millis(gap);
+                    (Some(now), tokens)
+                }
+                Op::Late { back, tokens } => {
+                    let at = now.checked_sub(Duration::from_millis(back)).unwrap_or(t0).max(t0);
+                    (Some(at), tokens)
+                }
+                _ => (None, 0),
+            };
+            match op {
+                Op::Arrive { .. } | Op::Late { .. } => {
+                    let now = arrival.expect("an arrival");
                     let costs = Costs::tokens(tokens);
                     match window.acquire(&costs, now, None) {
                         Admission::Reserved { id, at } => {
@@ -165,7 +189,7 @@ proptest! {
                             prop_assert!(at <= a.at && at >= now.min(a.at));
                             a.at = at;
                         }
-                        rebooked_earliest(&log, now, gate, w, (rpw, tpw))?;
+                        rebooked_earliest(&log, now, gate, w, (rpw, tpw), !corrected)?;
                     }
                 }
                 Op::Gate { gap, len } => {
@@ -181,13 +205,32 @@ proptest! {
                             continue;
                         };
                         if a.at > now {
-                            prop_assert!(at >= a.at && at >= until, "{:?} not behind the gate", a.id);
+                            prop_assert!(at >= until, "{:?} not behind the gate", a.id);
+                            // (A correction since may have freed room: the
+                            // re-booking then finds it.)
+                            prop_assert!(corrected || at >= a.at, "{:?} moved earlier", a.id);
                         } else {
                             prop_assert_eq!(at, a.at, "an admitted request moved");
                         }
                         a.at = at;
                     }
-                    rebooked_earliest(&log, now, gate, w, (rpw, tpw))?;
+                    rebooked_earliest(&log, now, gate, w, (rpw, tpw), !corrected)?;
+                }
+                Op::Correct { gap, pick, tokens } => {
+                    now += Duration::from_millis(gap);
+                    let live: Vec<usize> = (0..log.len()).filter(|&i| log[i].live).collect();
+                    if !live.is_empty() {
+                        let i = live[pick % live.len()];
+                        let lower = tokens.min(log[i].tokens);
+                        window.correct(log[i].id, &Costs::tokens(lower));
+                        // A reservation already pruned (out of every
+                        // window) keeps its old charge in the model: it no
+                        // longer counts anywhere.
+                        if window.booked_at(log[i].id).is_some() {
+                            corrected |= lower < log[i].tokens;
+                            log[i].tokens = lower;
+                        }
+                    }
                 }
             }
             // Exactness: no interval [s, s + w) holds more than the limits;

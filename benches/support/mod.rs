@@ -1,4 +1,16 @@
-//! What the benches share.
+//! What the benches share: the chat body, the no-op services, a counting
+//! allocator and the contention harness.
+#![allow(dead_code)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::convert::Infallible;
+use std::future::{ready, Ready};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use tower::Service;
 
 /// A realistic chat request body of about 1 KiB: a system prompt, a user
 /// turn and `max_tokens` at the end (the estimator's worst case: every
@@ -16,4 +28,97 @@ pub fn chat_body() -> String {
         "max_tokens": 5,
     })
     .to_string()
+}
+
+/// The no-op inner service: ready at once, answers an empty 200 with a
+/// body of type `B` (made by `Default`, which allocates nothing).
+pub struct Noop<B>(std::marker::PhantomData<fn() -> B>);
+
+impl<B> Noop<B> {
+    pub const fn new() -> Self {
+        Noop(std::marker::PhantomData)
+    }
+}
+
+impl<B> Clone for Noop<B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<B> Copy for Noop<B> {}
+
+impl<B: Default> Service<Request<String>> for Noop<B> {
+    type Response = Response<B>;
+    type Error = Infallible;
+    type Future = Ready<Result<Response<B>, Infallible>>;
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+    fn call(&mut self, _: Request<String>) -> Self::Future {
+        ready(Ok(Response::new(B::default())))
+    }
+}
+
+/// Counts this thread's allocations (install with `#[global_allocator]`).
+pub struct Counting;
+
+thread_local! {
+    static ALLOCS: Cell<u64> = const { Cell::new(0) };
+}
+
+// SAFETY: forwards to the system allocator; only counts, per thread.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        System.alloc(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new: usize) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        System.realloc(ptr, layout, new)
+    }
+}
+
+/// Allocations made by this thread so far.
+pub fn allocations() -> u64 {
+    ALLOCS.with(Cell::get)
+}
+
+/// A current-thread runtime with timers.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Runs `work(iters)` on `threads` OS threads at once (each with its own
+/// state made by `make`), started together, and returns the time per
+/// request of the whole group: wall time / (threads * iters). With one
+/// thread that is the time of one call; the throughput of n threads
+/// relative to one is `t1 / tn`.
+pub fn contended<W>(threads: usize, iters: u64, make: impl Fn() -> W) -> Duration
+where
+    W: FnOnce(u64) + Send + 'static,
+{
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(threads + 1));
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let work = make();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                work(iters);
+            })
+        })
+        .collect();
+    barrier.wait();
+    let start = Instant::now();
+    for h in handles {
+        h.join().unwrap();
+    }
+    start.elapsed() / threads as u32
 }

@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use http::Request;
 
-use super::window::Costs;
+use super::limits::Costs;
 
 /// The caller's own token estimate for a request, set as a request
 /// extension; it wins over any [`Estimator`]. Counted as input tokens.

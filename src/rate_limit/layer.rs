@@ -6,9 +6,9 @@ use std::time::Duration;
 use tower::Layer;
 
 use super::estimate::JsonEstimator;
+use super::limits::Limits;
+use super::memory::MemoryStore;
 use super::service::{RateLimit, Shared};
-use super::store::MemoryStore;
-use super::window::Limits;
 use crate::classify::Provider;
 use crate::events::Events;
 use crate::key::{Key, SingleKey};

@@ -108,6 +108,9 @@
 mod estimate;
 mod future;
 mod layer;
+mod limits;
+mod memory;
+mod policy;
 mod service;
 mod store;
 mod window;
@@ -115,11 +118,10 @@ mod window;
 pub use self::estimate::{BodyBytes, Estimator, JsonEstimator, TokenEstimate, TokenUsage};
 pub use self::future::ResponseFuture;
 pub use self::layer::{RateLimitLayer, DEFAULT_MAX_GATE_WAIT};
+pub use self::limits::{
+    default_learned_ttl, Costs, Dimension, Limit, Limits, DEFAULT_LEARNED_TTL_CAP,
+};
+pub use self::memory::{MemoryStore, DEFAULT_MAX_KEYS, HARD_KEYS_FACTOR};
 pub use self::service::RateLimit;
-pub use self::store::{
-    Decision, MemoryStore, Reservation, Store, DEFAULT_MAX_KEYS, HARD_KEYS_FACTOR,
-};
-pub use self::window::{
-    default_learned_ttl, Admission, Costs, Dimension, Limit, Limits, SlidingWindow,
-    DEFAULT_LEARNED_TTL_CAP,
-};
+pub use self::store::{Decision, Reservation, Store};
+pub use self::window::{Admission, SlidingWindow};

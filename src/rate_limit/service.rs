@@ -10,8 +10,9 @@ use tower::Service;
 
 use super::estimate::{Estimator, JsonEstimator, TokenEstimate};
 use super::future::ResponseFuture;
-use super::store::{MemoryStore, Store};
-use super::window::{Costs, Limits};
+use super::limits::{Costs, Limits};
+use super::memory::MemoryStore;
+use super::store::Store;
 use crate::classify::{Classifier, Provider};
 use crate::events::Events;
 use crate::key::{KeyFn, SingleKey};

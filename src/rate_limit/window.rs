@@ -2,236 +2,15 @@
 //! driven by an explicit `now`. No tower, no locks, no timers.
 
 use std::collections::VecDeque;
-use std::fmt;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::limits::{default_learned_ttl, Costs, Dimension, Limit, Limits, MAX_WINDOW};
 use crate::classify::ReportedLimit;
 
-/// What a limit counts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Dimension {
-    /// Requests (each request costs 1).
-    Requests,
-    /// Tokens, input plus output (OpenAI's TPM).
-    Tokens,
-    /// Input (prompt) tokens only (Anthropic's ITPM).
-    InputTokens,
-    /// Output (completion) tokens only (Anthropic's OTPM).
-    OutputTokens,
-}
-
-impl Dimension {
-    /// The dimension's name in events: `"requests"`, `"tokens"`,
-    /// `"input_tokens"`, `"output_tokens"`.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Dimension::Requests => "requests",
-            Dimension::Tokens => "tokens",
-            Dimension::InputTokens => "input_tokens",
-            Dimension::OutputTokens => "output_tokens",
-        }
-    }
-
-    fn cost(self, costs: &Costs) -> u64 {
-        match self {
-            Dimension::Requests => costs.requests,
-            Dimension::Tokens => costs.input_tokens.saturating_add(costs.output_tokens),
-            Dimension::InputTokens => costs.input_tokens,
-            Dimension::OutputTokens => costs.output_tokens,
-        }
-    }
-}
-
-impl fmt::Display for Dimension {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// What one request costs in each dimension.
-///
-/// `tokens` is always `input_tokens + output_tokens`.
-///
-/// [`Costs::default()`] is **one request** with no tokens (the same as
-/// `Costs::new(0, 0)`), so that an estimator that writes
-/// `Costs { input_tokens: n, ..Costs::default() }` is still counted by the
-/// request limits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Costs {
-    /// Requests: 1 for every request.
-    pub requests: u64,
-    /// Estimated (or, after correction, actual) input tokens.
-    pub input_tokens: u64,
-    /// Estimated (or actual) output tokens.
-    pub output_tokens: u64,
-}
-
-impl Default for Costs {
-    /// One request, no tokens: every request counts against the request
-    /// limits, whatever its estimator forgot to say.
-    fn default() -> Self {
-        Costs::new(0, 0)
-    }
-}
-
-impl Costs {
-    /// One request with the given token estimates.
-    pub const fn new(input_tokens: u64, output_tokens: u64) -> Self {
-        Costs {
-            requests: 1,
-            input_tokens,
-            output_tokens,
-        }
-    }
-
-    /// One request with a total token estimate that is not split into input
-    /// and output (counted as input).
-    pub const fn tokens(total: u64) -> Self {
-        Costs::new(total, 0)
-    }
-
-    /// Total tokens.
-    pub const fn total_tokens(&self) -> u64 {
-        self.input_tokens.saturating_add(self.output_tokens)
-    }
-}
-
-/// One limit: at most `limit` units of `dimension` over any interval of
-/// length `window`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Limit {
-    /// What is counted.
-    pub dimension: Dimension,
-    /// The window's length.
-    pub window: Duration,
-    /// The most that may be admitted in any interval of that length.
-    pub limit: u64,
-}
-
-/// The set of limits of one key, built with per-minute and per-day
-/// shorthands or any window with [`Limits::window`].
-///
-/// ```
-/// use std::time::Duration;
-/// use tower_llm_resilience::rate_limit::{Dimension, Limits};
-///
-/// // OpenAI tier 1 for gpt-4o-mini: 500 RPM, 200k TPM, 10k RPD.
-/// let openai = Limits::new()
-///     .requests_per_minute(500)
-///     .tokens_per_minute(200_000)
-///     .requests_per_day(10_000);
-/// // Anthropic counts input and output tokens separately.
-/// let anthropic = Limits::new()
-///     .requests_per_minute(50)
-///     .input_tokens_per_minute(30_000)
-///     .output_tokens_per_minute(8_000);
-/// // Any window: 3 requests per 2 seconds.
-/// let short = Limits::new().window(Dimension::Requests, Duration::from_secs(2), 3);
-///
-/// assert_eq!(openai.iter().count(), 3);
-/// assert_eq!(anthropic.iter().count(), 3);
-/// assert!(anthropic.counts_tokens()); // so the limiter estimates each request's tokens
-/// assert!(!short.counts_tokens());
-/// let only = short.iter().next().unwrap();
-/// assert_eq!((only.dimension, only.window, only.limit), (Dimension::Requests, Duration::from_secs(2), 3));
-/// ```
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Limits {
-    limits: Vec<Limit>,
-}
-
-const MINUTE: Duration = Duration::from_secs(60);
-const DAY: Duration = Duration::from_secs(24 * 60 * 60);
-const MAX_WINDOW: Duration = Duration::from_secs(366 * 24 * 60 * 60);
-
-/// The longest a learned limit lasts by default: a learned limit expires
-/// its limit's window after the provider last said it, but never later
-/// than this (10 minutes), so that a per-day limit learned from one odd
-/// response does not hold for a day. See [`default_learned_ttl`].
-pub const DEFAULT_LEARNED_TTL_CAP: Duration = Duration::from_secs(10 * 60);
-
-/// How long a limit learned for a limit of this window holds by default:
-/// the window, at most [`DEFAULT_LEARNED_TTL_CAP`] (60 s for a per-minute
-/// limit, 10 minutes for a per-day one).
-pub fn default_learned_ttl(window: Duration) -> Duration {
-    window.min(DEFAULT_LEARNED_TTL_CAP)
-}
-
-impl Limits {
-    /// No limits (everything is admitted at once).
-    pub const fn new() -> Self {
-        Limits { limits: Vec::new() }
-    }
-
-    /// Adds (or replaces) the limit of `dimension` over `window`. A zero
-    /// window is ignored; a window longer than a year is cut to a year
-    /// (so that no instant arithmetic can overflow).
-    pub fn window(mut self, dimension: Dimension, window: Duration, limit: u64) -> Self {
-        if window.is_zero() {
-            return self;
-        }
-        let window = window.min(MAX_WINDOW);
-        match self
-            .limits
-            .iter_mut()
-            .find(|l| l.dimension == dimension && l.window == window)
-        {
-            Some(l) => l.limit = limit,
-            None => self.limits.push(Limit {
-                dimension,
-                window,
-                limit,
-            }),
-        }
-        self
-    }
-
-    /// At most `n` requests per minute (RPM).
-    pub fn requests_per_minute(self, n: u64) -> Self {
-        self.window(Dimension::Requests, MINUTE, n)
-    }
-
-    /// At most `n` requests per day (RPD; Groq, Gemini free tiers).
-    pub fn requests_per_day(self, n: u64) -> Self {
-        self.window(Dimension::Requests, DAY, n)
-    }
-
-    /// At most `n` tokens (input + output) per minute (TPM).
-    pub fn tokens_per_minute(self, n: u64) -> Self {
-        self.window(Dimension::Tokens, MINUTE, n)
-    }
-
-    /// At most `n` tokens per day (TPD).
-    pub fn tokens_per_day(self, n: u64) -> Self {
-        self.window(Dimension::Tokens, DAY, n)
-    }
-
-    /// At most `n` input tokens per minute (Anthropic ITPM).
-    pub fn input_tokens_per_minute(self, n: u64) -> Self {
-        self.window(Dimension::InputTokens, MINUTE, n)
-    }
-
-    /// At most `n` output tokens per minute (Anthropic OTPM).
-    pub fn output_tokens_per_minute(self, n: u64) -> Self {
-        self.window(Dimension::OutputTokens, MINUTE, n)
-    }
-
-    /// The limits, in the order they were added.
-    pub fn iter(&self) -> impl Iterator<Item = &Limit> + '_ {
-        self.limits.iter()
-    }
-
-    /// Whether any limit counts tokens (so that a request's token cost must
-    /// be estimated).
-    pub fn counts_tokens(&self) -> bool {
-        self.limits
-            .iter()
-            .any(|l| l.dimension != Dimension::Requests)
-    }
-}
+#[cfg(test)]
+use super::limits::MINUTE;
 
 /// The outcome of asking the window to admit a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -315,7 +94,20 @@ struct DimState {
     sum: u64,
     external: Option<External>,
     learned: Option<Learned>,
+    /// Where a search that starts at or after `skip_from` may start: the
+    /// entries before `skip.index` are out of the window from `skip_from`
+    /// on, and `skip.sum` is the sum from `skip.index` on (when
+    /// `skip.index` is 0 it is unused: the search starts at the front).
+    /// A burst of waiters books each one from where the one before it
+    /// stopped, so that the walk over the log is shared by the burst.
+    skip: Cursor,
+    skip_from: Instant,
 }
+
+/// A log whose capacity is this many entries or fewer is never shrunk
+/// (so that a key whose window empties between requests does not
+/// allocate on each).
+const MIN_LOG_CAPACITY: usize = 4;
 
 impl DimState {
     fn prune(&mut self, now: Instant) {
@@ -323,8 +115,20 @@ impl DimState {
             if e.at + self.limit.window <= now {
                 self.sum = self.sum.saturating_sub(e.cost);
                 self.log.pop_front();
+                self.skip.index = self.skip.index.saturating_sub(1);
             } else {
                 break;
+            }
+        }
+        // Give a burst's buffer back once the log is far smaller: memory
+        // stays within 8 times the live entries (and a few entries when
+        // the window emptied).
+        let cap = self.log.capacity();
+        if cap > MIN_LOG_CAPACITY && self.log.len() * 8 < cap {
+            if self.log.is_empty() {
+                self.log = VecDeque::new();
+            } else {
+                self.log.shrink_to(self.log.len() * 2);
             }
         }
         if self.external.is_some_and(|x| x.until <= now) {
@@ -359,6 +163,38 @@ impl DimState {
             index: 0,
             sum: self.sum,
         }
+    }
+
+    /// Where a search starting at `t` may start (see `skip`).
+    fn cursor_at(&self, t: Instant) -> Cursor {
+        if self.skip.index > 0 && t >= self.skip_from {
+            self.skip
+        } else {
+            self.cursor()
+        }
+    }
+
+    /// Appends an entry (at or after every other).
+    fn push(&mut self, entry: Entry) {
+        self.log.push_back(entry);
+        self.sum = self.sum.saturating_add(entry.cost);
+        if self.skip.index > 0 {
+            self.skip.sum = self.skip.sum.saturating_add(entry.cost);
+        }
+    }
+
+    /// Moves `skip` past the entries out of the window at `t` (searches
+    /// never start before `t` again until the log is re-booked).
+    fn skip_to(&mut self, t: Instant) {
+        let mut c = self.cursor_at(t);
+        self.advance(&mut c, t);
+        self.skip = c;
+        self.skip_from = t;
+    }
+
+    /// Forgets `skip` (the log changed in the middle).
+    fn reset_skip(&mut self) {
+        self.skip.index = 0;
     }
 
     /// The earliest `t >= base` (with `base` at or after every entry) at
@@ -473,7 +309,8 @@ pub struct SlidingWindow {
     dims: Vec<DimState>,
     /// No admission before this instant (the shared Retry-After gate).
     gate: Option<Instant>,
-    /// The latest reservation's admission instant (FIFO: nobody overtakes).
+    /// The latest reservation's admission instant (FIFO: nobody overtakes,
+    /// not even a caller with an older `now`).
     last: Option<Instant>,
     next_id: u64,
     last_used: Instant,
@@ -491,6 +328,8 @@ impl SlidingWindow {
                     sum: 0,
                     external: None,
                     learned: None,
+                    skip: Cursor { index: 0, sum: 0 },
+                    skip_from: now,
                 })
                 .collect(),
             gate: None,
@@ -509,16 +348,13 @@ impl SlidingWindow {
         if self.gate.is_some_and(|g| g <= now) {
             self.gate = None;
         }
-        if self.last.is_some_and(|l| l <= now) {
-            self.last = None;
-        }
     }
 
     /// The earliest instant at or after `now` at which `costs` fits, without
     /// reserving; `Err((cost, capacity))` when it never fits (its cost
     /// exceeds a configured capacity).
     pub fn earliest(&self, costs: &Costs, now: Instant) -> Result<Instant, (u64, u64)> {
-        self.earliest_by(now, |_, d| d.cost(costs), |k| self.dims[k].cursor())
+        self.earliest_by(now, |_, d| d.cost(costs), |k, t| self.dims[k].cursor_at(t))
     }
 
     /// `earliest` with the cost of each limit (by index) given directly,
@@ -527,7 +363,7 @@ impl SlidingWindow {
         &self,
         now: Instant,
         cost_of: impl Fn(usize, Dimension) -> u64,
-        cursor_of: impl Fn(usize) -> Cursor,
+        cursor_of: impl Fn(usize, Instant) -> Cursor,
     ) -> Result<Instant, (u64, u64)> {
         let mut t = now;
         if let Some(g) = self.gate {
@@ -548,7 +384,7 @@ impl SlidingWindow {
                 if cost == 0 {
                     continue;
                 }
-                match d.earliest_from(cursor_of(k), t, cost) {
+                match d.earliest_from(cursor_of(k, t), t, cost) {
                     Some(at) => next = next.max(at),
                     None => return Err((cost, d.limit.limit)),
                 }
@@ -558,6 +394,23 @@ impl SlidingWindow {
             }
             t = next;
         }
+    }
+
+    /// Whether `costs` fits at `now` itself (after `prune(now)`), with
+    /// nothing ahead of it: the common case, decided in O(1) per limit
+    /// from the running sums; the same answer as `earliest` would give.
+    #[inline]
+    fn fits_now(&self, costs: &Costs, now: Instant) -> bool {
+        self.gate.is_none_or(|g| g <= now)
+            && self.last.is_none_or(|l| l <= now)
+            && self.dims.iter().all(|d| {
+                let cost = d.limit.dimension.cost(costs);
+                cost == 0
+                    || (cost <= d.limit.limit
+                        && d.sum
+                            .checked_add(cost)
+                            .is_some_and(|s| s <= d.capacity_at(now)))
+            })
     }
 
     /// Reserves `costs` at the earliest instant it fits, unless that is
@@ -584,7 +437,11 @@ impl SlidingWindow {
     ) -> Admission {
         self.prune(now);
         self.last_used = now;
-        let at = match self.earliest(costs, now) {
+        let at = match self.fits_now(costs, now) {
+            true => Ok(now),
+            false => self.earliest(costs, now),
+        };
+        let at = match at {
             Ok(at) => at,
             Err((cost, capacity)) => return Admission::Never { cost, capacity },
         };
@@ -596,12 +453,15 @@ impl SlidingWindow {
             if cost == 0 {
                 continue;
             }
-            d.log.push_back(Entry { at, id, cost });
-            d.sum = d.sum.saturating_add(cost);
+            d.push(Entry { at, id, cost });
+            if at > now {
+                d.skip_to(at);
+            }
         }
-        if at > now {
-            self.last = Some(at);
-        }
+        // Kept even when `at` is `now`: a caller whose `now` is older (it
+        // read the clock before another caller that locked first) is
+        // admitted at or after it, so that the log stays in time order.
+        self.last = Some(at);
         Admission::Reserved { id, at }
     }
 
@@ -618,6 +478,7 @@ impl SlidingWindow {
         let mut found = false;
         for d in &mut self.dims {
             if let Some(i) = find(&d.log, id) {
+                d.reset_skip();
                 if let Some(e) = d.log.remove(i) {
                     d.sum = d.sum.saturating_sub(e.cost);
                     found = true;
@@ -638,6 +499,7 @@ impl SlidingWindow {
         // The waiting reservations sit at the logs' tails, in id order.
         let mut tails: Vec<VecDeque<Entry>> = Vec::with_capacity(self.dims.len());
         for d in &mut self.dims {
+            d.reset_skip();
             let mut tail = VecDeque::new();
             while let Some(&e) = d.log.back() {
                 if e.at <= now || after.is_some_and(|a| e.id <= a) {
@@ -649,7 +511,7 @@ impl SlidingWindow {
             }
             tails.push(tail);
         }
-        self.last = self.latest().filter(|&l| l > now);
+        self.last = self.latest();
         let mut cursors: Vec<Cursor> = self.dims.iter().map(DimState::cursor).collect();
         let mut moved = false;
         // Merge the tails by id: one waiter at a time, its cost in each
@@ -659,12 +521,15 @@ impl SlidingWindow {
             let old = (0..tails.len())
                 .find_map(|k| head(k).map(|e| e.at))
                 .unwrap_or(now);
-            let at =
-                match self.earliest_by(now, |k, _| head(k).map_or(0, |e| e.cost), |k| cursors[k]) {
-                    Ok(t) if never_later => t.min(old),
-                    Ok(t) => t,
-                    Err(_) => old,
-                };
+            let at = match self.earliest_by(
+                now,
+                |k, _| head(k).map_or(0, |e| e.cost),
+                |k, _| cursors[k],
+            ) {
+                Ok(t) if never_later => t.min(old),
+                Ok(t) => t,
+                Err(_) => old,
+            };
             for (k, d) in self.dims.iter_mut().enumerate() {
                 if tails[k].front().is_some_and(|e| e.id == id) {
                     let e = tails[k].pop_front().expect("checked");
@@ -676,9 +541,7 @@ impl SlidingWindow {
             for (k, d) in self.dims.iter().enumerate() {
                 d.advance(&mut cursors[k], at);
             }
-            if at > now {
-                self.last = Some(self.last.map_or(at, |l| l.max(at)));
-            }
+            self.last = Some(self.last.map_or(at, |l| l.max(at)));
             moved |= at != old;
         }
         moved
@@ -711,6 +574,9 @@ impl SlidingWindow {
             if let Some(i) = find(&d.log, id) {
                 let e = &mut d.log[i];
                 d.sum = d.sum.saturating_sub(e.cost).saturating_add(cost);
+                if d.skip.index > 0 && i >= d.skip.index {
+                    d.skip.sum = d.skip.sum.saturating_sub(e.cost).saturating_add(cost);
+                }
                 e.cost = cost;
             }
         }
@@ -1214,5 +1080,59 @@ mod tests {
             };
             assert_eq!(w.booked_at(ids[i as usize]), Some(at), "waiter {i}");
         }
+    }
+
+    /// A burst of waiters books each one with a walk from where the one
+    /// before it stopped, not from the log's front: O(1) amortised per
+    /// request, so a burst of n is O(n), not O(n^2).
+    #[test]
+    fn a_burst_of_waiters_walks_the_whole_log_for_each() {
+        let t0 = Instant::now();
+        let limits = Limits::new()
+            .window(Dimension::Requests, ms(1000), 10)
+            .window(Dimension::Tokens, ms(1000), 1000);
+        let costs = |i: u64| Costs::tokens(20 + (i * 37) % 90);
+        let n = 4_000u64;
+        let mut w = SlidingWindow::new(&limits, t0);
+        STEPS.with(|s| s.set(0));
+        let mut last = t0;
+        for i in 0..n {
+            // Time moves a little between arrivals, as it does.
+            let now = t0 + Duration::from_micros(i);
+            let Admission::Reserved { at, .. } = w.acquire(&costs(i), now, None) else {
+                panic!("no deadline")
+            };
+            assert!(at >= last, "first come, first served");
+            last = at;
+        }
+        let steps = STEPS.with(|s| s.get());
+        assert!(
+            steps <= 8 * n,
+            "{steps} log entries visited to book {n} waiters"
+        );
+    }
+
+    /// Two threads read the clock, and the later reader locks first: the
+    /// earlier `now` must not be admitted before the reservation already
+    /// made (the log would leave time order, and FIFO would break).
+    #[test]
+    fn a_caller_with_an_older_now_overtakes_an_admitted_request() {
+        let t0 = Instant::now();
+        let limits = Limits::new().window(Dimension::Requests, ms(1000), 10);
+        let mut w = SlidingWindow::new(&limits, t0);
+        let one = Costs::new(0, 0);
+        let Admission::Reserved { at: first, .. } = w.acquire(&one, t0 + ms(1), None) else {
+            panic!()
+        };
+        let Admission::Reserved { at: second, .. } = w.acquire(&one, t0, None) else {
+            panic!()
+        };
+        assert_eq!(first, t0 + ms(1));
+        assert!(
+            second >= first,
+            "admitted at {:?}, before {:?}",
+            second - t0,
+            first - t0
+        );
     }
 }
