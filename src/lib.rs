@@ -125,6 +125,41 @@
 //! call the stack directly, which fails fast with a typed [`Error`] that
 //! says whether and when waiting helps.
 //!
+//! # Building layers: one convention
+//!
+//! Every layer of the crate is built the same way, so that what holds for
+//! one holds for all:
+//!
+//! - **`new`, then setters by value.** `XLayer::new(..)` has documented
+//!   defaults; each setter takes the layer and returns it, and says its
+//!   default. Every service also has a public `new(inner, ..)` with the
+//!   layer's defaults, as tower's services do.
+//! - **The same setters for the same things.** `classifier(c)` sets what
+//!   responses and errors mean, `events(handle)` where the layer reports,
+//!   `key_fn(f)` which key a request counts against: on every layer that
+//!   uses them, with the same name and the same type.
+//! - **A layer is configuration and handles; [`layer`](tower::Layer::layer)
+//!   makes the state.** Each `layer()` call makes new state (the limiter's
+//!   in-memory windows, the breakers, the retry budget, the random
+//!   generator); the clones of the service it returns share that state.
+//!   Layer once, then clone the service.
+//! - **Handles are shared on purpose.** A store
+//!   ([`MemoryStore`](rate_limit::MemoryStore), a Redis store), an
+//!   [`Events`](events::Events) or a [`RetryBudget`](retry::RetryBudget)
+//!   you pass to a setter is shared by every service built with it and by
+//!   everything else that holds a clone of it: pass the same handle to
+//!   share one quota, one summary or one budget between services built
+//!   separately. A handle's own setters (say
+//!   [`MemoryStore::max_keys`](rate_limit::MemoryStore::max_keys)) change
+//!   it for every holder.
+//! - **No setter forks state.** A layer's setters only configure what
+//!   `layer()` will make, so no setter can split state that is already
+//!   shared.
+//!
+//! One rule also decides, on every layer, whether an answer is a failure:
+//! [`Classifier::failure_of`](classify::Classifier) (a 2xx with an error
+//! classification is one; see the [`classify`] module).
+//!
 //! # Cargo features
 //!
 //! - `tower-http` (default): adapters between [`classify::Classifier`] and

@@ -16,8 +16,11 @@ use crate::key::{Key, SingleKey};
 /// Applies [`RateLimit`] to a service: an exact sliding-window limiter over
 /// requests and tokens, keyed, learning from the provider's headers.
 ///
-/// All services made by one layer, and all their clones, share one store:
-/// they are the same limiter.
+/// Each [`layer`](Layer::layer) call makes a new limiter (a new, empty
+/// [`MemoryStore`] with the layer's settings); the clones of the service it
+/// returns share it. To share one quota between services built separately,
+/// give them the same store with [`store`](Self::store) (see the crate's
+/// [builder convention](crate#building-layers-one-convention)).
 ///
 /// Defaults: one key for everything ([`SingleKey`]), classifier
 /// [`Provider::Auto`], estimator [`JsonEstimator`], no max wait (a request
@@ -55,6 +58,13 @@ pub struct RateLimitLayer<K = SingleKey, C = Provider, E = JsonEstimator, St = M
     classifier: C,
     estimator: E,
     store: St,
+    /// Makes the store of one [`layer`](Layer::layer) call: a new empty
+    /// [`MemoryStore`] with the layer's settings, or a clone of the store
+    /// given to [`store`](RateLimitLayer::store) (shared on purpose).
+    make_store: fn(&St) -> St,
+    /// Whether `store` is the layer's own settings (not a store given to
+    /// [`store`](RateLimitLayer::store)).
+    own_store: bool,
     events: Events,
     max_wait: Option<Duration>,
     max_gate_wait: Duration,
@@ -69,6 +79,8 @@ impl<K: Clone, C: Clone, E: Clone, St: Clone> Clone for RateLimitLayer<K, C, E, 
             classifier: self.classifier.clone(),
             estimator: self.estimator.clone(),
             store: self.store.clone(),
+            make_store: self.make_store,
+            own_store: self.own_store,
             events: self.events.clone(),
             max_wait: self.max_wait,
             max_gate_wait: self.max_gate_wait,
@@ -93,6 +105,8 @@ impl RateLimitLayer {
             classifier: Provider::Auto,
             estimator: JsonEstimator::default(),
             store: MemoryStore::new(limits),
+            make_store: MemoryStore::empty_like,
+            own_store: true,
             events: Events::new(),
             max_wait: None,
             max_gate_wait: DEFAULT_MAX_GATE_WAIT,
@@ -103,9 +117,21 @@ impl RateLimitLayer {
 }
 
 impl<K, C, E> RateLimitLayer<K, C, E, MemoryStore> {
+    /// The store the setters below configure: the layer's own settings
+    /// (copied, so that a clone of this layer keeps its own), or the store
+    /// given to [`store`](Self::store), which they change in place for
+    /// every holder of it (see [`MemoryStore`]).
+    fn own_store(&self) -> MemoryStore {
+        if self.own_store {
+            self.store.empty_like()
+        } else {
+            self.store.clone()
+        }
+    }
+
     /// Gives each key its own limits (called once per new key).
     pub fn key_limits(mut self, f: impl Fn(&Key) -> Limits + Send + Sync + 'static) -> Self {
-        self.store = self.store.key_limits(f);
+        self.store = self.own_store().key_limits(f);
         self.estimate = true;
         self
     }
@@ -117,7 +143,7 @@ impl<K, C, E> RateLimitLayer<K, C, E, MemoryStore> {
     /// (see [`learned_ttl`](Self::learned_ttl) and the
     /// [module docs](super#what-is-learned-and-for-how-long)).
     pub fn learn_limits(mut self, yes: bool) -> Self {
-        self.store = self.store.learn_limits(yes);
+        self.store = self.own_store().learn_limits(yes);
         self
     }
 
@@ -126,7 +152,7 @@ impl<K, C, E> RateLimitLayer<K, C, E, MemoryStore> {
     /// (default: the limit's window, at most 10 minutes: 60 s for a
     /// per-minute limit, 10 min for a per-day one).
     pub fn learned_ttl(mut self, ttl: Duration) -> Self {
-        self.store = self.store.learned_ttl(ttl);
+        self.store = self.own_store().learned_ttl(ttl);
         self
     }
 
@@ -136,7 +162,7 @@ impl<K, C, E> RateLimitLayer<K, C, E, MemoryStore> {
     /// [`Error::is_too_many_keys`](crate::Error::is_too_many_keys). See
     /// [`MemoryStore`].
     pub fn max_keys(mut self, n: usize) -> Self {
-        self.store = self.store.max_keys(n);
+        self.store = self.own_store().max_keys(n);
         self
     }
 
@@ -146,7 +172,7 @@ impl<K, C, E> RateLimitLayer<K, C, E, MemoryStore> {
     /// than the longest window forgets usage: an evicted key starts again
     /// with an empty window.
     pub fn idle_timeout(mut self, d: Duration) -> Self {
-        self.store = self.store.idle_timeout(d);
+        self.store = self.own_store().idle_timeout(d);
         self
     }
 }
@@ -173,6 +199,8 @@ impl<K, C, E, St> RateLimitLayer<K, C, E, St> {
             classifier: self.classifier,
             estimator: self.estimator,
             store: self.store,
+            make_store: self.make_store,
+            own_store: self.own_store,
             events: self.events,
             max_wait: self.max_wait,
             max_gate_wait: self.max_gate_wait,
@@ -188,6 +216,8 @@ impl<K, C, E, St> RateLimitLayer<K, C, E, St> {
             classifier,
             estimator: self.estimator,
             store: self.store,
+            make_store: self.make_store,
+            own_store: self.own_store,
             events: self.events,
             max_wait: self.max_wait,
             max_gate_wait: self.max_gate_wait,
@@ -204,6 +234,8 @@ impl<K, C, E, St> RateLimitLayer<K, C, E, St> {
             classifier: self.classifier,
             estimator,
             store: self.store,
+            make_store: self.make_store,
+            own_store: self.own_store,
             events: self.events,
             max_wait: self.max_wait,
             max_gate_wait: self.max_gate_wait,
@@ -212,13 +244,18 @@ impl<K, C, E, St> RateLimitLayer<K, C, E, St> {
         }
     }
 
-    /// Where the windows live (default [`MemoryStore`]).
-    pub fn store<St2>(self, store: St2) -> RateLimitLayer<K, C, E, St2> {
+    /// Where the windows live (default: a new [`MemoryStore`] for each
+    /// [`layer`](Layer::layer) call). The store given here is a handle:
+    /// every service built from this layer, and everything else that holds
+    /// a clone of the store, shares its windows (one quota).
+    pub fn store<St2: Clone>(self, store: St2) -> RateLimitLayer<K, C, E, St2> {
         RateLimitLayer {
             key_fn: self.key_fn,
             classifier: self.classifier,
             estimator: self.estimator,
             store,
+            make_store: Clone::clone,
+            own_store: false,
             events: self.events,
             max_wait: self.max_wait,
             max_gate_wait: self.max_gate_wait,
@@ -278,7 +315,7 @@ where
             key_fn: self.key_fn.clone(),
             classifier: self.classifier.clone(),
             estimator: self.estimator.clone(),
-            store: Arc::new(self.store.clone()),
+            store: Arc::new((self.make_store)(&self.store)),
             events: self.events.clone(),
             max_wait: self.max_wait,
             max_gate_wait: self.max_gate_wait,

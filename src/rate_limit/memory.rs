@@ -188,6 +188,24 @@ impl MemoryStore {
         }
     }
 
+    /// A new, empty store with this store's settings (what a
+    /// [`RateLimitLayer`](super::RateLimitLayer) makes at each
+    /// [`layer`](tower::Layer::layer) call from its own settings).
+    pub(crate) fn empty_like(&self) -> MemoryStore {
+        let p = &self.inner.params;
+        let (limits, key_limits) = read(&p.limits).clone();
+        let store = MemoryStore::new(limits);
+        {
+            let q = &store.inner.params;
+            write(&q.limits).1 = key_limits;
+            q.learn_limits.store(p.learn_limits.load(Relaxed), Relaxed);
+            q.learned_ttl.store(p.learned_ttl.load(Relaxed), Relaxed);
+            q.max_keys.store(p.max_keys.load(Relaxed), Relaxed);
+            q.idle_timeout.store(p.idle_timeout.load(Relaxed), Relaxed);
+        }
+        store
+    }
+
     /// Gives each key its own limits (a key not worth a special case
     /// returns the default). Called once when a key's state is created;
     /// applies to the keys made after this call, in every clone.
