@@ -1,11 +1,65 @@
 //! What classification costs per response: headers only (the success path
-//! every response takes), and an error response with a JSON body.
+//! every response takes), and an error response with a JSON body; and the
+//! success path of [`ClassifyLayer`] as a service over a no-op inner
+//! service (a 200 with no header, and with OpenAI's rate-limit headers),
+//! next to that no-op alone.
+//!
+//! `cargo bench --bench classify -- --warm-up-time 1 --measurement-time 3`
 
+use std::convert::Infallible;
+use std::future::{ready, Ready};
 use std::hint::black_box;
+use std::task::{Context, Poll};
+use std::time::Instant;
 
-use criterion::{criterion_group, criterion_main, Criterion};
-use http::{HeaderMap, HeaderValue, StatusCode};
-use tower_llm_resilience::classify::{parse_error_body, Classifier, Provider};
+use criterion::{criterion_group, criterion_main, Bencher, Criterion};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use tower::{Layer, Service, ServiceExt};
+use tower_llm_resilience::classify::{parse_error_body, Classifier, ClassifyLayer, Provider};
+
+/// Answers 200 at once, with the given headers (cloned: a response's
+/// headers are made for each response).
+#[derive(Clone)]
+struct Noop(HeaderMap);
+
+impl Service<Request<String>> for Noop {
+    type Response = Response<String>;
+    type Error = Infallible;
+    type Future = Ready<Result<Response<String>, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Request<String>) -> Self::Future {
+        let mut response = Response::new(String::new());
+        if !self.0.is_empty() {
+            *response.headers_mut() = self.0.clone();
+        }
+        ready(Ok(response))
+    }
+}
+
+fn single<S>(b: &mut Bencher<'_>, mut svc: S)
+where
+    S: Service<Request<String>>,
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    b.iter_custom(|iters| {
+        rt.block_on(async {
+            let start = Instant::now();
+            for _ in 0..iters {
+                if let Ok(svc) = svc.ready().await {
+                    black_box(svc.call(Request::new(String::new())).await.is_ok());
+                }
+            }
+            start.elapsed()
+        })
+    });
+}
 
 fn openai_headers() -> HeaderMap {
     let mut h = HeaderMap::new();
@@ -51,6 +105,20 @@ fn bench(c: &mut Criterion) {
     g.bench_function("error body alone", |b| {
         b.iter(|| parse_error_body(black_box(&body[..])))
     });
+    g.finish();
+
+    let mut g = c.benchmark_group("classify_layer_success_path");
+    for (name, headers) in [
+        ("200, no headers", empty.clone()),
+        ("200, OpenAI rate-limit headers", openai.clone()),
+    ] {
+        g.bench_function(format!("{name}: baseline no-op"), |b| {
+            single(b, Noop(headers.clone()))
+        });
+        g.bench_function(format!("{name}: ClassifyLayer"), |b| {
+            single(b, ClassifyLayer::new().layer(Noop(headers.clone())))
+        });
+    }
     g.finish();
 }
 
