@@ -54,23 +54,20 @@ mod classifier;
 mod future;
 #[doc(hidden)]
 pub mod fuzzing;
-mod headers;
 mod layer;
 mod peek;
 mod provider;
+mod scan;
 mod service;
 #[cfg(feature = "tower-http")]
 mod tower_http;
+mod values;
 
 pub use self::body::{parse_error_body, ErrorBody, DEFAULT_BODY_PREFIX};
 pub use self::class::{ErrorClass, UnknownClass};
 pub use self::classification::{Classification, LimitState, RateLimits};
 pub use self::classifier::{classify_transport_error, Classifier};
 pub use self::future::ResponseFuture;
-pub use self::headers::{
-    parse_go_duration, parse_retry_after, parse_retry_after_ms, parse_rfc3339_reset,
-    MAX_SERVER_WAIT,
-};
 pub use self::layer::ClassifyLayer;
 pub use self::peek::{BodyPrefix, PeekedBody};
 pub use self::provider::Provider;
@@ -78,3 +75,7 @@ pub use self::service::Classify;
 #[cfg(feature = "tower-http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower-http")))]
 pub use self::tower_http::{FromTowerHttp, TowerHttpClassifier};
+pub use self::values::{
+    parse_go_duration, parse_retry_after, parse_retry_after_ms, parse_rfc3339_reset,
+    MAX_SERVER_WAIT,
+};
