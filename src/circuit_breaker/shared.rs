@@ -60,12 +60,19 @@ impl<C> Cell<C> {
         }
     }
 
-    /// Leave to call, or the error that says why not and until when.
+    /// Leave to call, or the error that says why not and until when. A
+    /// closed breaker answers with one atomic load, inline.
+    #[inline]
     pub(crate) fn acquire(&self) -> Result<Permit, Error> {
         let word = self.word.load(Ordering::Acquire);
         if is_closed(word) {
             return Ok(Permit::closed(generation_of(word)));
         }
+        self.acquire_locked()
+    }
+
+    #[inline(never)]
+    fn acquire_locked(&self) -> Result<Permit, Error> {
         let now = Instant::now();
         let (result, transition) = {
             let mut circuit = self.lock();
@@ -79,7 +86,9 @@ impl<C> Cell<C> {
         result.map_err(|r| Error::circuit_open(r.class(), r.retry_after()))
     }
 
-    /// Records the outcome of the call `permit` allowed.
+    /// Records the outcome of the call `permit` allowed. A plain success in
+    /// a healthy breaker is one atomic load, inline.
+    #[inline]
     pub(crate) fn record(&self, permit: Permit, outcome: Outcome) {
         if !permit.is_probe() {
             if outcome == Outcome::ignored() {
@@ -93,6 +102,11 @@ impl<C> Cell<C> {
                 return;
             }
         }
+        self.record_locked(permit, outcome);
+    }
+
+    #[inline(never)]
+    fn record_locked(&self, permit: Permit, outcome: Outcome) {
         let transition = {
             let mut circuit = self.lock();
             let t = circuit.record(permit, outcome, Instant::now);

@@ -6,7 +6,7 @@ use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use tower::Layer;
 
-use super::policy::Config;
+use super::config::Config;
 use super::spike::SpikeAlert;
 use super::{Backoff, Retry, RetryBudget, RetryPolicy, RetrySpike};
 use crate::classify::{Classification, ErrorClass, Provider};
@@ -72,6 +72,7 @@ impl<C> RetryLayer<C> {
                 rng: c.rng,
                 events: c.events,
                 spike: c.spike,
+                most_attempts: c.most_attempts,
             },
         }
     }
@@ -239,7 +240,7 @@ impl<C> RetryLayer<C> {
     where
         C: Clone,
     {
-        RetryPolicy::from_config(Arc::new(self.config.clone()))
+        RetryPolicy::from_config(Arc::new(self.config.clone().finished()))
     }
 }
 
@@ -263,6 +264,6 @@ impl<S, C: Clone> Layer<S> for RetryLayer<C> {
     type Service = Retry<S, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Retry::from_config(inner, Arc::new(self.config.clone()))
+        Retry::from_config(inner, Arc::new(self.config.clone().finished()))
     }
 }

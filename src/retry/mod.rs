@@ -81,6 +81,9 @@
 mod backoff;
 mod budget;
 mod buffer;
+mod classify_error;
+mod config;
+mod decision;
 mod future;
 mod layer;
 mod policy;
@@ -92,13 +95,14 @@ pub(crate) use self::backoff::{scale, unit};
 pub use self::backoff::{Backoff, Jitter};
 pub use self::budget::RetryBudget;
 pub use self::buffer::{BufferBody, BufferBodyLayer, BufferFuture, DEFAULT_BUFFER_LIMIT};
+pub use self::classify_error::ClassifyError;
+pub(crate) use self::config::process_seed;
+pub use self::config::{
+    DEFAULT_BUDGET_EXEMPT_RETRY_AFTER, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_RETRY_AFTER,
+    DEFAULT_RATE_LIMITED_ATTEMPTS, DEFAULT_SERVER_JITTER, SERVER_JITTER_MAX,
+};
 pub use self::future::ResponseFuture;
 pub use self::layer::RetryLayer;
-pub(crate) use self::policy::process_seed;
-pub use self::policy::{
-    ClassifyError, RetryPolicy, DEFAULT_BUDGET_EXEMPT_RETRY_AFTER, DEFAULT_MAX_ATTEMPTS,
-    DEFAULT_MAX_RETRY_AFTER, DEFAULT_RATE_LIMITED_ATTEMPTS, DEFAULT_SERVER_JITTER,
-    SERVER_JITTER_MAX,
-};
+pub use self::policy::RetryPolicy;
 pub use self::service::Retry;
 pub use self::spike::RetrySpike;
