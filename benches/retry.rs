@@ -115,6 +115,9 @@ fn copy(r: &Request<String>) -> Request<String> {
     c
 }
 
+/// Makes the request of one case, afresh for each call.
+type MakeRequest = fn() -> Request<String>;
+
 fn request() -> Request<String> {
     Request::new(String::new())
 }
@@ -318,7 +321,7 @@ fn instructions() {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(10_000);
-    let (name, make): (&str, fn() -> Request<String>) = match case.strip_prefix("chat:") {
+    let (name, make): (&str, MakeRequest) = match case.strip_prefix("chat:") {
         Some(name) => (name, chat_request),
         None => (case.as_str(), request),
     };
@@ -346,8 +349,7 @@ fn instructions() {
 fn bench(c: &mut Criterion) {
     instructions();
     report_allocations();
-    let cases: [(&str, fn() -> Request<String>); 2] =
-        [("", request), ("chat 1 KiB: ", chat_request)];
+    let cases: [(&str, MakeRequest); 2] = [("", request), ("chat 1 KiB: ", chat_request)];
 
     let mut g = c.benchmark_group("retry_success_path");
     for (prefix, make) in cases {

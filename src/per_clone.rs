@@ -20,8 +20,12 @@ use std::sync::Arc;
 /// one around it.
 pub(crate) enum Handle<T> {
     Shared(Arc<T>),
-    Own(Arc<Arc<T>>),
+    Own(Arc<Private<T>>),
 }
+
+/// A clone's private reference to the shared state: its own reference
+/// count, on its own cache line, around one count of the shared `Arc`.
+pub(crate) struct Private<T>(Arc<T>);
 
 impl<T> Deref for Handle<T> {
     type Target = T;
@@ -30,7 +34,7 @@ impl<T> Deref for Handle<T> {
     fn deref(&self) -> &T {
         match self {
             Handle::Shared(shared) => shared,
-            Handle::Own(own) => own,
+            Handle::Own(own) => &own.0,
         }
     }
 }
@@ -38,7 +42,7 @@ impl<T> Deref for Handle<T> {
 /// Shared state as one service clone holds it (see the module docs).
 pub(crate) struct PerClone<T> {
     shared: Arc<T>,
-    own: Option<Arc<Arc<T>>>,
+    own: Option<Arc<Private<T>>>,
     /// Whether this clone made a call yet.
     called: bool,
 }
@@ -70,7 +74,7 @@ impl<T> PerClone<T> {
     #[inline(never)]
     fn first_handles(&mut self) -> Handle<T> {
         if self.called {
-            let own = Arc::new(Arc::clone(&self.shared));
+            let own = Arc::new(Private(Arc::clone(&self.shared)));
             self.own = Some(Arc::clone(&own));
             Handle::Own(own)
         } else {

@@ -39,8 +39,11 @@ impl Classifier for Odd {
     }
 }
 
+/// Makes one response of a case, afresh for each call.
+type Make = fn() -> Response<String>;
+
 /// The responses, and whether each is a failure under [`Odd`].
-fn cases() -> Vec<(&'static str, fn() -> Response<String>, bool)> {
+fn cases() -> Vec<(&'static str, Make, bool)> {
     fn status(code: u16) -> Response<String> {
         Response::builder()
             .status(code)

@@ -3,7 +3,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::config::{Config, Outcome, OutcomeKind, Window, MAX_OPEN};
+use super::config::{Config, Window, MAX_OPEN};
+use super::outcome::{Outcome, OutcomeKind};
 use super::window::{Outcomes, Totals};
 use crate::classify::ErrorClass;
 use crate::events::CircuitState;

@@ -9,7 +9,7 @@ use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
 use super::circuit::Permit;
-use super::config::Outcome;
+use super::outcome::Outcome;
 use super::shared::Cell;
 use crate::classify::Classifier;
 use crate::per_clone::Handle;

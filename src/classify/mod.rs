@@ -40,6 +40,17 @@
 //! layer's [`Classifier::classify_response`] reuses that stored
 //! classification.
 //!
+//! # One rule for "is this a failure?"
+//!
+//! The retry layer, the circuit breaker and the rate limiter decide
+//! whether a response failed with the same method,
+//! [`Classifier::failure_of`]: a stored classification wins; without one,
+//! a status that is not an [error status](Classifier::is_error_status) is
+//! a success without parsing a header; an error status is classified.
+//! What each layer then does with a failure's class is its own policy (the
+//! retry layer retries `server_error`, the breaker counts it, the limiter
+//! refunds its charge).
+//!
 //! # Robustness
 //!
 //! Every parser takes arbitrary input: a malformed value gives `None`, an
