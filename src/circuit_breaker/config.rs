@@ -179,7 +179,7 @@ impl Config {
     /// (default 5 min; at least 1 ms, at most 7 days). A probe that never
     /// answers would otherwise keep its slot forever, and the breaker would
     /// stay half-open rejecting every call. At the deadline the circuit
-    /// opens again as for a failed probe (class [`ErrorClass::Timeout`],
+    /// opens again as for a failed probe (class [`ErrorClass::Timeout`](crate::ErrorClass::Timeout),
     /// with the usual open duration and backoff), every slot is free, and
     /// the probe's late outcome is ignored. The call itself is not
     /// cancelled (put a timeout inside the breaker for that), and no timer
@@ -211,7 +211,7 @@ impl Config {
         self
     }
 
-    /// How long an authentication failure (401, [`ErrorClass::Auth`]: an
+    /// How long an authentication failure (401, [`ErrorClass::Auth`](crate::ErrorClass::Auth): an
     /// invalid or revoked API key) opens the breaker (default 5 min). A
     /// permission failure (403) does not open it: it is about one model or
     /// resource, not the key.
@@ -225,7 +225,7 @@ impl Config {
     /// `Retry-After` of a day, a daily quota's reset),
     /// [`quota_open_duration`](Config::quota_open_duration),
     /// [`auth_open_duration`](Config::auth_open_duration), or an
-    /// [`Outcome::trip`] made by hand. After it the breaker half-opens and
+    /// [`Outcome::trip`](super::Outcome::trip) made by hand. After it the breaker half-opens and
     /// probes as usual: if the quota is still spent, the probe's answer
     /// opens it again. Nothing learned from a provider sticks for longer,
     /// so a wrong or bogus reset heals within this time, at the cost of a

@@ -3,7 +3,7 @@
 use crate::classify::{Classification, Classifier};
 use crate::{BoxError, Error};
 
-/// How an inner service's error type tells [`RetryPolicy`] what it means.
+/// How an inner service's error type tells [`RetryPolicy`](super::RetryPolicy) what it means.
 ///
 /// Implemented for this crate's [`Error`] (its own classification), for
 /// [`BoxError`] (this crate's `Error` inside one, else the classifier's

@@ -11,6 +11,8 @@ use super::config::Config;
 use super::decision::{Attempts, Decision};
 use super::ClassifyError;
 use crate::classify::Classifier;
+#[cfg(doc)]
+use crate::Error;
 
 /// The retry rules as a [`tower::retry::Policy`], for tower's own
 /// [`tower::retry::Retry`].
