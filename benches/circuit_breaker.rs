@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Bencher, Criterion};
 use http::{Request, Response};
 use tower::{Layer, Service, ServiceExt};
-use tower_llm_resilience::circuit_breaker::{CircuitBreakerLayer, Window};
+use tower_llm_resilience::circuit_breaker::{CircuitBreakerLayer, FailureWindow};
 use tower_llm_resilience::Key;
 
 struct Counting;
@@ -202,7 +202,7 @@ fn ours_keyed() -> impl Service<Request<String>> + Clone + Send + 'static {
 /// A time window: one clock read per recorded call.
 fn ours_time_window() -> impl Service<Request<String>> + Clone + Send + 'static {
     CircuitBreakerLayer::new()
-        .window(Window::Time(Duration::from_secs(30)))
+        .window(FailureWindow::Time(Duration::from_secs(30)))
         .layer(Noop)
 }
 

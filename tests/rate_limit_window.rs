@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use tokio::time::Instant;
-use tower_llm_resilience::rate_limit::{Admission, Costs, Dimension, Limits, Window};
+use tower_llm_resilience::rate_limit::{Admission, Costs, Dimension, Limits, SlidingWindow};
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -115,7 +115,7 @@ proptest! {
             .window(Dimension::Requests, w, rpw)
             .window(Dimension::Tokens, w, tpw);
         let t0 = Instant::now();
-        let mut window = Window::new(&limits, t0);
+        let mut window = SlidingWindow::new(&limits, t0);
         let mut now = t0;
         let mut log: Vec<Admitted> = Vec::new();
         let mut gate: Option<Instant> = None;

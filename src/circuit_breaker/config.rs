@@ -1,24 +1,24 @@
 //! The policy of a breaker ([`Config`]: thresholds, window, open times)
-//! and the shape of its window ([`Window`]). What one call's result means
+//! and the shape of its window ([`FailureWindow`]). What one call's result means
 //! under that policy is [`outcome`](super::outcome)'s job.
 use std::time::Duration;
 
 /// How far back the breaker looks when it computes its failure and
 /// slow-call rates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Window {
-    /// The outcomes of the last `n` calls (1 to [`Window::MAX_COUNT`];
+pub enum FailureWindow {
+    /// The outcomes of the last `n` calls (1 to [`FailureWindow::MAX_COUNT`];
     /// values outside are clamped). Costs no clock read per call.
     Count(u32),
     /// The outcomes of the calls that ended in the last duration, kept in
-    /// [`Window::BUCKETS`] buckets of a tenth of it each (so an outcome
+    /// [`FailureWindow::BUCKETS`] buckets of a tenth of it each (so an outcome
     /// leaves the window between 90 % and 100 % of the duration after it
     /// was recorded, as Polly's sampling window does). Reads the clock once
     /// per recorded call. At least 10 ms.
     Time(Duration),
 }
 
-impl Window {
+impl FailureWindow {
     /// The largest count window (its ring takes one byte per call).
     pub const MAX_COUNT: u32 = 100_000;
     /// The number of buckets of a time window.
@@ -40,7 +40,7 @@ pub struct Config {
     pub(crate) failure_rate: Option<f64>,
     pub(crate) slow_call_rate: Option<f64>,
     pub(crate) slow_call_duration: Duration,
-    pub(crate) window: Window,
+    pub(crate) window: FailureWindow,
     pub(crate) minimum_calls: u32,
     pub(crate) open_duration: Duration,
     pub(crate) backoff_factor: f64,
@@ -78,7 +78,7 @@ impl Default for Config {
             failure_rate: Some(0.5),
             slow_call_rate: None,
             slow_call_duration: Duration::from_secs(60),
-            window: Window::Count(20),
+            window: FailureWindow::Count(20),
             minimum_calls: 10,
             open_duration: Duration::from_secs(10),
             backoff_factor: 1.0,
@@ -129,11 +129,13 @@ impl Config {
         self
     }
 
-    /// The sliding window (default `Window::Count(20)`).
-    pub fn window(mut self, window: Window) -> Self {
+    /// The sliding window (default `FailureWindow::Count(20)`).
+    pub fn window(mut self, window: FailureWindow) -> Self {
         self.window = match window {
-            Window::Count(n) => Window::Count(n.clamp(1, Window::MAX_COUNT)),
-            Window::Time(d) => Window::Time(d.clamp(Duration::from_millis(10), MAX_OPEN)),
+            FailureWindow::Count(n) => FailureWindow::Count(n.clamp(1, FailureWindow::MAX_COUNT)),
+            FailureWindow::Time(d) => {
+                FailureWindow::Time(d.clamp(Duration::from_millis(10), MAX_OPEN))
+            }
         };
         self
     }
@@ -225,7 +227,7 @@ impl Config {
     /// `Retry-After` of a day, a daily quota's reset),
     /// [`quota_open_duration`](Config::quota_open_duration),
     /// [`auth_open_duration`](Config::auth_open_duration), or an
-    /// [`Outcome::trip`](super::Outcome::trip) made by hand. After it the breaker half-opens and
+    /// [`CallOutcome::trip`](super::CallOutcome::trip) made by hand. After it the breaker half-opens and
     /// probes as usual: if the quota is still spent, the probe's answer
     /// opens it again. Nothing learned from a provider sticks for longer,
     /// so a wrong or bogus reset heals within this time, at the cost of a

@@ -9,7 +9,7 @@ use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
 use super::circuit::Permit;
-use super::outcome::Outcome;
+use super::outcome::CallOutcome;
 use super::shared::Cell;
 use crate::classify::Classifier;
 use crate::per_clone::Handle;
@@ -131,7 +131,7 @@ where
                         // The rule every layer shares: a success scans no
                         // header (the breaker needs nothing else from them).
                         let outcome = match context.classifier.failure_of(&response) {
-                            None => Outcome::success(elapsed),
+                            None => CallOutcome::success(elapsed),
                             Some(c) => context.config.outcome(&c, elapsed),
                         };
                         guard.cell.record(guard.permit, outcome);

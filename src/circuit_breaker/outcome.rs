@@ -1,4 +1,4 @@
-//! What one call's result means to a breaker: [`Outcome`], and
+//! What one call's result means to a breaker: [`CallOutcome`], and
 //! [`Config::outcome`], the rule that turns a call's classification into
 //! one (which classes count, which trip the breaker at once, which say
 //! nothing about the provider's health).
@@ -29,21 +29,21 @@ impl Config {
     ///   nothing about the provider's health, and the key's other requests
     ///   (other models) may well be allowed. They are not recorded at all,
     ///   and neither are cancellations and unknown errors.
-    pub fn outcome(&self, classification: &Classification, elapsed: Duration) -> Outcome {
+    pub fn outcome(&self, classification: &Classification, elapsed: Duration) -> CallOutcome {
         let Some(class) = classification.class else {
-            return Outcome::success(elapsed);
+            return CallOutcome::success(elapsed);
         };
         match class {
-            ErrorClass::QuotaExhausted => Outcome::trip(
+            ErrorClass::QuotaExhausted => CallOutcome::trip(
                 class,
                 quota_reset(classification).unwrap_or(self.quota_open_duration),
             ),
-            ErrorClass::Auth => Outcome::trip(class, self.auth_open_duration),
+            ErrorClass::Auth => CallOutcome::trip(class, self.auth_open_duration),
             ErrorClass::RateLimited | ErrorClass::SlowDown if self.count_rate_limited => {
-                Outcome::failure(class, elapsed)
+                CallOutcome::failure(class, elapsed)
             }
-            c if c.is_provider_fault() => Outcome::failure(class, elapsed),
-            _ => Outcome::ignored(),
+            c if c.is_provider_fault() => CallOutcome::failure(class, elapsed),
+            _ => CallOutcome::ignored(),
         }
     }
 }
@@ -65,7 +65,7 @@ fn quota_reset(c: &Classification) -> Option<Duration> {
 /// What one call's result means to a [`Circuit`](super::Circuit); made by
 /// [`Config::outcome`] or by hand.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Outcome {
+pub struct CallOutcome {
     pub(crate) kind: OutcomeKind,
 }
 
@@ -85,7 +85,7 @@ pub(crate) enum OutcomeKind {
     },
 }
 
-impl Outcome {
+impl CallOutcome {
     /// Whether this is a success that is not slow under `config`.
     pub(crate) fn is_plain_success(&self, config: &Config) -> bool {
         match self.kind {
@@ -98,7 +98,7 @@ impl Outcome {
 
     /// The provider answered well, after `elapsed`.
     pub const fn success(elapsed: Duration) -> Self {
-        Outcome {
+        CallOutcome {
             kind: OutcomeKind::Success { elapsed },
         }
     }
@@ -106,7 +106,7 @@ impl Outcome {
     /// The provider failed with `class` after `elapsed`: counts toward the
     /// failure rate.
     pub const fn failure(class: ErrorClass, elapsed: Duration) -> Self {
-        Outcome {
+        CallOutcome {
             kind: OutcomeKind::Failure { class, elapsed },
         }
     }
@@ -114,7 +114,7 @@ impl Outcome {
     /// Says nothing about the provider's health (a 400, a cancelled call):
     /// not recorded; a probe slot it held is given back.
     pub const fn ignored() -> Self {
-        Outcome {
+        CallOutcome {
             kind: OutcomeKind::Ignored,
         }
     }
@@ -122,7 +122,7 @@ impl Outcome {
     /// Open at once, for `open_for` (at most
     /// [`Config::max_trip_open`]), whatever the rates say (quota, auth).
     pub const fn trip(class: ErrorClass, open_for: Duration) -> Self {
-        Outcome {
+        CallOutcome {
             kind: OutcomeKind::Trip { class, open_for },
         }
     }

@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use super::circuit::{generation_of, is_closed, is_closed_and_clean, Circuit, Permit, Transition};
 use super::config::Config;
-use super::outcome::Outcome;
+use super::outcome::CallOutcome;
 use crate::classify::ErrorClass;
 use crate::events::{CircuitState, Event, Events};
 use crate::key::Key;
@@ -90,9 +90,9 @@ impl<C> Cell<C> {
     /// Records the outcome of the call `permit` allowed. A plain success in
     /// a healthy breaker is one atomic load, inline.
     #[inline]
-    pub(crate) fn record(&self, permit: Permit, outcome: Outcome) {
+    pub(crate) fn record(&self, permit: Permit, outcome: CallOutcome) {
         if !permit.is_probe() {
-            if outcome == Outcome::ignored() {
+            if outcome == CallOutcome::ignored() {
                 return;
             }
             // A healthy breaker: a plain success changes nothing.
@@ -107,7 +107,7 @@ impl<C> Cell<C> {
     }
 
     #[inline(never)]
-    fn record_locked(&self, permit: Permit, outcome: Outcome) {
+    fn record_locked(&self, permit: Permit, outcome: CallOutcome) {
         let transition = {
             let mut circuit = self.lock();
             let t = circuit.record(permit, outcome, Instant::now);

@@ -17,8 +17,8 @@ use super::scan::Scan;
 use super::values::parse_count;
 use super::{
     parse_error_body, parse_go_duration, parse_retry_after, parse_retry_after_ms,
-    parse_rfc3339_reset, Classification, Classifier, ErrorClass, LimitState, Provider, RateLimits,
-    MAX_SERVER_WAIT,
+    parse_rfc3339_reset, Classification, Classifier, ErrorClass, Provider, ReportedLimit,
+    ReportedLimits, MAX_SERVER_WAIT,
 };
 
 /// The header names the classifier reads, so that a fuzzer reaches them
@@ -172,7 +172,7 @@ pub fn rfc3339_reset(data: &[u8]) {
     }
 }
 
-fn check_state(state: &LimitState, what: &str) {
+fn check_state(state: &ReportedLimit, what: &str) {
     for (part, wait) in [("reset", state.reset), ("window", state.window)] {
         if let Some(w) = wait {
             assert!(w <= MAX_SERVER_WAIT, "{what}.{part} = {w:?}");
@@ -180,7 +180,7 @@ fn check_state(state: &LimitState, what: &str) {
     }
 }
 
-fn check_limits(limits: &RateLimits) {
+fn check_limits(limits: &ReportedLimits) {
     for (what, state) in [
         ("requests", limits.requests),
         ("tokens", limits.tokens),
@@ -226,7 +226,7 @@ pub fn ratelimit_fields(data: &[u8]) {
         ("ratelimit-remaining", remaining),
         ("ratelimit-reset", reset),
     ]);
-    let mut limits = RateLimits::default();
+    let mut limits = ReportedLimits::default();
     Scan::new(&headers).ietf(&mut limits);
     check_limits(&limits);
     assert!(limits.input_tokens.is_none() && limits.output_tokens.is_none());

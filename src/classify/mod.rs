@@ -76,7 +76,7 @@ mod values;
 
 pub use self::body::{parse_error_body, ErrorBody, DEFAULT_BODY_PREFIX};
 pub use self::class::{ErrorClass, UnknownClass};
-pub use self::classification::{Classification, LimitState, RateLimits};
+pub use self::classification::{Classification, ReportedLimit, ReportedLimits};
 pub use self::classifier::{classify_transport_error, Classifier};
 pub use self::future::ResponseFuture;
 pub use self::layer::ClassifyLayer;

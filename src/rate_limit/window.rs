@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::classify::LimitState;
+use crate::classify::ReportedLimit;
 
 /// What a limit counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -231,7 +231,7 @@ impl Limits {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Admission {
     /// Reserved: the request may start at `at` (`now` or later). `id`
-    /// names the reservation for [`Window::cancel`] and [`Window::correct`].
+    /// names the reservation for [`SlidingWindow::cancel`] and [`SlidingWindow::correct`].
     Reserved {
         /// The reservation's id.
         id: u64,
@@ -454,16 +454,16 @@ impl DimState {
 ///
 /// Exactness: over any half-open interval `[a, a + window)`, the costs
 /// admitted in it never exceed the limit in force (before
-/// [`Window::correct`] changes a charge after the fact). Admission is
+/// [`SlidingWindow::correct`] changes a charge after the fact). Admission is
 /// first-come first-served: a request is admitted at the earliest instant,
 /// not before any earlier reservation of this key, at which it fits in
 /// every limit. Memory: one 24-byte entry per admitted request still inside
 /// a window, pruned on every decision.
 ///
-/// See [`Window::learn`] for what is learned from a provider, and for how
+/// See [`SlidingWindow::learn`] for what is learned from a provider, and for how
 /// long.
 #[derive(Clone, Debug)]
-pub struct Window {
+pub struct SlidingWindow {
     dims: Vec<DimState>,
     /// No admission before this instant (the shared Retry-After gate).
     gate: Option<Instant>,
@@ -473,10 +473,10 @@ pub struct Window {
     last_used: Instant,
 }
 
-impl Window {
+impl SlidingWindow {
     /// A fresh window for `limits`.
     pub fn new(limits: &Limits, now: Instant) -> Self {
-        Window {
+        SlidingWindow {
             dims: limits
                 .iter()
                 .map(|&limit| DimState {
@@ -773,7 +773,7 @@ impl Window {
         &mut self,
         dimension: Dimension,
         window: Duration,
-        state: LimitState,
+        state: ReportedLimit,
         learn_limits: bool,
         learned_ttl: Option<Duration>,
         now: Instant,
@@ -895,7 +895,7 @@ mod tests {
     fn admits_at_the_exact_instant_room_frees() {
         let t0 = Instant::now();
         let limits = Limits::new().window(Dimension::Requests, ms(1000), 2);
-        let mut w = Window::new(&limits, t0);
+        let mut w = SlidingWindow::new(&limits, t0);
         let one = Costs::new(0, 0);
         assert!(matches!(w.acquire(&one, t0, None), Admission::Reserved { at, .. } if at == t0));
         let t1 = t0 + ms(300);
@@ -914,7 +914,7 @@ mod tests {
     fn oversize_never_fits() {
         let t0 = Instant::now();
         let limits = Limits::new().tokens_per_minute(100);
-        let mut w = Window::new(&limits, t0);
+        let mut w = SlidingWindow::new(&limits, t0);
         assert_eq!(
             w.acquire(&Costs::tokens(101), t0, None),
             Admission::Never {
@@ -928,7 +928,7 @@ mod tests {
     fn deadline_reserves_nothing() {
         let t0 = Instant::now();
         let limits = Limits::new().tokens_per_minute(100);
-        let mut w = Window::new(&limits, t0);
+        let mut w = SlidingWindow::new(&limits, t0);
         assert!(matches!(
             w.acquire(&Costs::tokens(80), t0, None),
             Admission::Reserved { .. }
@@ -944,7 +944,7 @@ mod tests {
     fn cancel_and_correct_free_room() {
         let t0 = Instant::now();
         let limits = Limits::new().tokens_per_minute(100);
-        let mut w = Window::new(&limits, t0);
+        let mut w = SlidingWindow::new(&limits, t0);
         let Admission::Reserved { id, .. } = w.acquire(&Costs::tokens(90), t0, None) else {
             panic!()
         };
@@ -955,15 +955,15 @@ mod tests {
         assert_eq!(w.earliest(&Costs::tokens(100), t0), Ok(t0));
     }
 
-    fn said(limit: Option<u64>, remaining: Option<u64>, reset: Option<Duration>) -> LimitState {
-        LimitState::new(limit, remaining, reset)
+    fn said(limit: Option<u64>, remaining: Option<u64>, reset: Option<Duration>) -> ReportedLimit {
+        ReportedLimit::new(limit, remaining, reset)
     }
 
     #[test]
     fn learning_tightens_until_reset_and_never_loosens() {
         let t0 = Instant::now();
         let limits = Limits::new().requests_per_minute(100);
-        let mut w = Window::new(&limits, t0);
+        let mut w = SlidingWindow::new(&limits, t0);
         let r = Dimension::Requests;
         // Provider says only 1 remains, resetting in 10 s.
         let state = said(Some(100), Some(1), Some(Duration::from_secs(10)));
@@ -993,7 +993,7 @@ mod tests {
         let limits = Limits::new()
             .requests_per_minute(100)
             .requests_per_day(1000);
-        let mut w = Window::new(&limits, t0);
+        let mut w = SlidingWindow::new(&limits, t0);
         let limit = |l| said(Some(l), None, None);
         // 0 is ignored.
         assert_eq!(w.learn(r, MINUTE, limit(0), true, None, t0), None);
@@ -1011,7 +1011,7 @@ mod tests {
         );
         // A request above the learned limit but within the configured one
         // waits for the expiry; only the configured one decides "never".
-        let eleven = |w: &mut Window| {
+        let eleven = |w: &mut SlidingWindow| {
             let mut at = t0;
             for _ in 0..11 {
                 match w.acquire(&Costs::new(0, 0), t0, None) {
@@ -1048,7 +1048,7 @@ mod tests {
         // Tokens: a cost above the learned limit waits, above the
         // configured one never fits.
         let limits = Limits::new().tokens_per_minute(10_000);
-        let mut w = Window::new(&limits, t0);
+        let mut w = SlidingWindow::new(&limits, t0);
         let tk = Dimension::Tokens;
         assert_eq!(
             w.learn(tk, MINUTE, limit(2_000), false, None, t0),
@@ -1061,7 +1061,7 @@ mod tests {
             Err((10_001, 10_000))
         );
         // A configured limit of 0 learns nothing (and cannot panic).
-        let mut w = Window::new(&Limits::new().requests_per_minute(0), t0);
+        let mut w = SlidingWindow::new(&Limits::new().requests_per_minute(0), t0);
         assert_eq!(w.learn(r, MINUTE, limit(5), true, None, t0), None);
         assert_eq!(w.limit_of(r, MINUTE, t0), Some(0));
     }
@@ -1074,14 +1074,14 @@ mod tests {
         let limits = Limits::new()
             .window(Dimension::Requests, ms(2000), 1)
             .window(Dimension::Tokens, ms(1000), 100);
-        let mut w = Window::new(&limits, t0);
+        let mut w = SlidingWindow::new(&limits, t0);
         let ttl = Some(ms(500));
         let state = said(Some(3), None, None);
         assert_eq!(
             w.learn(Dimension::Requests, ms(2000), state, true, ttl, t0),
             Some(3)
         );
-        let at = |w: &mut Window, tokens| match w.acquire(&Costs::tokens(tokens), t0, None) {
+        let at = |w: &mut SlidingWindow, tokens| match w.acquire(&Costs::tokens(tokens), t0, None) {
             Admission::Reserved { at, .. } => at,
             other => panic!("{other:?}"),
         };
@@ -1098,13 +1098,13 @@ mod tests {
         let limits = Limits::new()
             .window(Dimension::Tokens, Duration::MAX, u64::MAX)
             .window(Dimension::Requests, Duration::from_nanos(1), 0);
-        let mut w = Window::new(&limits, t0);
+        let mut w = SlidingWindow::new(&limits, t0);
         assert!(matches!(
             w.acquire(&Costs::tokens(u64::MAX), t0, None),
             Admission::Never { .. }
         ));
         let limits = Limits::new().window(Dimension::Tokens, Duration::MAX, u64::MAX);
-        let mut w = Window::new(&limits, t0);
+        let mut w = SlidingWindow::new(&limits, t0);
         assert!(matches!(
             w.acquire(&Costs::new(u64::MAX, u64::MAX), t0, None),
             Admission::Reserved { .. }
@@ -1137,7 +1137,7 @@ mod tests {
     fn gate_holds_everything() {
         let t0 = Instant::now();
         let limits = Limits::new().requests_per_minute(100);
-        let mut w = Window::new(&limits, t0);
+        let mut w = SlidingWindow::new(&limits, t0);
         assert!(!w.gate(t0 + ms(500), t0), "nobody waits");
         assert!(
             matches!(w.acquire(&Costs::new(0, 0), t0, None), Admission::Reserved { at, .. } if at == t0 + ms(500))
@@ -1150,7 +1150,7 @@ mod tests {
     fn waiters_already_queued_ignore_a_gate_closed_after_they_were_booked() {
         let t0 = Instant::now();
         let limits = Limits::new().window(Dimension::Requests, ms(1000), 1);
-        let mut w = Window::new(&limits, t0);
+        let mut w = SlidingWindow::new(&limits, t0);
         let mut ids = Vec::new();
         for _ in 0..3 {
             let Admission::Reserved { id, .. } = w.acquire(&Costs::new(0, 0), t0, None) else {
@@ -1180,7 +1180,7 @@ mod tests {
             .window(Dimension::Tokens, ms(1000), 1000);
         let costs = |i: u64| Costs::tokens(20 + (i * 37) % 90);
         let n = 2_000u64;
-        let mut w = Window::new(&limits, t0);
+        let mut w = SlidingWindow::new(&limits, t0);
         let mut ids = Vec::new();
         for i in 0..n {
             let Admission::Reserved { id, .. } = w.acquire(&costs(i), t0, None) else {
@@ -1198,7 +1198,7 @@ mod tests {
             "{steps} log entries visited for {n} waiters"
         );
         // Exact: the same as booking the others afresh, in order.
-        let mut fresh = Window::new(&limits, t0);
+        let mut fresh = SlidingWindow::new(&limits, t0);
         for i in 0..n {
             if i as usize == cancelled {
                 continue;

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use super::ops::{self, Cancel, Op};
 use super::scripts;
-use crate::classify::LimitState;
+use crate::classify::ReportedLimit;
 use crate::key::Key;
 use crate::rate_limit::{
     Costs, Decision, Dimension, Limit, Limits, MemoryStore, Reservation, Store,
@@ -806,7 +806,7 @@ impl Store for RedisStore {
         key: &Key,
         dimension: Dimension,
         window: Duration,
-        state: LimitState,
+        state: ReportedLimit,
         now: Instant,
     ) -> Option<u64> {
         self.enqueue(Op::Learn {

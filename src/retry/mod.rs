@@ -110,7 +110,7 @@ pub(crate) use self::backoff::{scale, unit};
 pub use self::backoff::{Backoff, Jitter};
 pub use self::budget::RetryBudget;
 pub use self::buffer::{BufferBody, BufferBodyLayer, BufferFuture, DEFAULT_BUFFER_LIMIT};
-pub use self::classify_error::ClassifyError;
+pub use self::classify_error::ClassifiableError;
 pub(crate) use self::config::process_seed;
 pub use self::config::{
     DEFAULT_BUDGET_EXEMPT_RETRY_AFTER, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_RETRY_AFTER,

@@ -9,7 +9,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::config::Config;
 use super::decision::{Attempts, Decision};
-use super::ClassifyError;
+use super::ClassifiableError;
 use crate::classify::Classifier;
 #[cfg(doc)]
 use crate::Error;
@@ -73,7 +73,7 @@ impl<C, B, ResB, E> tower::retry::Policy<Request<B>, Response<ResB>, E> for Retr
 where
     C: Classifier,
     B: Clone,
-    E: ClassifyError,
+    E: ClassifiableError,
 {
     type Future = Sleep;
 
