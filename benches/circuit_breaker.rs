@@ -1,8 +1,14 @@
 //! What a closed circuit breaker costs per request, in one run: a no-op
 //! baseline, ours, tower-resilience 0.13's and failsafe 1.3's, on one
 //! thread and with two threads sharing one breaker. Compare ratios to the
-//! same run's baseline (see ANCHOR-BENCH.md for the method).
+//! same run's baseline (see ANCHOR-BENCH.md for the method). Before the
+//! timed runs it prints the allocations per request of ours (a counting
+//! global allocator, per thread).
+//!
+//! `cargo bench --bench circuit_breaker -- --warm-up-time 1 --measurement-time 3`
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::convert::Infallible;
 use std::future::{ready, Ready};
 use std::hint::black_box;
@@ -16,6 +22,50 @@ use http::{Request, Response};
 use tower::{Layer, Service, ServiceExt};
 use tower_llm_resilience::circuit_breaker::{CircuitBreakerLayer, FailureWindow};
 use tower_llm_resilience::Key;
+
+struct Counting;
+
+thread_local! {
+    static ALLOCS: Cell<u64> = const { Cell::new(0) };
+}
+
+// SAFETY: forwards to the system allocator; only counts, per thread.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        System.alloc(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new: usize) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        System.realloc(ptr, layout, new)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Allocations per request of `svc` (after one warm-up request).
+fn allocs_per_request<S>(mut svc: S) -> f64
+where
+    S: Service<Request<String>>,
+{
+    const N: u64 = 1000;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        one(&mut svc).await;
+        let before = ALLOCS.with(Cell::get);
+        for _ in 0..N {
+            one(&mut svc).await;
+        }
+        (ALLOCS.with(Cell::get) - before) as f64 / N as f64
+    })
+}
 
 /// The inner service: answers 200 at once.
 #[derive(Clone, Copy)]
@@ -171,7 +221,64 @@ fn failsafe() -> impl Service<Request<String>> + Clone + Send + 'static {
     }
 }
 
+/// `iters` requests through `svc`, for counting instructions:
+/// `CALLGRIND_CASE=ours valgrind --tool=callgrind
+/// --toggle-collect='*count_instructions*' <bench binary> --bench`
+/// counts only inside this function (see [`instructions`]).
+#[inline(never)]
+fn count_instructions<S>(mut svc: S, iters: u64)
+where
+    S: Service<Request<String>>,
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        for _ in 0..iters {
+            one(&mut svc).await;
+        }
+    });
+}
+
+/// Runs the case named by `CALLGRIND_CASE` (`baseline`, `ours`,
+/// `ours_keyed`, `ours_time_window`) `CALLGRIND_ITERS` times (default
+/// 10,000) and exits; does nothing when it is not set.
+fn instructions() {
+    let Ok(case) = std::env::var("CALLGRIND_CASE") else {
+        return;
+    };
+    let iters = std::env::var("CALLGRIND_ITERS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(10_000);
+    match case.as_str() {
+        "baseline" => count_instructions(Noop, iters),
+        "ours" => count_instructions(ours(), iters),
+        "ours_keyed" => count_instructions(ours_keyed(), iters),
+        "ours_time_window" => count_instructions(ours_time_window(), iters),
+        other => panic!("unknown case {other}"),
+    }
+    std::process::exit(0);
+}
+
 fn bench(c: &mut Criterion) {
+    instructions();
+    eprintln!("allocations per request:");
+    for (name, n) in [
+        ("baseline no-op", allocs_per_request(Noop)),
+        ("ours, closed", allocs_per_request(ours())),
+        (
+            "ours, closed, 4 keys in turn",
+            allocs_per_request(ours_keyed()),
+        ),
+        (
+            "ours, closed, time window",
+            allocs_per_request(ours_time_window()),
+        ),
+    ] {
+        eprintln!("  {name:<30} {n:>5.2}");
+    }
     let mut g = c.benchmark_group("circuit_breaker");
     g.bench_function("baseline no-op", |b| single(b, Noop));
     g.bench_function("ours, closed", |b| single(b, ours()));

@@ -1,11 +1,65 @@
 //! What classification costs per response: headers only (the success path
-//! every response takes), and an error response with a JSON body.
+//! every response takes), and an error response with a JSON body; and the
+//! success path of [`ClassifyLayer`] as a service over a no-op inner
+//! service (a 200 with no header, and with OpenAI's rate-limit headers),
+//! next to that no-op alone.
+//!
+//! `cargo bench --bench classify -- --warm-up-time 1 --measurement-time 3`
 
+use std::convert::Infallible;
+use std::future::{ready, Ready};
 use std::hint::black_box;
+use std::task::{Context, Poll};
+use std::time::Instant;
 
-use criterion::{criterion_group, criterion_main, Criterion};
-use http::{HeaderMap, HeaderValue, StatusCode};
-use tower_llm_resilience::classify::{parse_error_body, Classifier, Provider};
+use criterion::{criterion_group, criterion_main, Bencher, Criterion};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use tower::{Layer, Service, ServiceExt};
+use tower_llm_resilience::classify::{parse_error_body, Classifier, ClassifyLayer, Provider};
+
+/// Answers 200 at once, with the given headers (cloned: a response's
+/// headers are made for each response).
+#[derive(Clone)]
+struct Noop(HeaderMap);
+
+impl Service<Request<String>> for Noop {
+    type Response = Response<String>;
+    type Error = Infallible;
+    type Future = Ready<Result<Response<String>, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Request<String>) -> Self::Future {
+        let mut response = Response::new(String::new());
+        if !self.0.is_empty() {
+            *response.headers_mut() = self.0.clone();
+        }
+        ready(Ok(response))
+    }
+}
+
+fn single<S>(b: &mut Bencher<'_>, mut svc: S)
+where
+    S: Service<Request<String>>,
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    b.iter_custom(|iters| {
+        rt.block_on(async {
+            let start = Instant::now();
+            for _ in 0..iters {
+                if let Ok(svc) = svc.ready().await {
+                    black_box(svc.call(Request::new(String::new())).await.is_ok());
+                }
+            }
+            start.elapsed()
+        })
+    });
+}
 
 fn openai_headers() -> HeaderMap {
     let mut h = HeaderMap::new();
@@ -25,7 +79,54 @@ fn openai_headers() -> HeaderMap {
     h
 }
 
+/// `iters` requests through `svc`, for counting instructions:
+/// `CALLGRIND_CASE=layer valgrind --tool=callgrind
+/// --toggle-collect='*count_instructions*' <bench binary> --bench`
+/// counts only inside this function (see [`instructions`]).
+#[inline(never)]
+fn count_instructions<S>(mut svc: S, iters: u64)
+where
+    S: Service<Request<String>>,
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        for _ in 0..iters {
+            if let Ok(svc) = svc.ready().await {
+                black_box(svc.call(Request::new(String::new())).await.is_ok());
+            }
+        }
+    });
+}
+
+/// Runs the case named by `CALLGRIND_CASE` (`noop`, `layer`; `openai:`
+/// first for the response with OpenAI's rate-limit headers)
+/// `CALLGRIND_ITERS` times (default 10,000) and exits; does nothing when
+/// it is not set.
+fn instructions() {
+    let Ok(case) = std::env::var("CALLGRIND_CASE") else {
+        return;
+    };
+    let iters = std::env::var("CALLGRIND_ITERS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(10_000);
+    let (name, headers) = match case.strip_prefix("openai:") {
+        Some(name) => (name, openai_headers()),
+        None => (case.as_str(), HeaderMap::new()),
+    };
+    match name {
+        "noop" => count_instructions(Noop(headers), iters),
+        "layer" => count_instructions(ClassifyLayer::new().layer(Noop(headers)), iters),
+        other => panic!("unknown case {other}"),
+    }
+    std::process::exit(0);
+}
+
 fn bench(c: &mut Criterion) {
+    instructions();
     let mut g = c.benchmark_group("classify");
     let empty = HeaderMap::new();
     let openai = openai_headers();
@@ -51,6 +152,20 @@ fn bench(c: &mut Criterion) {
     g.bench_function("error body alone", |b| {
         b.iter(|| parse_error_body(black_box(&body[..])))
     });
+    g.finish();
+
+    let mut g = c.benchmark_group("classify_layer_success_path");
+    for (name, headers) in [
+        ("200, no headers", empty.clone()),
+        ("200, OpenAI rate-limit headers", openai.clone()),
+    ] {
+        g.bench_function(format!("{name}: baseline no-op"), |b| {
+            single(b, Noop(headers.clone()))
+        });
+        g.bench_function(format!("{name}: ClassifyLayer"), |b| {
+            single(b, ClassifyLayer::new().layer(Noop(headers.clone())))
+        });
+    }
     g.finish();
 }
 

@@ -4,8 +4,15 @@
 //! 0.13's retry. `ready().await` plus `call().await` of one
 //! `http::Request<String>` over a no-op inner service on a current-thread
 //! runtime (the method of ANCHOR-BENCH.md). Compare ratios to the same
-//! run's baseline.
+//! run's baseline. Each case runs with a minimal request (empty body, no
+//! header) and with a realistic 1 KiB chat request with 3 headers; before
+//! the timed runs the bench prints the allocations per request of each
+//! case (a counting global allocator, per thread).
+//!
+//! `cargo bench --bench retry -- --warm-up-time 1 --measurement-time 3`
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::convert::Infallible;
 use std::future::{ready, Ready};
 use std::hint::black_box;
@@ -17,6 +24,34 @@ use criterion::{criterion_group, criterion_main, Bencher, Criterion};
 use http::{Request, Response};
 use tower::{Layer, Service, ServiceExt};
 use tower_llm_resilience::retry::RetryLayer;
+
+struct Counting;
+
+thread_local! {
+    static ALLOCS: Cell<u64> = const { Cell::new(0) };
+}
+
+// SAFETY: forwards to the system allocator; only counts, per thread.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        System.alloc(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new: usize) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        System.realloc(ptr, layout, new)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocs() -> u64 {
+    ALLOCS.with(Cell::get)
+}
 
 /// The inner service: answers 200 at once.
 #[derive(Clone, Copy)]
@@ -80,8 +115,117 @@ fn copy(r: &Request<String>) -> Request<String> {
     c
 }
 
+/// Makes the request of one case, afresh for each call.
+type MakeRequest = fn() -> Request<String>;
+
 fn request() -> Request<String> {
     Request::new(String::new())
+}
+
+/// The chat body of benches/support (copied: that module is shared).
+fn chat_body() -> String {
+    let text = "The package arrived two days late and the box was crushed, but the \
+                headphones inside work well and the sound is clear. ";
+    serde_json::json!({
+        "model": "gpt-4o-mini",
+        "temperature": 0,
+        "messages": [
+            {"role": "system", "content": "You label the sentiment of short texts. Answer with exactly one word: positive, negative or neutral."},
+            {"role": "user", "content": text.repeat(6)},
+        ],
+        "max_tokens": 5,
+    })
+    .to_string()
+}
+
+/// A realistic chat request of about 1 KiB with 3 headers, as an SDK sends
+/// it (the same as the stack bench's).
+fn chat_request() -> Request<String> {
+    static BODY: std::sync::LazyLock<String> = std::sync::LazyLock::new(chat_body);
+    Request::post("https://api.openai.com/v1/chat/completions")
+        .header(
+            "authorization",
+            "Bearer sk-bench-0123456789abcdef0123456789abcdef",
+        )
+        .header("content-type", "application/json")
+        .header("user-agent", "bench/1.0")
+        .body(BODY.clone())
+        .unwrap()
+}
+
+/// Allocations per request of `svc` beyond making the request itself
+/// (the same requests through the no-op service are subtracted).
+fn allocs_per_request<S, R>(mut svc: S, make: fn() -> R) -> f64
+where
+    S: Service<R>,
+{
+    const N: u64 = 1000;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let count = |svc: &mut dyn FnMut()| {
+        svc(); // warm up (first-use allocations)
+        let before = allocs();
+        for _ in 0..N {
+            svc();
+        }
+        allocs() - before
+    };
+    let base = count(&mut || {
+        rt.block_on(async {
+            let mut noop = Noop;
+            let Ok(s) = ServiceExt::<R>::ready(&mut noop).await;
+            black_box(Service::<R>::call(s, make()).await.is_ok());
+        })
+    });
+    let ours = count(&mut || {
+        rt.block_on(async {
+            if let Ok(s) = svc.ready().await {
+                black_box(s.call(make()).await.is_ok());
+            }
+        })
+    });
+    (ours as f64 - base as f64) / N as f64
+}
+
+fn report_allocations() {
+    let layer = RetryLayer::new;
+    let rows: [(&str, f64, f64); 4] = [
+        (
+            "ours_retry_layer",
+            allocs_per_request(layer().layer(Noop), request),
+            allocs_per_request(layer().layer(Noop), chat_request),
+        ),
+        (
+            "ours_retry_layer_no_budget",
+            allocs_per_request(layer().no_budget().layer(Noop), request),
+            allocs_per_request(layer().no_budget().layer(Noop), chat_request),
+        ),
+        (
+            "ours_policy_in_tower_retry",
+            allocs_per_request(
+                tower::retry::RetryLayer::new(layer().policy()).layer(Noop),
+                request,
+            ),
+            allocs_per_request(
+                tower::retry::RetryLayer::new(layer().policy()).layer(Noop),
+                chat_request,
+            ),
+        ),
+        (
+            "tower_retry_never",
+            allocs_per_request(tower::retry::RetryLayer::new(Never).layer(Noop), request),
+            allocs_per_request(
+                tower::retry::RetryLayer::new(Never).layer(Noop),
+                chat_request,
+            ),
+        ),
+    ];
+    eprintln!("allocations per request (minimal / 1 KiB chat request):");
+    for (name, minimal, chat) in rows {
+        eprintln!("  {name:<30} {minimal:>5.2} / {chat:>5.2}");
+    }
 }
 
 fn single<S, R>(b: &mut Bencher<'_>, mut svc: S, make: fn() -> R)
@@ -108,7 +252,7 @@ where
 /// Two threads, each on its own current-thread runtime, share one layer's
 /// state (clones of one service: one budget); the time is per request on
 /// each thread.
-fn contended<S>(b: &mut Bencher<'_>, svc: S)
+fn contended<S>(b: &mut Bencher<'_>, svc: S, make: fn() -> Request<String>)
 where
     S: Service<Request<String>> + Clone + Send + 'static,
 {
@@ -128,7 +272,7 @@ where
                         let start = Instant::now();
                         for _ in 0..iters {
                             if let Ok(svc) = svc.ready().await {
-                                black_box(svc.call(request()).await.is_ok());
+                                black_box(svc.call(make()).await.is_ok());
                             }
                         }
                         start.elapsed()
@@ -144,26 +288,86 @@ where
     });
 }
 
+/// `iters` requests of `make` through `svc`, for counting instructions:
+/// `CALLGRIND_CASE=ours_retry_layer valgrind --tool=callgrind
+/// --toggle-collect='*count_instructions*' <bench binary> --bench`
+/// counts only inside this function (see [`instructions`]).
+#[inline(never)]
+fn count_instructions<S, R>(mut svc: S, make: fn() -> R, iters: u64)
+where
+    S: Service<R>,
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        for _ in 0..iters {
+            if let Ok(svc) = svc.ready().await {
+                black_box(svc.call(make()).await.is_ok());
+            }
+        }
+    });
+}
+
+/// Runs the case named by `CALLGRIND_CASE` (optionally `chat:` first, for
+/// the 1 KiB request) `CALLGRIND_ITERS` times (default 10,000) and exits;
+/// does nothing when it is not set.
+fn instructions() {
+    let Ok(case) = std::env::var("CALLGRIND_CASE") else {
+        return;
+    };
+    let iters = std::env::var("CALLGRIND_ITERS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(10_000);
+    let (name, make): (&str, MakeRequest) = match case.strip_prefix("chat:") {
+        Some(name) => (name, chat_request),
+        None => (case.as_str(), request),
+    };
+    match name {
+        "baseline_noop" => count_instructions(Noop, make, iters),
+        "ours_retry_layer" => count_instructions(RetryLayer::new().layer(Noop), make, iters),
+        "ours_retry_layer_no_budget" => {
+            count_instructions(RetryLayer::new().no_budget().layer(Noop), make, iters)
+        }
+        "ours_policy_in_tower_retry" => count_instructions(
+            tower::retry::RetryLayer::new(RetryLayer::new().policy()).layer(Noop),
+            make,
+            iters,
+        ),
+        "tower_retry_never" => count_instructions(
+            tower::retry::RetryLayer::new(Never).layer(Noop),
+            make,
+            iters,
+        ),
+        other => panic!("unknown case {other}"),
+    }
+    std::process::exit(0);
+}
+
 fn bench(c: &mut Criterion) {
+    instructions();
+    report_allocations();
+    let cases: [(&str, MakeRequest); 2] = [("", request), ("chat 1 KiB: ", chat_request)];
+
     let mut g = c.benchmark_group("retry_success_path");
-    g.bench_function("baseline_noop", |b| single(b, Noop, request));
-    g.bench_function("ours_retry_layer", |b| {
-        single(b, RetryLayer::new().layer(Noop), request)
-    });
-    g.bench_function("ours_retry_layer_no_budget", |b| {
-        single(b, RetryLayer::new().no_budget().layer(Noop), request)
-    });
-    g.bench_function("ours_policy_in_tower_retry", |b| {
-        let policy = RetryLayer::new().policy();
-        single(
-            b,
-            tower::retry::RetryLayer::new(policy).layer(Noop),
-            request,
-        )
-    });
-    g.bench_function("tower_retry_never", |b| {
-        single(b, tower::retry::RetryLayer::new(Never).layer(Noop), request)
-    });
+    for (prefix, make) in cases {
+        g.bench_function(format!("{prefix}baseline_noop"), |b| single(b, Noop, make));
+        g.bench_function(format!("{prefix}ours_retry_layer"), |b| {
+            single(b, RetryLayer::new().layer(Noop), make)
+        });
+        g.bench_function(format!("{prefix}ours_retry_layer_no_budget"), |b| {
+            single(b, RetryLayer::new().no_budget().layer(Noop), make)
+        });
+        g.bench_function(format!("{prefix}ours_policy_in_tower_retry"), |b| {
+            let policy = RetryLayer::new().policy();
+            single(b, tower::retry::RetryLayer::new(policy).layer(Noop), make)
+        });
+        g.bench_function(format!("{prefix}tower_retry_never"), |b| {
+            single(b, tower::retry::RetryLayer::new(Never).layer(Noop), make)
+        });
+    }
     g.bench_function("tower_resilience_retry", |b| {
         let layer =
             tower_resilience::retry::RetryLayer::<Cloned, Response<String>, Infallible>::builder()
@@ -174,13 +378,17 @@ fn bench(c: &mut Criterion) {
     g.finish();
 
     let mut g = c.benchmark_group("retry_success_path_2_threads");
-    g.bench_function("baseline_noop", |b| contended(b, Noop));
-    g.bench_function("ours_retry_layer", |b| {
-        contended(b, RetryLayer::new().layer(Noop))
-    });
-    g.bench_function("tower_retry_never", |b| {
-        contended(b, tower::retry::RetryLayer::new(Never).layer(Noop))
-    });
+    for (prefix, make) in cases {
+        g.bench_function(format!("{prefix}baseline_noop"), |b| {
+            contended(b, Noop, make)
+        });
+        g.bench_function(format!("{prefix}ours_retry_layer"), |b| {
+            contended(b, RetryLayer::new().layer(Noop), make)
+        });
+        g.bench_function(format!("{prefix}tower_retry_never"), |b| {
+            contended(b, tower::retry::RetryLayer::new(Never).layer(Noop), make)
+        });
+    }
     g.finish();
 }
 

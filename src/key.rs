@@ -163,6 +163,9 @@ impl Default for Key {
 impl PartialEq for Key {
     fn eq(&self, other: &Key) -> bool {
         match (&self.0, &other.0) {
+            // The same static name (a key function's constant): no byte
+            // comparison on the breaker's per-call cache check.
+            (Repr::Static(a), Repr::Static(b)) if std::ptr::eq(*a, *b) => true,
             (Repr::Fingerprint(a), Repr::Fingerprint(b)) => a == b,
             (Repr::Fingerprint(_), _) | (_, Repr::Fingerprint(_)) => false,
             _ => self.as_str() == other.as_str(),

@@ -185,6 +185,7 @@ pub mod classify;
 mod error;
 pub mod events;
 pub mod key;
+mod per_clone;
 pub mod rate_limit;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]

@@ -42,7 +42,18 @@ fn no_allocation_per_call_when_closed() {
     let mut flaky_err = flaky.clone();
     *flaky_err.get_mut() = Answer(StatusCode::BAD_GATEWAY);
     futures::executor::block_on(async {
-        // The first call of a key makes its breaker (allocates once).
+        // The first call of a key makes its breaker (allocates once); a
+        // clone's second call of a key makes its private reference to the
+        // breaker (allocates once per clone).
+        for _ in 0..2 {
+            flaky_err
+                .ready()
+                .await
+                .unwrap()
+                .call(Request::new(()))
+                .await
+                .unwrap();
+        }
         for _ in 0..30 {
             ok.ready()
                 .await
@@ -83,6 +94,28 @@ fn no_allocation_per_call_when_closed() {
                 .call(Request::new(()))
                 .await
                 .unwrap();
+        }
+        assert_eq!(allocations() - before, 0);
+
+        // A fresh clone allocates once in all (its private reference, on its
+        // second call), however many calls it makes.
+        let mut fresh = ok.clone();
+        let before = allocations();
+        for _ in 0..1_000 {
+            fresh
+                .ready()
+                .await
+                .unwrap()
+                .call(Request::new(()))
+                .await
+                .unwrap();
+        }
+        assert_eq!(allocations() - before, 1);
+        // A clone that makes one call (`clone().oneshot()`) allocates
+        // nothing.
+        let before = allocations();
+        for _ in 0..100 {
+            ok.clone().oneshot(Request::new(())).await.unwrap();
         }
         assert_eq!(allocations() - before, 0);
     });

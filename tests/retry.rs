@@ -589,3 +589,71 @@ async fn any_retry_after_even_0_no_longer_bypasses_the_retry_budget() {
     let (sent, exhausted) = under_budget(strict, 429, &[("retry-after", "2")], 200).await;
     assert_eq!((sent, exhausted), (300, 0));
 }
+
+/// A body that counts its copies.
+#[derive(Debug)]
+struct CountedBody(Arc<AtomicUsize>);
+
+impl Clone for CountedBody {
+    fn clone(&self) -> Self {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        CountedBody(self.0.clone())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_last_attempt_is_sent_without_a_copy() {
+    let copies = Arc::new(AtomicUsize::new(0));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = calls.clone();
+    let inner = tower::service_fn(move |_: Request<CountedBody>| {
+        seen.fetch_add(1, Ordering::Relaxed);
+        async { Ok::<_, Infallible>(response(503, &[])) }
+    });
+    let events = Events::new();
+    // At most 3 attempts for every class (a 429 may make 10 by default).
+    let mut svc = RetryLayer::new()
+        .max_attempts(3)
+        .max_attempts_for(ErrorClass::RateLimited, 3)
+        .max_attempts_for(ErrorClass::SlowDown, 3)
+        .no_budget()
+        .events(events.clone())
+        .layer(inner);
+    let result = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(Request::new(CountedBody(copies.clone())))
+        .await;
+    assert!(result.is_err());
+    assert_eq!(calls.load(Ordering::Relaxed), 3);
+    // A copy before the first attempt and before the second; the third is
+    // the last any class may make: the copy is sent, not copied again.
+    assert_eq!(copies.load(Ordering::Relaxed), 2);
+    let summary = events.counters().snapshot();
+    assert_eq!(summary.retries, 2);
+    assert_eq!(summary.gave_up, 1, "giving up is still reported");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_policy_that_never_retries_makes_no_copy() {
+    let copies = Arc::new(AtomicUsize::new(0));
+    let inner = tower::service_fn(|_: Request<CountedBody>| async {
+        Ok::<_, Infallible>(response(503, &[]))
+    });
+    let policy = RetryLayer::new()
+        .max_attempts(1)
+        .max_attempts_for(ErrorClass::RateLimited, 1)
+        .max_attempts_for(ErrorClass::SlowDown, 1)
+        .policy();
+    let mut svc = tower::retry::RetryLayer::new(policy).layer(inner);
+    let response = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(Request::new(CountedBody(copies.clone())))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(copies.load(Ordering::Relaxed), 0);
+}

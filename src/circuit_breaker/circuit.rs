@@ -3,7 +3,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::config::{CallOutcome, Config, FailureWindow, OutcomeKind, MAX_OPEN};
+use super::config::{Config, FailureWindow, MAX_OPEN};
+use super::outcome::{CallOutcome, OutcomeKind};
 use super::window::{Outcomes, Totals};
 use crate::classify::ErrorClass;
 use crate::events::CircuitState;

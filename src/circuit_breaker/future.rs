@@ -1,7 +1,6 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -10,9 +9,10 @@ use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
 use super::circuit::Permit;
-use super::config::CallOutcome;
+use super::outcome::CallOutcome;
 use super::shared::Cell;
-use crate::classify::{Classification, Classifier};
+use crate::classify::Classifier;
+use crate::per_clone::Handle;
 use crate::{BoxError, Error};
 
 pin_project! {
@@ -46,14 +46,14 @@ pin_project! {
 /// that a panic there (or in the future's `poll`) gives the slot back as
 /// the stack unwinds.
 pub(crate) struct Guard<C> {
-    cell: Arc<Cell<C>>,
+    cell: Handle<Cell<C>>,
     permit: Permit,
     start: Option<Instant>,
     done: bool,
 }
 
 impl<C> Guard<C> {
-    pub(crate) fn new(cell: Arc<Cell<C>>, permit: Permit, start: Option<Instant>) -> Self {
+    pub(crate) fn new(cell: Handle<Cell<C>>, permit: Permit, start: Option<Instant>) -> Self {
         Guard {
             cell,
             permit,
@@ -124,27 +124,29 @@ where
                 };
                 let context = &guard.cell.context;
                 let elapsed = guard.start.map_or(Duration::ZERO, |s| s.elapsed());
-                let result = result.map_err(|e| {
-                    Error::from_transport(e, |e| context.classifier.classify_error(e))
-                });
-                let outcome = match &result {
-                    Ok(response) => match response.extensions().get::<Classification>() {
-                        Some(c) => context.config.outcome(c, elapsed),
-                        // Not an error status and unclassified: a success,
-                        // without scanning its headers (the breaker needs
-                        // nothing else from them).
-                        None if !context.classifier.is_error_status(response.status()) => {
-                            CallOutcome::success(elapsed)
-                        }
-                        None => context
-                            .config
-                            .outcome(&context.classifier.classify_response(response), elapsed),
-                    },
-                    Err(error) => context.config.outcome(error.classification(), elapsed),
-                };
-                guard.cell.record(guard.permit, outcome);
-                guard.done = true;
-                Poll::Ready(result)
+                // Each arm moves the response once (a response is a few
+                // hundred bytes: every move is a copy).
+                match result {
+                    Ok(response) => {
+                        // The rule every layer shares: a success scans no
+                        // header (the breaker needs nothing else from them).
+                        let outcome = match context.classifier.failure_of(&response) {
+                            None => CallOutcome::success(elapsed),
+                            Some(c) => context.config.outcome(&c, elapsed),
+                        };
+                        guard.cell.record(guard.permit, outcome);
+                        guard.done = true;
+                        Poll::Ready(Ok(response))
+                    }
+                    Err(e) => {
+                        let error =
+                            Error::from_transport(e, |e| context.classifier.classify_error(e));
+                        let outcome = context.config.outcome(error.classification(), elapsed);
+                        guard.cell.record(guard.permit, outcome);
+                        guard.done = true;
+                        Poll::Ready(Err(error))
+                    }
+                }
             }
         }
     }

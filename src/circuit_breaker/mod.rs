@@ -89,10 +89,20 @@
 //!
 //! # Cost
 //!
-//! A closed breaker admits a call with one atomic load (no lock) and
-//! records its outcome under a short `std::sync::Mutex` (no async mutex, no
+//! A closed breaker admits a call with one atomic load (no lock); a plain
+//! success in a healthy count window is recorded with one more load, and
+//! any other outcome under a short `std::sync::Mutex` (no async mutex, no
 //! lock across `.await`, no allocation per call for a known key). A count
-//! window with no slow-call rate reads no clock at all.
+//! window with no slow-call rate reads no clock at all. Whether a response
+//! failed is [`Classifier::failure_of`](crate::classify::Classifier::failure_of),
+//! the rule the retry layer and the rate limiter follow too.
+//!
+//! Nothing on that path writes memory that other threads read: from its
+//! second call on, a service clone's futures hold a reference of that
+//! clone's own to the key's breaker, so two threads calling two clones do
+//! not pass one cache line back and forth (a clone allocates that
+//! reference once; a clone that makes a single call, as
+//! `clone().oneshot()` does, takes the shared one and allocates nothing).
 //!
 //! # The state machine alone
 //!
@@ -103,12 +113,14 @@ mod circuit;
 mod config;
 mod future;
 mod layer;
+mod outcome;
 mod service;
 mod shared;
 mod window;
 
 pub use self::circuit::{Circuit, Permit, Rejected, Transition};
-pub use self::config::{CallOutcome, Config, FailureWindow};
+pub use self::config::{Config, FailureWindow};
 pub use self::future::ResponseFuture;
 pub use self::layer::{CircuitBreakerLayer, DEFAULT_MAX_KEYS};
+pub use self::outcome::CallOutcome;
 pub use self::service::CircuitBreaker;

@@ -10,6 +10,7 @@ use super::shared::{Breakers, Cell};
 use crate::classify::{Classifier, Provider};
 use crate::events::CircuitState;
 use crate::key::{Key, KeyFn, SingleKey};
+use crate::per_clone::{Handle, PerClone};
 use crate::{BoxError, Error};
 
 /// The service of [`CircuitBreakerLayer`](super::CircuitBreakerLayer): one
@@ -25,12 +26,15 @@ use crate::{BoxError, Error};
 /// anyway.
 ///
 /// Each clone remembers the breaker of the last key it called, so that a
-/// stack with one key (or a run of calls with the same key) skips the map.
+/// stack with one key (or a run of calls with the same key) skips the map;
+/// from its second call of that key on, its futures count on a reference
+/// of their own instead of the breaker's shared one, so that two threads
+/// calling two clones do not write one cache line per call.
 pub struct CircuitBreaker<S, K, C> {
     inner: S,
     key_fn: K,
     breakers: Arc<Breakers<C>>,
-    last: Option<Arc<Cell<C>>>,
+    last: Option<PerClone<Cell<C>>>,
 }
 
 impl<S> CircuitBreaker<S, SingleKey, Provider> {
@@ -122,12 +126,19 @@ where
 
     fn call(&mut self, request: Req) -> Self::Future {
         let key = self.key_fn.key(&request);
-        let cell = match &self.last {
-            Some(cell) if *cell.key() == key => Arc::clone(cell),
+        let cell = match &mut self.last {
+            Some(cell) if *cell.key() == key => cell.handle(),
             _ => {
                 let (cell, kept) = self.breakers.cell(&key);
-                self.last = kept.then(|| Arc::clone(&cell));
-                cell
+                if kept {
+                    let mut cached = PerClone::new(cell);
+                    let cell = cached.handle();
+                    self.last = Some(cached);
+                    cell
+                } else {
+                    self.last = None;
+                    Handle::Shared(cell)
+                }
             }
         };
         match cell.acquire() {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::headers::parse_go_duration;
+use super::values::parse_go_duration;
 use super::ErrorClass;
 
 /// How many bytes of an error body are worth reading: real error bodies are

@@ -54,6 +54,47 @@ pub trait Classifier: Send + Sync {
         classify_transport_error(error)
     }
 
+    /// Whether `response` is a failure, and which: the one rule the retry
+    /// layer, the circuit breaker and the rate limiter follow, so that they
+    /// never disagree about a response.
+    ///
+    /// - A response that carries a stored [`Classification`] (put there by
+    ///   [`ClassifyLayer`](super::ClassifyLayer), which read the error
+    ///   body) is judged by [`classify_response`](Self::classify_response).
+    /// - A response without one whose status is not an
+    ///   [error status](Self::is_error_status) is a success, without
+    ///   calling [`classify`](Self::classify): the success path parses no
+    ///   header.
+    /// - Any other response is judged by `classify_response` from its
+    ///   status and headers.
+    ///
+    /// `None` is a success; `Some` is the classification of a failure (its
+    /// `class` is set). Teach the layers a new rule by overriding
+    /// `is_error_status`, `classify` or `classify_response`, not this.
+    ///
+    /// ```
+    /// use http::Response;
+    /// use tower_llm_resilience::classify::{Classifier, ErrorClass, Provider};
+    ///
+    /// let ok = Response::new(());
+    /// assert!(Provider::Auto.failure_of(&ok).is_none());
+    /// let down = Response::builder().status(503).body(()).unwrap();
+    /// let c = Provider::Auto.failure_of(&down).unwrap();
+    /// assert_eq!(c.class, Some(ErrorClass::Overloaded));
+    /// ```
+    fn failure_of<B>(&self, response: &Response<B>) -> Option<Classification>
+    where
+        Self: Sized,
+    {
+        if response.extensions().get::<Classification>().is_none()
+            && !self.is_error_status(response.status())
+        {
+            return None;
+        }
+        let c = self.classify_response(response);
+        c.class.is_some().then_some(c)
+    }
+
     /// Classifies a whole response: the [`Classification`] that
     /// [`ClassifyLayer`](super::ClassifyLayer) stored in its extensions (it
     /// read the body's prefix), else one made from the status and headers.

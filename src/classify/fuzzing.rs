@@ -13,7 +13,8 @@ use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
-use super::headers::{parse_count, Scan};
+use super::scan::Scan;
+use super::values::parse_count;
 use super::{
     parse_error_body, parse_go_duration, parse_retry_after, parse_retry_after_ms,
     parse_rfc3339_reset, Classification, Classifier, ErrorClass, Provider, ReportedLimit,

@@ -40,6 +40,17 @@
 //! layer's [`Classifier::classify_response`] reuses that stored
 //! classification.
 //!
+//! # One rule for "is this a failure?"
+//!
+//! The retry layer, the circuit breaker and the rate limiter decide
+//! whether a response failed with the same method,
+//! [`Classifier::failure_of`]: a stored classification wins; without one,
+//! a status that is not an [error status](Classifier::is_error_status) is
+//! a success without parsing a header; an error status is classified.
+//! What each layer then does with a failure's class is its own policy (the
+//! retry layer retries `server_error`, the breaker counts it, the limiter
+//! refunds its charge).
+//!
 //! # Robustness
 //!
 //! Every parser takes arbitrary input: a malformed value gives `None`, an
@@ -54,23 +65,20 @@ mod classifier;
 mod future;
 #[doc(hidden)]
 pub mod fuzzing;
-mod headers;
 mod layer;
 mod peek;
 mod provider;
+mod scan;
 mod service;
 #[cfg(feature = "tower-http")]
 mod tower_http;
+mod values;
 
 pub use self::body::{parse_error_body, ErrorBody, DEFAULT_BODY_PREFIX};
 pub use self::class::{ErrorClass, UnknownClass};
 pub use self::classification::{Classification, ReportedLimit, ReportedLimits};
 pub use self::classifier::{classify_transport_error, Classifier};
 pub use self::future::ResponseFuture;
-pub use self::headers::{
-    parse_go_duration, parse_retry_after, parse_retry_after_ms, parse_rfc3339_reset,
-    MAX_SERVER_WAIT,
-};
 pub use self::layer::ClassifyLayer;
 pub use self::peek::{BodyPrefix, PeekedBody};
 pub use self::provider::Provider;
@@ -78,3 +86,7 @@ pub use self::service::Classify;
 #[cfg(feature = "tower-http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower-http")))]
 pub use self::tower_http::{FromTowerHttp, TowerHttpClassifier};
+pub use self::values::{
+    parse_go_duration, parse_retry_after, parse_retry_after_ms, parse_rfc3339_reset,
+    MAX_SERVER_WAIT,
+};

@@ -6,7 +6,7 @@ use http::{HeaderMap, StatusCode};
 
 use super::body::parse_error_body;
 use super::classifier::wall_clock;
-use super::headers::Scan;
+use super::scan::Scan;
 use super::{Classification, Classifier, ErrorClass, ReportedLimit};
 
 /// The AI providers whose signals this crate knows, as a [`Classifier`].

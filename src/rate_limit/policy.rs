@@ -82,10 +82,16 @@ where
             shared.store.correct(r, &actual, Instant::now());
         }
     }
-    if !worth_classifying(response) {
+    // Failure or success is the rule every layer shares; a success is
+    // still read for the rate-limit headers it carries.
+    let failure = shared.classifier.failure_of(response);
+    if failure.is_none() && !worth_classifying(response) {
         return None;
     }
-    let c = shared.classifier.classify_response(response);
+    let c = failure.unwrap_or_else(|| crate::Classification {
+        class: None,
+        ..shared.classifier.classify_response(response)
+    });
     if c.limits.is_empty() && c.is_success() {
         return None;
     }

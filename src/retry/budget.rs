@@ -9,6 +9,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 const SLOTS: usize = 10;
+/// Deposit counters, one cache line each: a thread deposits into its own
+/// (see [`stripe`]), so that two threads sending requests through one
+/// budget do not write one cache line per request.
+const STRIPES: usize = 8;
 /// A mark slot never written.
 const EMPTY: u64 = u64::MAX;
 /// How many deposits pass between two clock reads.
@@ -34,9 +38,10 @@ const MARK_EVERY: u64 = 16;
 /// (every request), panics on out-of-range arguments, and checks then
 /// withdraws in two steps, so concurrent retries can overdraw it. This one
 /// is lock-free, reads the clock on one request in 16 only (one atomic add
-/// per request otherwise; a clock read under tokio's `test-util` takes a
-/// mutex), clamps its arguments, and withdraws with a compare-and-swap
-/// against the current slot.
+/// per request otherwise, on a counter of the thread's own among 8, so
+/// that threads do not contend; a clock read under tokio's `test-util`
+/// takes a mutex), clamps its arguments, and withdraws with a
+/// compare-and-swap against the current slot.
 ///
 /// ```
 /// use std::time::Duration;
@@ -63,8 +68,8 @@ struct Inner {
     per_mille: u64,
     /// Retries always allowed in a window.
     reserve: u64,
-    /// Requests ever deposited.
-    total: AtomicU64,
+    /// Requests ever deposited, in stripes (their sum is the total).
+    deposits: [Stripe; STRIPES],
     /// Per slot: epoch in the high 32 bits, the low 32 bits of `total` when
     /// the slot's epoch was first seen in the low 32 bits.
     marks: [AtomicU64; SLOTS],
@@ -98,7 +103,7 @@ impl RetryBudget {
                 window,
                 per_mille: (ratio * 1000.0).round() as u64,
                 reserve,
-                total: AtomicU64::new(0),
+                deposits: Default::default(),
                 marks: std::array::from_fn(|i| AtomicU64::new(if i == 0 { 0 } else { EMPTY })),
                 withdrawals: Default::default(),
             }),
@@ -108,20 +113,21 @@ impl RetryBudget {
     /// Records one request (a first attempt). Called once per request by the
     /// retry layer.
     ///
-    /// It is one atomic add; every 16th deposit also reads the
-    /// clock and marks where the current slot of the window starts, so the
-    /// requests in the window are counted to within 16 without a
-    /// clock read per request. Unmarked history counts as no requests (the
-    /// safe side: fewer retries, the reserve still applies).
+    /// It is one atomic add, on a counter of the calling thread's own;
+    /// every 16th deposit of a counter also reads the clock and marks where
+    /// the current slot of the window starts, so the requests in the window
+    /// are counted to within 16 per thread without a clock read per
+    /// request. Unmarked history counts as no requests (the safe side:
+    /// fewer retries, the reserve still applies).
+    #[inline]
     pub fn deposit(&self) {
-        let n = self
-            .inner
-            .total
+        let inner = &*self.inner;
+        let n = inner.deposits[stripe()]
+            .0
             .fetch_add(1, Ordering::Relaxed)
             .wrapping_add(1);
         if n % MARK_EVERY == 0 {
-            let epoch = self.inner.epoch(Instant::now());
-            self.inner.mark(epoch, n);
+            inner.mark_now();
         }
     }
 
@@ -162,7 +168,49 @@ impl RetryBudget {
     }
 }
 
+/// One deposit counter on a cache line of its own (128 bytes: adjacent
+/// lines are fetched in pairs on x86).
+#[derive(Default)]
+#[repr(align(128))]
+struct Stripe(AtomicU64);
+
+/// The deposit counter of the calling thread: threads take stripes in
+/// turn, on their first deposit.
+#[inline]
+fn stripe() -> usize {
+    use std::cell::Cell;
+    use std::sync::atomic::AtomicUsize;
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    STRIPE
+        .try_with(|s| {
+            let mut i = s.get();
+            if i == usize::MAX {
+                i = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
+                s.set(i);
+            }
+            i
+        })
+        .unwrap_or(0)
+}
+
 impl Inner {
+    /// Marks the current slot at the current total (every 16th deposit).
+    #[cold]
+    fn mark_now(&self) {
+        let epoch = self.epoch(Instant::now());
+        self.mark(epoch, self.total());
+    }
+
+    /// Requests ever deposited (wrapping).
+    fn total(&self) -> u64 {
+        self.deposits
+            .iter()
+            .fold(0u64, |sum, s| sum.wrapping_add(s.0.load(Ordering::Acquire)))
+    }
+
     /// Marks the start of `epoch`'s slot at deposit count `total`, if the
     /// slot does not hold a mark of that epoch yet.
     fn mark(&self, epoch: u32, total: u64) {
@@ -181,7 +229,7 @@ impl Inner {
 
     /// Requests deposited since the oldest mark still in the window.
     fn requests(&self, epoch: u32) -> u64 {
-        let total = self.total.load(Ordering::Acquire);
+        let total = self.total();
         self.mark(epoch, total);
         let oldest = self
             .marks
@@ -280,6 +328,34 @@ mod tests {
 
         let reserve = RetryBudget::new(Duration::from_secs(2), 0.0, 3);
         assert_eq!(reserve.remaining(), 6);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn two_threads_deposit_on_two_cache_lines() {
+        let b = RetryBudget::new(Duration::from_secs(10), 0.5, 0);
+        let other = b.clone();
+        std::thread::spawn(move || {
+            for _ in 0..10 {
+                other.deposit();
+            }
+        })
+        .join()
+        .unwrap();
+        for _ in 0..10 {
+            b.deposit();
+        }
+        let used: Vec<u64> = b
+            .inner
+            .deposits
+            .iter()
+            .map(|s| s.0.load(Ordering::Relaxed))
+            .filter(|n| *n > 0)
+            .collect();
+        assert_eq!(used, [10, 10], "one counter per thread");
+        assert_eq!(b.inner.total(), 20);
+        assert!(std::mem::align_of::<Stripe>() >= 128);
+        // Both threads' requests count toward the ratio.
+        assert_eq!(b.remaining(), 10);
     }
 
     #[tokio::test(start_paused = true)]

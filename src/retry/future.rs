@@ -3,7 +3,6 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use http::{Request, Response};
@@ -11,9 +10,11 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower::Service;
 
-use super::policy::{classify_response, is_success, Attempts, Config, Decision, Failure, GiveUp};
+use super::config::Config;
+use super::decision::{Attempts, Decision, Failure, GiveUp};
 use super::replay::replay;
 use crate::classify::Classifier;
+use crate::per_clone::Handle;
 use crate::{BoxError, Error};
 
 pin_project! {
@@ -27,7 +28,7 @@ pin_project! {
         state: State<S::Future>,
         service: S,
         request: Option<Request<B>>,
-        config: Arc<Config<C>>,
+        config: Handle<Config<C>>,
         attempts: Attempts,
     }
 }
@@ -51,7 +52,7 @@ where
         future: S::Future,
         service: S,
         request: Option<Request<B>>,
-        config: Arc<Config<C>>,
+        config: Handle<Config<C>>,
         attempts: Attempts,
     ) -> Self {
         ResponseFuture {
@@ -80,16 +81,10 @@ where
                 StateProj::Called { future } => {
                     let config = &**this.config;
                     let (failure, c, retryable) = match ready!(future.poll(cx)) {
-                        Ok(response) => {
-                            if is_success(&config.classifier, &response) {
-                                return Poll::Ready(Ok(response));
-                            }
-                            let c = classify_response(&config.classifier, &response);
-                            if c.is_success() {
-                                return Poll::Ready(Ok(response));
-                            }
-                            (Failure::Response(response), c, c.is_retryable())
-                        }
+                        Ok(response) => match config.classifier.failure_of(&response) {
+                            None => return Poll::Ready(Ok(response)),
+                            Some(c) => (Failure::Response(response), c, c.is_retryable()),
+                        },
                         Err(e) => {
                             let e =
                                 Error::from_transport(e, |e| config.classifier.classify_error(e));
@@ -98,7 +93,11 @@ where
                             (Failure::Error(e), c, retryable)
                         }
                     };
-                    let decision = if this.request.is_some() {
+                    // Without a copy the request cannot be sent again: on the
+                    // first attempt no class may retry (and nothing is
+                    // reported); after a retry, this was the last attempt
+                    // any class allows, and `decide` gives up and says so.
+                    let decision = if this.request.is_some() || this.attempts.made > 1 {
                         config.decide(&c, retryable, this.attempts, Instant::now())
                     } else {
                         Decision::GiveUp(GiveUp::MaxAttempts)
@@ -129,7 +128,11 @@ where
                             return Poll::Ready(Err(Error::deadline_exceeded(Default::default())))
                         }
                     };
-                    *this.request = Some(replay(&request));
+                    // Move the copy on the last attempt any class allows:
+                    // nothing would send it again.
+                    if this.attempts.made < config.most_attempts {
+                        *this.request = Some(replay(&request));
+                    }
                     let future = this.service.call(request);
                     this.state.set(State::Called { future });
                 }

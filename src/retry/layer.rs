@@ -6,7 +6,7 @@ use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use tower::Layer;
 
-use super::policy::Config;
+use super::config::Config;
 use super::spike::SpikeAlert;
 use super::{Backoff, Retry, RetryBudget, RetryPolicy, RetrySpike};
 use crate::classify::{Classification, ErrorClass, Provider};
@@ -87,6 +87,7 @@ impl<C> RetryLayer<C> {
                 rng: c.rng,
                 events: c.events,
                 spike: c.spike,
+                most_attempts: c.most_attempts,
             },
         }
     }
@@ -285,7 +286,7 @@ impl<C> RetryLayer<C> {
     where
         C: Clone,
     {
-        RetryPolicy::from_config(Arc::new(self.config.clone()))
+        RetryPolicy::from_config(Arc::new(self.config.clone().finished()))
     }
 }
 
@@ -309,6 +310,6 @@ impl<S, C: Clone> Layer<S> for RetryLayer<C> {
     type Service = Retry<S, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Retry::from_config(inner, Arc::new(self.config.clone()))
+        Retry::from_config(inner, Arc::new(self.config.clone().finished()))
     }
 }

@@ -32,12 +32,14 @@
 //!   requests. Every other retry (5xx and overload whatever their
 //!   `Retry-After`, timeouts, connection failures, and any retry told
 //!   `Retry-After: 0`) withdraws from the budget.
-//! - A response below 400 without a stored
-//!   [`Classification`](crate::Classification) is a success without asking
-//!   the classifier (no header is parsed on the success path); every error
-//!   status is classified. A classifier that calls some 2xx a failure must
-//!   run inside [`ClassifyLayer`](crate::classify::ClassifyLayer), whose
-//!   stored answer wins.
+//! - Whether a response failed is
+//!   [`Classifier::failure_of`](crate::classify::Classifier::failure_of),
+//!   the rule the breaker and the rate limiter follow too: a response
+//!   without a stored [`Classification`](crate::Classification) whose
+//!   status is not an error status (below 400 by default) is a success
+//!   without asking the classifier (no header is parsed on the success
+//!   path); every error status is classified, and a stored classification
+//!   (from [`ClassifyLayer`](crate::classify::ClassifyLayer)) wins.
 //!
 //! When [`Retry`] stops on a failure it returns a typed
 //! [`Error`](crate::Error): the provider's last error response (class,
@@ -90,10 +92,26 @@
 //! `Full<Bytes>`...; `Bytes` clones by reference count). For a body that is
 //! not `Clone`, put [`BufferBodyLayer`] outside the retry: it reads the body
 //! once, up to a cap, into `Full<Bytes>`.
+//!
+//! The copy is most of what the layer costs on the success path: a
+//! `String` body is copied byte for byte (one allocation), the header map
+//! is copied (two allocations when it has headers), and a header value or
+//! URI parsed from a string moves to a shared buffer on its first copy
+//! (one allocation each); the copy is dropped again when the request
+//! succeeds. So no copy is made when no class may be sent again
+//! ([`max_attempts`](RetryLayer::max_attempts) and every
+//! [`max_attempts_for`](RetryLayer::max_attempts_for) at 1), and the last
+//! attempt any class allows sends the copy it holds instead of copying it
+//! again. A body that is `Bytes` or `Full<Bytes>` makes the copy cheap. A
+//! spent [`RetryBudget`] does not skip the copy: a retry the server paces
+//! does not draw from the budget.
 
 mod backoff;
 mod budget;
 mod buffer;
+mod classify_error;
+mod config;
+mod decision;
 mod future;
 mod layer;
 mod policy;
@@ -105,13 +123,14 @@ pub(crate) use self::backoff::{scale, unit};
 pub use self::backoff::{Backoff, Jitter};
 pub use self::budget::RetryBudget;
 pub use self::buffer::{BufferBody, BufferBodyLayer, BufferFuture, DEFAULT_BUFFER_LIMIT};
+pub use self::classify_error::ClassifiableError;
+pub(crate) use self::config::process_seed;
+pub use self::config::{
+    DEFAULT_BUDGET_EXEMPT_RETRY_AFTER, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_RETRY_AFTER,
+    DEFAULT_RATE_LIMITED_ATTEMPTS, DEFAULT_SERVER_JITTER, SERVER_JITTER_MAX,
+};
 pub use self::future::ResponseFuture;
 pub use self::layer::RetryLayer;
-pub(crate) use self::policy::process_seed;
-pub use self::policy::{
-    ClassifiableError, RetryPolicy, DEFAULT_BUDGET_EXEMPT_RETRY_AFTER, DEFAULT_MAX_ATTEMPTS,
-    DEFAULT_MAX_RETRY_AFTER, DEFAULT_RATE_LIMITED_ATTEMPTS, DEFAULT_SERVER_JITTER,
-    SERVER_JITTER_MAX,
-};
+pub use self::policy::RetryPolicy;
 pub use self::service::Retry;
 pub use self::spike::RetrySpike;

@@ -3,20 +3,16 @@
 use http::Request;
 
 /// A copy of `request` to send again: method, URI, version, headers,
-/// extensions and body.
+/// extensions and body (`http::Request` is `Clone` when its body is).
 ///
-/// `http::Request` is not `Clone`, but every part of it is when the body
-/// is (`String`, `Bytes`, `Full<Bytes>`...). A `Bytes` body is copied by
-/// reference count; headers are copied for real, which is most of the cost
-/// of keeping a replay copy.
+/// A `Bytes` or `Full<Bytes>` body is copied by reference count, a
+/// `String` for real (an allocation and a copy of every byte); the header
+/// map is copied for real (two allocations), and a header value or URI
+/// parsed from a string is moved to a shared buffer on its first copy (one
+/// allocation each). The retry layer makes this copy only when the request
+/// may be sent again (see [`Config::most_attempts`](super::config::Config)).
 pub(crate) fn replay<B: Clone>(request: &Request<B>) -> Request<B> {
-    let mut copy = Request::new(request.body().clone());
-    *copy.method_mut() = request.method().clone();
-    *copy.uri_mut() = request.uri().clone();
-    *copy.version_mut() = request.version();
-    *copy.headers_mut() = request.headers().clone();
-    *copy.extensions_mut() = request.extensions().clone();
-    copy
+    request.clone()
 }
 
 #[cfg(test)]

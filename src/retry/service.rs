@@ -5,10 +5,11 @@ use std::task::{Context, Poll};
 use http::{Request, Response};
 use tower::Service;
 
+use super::config::Config;
 use super::future::ResponseFuture;
-use super::policy::Config;
 use super::replay::replay;
 use crate::classify::Classifier;
+use crate::per_clone::PerClone;
 use crate::{BoxError, Error};
 
 /// The service of [`RetryLayer`](super::RetryLayer): sends a request again
@@ -22,7 +23,7 @@ use crate::{BoxError, Error};
 /// a body that is not `Clone`.
 pub struct Retry<S, C = crate::Provider> {
     inner: S,
-    config: Arc<Config<C>>,
+    config: PerClone<Config<C>>,
 }
 
 impl<S> Retry<S> {
@@ -35,7 +36,10 @@ impl<S> Retry<S> {
 
 impl<S, C> Retry<S, C> {
     pub(crate) fn from_config(inner: S, config: Arc<Config<C>>) -> Self {
-        Retry { inner, config }
+        Retry {
+            inner,
+            config: PerClone::new(config),
+        }
     }
 
     /// The inner service.
@@ -67,7 +71,7 @@ impl<S: fmt::Debug, C: fmt::Debug> fmt::Debug for Retry<S, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Retry")
             .field("inner", &self.inner)
-            .field("config", &self.config)
+            .field("config", &**self.config.shared())
             .finish()
     }
 }
@@ -84,7 +88,7 @@ where
     type Future = ResponseFuture<S, B, C>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        let classifier = &self.config.classifier;
+        let classifier = &self.config.shared().classifier;
         self.inner
             .poll_ready(cx)
             .map_err(|e| Error::from_transport(e, |e| classifier.classify_error(e)))
@@ -95,9 +99,11 @@ where
         // keeps a clone that must be driven to readiness again.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let attempts = self.config.first_attempt();
-        let copy = self.config.may_retry().then(|| replay(&request));
+        let config = self.config.handle();
+        let attempts = config.first_attempt();
+        // No copy when no request is ever sent again (max attempts 1).
+        let copy = (config.most_attempts > 1).then(|| replay(&request));
         let future = inner.call(request);
-        ResponseFuture::new(future, inner, copy, self.config.clone(), attempts)
+        ResponseFuture::new(future, inner, copy, config, attempts)
     }
 }
