@@ -15,7 +15,7 @@ use tower_llm_resilience::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer}
 use tower_llm_resilience::classify::{Classification, Classify, ClassifyLayer};
 use tower_llm_resilience::events::{CircuitState, Event, Events};
 use tower_llm_resilience::rate_limit::{Limits, MemoryStore, RateLimit, RateLimitLayer};
-use tower_llm_resilience::retry::{Retry, RetryLayer};
+use tower_llm_resilience::retry::{Retry, RetryBudget, RetryLayer};
 use tower_llm_resilience::{BoxError, Classifier, Error, ErrorClass, Key, LlmLayer, Provider};
 
 mod support;
@@ -244,4 +244,55 @@ async fn every_service_has_a_new_with_its_layers_defaults() {
     let r = send(&mut classified).await.unwrap();
     let c = r.extensions().get::<Classification>().unwrap();
     assert_eq!(c.class, Some(ErrorClass::RateLimited));
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_layer_call_has_its_own_retry_budget_and_a_given_budget_is_shared() {
+    // Always overloaded. 20 requests at once, each may retry once: the
+    // default budget (10 retries in reserve, plus 20 % of the requests)
+    // refuses some of them.
+    let (calls, overloaded) = counting(|_| async { Ok::<_, Infallible>(response(503, &[])) });
+    async fn refused<S>(svc: &S) -> usize
+    where
+        S: Service<Req, Response = Response<String>, Error = Error> + Clone,
+    {
+        let all = (0..20).map(|_| {
+            let mut svc = svc.clone();
+            async move { send(&mut svc).await.unwrap_err() }
+        });
+        futures::future::join_all(all)
+            .await
+            .iter()
+            .filter(|e| e.is_retry_budget_exhausted())
+            .count()
+    }
+    // Seeded: both services draw the same backoff, so that they see the
+    // same instants.
+    let layer = RetryLayer::new().max_attempts(2).seed(1);
+    let a = layer.layer(overloaded.clone());
+    let b = layer.layer(overloaded.clone());
+    let refused_a = refused(&a).await;
+    assert!(refused_a > 0 && refused_a < 20, "{refused_a} refused");
+    assert_eq!(
+        refused(&b).await,
+        refused_a,
+        "b has a whole budget of its own"
+    );
+    let again = refused(&a).await;
+    assert!(
+        again > refused_a,
+        "a clone shares a's spent budget: {again}"
+    );
+
+    // One budget given to the layer: one retry in all, for every service.
+    let budget = RetryBudget::new(Duration::from_secs(1), 0.0, 1);
+    let layer = RetryLayer::new().max_attempts(1_000).budget(budget.clone());
+    let mut a = layer.layer(overloaded.clone());
+    let mut b = layer.layer(overloaded);
+    let before = calls.get();
+    assert!(send(&mut a).await.unwrap_err().is_retry_budget_exhausted());
+    assert_eq!(calls.get() - before, 2, "one retry");
+    assert_eq!(budget.remaining(), 0);
+    assert!(send(&mut b).await.unwrap_err().is_retry_budget_exhausted());
+    assert_eq!(calls.get() - before, 3, "b has no retry left");
 }

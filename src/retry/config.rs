@@ -72,6 +72,13 @@ pub(crate) struct Config<C> {
     pub(crate) server_jitter: f64,
     pub(crate) deadline: Option<Duration>,
     pub(crate) budget: Option<RetryBudget>,
+    /// Whether `budget` is the layer's own default (a new one for each
+    /// service) rather than a budget given to `RetryLayer::budget`
+    /// (shared on purpose).
+    pub(crate) own_budget: bool,
+    /// The generator's seed given to `RetryLayer::seed` (`None`: a new
+    /// seed for each service).
+    pub(crate) seed: Option<u64>,
     pub(crate) budget_exempt_retry_after: Duration,
     pub(crate) predicate: Option<Arc<Predicate>>,
     pub(crate) rng: Arc<Mutex<SmallRng>>,
@@ -92,6 +99,8 @@ impl<C: Clone> Clone for Config<C> {
             server_jitter: self.server_jitter,
             deadline: self.deadline,
             budget: self.budget.clone(),
+            own_budget: self.own_budget,
+            seed: self.seed,
             budget_exempt_retry_after: self.budget_exempt_retry_after,
             predicate: self.predicate.clone(),
             rng: self.rng.clone(),
@@ -135,6 +144,8 @@ impl<C> Config<C> {
             server_jitter: DEFAULT_SERVER_JITTER,
             deadline: None,
             budget: Some(RetryBudget::default()),
+            own_budget: true,
+            seed: None,
             budget_exempt_retry_after: DEFAULT_BUDGET_EXEMPT_RETRY_AFTER,
             predicate: None,
             rng: Arc::new(Mutex::new(SmallRng::seed_from_u64(process_seed()))),
@@ -152,10 +163,19 @@ impl<C> Config<C> {
             .map_or(self.max_attempts, |(_, n)| *n)
     }
 
-    /// The settings as services use them: with
+    /// The settings as one service (or policy) uses them: with
     /// [`most_attempts`](Self::most_attempts) computed once, so that the
-    /// success path does not walk the per-class limits.
+    /// success path does not walk the per-class limits, and with the state
+    /// of its own (the crate's builder convention): a new default budget,
+    /// a new generator (from the given seed, else a new seed) and a new
+    /// spike window. A budget given to `RetryLayer::budget` stays shared.
     pub(crate) fn finished(mut self) -> Self {
+        if self.own_budget && self.budget.is_some() {
+            self.budget = Some(RetryBudget::default());
+        }
+        let seed = self.seed.unwrap_or_else(process_seed);
+        self.rng = Arc::new(Mutex::new(SmallRng::seed_from_u64(seed)));
+        self.spike = self.spike.as_ref().map(SpikeAlert::fresh);
         self.most_attempts = self
             .per_class
             .iter()

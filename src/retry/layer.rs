@@ -1,9 +1,7 @@
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use rand::rngs::SmallRng;
-use rand::SeedableRng;
 use tower::Layer;
 
 use super::config::Config;
@@ -17,8 +15,12 @@ use crate::events::Events;
 ///
 /// Each builder method documents its default. Build the service with
 /// [`Layer::layer`], or a [`RetryPolicy`] for tower's own `Retry` with
-/// [`policy`](Self::policy). Services (and policies) built from one layer
-/// share its budget, random generator, events and spike alert.
+/// [`policy`](Self::policy). Each service (or policy) built from the layer
+/// has its own budget, random generator and spike window, shared by its
+/// clones; a budget given to [`budget`](Self::budget) and the
+/// [`events`](Self::events) are handles, shared by every service built with
+/// them (see the crate's [builder
+/// convention](crate#building-layers-one-convention)).
 ///
 /// ```
 /// use std::sync::atomic::{AtomicU32, Ordering};
@@ -82,6 +84,8 @@ impl<C> RetryLayer<C> {
                 server_jitter: c.server_jitter,
                 deadline: c.deadline,
                 budget: c.budget,
+                own_budget: c.own_budget,
+                seed: c.seed,
                 budget_exempt_retry_after: c.budget_exempt_retry_after,
                 predicate: c.predicate,
                 rng: c.rng,
@@ -164,9 +168,12 @@ impl<C> RetryLayer<C> {
     /// timeout, connect, a `Retry-After: 0`) does. When it is spent the
     /// caller gets an error for which
     /// [`is_retry_budget_exhausted`](crate::Error::is_retry_budget_exhausted)
-    /// holds. Pass the same budget to several layers to share it.
+    /// holds. The default budget is made anew for each service; a budget
+    /// given here is a handle: pass the same one to several layers (or
+    /// `layer()` calls) to share it.
     pub fn budget(mut self, budget: RetryBudget) -> Self {
         self.config.budget = Some(budget);
+        self.config.own_budget = false;
         self
     }
 
@@ -228,7 +235,7 @@ impl<C> RetryLayer<C> {
     /// Seeds the jitter's random generator, for reproducible runs (default:
     /// seeded from the operating system).
     pub fn seed(mut self, seed: u64) -> Self {
-        self.config.rng = Arc::new(Mutex::new(SmallRng::seed_from_u64(seed)));
+        self.config.seed = Some(seed);
         self
     }
 

@@ -41,6 +41,10 @@ impl SpikeAlert {
         window: Duration,
         callback: impl Fn(RetrySpike) + Send + Sync + 'static,
     ) -> Self {
+        SpikeAlert::new_shared(threshold, window, Arc::new(callback))
+    }
+
+    fn new_shared(threshold: u64, window: Duration, callback: Arc<Callback>) -> Self {
         SpikeAlert {
             threshold: threshold.max(1),
             window: window.max(Duration::from_millis(1)),
@@ -49,8 +53,14 @@ impl SpikeAlert {
                 count: 0,
                 fired: false,
             })),
-            callback: Arc::new(callback),
+            callback,
         }
+    }
+
+    /// The same alert (threshold, window, callback) with a window of its
+    /// own, for another service.
+    pub(crate) fn fresh(&self) -> Self {
+        SpikeAlert::new_shared(self.threshold, self.window, self.callback.clone())
     }
 
     /// Records one scheduled retry (only on the retry path).
