@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use tokio::time::Instant;
-use tower_llm_resilience::rate_limit::{Admission, Costs, Dimension, Limits, SlidingWindow};
+use tower_llm_resilience::rate_limit::{
+    Booking, Costs, Decision, Dimension, Limits, SlidingWindow,
+};
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -149,7 +151,7 @@ proptest! {
                     let now = arrival.expect("an arrival");
                     let costs = Costs::tokens(tokens);
                     match window.acquire(&costs, now, None) {
-                        Admission::Reserved { id, at } => {
+                        Decision::Admitted(Booking { id, at }) => {
                             prop_assert!(at >= now);
                             // Earliest: one nanosecond earlier (but not before
                             // `now` or an earlier live reservation) it must not fit.
@@ -164,11 +166,11 @@ proptest! {
                             }
                             log.push(Admitted { id, at, tokens, live: true });
                         }
-                        Admission::Never { cost, capacity } => {
+                        Decision::Never { cost, capacity } => {
                             prop_assert!(tokens > tpw);
                             prop_assert_eq!((cost, capacity), (tokens, tpw));
                         }
-                        Admission::TooLate { .. } => prop_assert!(false, "no deadline was given"),
+                        Decision::TooLate(_) => prop_assert!(false, "no deadline was given"),
                     }
                 }
                 Op::Cancel { gap, pick } => {

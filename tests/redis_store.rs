@@ -580,7 +580,7 @@ mod differential {
 
     use super::*;
     use proptest::prelude::*;
-    use tower_llm_resilience::rate_limit::{Admission, SlidingWindow};
+    use tower_llm_resilience::rate_limit::{Booking, SlidingWindow};
 
     #[derive(Clone, Debug)]
     enum Op {
@@ -659,16 +659,16 @@ mod differential {
                     let expected = w.acquire(&costs, t, wd);
                     let offset = |at: Instant| (at - base).as_micros() as u64 + *s0;
                     match (d.decision, expected) {
-                        (Decision::Admitted(r), Admission::Reserved { id, at }) => {
+                        (Decision::Admitted(r), Decision::Admitted(Booking { id, at })) => {
                             prop_assert_eq!(d.server_at_us, Some(offset(at)));
                             granted.push((r, id));
                         }
-                        (Decision::TooLate(_), Admission::TooLate { at }) => {
+                        (Decision::TooLate(_), Decision::TooLate(at)) => {
                             prop_assert_eq!(d.server_at_us, Some(offset(at)));
                         }
                         (
                             Decision::Never { cost, capacity },
-                            Admission::Never {
+                            Decision::Never {
                                 cost: c2,
                                 capacity: k2,
                             },

@@ -30,7 +30,7 @@ use tokio::time::Instant;
 
 use super::limits::{Costs, Dimension, Limits};
 use super::store::{Decision, Reservation, Store};
-use super::window::{Admission, SlidingWindow};
+use super::window::{Booking, SlidingWindow};
 use crate::classify::ReportedLimit;
 use crate::key::Key;
 use crate::Error;
@@ -471,20 +471,20 @@ impl MemoryStore {
                 s.id_end = base.wrapping_add(ID_BLOCK);
             }
             let admission = s.window.acquire_as(s.next_id, costs, now, deadline);
-            if matches!(admission, Admission::Reserved { .. }) {
+            if matches!(admission, Decision::Admitted(Booking { .. })) {
                 s.next_id = s.next_id.wrapping_add(1);
             }
             admission
         })?;
         Ok(match admission {
-            Admission::Reserved { id, at } => Decision::Admitted(Reservation {
+            Decision::Admitted(Booking { id, at }) => Decision::Admitted(Reservation {
                 key: key.clone(),
                 id,
                 at,
                 costs: *costs,
             }),
-            Admission::TooLate { at } => Decision::TooLate(at),
-            Admission::Never { cost, capacity } => Decision::Never { cost, capacity },
+            Decision::TooLate(at) => Decision::TooLate(at),
+            Decision::Never { cost, capacity } => Decision::Never { cost, capacity },
         })
     }
 }

@@ -124,4 +124,4 @@ pub use self::limits::{
 pub use self::memory::{MemoryStore, DEFAULT_MAX_KEYS, HARD_KEYS_FACTOR};
 pub use self::service::RateLimit;
 pub use self::store::{Decision, Reservation, Store};
-pub use self::window::{Admission, SlidingWindow};
+pub use self::window::{Booking, SlidingWindow};

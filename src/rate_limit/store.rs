@@ -29,15 +29,22 @@ pub struct Reservation {
     pub costs: Costs,
 }
 
-/// A store's answer to [`Store::acquire`].
-#[derive(Debug)]
-pub enum Decision {
-    /// Reserved; the request starts at `reservation.at` (now or later).
-    Admitted(Reservation),
+/// The answer to a request for admission: a store's to [`Store::acquire`]
+/// (admitted with a [`Reservation`]), or a [`SlidingWindow`]'s to
+/// [`acquire`](SlidingWindow::acquire) (admitted with a [`Booking`]).
+///
+/// [`SlidingWindow`]: super::SlidingWindow
+/// [`Booking`]: super::Booking
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision<A = Reservation> {
+    /// Reserved; the request starts at the admission's `at` (now or later).
+    Admitted(A),
     /// It would start only at this instant, after the caller's deadline;
     /// nothing was reserved.
     TooLate(Instant),
-    /// The cost exceeds a dimension's whole capacity; it never fits.
+    /// The cost exceeds a dimension's whole *configured* capacity: it
+    /// never fits. (A cost above a learned, lower limit only waits until
+    /// that limit expires.)
     Never {
         /// The cost in that dimension.
         cost: u64,

@@ -7,37 +7,24 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::limits::{default_learned_ttl, Costs, Dimension, Limit, Limits, MAX_WINDOW};
+use super::store::Decision;
 use crate::classify::ReportedLimit;
 
 #[cfg(test)]
 use super::limits::MINUTE;
 
-/// The outcome of asking the window to admit a request.
+/// What a [`SlidingWindow`] reserved: the request may start at `at` (`now`
+/// or later); `id` names the reservation for [`SlidingWindow::cancel`] and
+/// [`SlidingWindow::correct`]. A store turns it into a [`Reservation`] (which
+/// adds the key and the costs).
+///
+/// [`Reservation`]: super::Reservation
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Admission {
-    /// Reserved: the request may start at `at` (`now` or later). `id`
-    /// names the reservation for [`SlidingWindow::cancel`] and [`SlidingWindow::correct`].
-    Reserved {
-        /// The reservation's id.
-        id: u64,
-        /// The admission instant.
-        at: Instant,
-    },
-    /// It would fit only at `at`, later than the caller's deadline; nothing
-    /// was reserved.
-    TooLate {
-        /// The earliest admission instant.
-        at: Instant,
-    },
-    /// The cost exceeds a dimension's whole *configured* capacity: it
-    /// never fits. (A cost above a learned, lower limit only waits until
-    /// that limit expires.)
-    Never {
-        /// The cost in the offending dimension.
-        cost: u64,
-        /// That dimension's configured capacity.
-        capacity: u64,
-    },
+pub struct Booking {
+    /// The reservation's id.
+    pub id: u64,
+    /// The admission instant.
+    pub at: Instant,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -415,10 +402,15 @@ impl SlidingWindow {
 
     /// Reserves `costs` at the earliest instant it fits, unless that is
     /// after `deadline`.
-    pub fn acquire(&mut self, costs: &Costs, now: Instant, deadline: Option<Instant>) -> Admission {
+    pub fn acquire(
+        &mut self,
+        costs: &Costs,
+        now: Instant,
+        deadline: Option<Instant>,
+    ) -> Decision<Booking> {
         let id = self.next_id;
         let admission = self.acquire_as(id, costs, now, deadline);
-        if matches!(admission, Admission::Reserved { .. }) {
+        if matches!(admission, Decision::Admitted(Booking { .. })) {
             self.next_id = id.wrapping_add(1);
         }
         admission
@@ -434,7 +426,7 @@ impl SlidingWindow {
         costs: &Costs,
         now: Instant,
         deadline: Option<Instant>,
-    ) -> Admission {
+    ) -> Decision<Booking> {
         self.prune(now);
         self.last_used = now;
         let at = match self.fits_now(costs, now) {
@@ -443,10 +435,10 @@ impl SlidingWindow {
         };
         let at = match at {
             Ok(at) => at,
-            Err((cost, capacity)) => return Admission::Never { cost, capacity },
+            Err((cost, capacity)) => return Decision::Never { cost, capacity },
         };
         if deadline.is_some_and(|d| at > d) {
-            return Admission::TooLate { at };
+            return Decision::TooLate(at);
         }
         for d in &mut self.dims {
             let cost = d.limit.dimension.cost(costs);
@@ -462,7 +454,7 @@ impl SlidingWindow {
         // read the clock before another caller that locked first) is
         // admitted at or after it, so that the log stays in time order.
         self.last = Some(at);
-        Admission::Reserved { id, at }
+        Decision::Admitted(Booking { id, at })
     }
 
     /// Takes back reservation `id` entirely (a request that was never sent:
@@ -769,16 +761,20 @@ mod tests {
         let limits = Limits::new().window(Dimension::Requests, ms(1000), 2);
         let mut w = SlidingWindow::new(&limits, t0);
         let one = Costs::new(0, 0);
-        assert!(matches!(w.acquire(&one, t0, None), Admission::Reserved { at, .. } if at == t0));
+        assert!(
+            matches!(w.acquire(&one, t0, None), Decision::Admitted(Booking { at, .. }) if at == t0)
+        );
         let t1 = t0 + ms(300);
-        assert!(matches!(w.acquire(&one, t1, None), Admission::Reserved { at, .. } if at == t1));
+        assert!(
+            matches!(w.acquire(&one, t1, None), Decision::Admitted(Booking { at, .. }) if at == t1)
+        );
         // Third: room frees when the first leaves the window at t0 + 1000.
         assert!(
-            matches!(w.acquire(&one, t1, None), Admission::Reserved { at, .. } if at == t0 + ms(1000))
+            matches!(w.acquire(&one, t1, None), Decision::Admitted(Booking { at, .. }) if at == t0 + ms(1000))
         );
         // Fourth (FIFO after it): the second leaves at t1 + 1000.
         assert!(
-            matches!(w.acquire(&one, t1, None), Admission::Reserved { at, .. } if at == t1 + ms(1000))
+            matches!(w.acquire(&one, t1, None), Decision::Admitted(Booking { at, .. }) if at == t1 + ms(1000))
         );
     }
 
@@ -789,7 +785,7 @@ mod tests {
         let mut w = SlidingWindow::new(&limits, t0);
         assert_eq!(
             w.acquire(&Costs::tokens(101), t0, None),
-            Admission::Never {
+            Decision::Never {
                 cost: 101,
                 capacity: 100
             }
@@ -803,11 +799,11 @@ mod tests {
         let mut w = SlidingWindow::new(&limits, t0);
         assert!(matches!(
             w.acquire(&Costs::tokens(80), t0, None),
-            Admission::Reserved { .. }
+            Decision::Admitted(Booking { .. })
         ));
         assert_eq!(
             w.acquire(&Costs::tokens(80), t0, Some(t0 + ms(10))),
-            Admission::TooLate { at: t0 + MINUTE }
+            Decision::TooLate(t0 + MINUTE)
         );
         assert_eq!(w.entries(), 1);
     }
@@ -817,7 +813,7 @@ mod tests {
         let t0 = Instant::now();
         let limits = Limits::new().tokens_per_minute(100);
         let mut w = SlidingWindow::new(&limits, t0);
-        let Admission::Reserved { id, .. } = w.acquire(&Costs::tokens(90), t0, None) else {
+        let Decision::Admitted(Booking { id, .. }) = w.acquire(&Costs::tokens(90), t0, None) else {
             panic!()
         };
         assert_eq!(w.earliest(&Costs::tokens(20), t0), Ok(t0 + MINUTE));
@@ -841,10 +837,10 @@ mod tests {
         let state = said(Some(100), Some(1), Some(Duration::from_secs(10)));
         assert_eq!(w.learn(r, MINUTE, state, false, None, t0), Some(100));
         assert!(
-            matches!(w.acquire(&Costs::new(0, 0), t0, None), Admission::Reserved { at, .. } if at == t0)
+            matches!(w.acquire(&Costs::new(0, 0), t0, None), Decision::Admitted(Booking { at, .. }) if at == t0)
         );
         assert!(
-            matches!(w.acquire(&Costs::new(0, 0), t0, None), Admission::Reserved { at, .. } if at == t0 + Duration::from_secs(10))
+            matches!(w.acquire(&Costs::new(0, 0), t0, None), Decision::Admitted(Booking { at, .. }) if at == t0 + Duration::from_secs(10))
         );
         // A higher provider limit does not loosen without opt-in.
         w.learn(r, MINUTE, said(Some(1000), None, None), false, None, t0);
@@ -887,7 +883,7 @@ mod tests {
             let mut at = t0;
             for _ in 0..11 {
                 match w.acquire(&Costs::new(0, 0), t0, None) {
-                    Admission::Reserved { at: a, .. } => at = a,
+                    Decision::Admitted(Booking { at: a, .. }) => at = a,
                     other => panic!("{other:?}"),
                 }
             }
@@ -954,7 +950,7 @@ mod tests {
             Some(3)
         );
         let at = |w: &mut SlidingWindow, tokens| match w.acquire(&Costs::tokens(tokens), t0, None) {
-            Admission::Reserved { at, .. } => at,
+            Decision::Admitted(Booking { at, .. }) => at,
             other => panic!("{other:?}"),
         };
         assert_eq!(at(&mut w, 90), t0);
@@ -973,17 +969,17 @@ mod tests {
         let mut w = SlidingWindow::new(&limits, t0);
         assert!(matches!(
             w.acquire(&Costs::tokens(u64::MAX), t0, None),
-            Admission::Never { .. }
+            Decision::Never { .. }
         ));
         let limits = Limits::new().window(Dimension::Tokens, Duration::MAX, u64::MAX);
         let mut w = SlidingWindow::new(&limits, t0);
         assert!(matches!(
             w.acquire(&Costs::new(u64::MAX, u64::MAX), t0, None),
-            Admission::Reserved { .. }
+            Decision::Admitted(Booking { .. })
         ));
         assert!(matches!(
             w.acquire(&Costs::tokens(1), t0, Some(t0)),
-            Admission::TooLate { .. }
+            Decision::TooLate(_)
         ));
         w.learn(
             Dimension::Tokens,
@@ -1012,7 +1008,7 @@ mod tests {
         let mut w = SlidingWindow::new(&limits, t0);
         assert!(!w.gate(t0 + ms(500), t0), "nobody waits");
         assert!(
-            matches!(w.acquire(&Costs::new(0, 0), t0, None), Admission::Reserved { at, .. } if at == t0 + ms(500))
+            matches!(w.acquire(&Costs::new(0, 0), t0, None), Decision::Admitted(Booking { at, .. }) if at == t0 + ms(500))
         );
     }
 
@@ -1025,7 +1021,8 @@ mod tests {
         let mut w = SlidingWindow::new(&limits, t0);
         let mut ids = Vec::new();
         for _ in 0..3 {
-            let Admission::Reserved { id, .. } = w.acquire(&Costs::new(0, 0), t0, None) else {
+            let Decision::Admitted(Booking { id, .. }) = w.acquire(&Costs::new(0, 0), t0, None)
+            else {
                 panic!()
             };
             ids.push(id);
@@ -1055,7 +1052,7 @@ mod tests {
         let mut w = SlidingWindow::new(&limits, t0);
         let mut ids = Vec::new();
         for i in 0..n {
-            let Admission::Reserved { id, .. } = w.acquire(&costs(i), t0, None) else {
+            let Decision::Admitted(Booking { id, .. }) = w.acquire(&costs(i), t0, None) else {
                 panic!("no deadline")
             };
             ids.push(id);
@@ -1075,7 +1072,7 @@ mod tests {
             if i as usize == cancelled {
                 continue;
             }
-            let Admission::Reserved { at, .. } = fresh.acquire(&costs(i), t0, None) else {
+            let Decision::Admitted(Booking { at, .. }) = fresh.acquire(&costs(i), t0, None) else {
                 panic!("no deadline")
             };
             assert_eq!(w.booked_at(ids[i as usize]), Some(at), "waiter {i}");
@@ -1099,7 +1096,7 @@ mod tests {
         for i in 0..n {
             // Time moves a little between arrivals, as it does.
             let now = t0 + Duration::from_micros(i);
-            let Admission::Reserved { at, .. } = w.acquire(&costs(i), now, None) else {
+            let Decision::Admitted(Booking { at, .. }) = w.acquire(&costs(i), now, None) else {
                 panic!("no deadline")
             };
             assert!(at >= last, "first come, first served");
@@ -1121,10 +1118,11 @@ mod tests {
         let limits = Limits::new().window(Dimension::Requests, ms(1000), 10);
         let mut w = SlidingWindow::new(&limits, t0);
         let one = Costs::new(0, 0);
-        let Admission::Reserved { at: first, .. } = w.acquire(&one, t0 + ms(1), None) else {
+        let Decision::Admitted(Booking { at: first, .. }) = w.acquire(&one, t0 + ms(1), None)
+        else {
             panic!()
         };
-        let Admission::Reserved { at: second, .. } = w.acquire(&one, t0, None) else {
+        let Decision::Admitted(Booking { at: second, .. }) = w.acquire(&one, t0, None) else {
             panic!()
         };
         assert_eq!(first, t0 + ms(1));
