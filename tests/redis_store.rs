@@ -247,7 +247,7 @@ async fn keys_are_namespaced_tagged_and_expire() {
     let (tokens, state): (Vec<_>, Vec<_>) = keys.iter().partition(|k| k.starts_with("{ns:k1}:k:"));
     assert_eq!(
         state,
-        ["{ns:k1}:l:r:200000", "{ns:k1}:l:t:200000", "{ns:k1}:s"],
+        ["{ns:k1}:e:r:200000", "{ns:k1}:e:t:200000", "{ns:k1}:s2"],
         "one hash tag per limiter key, under the prefix"
     );
     assert_eq!(tokens.len(), 1, "the acquire's token: {tokens:?}");
@@ -733,7 +733,7 @@ async fn cancel_and_correct_deep_in_a_long_log() {
     assert!(!fits_now(&store, &key, Costs::tokens(69_701)).await);
     // Requests: 299 remain after the cancel.
     let mut con = client(&server).await;
-    let n: usize = con.llen("{tlr:long}:l:r:60000000").await.unwrap();
+    let n: usize = con.hlen("{tlr:long}:e:r:60000000").await.unwrap();
     assert_eq!(n, 299);
 }
 
@@ -913,14 +913,14 @@ mod learned {
         s.flush().await;
         let mut con = client(&server).await;
         let now = server_now_us(&mut con).await;
-        let lu: Option<u64> = con.hget("{ttl:k}:s", "lu:t:3600000000").await.unwrap();
+        let lu: Option<u64> = con.hget("{ttl:k}:s2", "lu:t:3600000000").await.unwrap();
         let lu = lu.expect("the learned limit's expiry is stored");
         let left = Duration::from_micros(lu.saturating_sub(now));
         assert!(
             left <= Duration::from_secs(600) && left > Duration::from_secs(590),
             "{left:?}"
         );
-        let ttl: i64 = con.pttl("{ttl:k}:s").await.unwrap();
+        let ttl: i64 = con.pttl("{ttl:k}:s2").await.unwrap();
         assert!(
             ttl >= 600_000,
             "the hash outlives the learned limit: {ttl} ms"
@@ -945,7 +945,7 @@ mod learned {
         s.flush().await;
         let mut con = client(&server).await;
         let now = server_now_us(&mut con).await;
-        let lu: Option<u64> = con.hget("{ttl5:k}:s", "lu:t:3600000000").await.unwrap();
+        let lu: Option<u64> = con.hget("{ttl5:k}:s2", "lu:t:3600000000").await.unwrap();
         let left = Duration::from_micros(lu.expect("stored").saturating_sub(now));
         assert!(
             left <= Duration::from_secs(5) && left > Duration::from_secs(4),
@@ -959,7 +959,7 @@ mod learned {
             .unwrap();
         let _ = s.learn(&k, Dimension::Tokens, hour, said(500), Instant::now());
         s.flush().await;
-        let lim: Option<u64> = con.hget("{ttl0:k}:s", "lim:t:3600000000").await.unwrap();
+        let lim: Option<u64> = con.hget("{ttl0:k}:s2", "lim:t:3600000000").await.unwrap();
         assert_eq!(lim, None);
         assert!(fits_now(&s, &k, Costs::tokens(1_000)).await);
     }
@@ -990,7 +990,7 @@ mod abandoned {
     }
 
     async fn used(con: &mut redis::aio::MultiplexedConnection, prefix: &str) -> usize {
-        con.llen(format!("{{{prefix}:k}}:l:r:60000000"))
+        con.hlen(format!("{{{prefix}:k}}:e:r:60000000"))
             .await
             .unwrap()
     }
@@ -1115,7 +1115,7 @@ async fn cancels_are_not_dropped_when_the_operation_queue_is_full() {
     }
     store.flush().await;
     let mut con = client(&server).await;
-    let n: usize = con.llen("{full:k}:l:r:60000000").await.unwrap();
+    let n: usize = con.hlen("{full:k}:e:r:60000000").await.unwrap();
     assert_eq!(n, 0, "every cancel ran");
     for _ in 0..50 {
         let now = Instant::now();
@@ -1236,17 +1236,17 @@ async fn a_cancel_that_cannot_reach_redis_runs_once_it_is_back() {
     let k = Key::new("k");
     let r = acquire(&store, &k, Costs::new(0, 0)).await;
     let mut con = client(&server).await;
-    let log = "{partition:k}:l:r:60000000";
+    let log = "{partition:k}:e:r:60000000";
     proxy.cut();
     store.cancel(&r);
     store.flush().await;
-    let n: usize = con.llen(log).await.unwrap();
+    let n: usize = con.hlen(log).await.unwrap();
     assert_eq!(n, 1, "Redis unreachable: not cancelled yet");
     proxy.restore();
     // No flush: the store retries on its own once Redis is asked again.
     let start = std::time::Instant::now();
     loop {
-        let n: usize = con.llen(log).await.unwrap();
+        let n: usize = con.hlen(log).await.unwrap();
         if n == 0 {
             break;
         }
@@ -1255,5 +1255,252 @@ async fn a_cancel_that_cannot_reach_redis_runs_once_it_is_back() {
             "the cancel never ran"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Issue #12: Redis runs every script in its one thread, so a script that
+/// reads a whole window (a per-day limit holds a day of entries) slows
+/// every decision of every process as the traffic grows. What a decision
+/// costs Redis is measured here structurally, not by timing: `INFO
+/// commandstats` counts the commands each script runs (under their own
+/// names), so the test asserts that no script runs a command that reads
+/// a whole structure, and that the number of commands per decision stays
+/// the same from 100 to 100,000 entries in the window. Deterministic on a
+/// loaded machine: only the counts matter, never the durations.
+mod at_scale {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    /// Commands that read (or rewrite) a structure in time proportional to
+    /// its size.
+    const WHOLE: &[&str] = &[
+        "lrange", "lrem", "lset", "linsert", "lpos", "hgetall", "hkeys", "hvals", "hscan",
+        "zrange", "zrangebyscore", "zscan", "smembers", "sscan", "keys", "scan", "sort",
+    ];
+
+    /// The commands the scripts ran since the last reset (not the
+    /// script calls themselves, nor the test's own `INFO`/`CONFIG`).
+    fn inner_calls(server: &RedisServer) -> BTreeMap<String, u64> {
+        server
+            .command_stats()
+            .into_iter()
+            .filter(|(name, ..)| {
+                !(name.starts_with("eval")
+                    || name.starts_with("script")
+                    || name.starts_with("config")
+                    || name == "info")
+            })
+            .map(|(name, calls, _)| (name, calls))
+            .collect()
+    }
+
+    async fn measure<F: std::future::Future<Output = ()>>(
+        server: &RedisServer,
+        store: &RedisStore,
+        op: F,
+    ) -> BTreeMap<String, u64> {
+        store.flush().await;
+        server.reset_stats();
+        op.await;
+        store.flush().await;
+        inner_calls(server)
+    }
+
+    /// Admits `n` more requests on `key`, 32 at a time.
+    async fn fill(store: &RedisStore, key: &Key, n: usize) -> Vec<Reservation> {
+        let mut tasks = Vec::new();
+        for t in 0..32 {
+            let (store, key) = (store.clone(), key.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut rs = Vec::new();
+                for _ in (t..n).step_by(32) {
+                    let d = store
+                        .acquire(&key, &Costs::new(100, 20), Instant::now(), None)
+                        .await
+                        .unwrap();
+                    rs.push(admitted(d));
+                }
+                rs
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        all.sort_by_key(|r| r.id);
+        all
+    }
+
+    /// The number of commands; what is wrong with them goes to `failures`.
+    fn check(
+        what: &str,
+        n: usize,
+        calls: &BTreeMap<String, u64>,
+        bound: u64,
+        failures: &mut Vec<String>,
+    ) -> u64 {
+        for w in WHOLE {
+            if calls.contains_key(*w) {
+                failures.push(format!(
+                    "{what} with {n} entries in the window ran {w}: {calls:?}"
+                ));
+            }
+        }
+        let total = calls.values().sum();
+        if total > bound {
+            failures.push(format!(
+                "{what} with {n} entries in the window ran {total} commands (> {bound}): {calls:?}"
+            ));
+        }
+        total
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_work_per_decision_does_not_grow_with_the_window() {
+        let Some(server) = RedisServer::start("redis_work_per_decision_does_not_grow_with_the_window")
+        else {
+            return;
+        };
+        let limits = Limits::new()
+            .window(Dimension::Requests, DAY, 1_000_000_000)
+            .window(Dimension::Tokens, DAY, 1_000_000_000_000);
+        let store = RedisStore::builder(limits)
+            .prefix("scale")
+            .timeout(Duration::from_secs(5))
+            .build(&server.url())
+            .unwrap();
+        let key = Key::new("day");
+        let mut rs: Vec<Reservation> = Vec::new();
+        // Per operation, the commands at each size.
+        let mut seen: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+        let mut failures = Vec::new();
+        let mut corrected = std::collections::HashSet::new();
+        for n in [100, 10_000, 100_000] {
+            let more = n - rs.len();
+            rs.extend(fill(&store, &key, more).await);
+            assert_eq!(rs.len(), n);
+            let acquire = measure(&server, &store, async {
+                let d = store
+                    .acquire(&key, &Costs::new(100, 20), Instant::now(), None)
+                    .await
+                    .unwrap();
+                rs.push(admitted(d));
+            })
+            .await;
+            let learn = measure(&server, &store, async {
+                let _ = store.learn(
+                    &key,
+                    Dimension::Tokens,
+                    DAY,
+                    LimitState::new(Some(1_000_000_000_000), Some(1_000_000_000_000), None),
+                    Instant::now(),
+                );
+            })
+            .await;
+            // The oldest reservation: as deep in the window as it gets.
+            let correct_old = measure(&server, &store, async {
+                store.correct(&rs[0], &Costs::new(90, 10), Instant::now());
+            })
+            .await;
+            corrected.insert(rs[0].id);
+            corrected.insert(rs.last().unwrap().id);
+            let correct_new = measure(&server, &store, async {
+                store.correct(rs.last().unwrap(), &Costs::new(90, 10), Instant::now());
+            })
+            .await;
+            let victim = rs.remove(1);
+            let cancel = measure(&server, &store, async {
+                store.cancel(&victim);
+            })
+            .await;
+            for (what, calls, bound) in [
+                ("acquire", &acquire, 24),
+                ("learn", &learn, 12),
+                ("correct (oldest)", &correct_old, 12),
+                ("correct (newest)", &correct_new, 12),
+                ("cancel", &cancel, 12),
+            ] {
+                let total = check(what, n, calls, bound, &mut failures);
+                seen.entry(what).or_default().push(total);
+            }
+        }
+        // Flat: the commands a decision runs do not depend on the size of
+        // the window. The expiry is pushed forward in steps (at most
+        // every 250 ms of the server's clock: a PTTL and a PEXPIRE for
+        // each of the key's 4 keys), which a slow machine may hit at any
+        // size: that much slack, no more.
+        for (what, totals) in &seen {
+            let (lo, hi) = (totals.iter().min().unwrap(), totals.iter().max().unwrap());
+            if hi - lo > 8 {
+                failures.push(format!(
+                    "{what}: commands per decision at 100, 10k, 100k entries: {totals:?}"
+                ));
+            }
+        }
+        eprintln!("commands per decision at 100 / 10k / 100k entries: {seen:?}");
+        assert!(failures.is_empty(), "{failures:#?}");
+        // The running sums are the sums: what is left of the limit is
+        // exactly the configured one less the entries left, each at its
+        // corrected cost.
+        let used: u64 = rs
+            .iter()
+            .map(|r| if corrected.contains(&r.id) { 100 } else { 120 })
+            .sum();
+        let left = 1_000_000_000_000 - used;
+        assert!(fits_now(&store, &key, Costs::tokens(left)).await);
+        assert!(!fits_now(&store, &key, Costs::tokens(left + 1)).await);
+    }
+
+    /// A full per-day window with a queue of requests booked a day ahead:
+    /// each new request finds its instant without reading the queue, and
+    /// the instant is still exact.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_queued_acquire_does_not_walk_the_queue() {
+        let Some(server) = RedisServer::start("a_queued_acquire_does_not_walk_the_queue") else {
+            return;
+        };
+        const N: usize = 5_000;
+        let limits = Limits::new().window(Dimension::Requests, DAY, N as u64);
+        let store = RedisStore::builder(limits)
+            .prefix("queue")
+            .timeout(Duration::from_secs(5))
+            .build(&server.url())
+            .unwrap();
+        let key = Key::new("day");
+        let first = fill(&store, &key, N).await;
+        // The window is full: each of these waits for one entry to leave,
+        // a day after it came, in order.
+        let mut queued = Vec::new();
+        for i in 0..500 {
+            let d = store
+                .decide(&key, &Costs::new(1, 1), Instant::now(), None)
+                .await
+                .unwrap();
+            let at = d.server_at_us.unwrap();
+            queued.push(at);
+            if i > 0 {
+                assert!(at >= queued[i - 1], "FIFO");
+            }
+            let _ = admitted(d.decision);
+        }
+        let _ = first;
+        let mut totals = Vec::new();
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            let calls = measure(&server, &store, async {
+                let d = store
+                    .decide(&key, &Costs::new(1, 1), Instant::now(), None)
+                    .await
+                    .unwrap();
+                assert!(d.server_at_us.unwrap() >= *queued.last().unwrap());
+                let _ = admitted(d.decision);
+            })
+            .await;
+            totals.push(check("queued acquire", N + 500, &calls, 24, &mut failures));
+        }
+        eprintln!("commands per queued acquire: {totals:?}");
+        assert!(failures.is_empty(), "{failures:#?}");
     }
 }
