@@ -13,13 +13,9 @@ local q = KEYS[2]
 local deadline = tonumber(ARGV[1])
 local n = tonumber(ARGV[2])
 local tk = KEYS[3 + n]
-local st = redis.call('HMGET', h, 'id', 'tm', 'gate', 'last')
-local T = now_of(num(st[2]))
-if redis.call('EXISTS', tk) == 1 then return {3, 0, 0, 0, T, 0} end
-local token_ms = tonumber(ARGV[3 + 4 * n])
-local old = 0
-if not st[1] and redis.call('EXISTS', KEYS[4 + n]) == 1 then old = 1 end
 local dims = {}
+-- Everything the call needs from the state hash, in one HMGET.
+local names = {'k'}
 for i = 1, n do
   local o = 2 + (i - 1) * 4
   dims[i] = {
@@ -29,18 +25,23 @@ for i = 1, n do
     cost = tonumber(ARGV[o + 4]),
     e = KEYS[2 + i],
   }
+  names[i + 1] = 'c:' .. dims[i].tag
 end
-local nextid = load_dims(h, dims, T, num(st[1]))
+local st = redis.call('HMGET', h, unpack(names))
+local sid, tm, gate, last, ex = unpack_k(st[1])
+local T = now_of(tm)
+if redis.call('EXISTS', tk) == 1 then return {3, 0, 0, 0, T, 0} end
+local token_ms = tonumber(ARGV[3 + 4 * n])
+local old = 0
+if not sid and redis.call('EXISTS', KEYS[4 + n]) == 1 then old = 1 end
+local nextid = load_dims(h, dims, T, sid, st, 1)
 for _, d in ipairs(dims) do
   prune_dim(d, T, nextid)
   -- The used cursor follows every call (amortised O(1)), so that a learn
   -- never walks the entries admitted since the previous one.
-  d.uc, d.up = advance(d, d.uc, d.up, d.ut, T, nextid)
-  d.ut = T
+  used_at(d, T, nextid)
 end
-local gate = num(st[3])
 if gate and gate <= T then gate = nil end
-local last = num(st[4])
 if last and last <= T then last = nil end
 local t = T
 if gate and gate > t then t = gate end
@@ -69,7 +70,7 @@ if not result then
     if d.cost > 0 then
       if d.sum == 0 then fresh[#fresh + 1] = d.e end
       redis.call('HSET', d.e, int(id), fmt(t, d.cost))
-      d.sum = d.sum + d.cost
+      add_entry(d, id, t, T)
     end
   end
   if t > T then
@@ -91,23 +92,5 @@ if not result then
   redis.call('SET', tk, int(id), 'PX', ttl)
   result = {0, id, t - T, t, T, old}
 end
-local horizon = T
-local extra = {'id', int(nextid), 'tm', int(T)}
-local del = {}
-if gate then
-  extra[#extra + 1] = 'gate'
-  extra[#extra + 1] = int(gate)
-  if gate > horizon then horizon = gate end
-elseif st[3] then
-  del[#del + 1] = 'gate'
-end
-if last then
-  extra[#extra + 1] = 'last'
-  extra[#extra + 1] = int(last)
-  if last > horizon then horizon = last end
-elseif st[4] then
-  del[#del + 1] = 'last'
-end
-if #del > 0 then redis.call('HDEL', h, unpack(del)) end
-save(h, q, dims, T, horizon, extra, fresh)
+save(h, q, dims, T, T, {id = nextid, tm = T, gate = gate, last = last, ex = ex}, fresh, {})
 return result

@@ -3,37 +3,33 @@
 -- O(1) per dimension: the entry is read by its id, and the running sum
 -- and the cursors that cover it move by the difference.
 local h = KEYS[1]
-if redis.call('EXISTS', h) == 0 then return 0 end
+local dims = dims_of(tonumber(ARGV[4]), 5)
+local names = {}
+for _, d in ipairs(dims) do names[#names + 1] = 'c:' .. d.tag end
+local v = redis.call('HMGET', h, unpack(names))
 local id = tonumber(ARGV[1])
 local input = tonumber(ARGV[2])
 local output = tonumber(ARGV[3])
 local found = 0
 local f = int(id)
 local upd = {}
-for _, d in ipairs(dims_of(tonumber(ARGV[4]), 5)) do
-  local tg = d.tag
-  local code = string.sub(tg, 1, 1)
-  if code ~= 'r' then
+for i, d in ipairs(dims) do
+  local code = string.sub(d.tag, 1, 1)
+  -- No state (the key expired): nothing of it counts any more.
+  if code ~= 'r' and v[i] then
     local cost = output
     if code == 't' then cost = input + output elseif code == 'i' then cost = input end
-    local v = redis.call('HGET', d.e, f)
-    if v then
-      local at, c = parse(v)
+    local e = redis.call('HGET', d.e, f)
+    if e then
+      local at, c = parse(e)
       redis.call('HSET', d.e, f, fmt(at, cost))
-      local delta = cost - c
-      local s = redis.call('HMGET', h, 'sum:' .. tg, 'fc:' .. tg, 'fp:' .. tg,
-        'uc:' .. tg, 'up:' .. tg)
-      if s[1] then
-        upd[#upd + 1] = 'sum:' .. tg
-        upd[#upd + 1] = int(tonumber(s[1]) + delta)
-        if s[2] and s[3] and id <= tonumber(s[2]) then
-          upd[#upd + 1] = 'fp:' .. tg
-          upd[#upd + 1] = int(tonumber(s[3]) + delta)
-        end
-        if s[4] and s[5] and id <= tonumber(s[4]) then
-          upd[#upd + 1] = 'up:' .. tg
-          upd[#upd + 1] = int(tonumber(s[5]) + delta)
-        end
+      if unpack_c(d, v[i]) then
+        local delta = cost - c
+        d.sum = d.sum + delta
+        if id <= d.fc then d.fp = d.fp + delta end
+        if id <= d.uc then d.up = d.up + delta end
+        upd[#upd + 1] = 'c:' .. d.tag
+        upd[#upd + 1] = pack_c(d)
       end
       found = 1
     end

@@ -13,20 +13,21 @@
 -- cursor moves forward over the entries started since the last learn
 -- (amortised O(1)), never over the whole window.
 local h = KEYS[1]
-local st = redis.call('HMGET', h, 'id', 'tm')
-local T = now_of(num(st[2]))
 local d = {
   tag = ARGV[1],
   window = tonumber(ARGV[2]),
   configured = tonumber(ARGV[3]),
   e = KEYS[3],
 }
+local st = redis.call('HMGET', h, 'k', 'c:' .. d.tag)
+local sid, tm, gate, last, ex = unpack_k(st[1])
+local T = now_of(tm)
 local limit = tonumber(ARGV[4])
 local remaining = tonumber(ARGV[5])
 local reset = tonumber(ARGV[6])
 local learn_limits = ARGV[7] == '1'
 local ttl = tonumber(ARGV[8])
-local nextid = load_dims(h, {d}, T, num(st[1]))
+local nextid = load_dims(h, {d}, T, sid, st, 1)
 prune_dim(d, T, nextid)
 local changed = false
 local dirty = false
@@ -52,8 +53,7 @@ if limit > 0 then
   dirty = true
 end
 if remaining >= 0 then
-  d.uc, d.up = advance(d, d.uc, d.up, d.ut, T, nextid)
-  d.ut = T
+  used_at(d, T, nextid)
   local used = d.up
   if d.xu and d.xu > T then used = used + d.xc end
   local ours = d.lim - used
@@ -70,8 +70,8 @@ end
 -- A key with no state yet gets one only for what was learned; one with
 -- state keeps its pruning and cursors (so that the next call does not
 -- redo their walk).
-if changed or dirty or st[1] then
-  save(h, KEYS[2], {d}, T, T, {'id', int(nextid), 'tm', int(T)}, {})
+if changed or dirty or sid then
+  save(h, KEYS[2], {d}, T, T, {id = nextid, tm = T, gate = gate, last = last, ex = ex}, {}, {})
 end
 if changed then return d.lim end
 return -1
