@@ -174,7 +174,8 @@ async fn time_per_decision(server: &RedisServer) {
     let mut con = redis::Client::open(server.url())
         .unwrap()
         .get_multiplexed_async_connection_with_config(
-            &redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(60))),
+            &redis::AsyncConnectionConfig::new()
+                .set_response_timeout(Some(Duration::from_secs(60))),
         )
         .await
         .unwrap();
@@ -193,7 +194,14 @@ async fn time_per_decision(server: &RedisServer) {
     );
     println!(
         "{:>9} | {:>14} | {:>14} | {:>14} | {:>14} | {:>16} | {:>16} | {:>16}",
-        "entries", "acquire", "cancel", "learn", "correct", "cpu acq+cancel", "cpu learn", "cpu correct"
+        "entries",
+        "acquire",
+        "cancel",
+        "learn",
+        "correct",
+        "cpu acq+cancel",
+        "cpu learn",
+        "cpu correct"
     );
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     let mut baseline = Vec::new();
@@ -246,7 +254,10 @@ async fn time_per_decision(server: &RedisServer) {
         })
         .await;
         let cell = |by: &mut BTreeMap<&'static str, Vec<u64>>, name: &str| {
-            let v = by.get_mut(name).map(|v| v.as_mut_slice()).unwrap_or(&mut []);
+            let v = by
+                .get_mut(name)
+                .map(|v| v.as_mut_slice())
+                .unwrap_or(&mut []);
             let count = v.len();
             let (med, mean) = median_mean(v);
             assert!(count >= M * 9 / 10, "{name}: only {count} calls logged");
@@ -265,7 +276,10 @@ async fn time_per_decision(server: &RedisServer) {
         );
         baseline.push(format!("{n}: {} (cpu {cpu_b:.1})", cell(&mut b, "noop")));
     }
-    println!("a no-op script at the same moments: {}", baseline.join(", "));
+    println!(
+        "a no-op script at the same moments: {}",
+        baseline.join(", ")
+    );
     println!();
 }
 

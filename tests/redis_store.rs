@@ -1276,8 +1276,23 @@ mod at_scale {
     /// Commands that read (or rewrite) a structure in time proportional to
     /// its size.
     const WHOLE: &[&str] = &[
-        "lrange", "lrem", "lset", "linsert", "lpos", "hgetall", "hkeys", "hvals", "hscan",
-        "zrange", "zrangebyscore", "zscan", "smembers", "sscan", "keys", "scan", "sort",
+        "lrange",
+        "lrem",
+        "lset",
+        "linsert",
+        "lpos",
+        "hgetall",
+        "hkeys",
+        "hvals",
+        "hscan",
+        "zrange",
+        "zrangebyscore",
+        "zscan",
+        "smembers",
+        "sscan",
+        "keys",
+        "scan",
+        "sort",
     ];
 
     /// The commands the scripts ran since the last reset (not the
@@ -1359,7 +1374,8 @@ mod at_scale {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn redis_work_per_decision_does_not_grow_with_the_window() {
-        let Some(server) = RedisServer::start("redis_work_per_decision_does_not_grow_with_the_window")
+        let Some(server) =
+            RedisServer::start("redis_work_per_decision_does_not_grow_with_the_window")
         else {
             return;
         };
@@ -1556,9 +1572,49 @@ async fn an_old_layout_process_is_left_alone_and_warned_about() {
     assert!(a.at <= Instant::now() && b.at <= Instant::now());
     assert!(!fits_now(&store, &k, Costs::new(0, 0)).await);
     let log = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-    assert_eq!(log.matches("older version").count(), 1, "warned once: {log}");
+    assert_eq!(
+        log.matches("older version").count(),
+        1,
+        "warned once: {log}"
+    );
     // The old process's keys are untouched.
     let sum: String = con.hget("{up:k}:s", "sum:r:60000000").await.unwrap();
     let entries: Vec<String> = con.lrange("{up:k}:l:r:60000000", 0, -1).await.unwrap();
     assert_eq!((sum.as_str(), entries), ("1", vec!["1,7,1".to_owned()]));
+}
+
+/// The state hash of a key lost on its own (evicted under memory
+/// pressure) while its entries survive: the next decision counts the
+/// entries again (the one time a script reads a whole window) instead of
+/// starting from zero and over-admitting, and the ids go on from the
+/// entries' (a cancel of a reservation made before still finds it).
+#[tokio::test]
+async fn a_lost_state_hash_is_recounted_from_the_entries() {
+    let Some(server) = RedisServer::start("a_lost_state_hash_is_recounted_from_the_entries") else {
+        return;
+    };
+    let limits = Limits::new()
+        .window(Dimension::Requests, Duration::from_secs(60), 10)
+        .window(Dimension::Tokens, Duration::from_secs(60), 1_000);
+    let store = RedisStore::builder(limits)
+        .prefix("lost")
+        .build(&server.url())
+        .unwrap();
+    let k = Key::new("k");
+    let mut rs = Vec::new();
+    for _ in 0..4 {
+        rs.push(acquire(&store, &k, Costs::tokens(100)).await);
+    }
+    let mut con = client(&server).await;
+    let n: usize = con.del("{lost:k}:s2").await.unwrap();
+    assert_eq!(n, 1);
+    // 400 tokens and 4 requests still count.
+    assert!(fits_now(&store, &k, Costs::tokens(600)).await);
+    assert!(!fits_now(&store, &k, Costs::tokens(601)).await);
+    let r = acquire(&store, &k, Costs::tokens(100)).await;
+    assert!(r.id > rs[3].id, "ids go on: {} after {}", r.id, rs[3].id);
+    store.cancel(&rs[0]);
+    store.flush().await;
+    assert!(fits_now(&store, &k, Costs::tokens(600)).await);
+    assert!(!fits_now(&store, &k, Costs::tokens(601)).await);
 }

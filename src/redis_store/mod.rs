@@ -70,9 +70,11 @@
 //!
 //! - `{<prefix>:<key>}:s2`: a hash with the gate, the FIFO tail, the next
 //!   reservation id, and per limit its running sum, two cursors (below),
-//!   learned limit (with its expiry) and external usage;
+//!   learned limit (with its expiry) and external usage (numbers packed
+//!   as binary doubles, which Lua reads far faster than decimal text);
 //! - `{<prefix>:<key>}:e:<dim>:<window µs>`: one hash per limit, the
-//!   admissions still inside the window, by reservation id (`at,cost`);
+//!   admissions still inside the window, by reservation id (their instant
+//!   and cost);
 //! - `{<prefix>:<key>}:q`: a sorted set of the reservations booked ahead
 //!   of their acquire (the FIFO queue), to find the tail after a cancel;
 //! - `{<prefix>:<key>}:k:<token>`: one small string per recent acquire,

@@ -20,8 +20,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, Sleep};
 
-use super::scripts;
 use super::core::{micros as to_micros, safe as clamp, tag, Core, TOKEN_TTL};
+use super::scripts;
 use crate::classify::LimitState;
 use crate::key::Key;
 use crate::rate_limit::{Costs, Dimension, Reservation};

@@ -251,8 +251,8 @@ mod test_server;
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use super::super::ops;
+    use super::*;
     use crate::rate_limit::{Dimension, Limits};
 
     /// A cancel by token may reach the server before its acquire does (a
