@@ -618,6 +618,8 @@ mod differential {
         let mut window: Option<(Window, u64)> = None;
         // (redis reservation, window id)
         let mut granted: Vec<(Reservation, u64)> = Vec::new();
+        // The window-timeline instant of the latest decision.
+        let mut last_t = base;
         for op in ops {
             match op {
                 Op::Sleep(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
@@ -629,8 +631,14 @@ mod differential {
                     let (r, wid) = granted.pop().expect("not empty");
                     store.cancel(&r);
                     store.flush().await;
+                    // On the window's timeline (the server's), not the
+                    // client's clock: which reservations are still ahead
+                    // (the FIFO tail) depends on it. The instant of the
+                    // latest decision is at or before the server's at the
+                    // cancel, and a tail between the two no longer holds
+                    // back the next decision either way.
                     if let Some((w, _)) = window.as_mut() {
-                        w.cancel(wid, Instant::now());
+                        w.cancel(wid, last_t);
                     }
                 }
                 Op::Correct(i, a, b) if !granted.is_empty() => {
@@ -655,6 +663,7 @@ mod differential {
                     let (w, s0) =
                         window.get_or_insert_with(|| (Window::new(&limits(), base), server_now));
                     let t = base + Duration::from_micros(server_now - *s0);
+                    last_t = t;
                     let wd = deadline_us.map(|d| t + Duration::from_micros(d));
                     let expected = w.acquire(&costs, t, wd);
                     let offset = |at: Instant| (at - base).as_micros() as u64 + *s0;
