@@ -266,8 +266,14 @@ async fn time_per_decision(server: &RedisServer) {
                 .unwrap_or(&mut []);
             let count = v.len();
             let (med, mean) = median_mean(v);
-            assert!(count >= M * 9 / 10, "{name}: only {count} calls logged");
-            format!("{med:>4} / {mean:>7.1}")
+            // Fewer than M: fire-and-forget operations dropped because the
+            // queue was full (the scripts too slow to keep up): say so.
+            let short = if count < M * 9 / 10 {
+                format!(" ({count} ran)")
+            } else {
+                String::new()
+            };
+            format!("{med:>4} / {mean:>7.1}{short}")
         };
         println!(
             "{:>9} | {:>14} | {:>14} | {:>14} | {:>14} | {:>16.1} | {:>16.1} | {:>16.1}",
