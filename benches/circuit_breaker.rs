@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Bencher, Criterion};
 use http::{Request, Response};
 use tower::{Layer, Service, ServiceExt};
-use tower_llm_resilience::circuit_breaker::{CircuitBreakerLayer, Window};
+use tower_llm_resilience::circuit_breaker::{CircuitBreakerLayer, FailureWindow};
 use tower_llm_resilience::Key;
 
 /// The inner service: answers 200 at once.
@@ -152,7 +152,7 @@ fn ours_keyed() -> impl Service<Request<String>> + Clone + Send + 'static {
 /// A time window: one clock read per recorded call.
 fn ours_time_window() -> impl Service<Request<String>> + Clone + Send + 'static {
     CircuitBreakerLayer::new()
-        .window(Window::Time(Duration::from_secs(30)))
+        .window(FailureWindow::Time(Duration::from_secs(30)))
         .layer(Noop)
 }
 

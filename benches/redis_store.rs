@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use redis::Value;
 use tokio::time::Instant;
-use tower_llm_resilience::classify::LimitState;
+use tower_llm_resilience::classify::ReportedLimit;
 use tower_llm_resilience::rate_limit::{
     Costs, Decision, Dimension, Limits, MemoryStore, Reservation, Store,
 };
@@ -230,7 +230,7 @@ async fn time_per_decision(server: &RedisServer) {
                 &key,
                 Dimension::Tokens,
                 DAY,
-                LimitState::new(Some(1_000_000_000_000), Some(1_000_000_000_000), None),
+                ReportedLimit::new(Some(1_000_000_000_000), Some(1_000_000_000_000), None),
                 Instant::now(),
             );
             async {}

@@ -10,9 +10,9 @@ use tokio::time::advance;
 use tokio_test::{assert_pending, assert_ready, assert_ready_ok, task};
 use tower::util::BoxCloneService;
 use tower::{service_fn, Layer, Service, ServiceExt};
-use tower_llm_resilience::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer, Window};
+use tower_llm_resilience::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer, FailureWindow};
 use tower_llm_resilience::classify::{
-    Classification, ClassifyLayer, LimitState, PeekedBody, RateLimits,
+    Classification, ClassifyLayer, ReportedLimit, PeekedBody, ReportedLimits,
 };
 use tower_llm_resilience::events::{CircuitState, Event, Events};
 use tower_llm_resilience::key::SingleKey;
@@ -102,7 +102,7 @@ fn recording() -> (Events, Seen) {
 
 fn small() -> CircuitBreakerLayer {
     CircuitBreakerLayer::new()
-        .window(Window::Count(10))
+        .window(FailureWindow::Count(10))
         .minimum_calls(5)
         .failure_rate(0.5)
         .open_duration(Duration::from_secs(10))
@@ -315,7 +315,7 @@ async fn context_length_errors_from_the_body_do_not_count() {
             )
         }
     });
-    let mut svc = small().layer(ClassifyLayer::with_classifier(Provider::OpenAi).layer(provider));
+    let mut svc = small().layer(ClassifyLayer::new().classifier(Provider::OpenAi).layer(provider));
     for _ in 0..100 {
         let r = send(&mut svc, req()).await.unwrap();
         assert_eq!(r.status(), 400);
@@ -362,7 +362,7 @@ async fn one_insufficient_quota_opens_it_at_once_until_the_reset() {
     });
     let mut svc = small()
         .events(events.clone())
-        .layer(ClassifyLayer::with_classifier(Provider::OpenAi).layer(provider));
+        .layer(ClassifyLayer::new().classifier(Provider::OpenAi).layer(provider));
     let r = send(&mut svc, req()).await.unwrap();
     assert_eq!(r.status(), 429);
     assert_eq!(
@@ -401,13 +401,13 @@ async fn a_quota_error_uses_the_spent_limit_reset_or_the_configured_time() {
         async move {
             let mut c = Classification::failure(ErrorClass::QuotaExhausted);
             if with_reset {
-                let mut limits = RateLimits::EMPTY;
-                limits.requests = Some(LimitState::new(
+                let mut limits = ReportedLimits::EMPTY;
+                limits.requests = Some(ReportedLimit::new(
                     Some(100),
                     Some(3),
                     Some(Duration::from_secs(5)),
                 ));
-                limits.tokens = Some(LimitState::new(
+                limits.tokens = Some(ReportedLimit::new(
                     Some(1000),
                     Some(0),
                     Some(Duration::from_secs(90)),
@@ -628,7 +628,7 @@ async fn the_number_of_keys_is_bounded() {
 async fn a_time_window_forgets_old_failures() {
     let provider = Scripted::new(500);
     let mut svc = small()
-        .window(Window::Time(Duration::from_secs(10)))
+        .window(FailureWindow::Time(Duration::from_secs(10)))
         .layer(provider.service());
     for _ in 0..4 {
         send(&mut svc, req()).await.unwrap();
@@ -709,7 +709,7 @@ fn scripted_bodies(
         let r = r.body(body.to_string()).unwrap();
         async move { Ok::<_, BoxError>(r) }
     });
-    (ClassifyLayer::with_classifier(provider).layer(inner), calls)
+    (ClassifyLayer::new().classifier(provider).layer(inner), calls)
 }
 
 /// Issue #11, finding 1: a 403 `permission_error` (a model this key may not
@@ -823,9 +823,9 @@ async fn half_open_probes_have_a_timeout() {
     assert_eq!(provider.calls(), 5 + 2);
 
     // The state machine alone, driven by `now`, with a set timeout.
-    use tower_llm_resilience::circuit_breaker::{Circuit, Config, Outcome};
+    use tower_llm_resilience::circuit_breaker::{Circuit, Config, CallOutcome};
     let config = Config::new()
-        .window(Window::Count(1))
+        .window(FailureWindow::Count(1))
         .minimum_calls(1)
         .half_open_probes(2)
         .probe_timeout(Duration::from_secs(60));
@@ -833,7 +833,7 @@ async fn half_open_probes_have_a_timeout() {
     let at = |s: u64| t0 + Duration::from_secs(s);
     let mut circuit = Circuit::new(config, t0);
     let (p, _) = circuit.try_acquire(t0);
-    let failure = Outcome::failure(ErrorClass::ServerError, Duration::ZERO);
+    let failure = CallOutcome::failure(ErrorClass::ServerError, Duration::ZERO);
     circuit.on_result(p.unwrap(), failure, t0);
     let (first, _) = circuit.try_acquire(at(10)); // half-open
     let (second, _) = circuit.try_acquire(at(30));
@@ -846,7 +846,7 @@ async fn half_open_probes_have_a_timeout() {
     );
     // The first succeeds in time; the hint moves on to the second's
     // deadline (30 s + 60 s).
-    circuit.on_result(first, Outcome::success(Duration::ZERO), at(55));
+    circuit.on_result(first, CallOutcome::success(Duration::ZERO), at(55));
     let (full, _) = circuit.try_acquire(at(80));
     assert_eq!(
         full.unwrap_err().retry_after(),
@@ -866,7 +866,7 @@ async fn half_open_probes_have_a_timeout() {
     let t = t.unwrap();
     assert_eq!((t.from, t.to), (CircuitState::HalfOpen, CircuitState::Open));
     // Its late outcome is ignored; after the open time, new probes.
-    let late = Outcome::failure(ErrorClass::ServerError, Duration::ZERO);
+    let late = CallOutcome::failure(ErrorClass::ServerError, Duration::ZERO);
     assert_eq!(circuit.on_result(second, late, at(91)), None);
     assert_eq!(circuit.state(), CircuitState::Open);
     let (probe, _) = circuit.try_acquire(at(100));
@@ -875,7 +875,7 @@ async fn half_open_probes_have_a_timeout() {
 
     // Noticed by an outcome too: a probe that answers at or after its
     // deadline, with nobody asking in between, has failed all the same.
-    let t = circuit.on_result(probe, Outcome::success(Duration::ZERO), at(160));
+    let t = circuit.on_result(probe, CallOutcome::success(Duration::ZERO), at(160));
     let t = t.unwrap();
     assert_eq!(
         (t.to, t.class),
@@ -943,14 +943,14 @@ async fn open_circuits_are_not_sticky() {
     assert_eq!(calls.load(Ordering::SeqCst), 3);
 
     // The state machine alone: even a trip of a week.
-    use tower_llm_resilience::circuit_breaker::{Circuit, Config, Outcome};
+    use tower_llm_resilience::circuit_breaker::{Circuit, Config, CallOutcome};
     let now = tokio::time::Instant::now();
     let mut circuit = Circuit::new(Config::new(), now);
     let (permit, _) = circuit.try_acquire(now);
     let week = Duration::from_secs(7 * 24 * 3600);
     circuit.on_result(
         permit.unwrap(),
-        Outcome::trip(ErrorClass::QuotaExhausted, week),
+        CallOutcome::trip(ErrorClass::QuotaExhausted, week),
         now,
     );
     let (rejected, _) = circuit.try_acquire(now);

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use tokio::time::Instant;
-use tower_llm_resilience::circuit_breaker::{Circuit, Config, Outcome, Permit, Window};
+use tower_llm_resilience::circuit_breaker::{Circuit, Config, CallOutcome, Permit, FailureWindow};
 use tower_llm_resilience::events::CircuitState;
 use tower_llm_resilience::ErrorClass;
 
@@ -33,7 +33,7 @@ enum Op {
 
 #[derive(Clone, Copy, Debug)]
 struct Params {
-    window: Window,
+    window: FailureWindow,
     minimum: u32,
     failure_rate: f64,
     slow_rate: Option<f64>,
@@ -179,11 +179,11 @@ impl Model {
 
     fn window_totals(&self, now: Instant) -> (u32, u32, u32) {
         let in_window: Vec<_> = match self.p.window {
-            Window::Count(n) => {
+            FailureWindow::Count(n) => {
                 let skip = self.history.len().saturating_sub(n as usize);
                 self.history[skip..].to_vec()
             }
-            Window::Time(d) => {
+            FailureWindow::Time(d) => {
                 let bucket = (d / 10).as_nanos();
                 let idx = |t: Instant| (t - self.origin).as_nanos() / bucket;
                 let current = idx(now);
@@ -241,8 +241,8 @@ impl Model {
                 self.history.push((now, failure, slow));
                 let (calls, failures, slows) = self.window_totals(now);
                 let minimum = match self.p.window {
-                    Window::Count(n) => self.p.minimum.min(n),
-                    Window::Time(_) => self.p.minimum,
+                    FailureWindow::Count(n) => self.p.minimum.min(n),
+                    FailureWindow::Time(_) => self.p.minimum,
                 };
                 if calls < minimum {
                     return;
@@ -323,8 +323,8 @@ fn op() -> impl Strategy<Value = Op> {
 fn params() -> impl Strategy<Value = Params> {
     (
         prop_oneof![
-            (1u32..25).prop_map(Window::Count),
-            (1u64..30).prop_map(|s| Window::Time(Duration::from_secs(s))),
+            (1u32..25).prop_map(FailureWindow::Count),
+            (1u64..30).prop_map(|s| FailureWindow::Time(Duration::from_secs(s))),
         ],
         1u32..15,
         prop_oneof![Just(0.2), Just(0.5), Just(1.0)],
@@ -407,10 +407,10 @@ fn check(p: Params, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let (permit, call) = in_flight.remove(i % in_flight.len());
                 let elapsed = Duration::from_millis(elapsed_ms);
                 let outcome = match kind {
-                    Kind::Success => Outcome::success(elapsed),
-                    Kind::Failure(c) => Outcome::failure(c, elapsed),
-                    Kind::Ignored => Outcome::ignored(),
-                    Kind::Trip(c, ms) => Outcome::trip(c, Duration::from_millis(ms)),
+                    Kind::Success => CallOutcome::success(elapsed),
+                    Kind::Failure(c) => CallOutcome::failure(c, elapsed),
+                    Kind::Ignored => CallOutcome::ignored(),
+                    Kind::Trip(c, ms) => CallOutcome::trip(c, Duration::from_millis(ms)),
                 };
                 let t = circuit.on_result(permit, outcome, now);
                 let before = model.public();
@@ -465,7 +465,7 @@ fn time_params() -> impl Strategy<Value = Params> {
         prop_oneof![Just(0.3), Just(0.5), Just(0.7)],
     )
         .prop_map(|(secs, minimum, failure_rate)| Params {
-            window: Window::Time(Duration::from_secs(secs)),
+            window: FailureWindow::Time(Duration::from_secs(secs)),
             minimum,
             failure_rate,
             slow_rate: None,
@@ -496,7 +496,7 @@ fn absurd_config_and_outcomes() {
     let config = Config::new()
         .failure_rate(f64::NAN)
         .slow_call_rate(-1.0)
-        .window(Window::Count(0))
+        .window(FailureWindow::Count(0))
         .minimum_calls(0)
         .open_duration(Duration::MAX)
         .open_backoff(f64::INFINITY, Duration::MAX)
@@ -507,7 +507,7 @@ fn absurd_config_and_outcomes() {
         let (p, _) = c.try_acquire(now);
         c.on_result(
             p.unwrap(),
-            Outcome::failure(ErrorClass::ServerError, Duration::MAX),
+            CallOutcome::failure(ErrorClass::ServerError, Duration::MAX),
             now,
         );
     }
@@ -515,14 +515,14 @@ fn absurd_config_and_outcomes() {
     let (p, _) = c.try_acquire(now);
     c.on_result(
         p.unwrap(),
-        Outcome::trip(ErrorClass::QuotaExhausted, Duration::MAX),
+        CallOutcome::trip(ErrorClass::QuotaExhausted, Duration::MAX),
         now,
     );
     let (r, _) = c.try_acquire(now);
     let wait = r.unwrap_err().retry_after().unwrap();
     assert!(wait <= Duration::from_secs(7 * 24 * 3600), "{wait:?}");
     let config = Config::new()
-        .window(Window::Time(Duration::ZERO))
+        .window(FailureWindow::Time(Duration::ZERO))
         .minimum_calls(1)
         .open_duration(Duration::from_secs(1))
         .open_backoff(1e300, Duration::MAX);
@@ -533,7 +533,7 @@ fn absurd_config_and_outcomes() {
         if let Ok(p) = p {
             c.on_result(
                 p,
-                Outcome::failure(ErrorClass::ServerError, Duration::ZERO),
+                CallOutcome::failure(ErrorClass::ServerError, Duration::ZERO),
                 t,
             );
         }

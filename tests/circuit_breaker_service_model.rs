@@ -12,7 +12,7 @@ use proptest::prelude::*;
 use tokio::time::Instant;
 use tower::{service_fn, Layer, ServiceExt};
 use tower_llm_resilience::circuit_breaker::{
-    Circuit, CircuitBreakerLayer, Config, Outcome, Window,
+    Circuit, CircuitBreakerLayer, Config, CallOutcome, FailureWindow,
 };
 use tower_llm_resilience::{BoxError, ErrorClass, Key};
 
@@ -34,8 +34,8 @@ fn step() -> impl Strategy<Value = Step> {
 fn config() -> impl Strategy<Value = Config> {
     (
         prop_oneof![
-            (1u32..12).prop_map(Window::Count),
-            (1u64..20).prop_map(|s| Window::Time(Duration::from_secs(s))),
+            (1u32..12).prop_map(FailureWindow::Count),
+            (1u64..20).prop_map(|s| FailureWindow::Time(Duration::from_secs(s))),
         ],
         1u32..10,
         prop_oneof![Just(0.3), Just(0.5), Just(1.0)],
@@ -62,13 +62,13 @@ fn config() -> impl Strategy<Value = Config> {
         })
 }
 
-fn outcome(status: u16, elapsed: Duration) -> Outcome {
+fn outcome(status: u16, elapsed: Duration) -> CallOutcome {
     match status {
-        200 => Outcome::success(elapsed),
-        503 => Outcome::failure(ErrorClass::Overloaded, elapsed),
-        500 => Outcome::failure(ErrorClass::ServerError, elapsed),
-        400 => Outcome::ignored(),
-        401 => Outcome::trip(ErrorClass::Auth, Duration::from_secs(30)),
+        200 => CallOutcome::success(elapsed),
+        503 => CallOutcome::failure(ErrorClass::Overloaded, elapsed),
+        500 => CallOutcome::failure(ErrorClass::ServerError, elapsed),
+        400 => CallOutcome::ignored(),
+        401 => CallOutcome::trip(ErrorClass::Auth, Duration::from_secs(30)),
         _ => unreachable!(),
     }
 }

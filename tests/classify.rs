@@ -4,7 +4,7 @@
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, HeaderValue, StatusCode};
-use tower_llm_resilience::classify::{Classification, ErrorClass, LimitState, Provider};
+use tower_llm_resilience::classify::{Classification, ErrorClass, ReportedLimit, Provider};
 
 /// 2024-05-01T12:00:00Z, the `Date` of every canned response.
 const NOW_SECS: u64 = 1_714_564_800;
@@ -541,11 +541,11 @@ fn rate_limit_state_is_reported() {
     assert_eq!(c.provider, Some(Provider::OpenAi));
     assert_eq!(
         c.limits.requests,
-        Some(LimitState::new(Some(500), Some(0), ms(1200)))
+        Some(ReportedLimit::new(Some(500), Some(0), ms(1200)))
     );
     assert_eq!(
         c.limits.tokens,
-        Some(LimitState::new(Some(200_000), Some(199_000), ms(300)))
+        Some(ReportedLimit::new(Some(200_000), Some(199_000), ms(300)))
     );
 
     // Anthropic resets are measured against the response's Date header.
@@ -556,11 +556,11 @@ fn rate_limit_state_is_reported() {
     let c = classify(anthropic);
     assert_eq!(
         c.limits.input_tokens,
-        Some(LimitState::new(Some(40_000), Some(0), secs(12)))
+        Some(ReportedLimit::new(Some(40_000), Some(0), secs(12)))
     );
     assert_eq!(
         c.limits.output_tokens,
-        Some(LimitState::new(Some(8_000), Some(5_000), secs(30)))
+        Some(ReportedLimit::new(Some(8_000), Some(5_000), secs(30)))
     );
 }
 
@@ -574,7 +574,7 @@ fn generic_ignores_provider_specific_signals() {
     assert_eq!(c.code, None, "the generic profile reads no bodies");
     let ietf = CASES.iter().find(|c| c.name.contains("IETF")).unwrap();
     let c = classify(ietf);
-    let mut expected = LimitState::new(Some(50), Some(0), secs(30));
+    let mut expected = ReportedLimit::new(Some(50), Some(0), secs(30));
     expected.window = secs(30);
     assert_eq!(c.limits.requests, Some(expected));
 }

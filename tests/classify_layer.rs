@@ -230,7 +230,7 @@ fn tower_http_adapters() {
 
 #[tokio::test]
 async fn many_responses_through_one_layer() {
-    let svc = ClassifyLayer::with_classifier(Provider::Anthropic).layer(service_fn(
+    let svc = ClassifyLayer::new().classifier(Provider::Anthropic).layer(service_fn(
         |req: Request<u16>| async move {
             let status = *req.body();
             let body = if status >= 400 {

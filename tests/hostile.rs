@@ -32,7 +32,7 @@ use tower::{Layer, Service, ServiceExt};
 use tower_llm_resilience::batch::{Batch, Patience};
 use tower_llm_resilience::classify::PeekedBody;
 use tower_llm_resilience::retry::Backoff;
-use tower_llm_resilience::{Error, ErrorClass, Llm, LlmLayer, Provider};
+use tower_llm_resilience::{Error, ErrorClass, LlmService, LlmLayer, Provider};
 
 // ---------------------------------------------------------------------------
 // The hostile server
@@ -267,7 +267,7 @@ async fn raw(mut stream: TcpStream, bytes: &[u8], pause: Duration, end: End) {
 // The client side
 // ---------------------------------------------------------------------------
 
-type Stack = Llm<Client<HttpConnector, String>>;
+type Stack = LlmService<Client<HttpConnector, String>>;
 type Reply = Result<Response<PeekedBody<Incoming>>, Error>;
 
 const ATTEMPTS: u32 = 3;

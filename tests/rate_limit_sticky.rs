@@ -428,7 +428,7 @@ impl Store for LateWatch {
         key: &Key,
         dimension: Dimension,
         window: Duration,
-        state: tower_llm_resilience::classify::LimitState,
+        state: tower_llm_resilience::classify::ReportedLimit,
         now: Instant,
     ) -> Option<u64> {
         self.inner.learn(key, dimension, window, state, now)

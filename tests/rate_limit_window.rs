@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use tokio::time::Instant;
-use tower_llm_resilience::rate_limit::{Admission, Costs, Dimension, Limits, Window};
+use tower_llm_resilience::rate_limit::{Admission, Costs, Dimension, Limits, SlidingWindow};
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -115,7 +115,7 @@ proptest! {
             .window(Dimension::Requests, w, rpw)
             .window(Dimension::Tokens, w, tpw);
         let t0 = Instant::now();
-        let mut window = Window::new(&limits, t0);
+        let mut window = SlidingWindow::new(&limits, t0);
         let mut now = t0;
         let mut log: Vec<Admitted> = Vec::new();
         let mut gate: Option<Instant> = None;
@@ -125,7 +125,7 @@ proptest! {
                     now += Duration::from_millis(gap);
                     let costs = Costs::tokens(tokens);
                     match window.acquire(&costs, now, None) {
-                        Admission::Reserved { id, at } => {
+                        Decision::Admitted(Booking { id, at }) => {
                             prop_assert!(at >= now);
                             // Earliest: one nanosecond earlier (but not before
                             // `now` or an earlier live reservation) it must not fit.
@@ -140,11 +140,11 @@ proptest! {
                             }
                             log.push(Admitted { id, at, tokens, live: true });
                         }
-                        Admission::Never { cost, capacity } => {
+                        Decision::Never { cost, capacity } => {
                             prop_assert!(tokens > tpw);
                             prop_assert_eq!((cost, capacity), (tokens, tpw));
                         }
-                        Admission::TooLate { .. } => prop_assert!(false, "no deadline was given"),
+                        Decision::TooLate(_) => prop_assert!(false, "no deadline was given"),
                     }
                 }
                 Op::Cancel { gap, pick } => {

@@ -15,7 +15,7 @@ use std::time::Duration;
 use redis::AsyncCommands;
 use support::RedisServer;
 use tokio::time::Instant;
-use tower_llm_resilience::classify::LimitState;
+use tower_llm_resilience::classify::ReportedLimit;
 use tower_llm_resilience::rate_limit::{
     Costs, Decision, Dimension, Limits, MemoryStore, Reservation, Store,
 };
@@ -183,7 +183,7 @@ async fn behaviour<S: Settle>(s: S) {
 
     // Learning: the provider says 1 remains for 500 ms.
     let k = Key::new("learn");
-    let state = LimitState::new(Some(100), Some(1), Some(Duration::from_millis(500)));
+    let state = ReportedLimit::new(Some(100), Some(1), Some(Duration::from_millis(500)));
     let start = Instant::now();
     let _ = s.learn(&k, Dimension::Requests, W, state, start);
     s.settle().await;
@@ -573,14 +573,14 @@ async fn a_day_long_gate_fails_the_next_request_at_once_on_the_redis_store() {
 }
 
 mod differential {
-    //! The Lua script against the pure `Window`, exactly: random sequences
+    //! The Lua script against the pure `SlidingWindow`, exactly: random sequences
     //! of acquire / cancel / correct run on Redis, then replay on a
-    //! `Window` at the server's own decision instants (returned by
+    //! `SlidingWindow` at the server's own decision instants (returned by
     //! `decide`); every decision must match to the microsecond.
 
     use super::*;
     use proptest::prelude::*;
-    use tower_llm_resilience::rate_limit::{Admission, Window};
+    use tower_llm_resilience::rate_limit::{Booking, SlidingWindow};
 
     #[derive(Clone, Debug)]
     enum Op {
@@ -615,7 +615,7 @@ mod differential {
     async fn run(store: &RedisStore, case: usize, ops: Vec<Op>) -> Result<(), TestCaseError> {
         let key = Key::new(format!("case-{case}"));
         let base = Instant::now();
-        let mut window: Option<(Window, u64)> = None;
+        let mut window: Option<(SlidingWindow, u64)> = None;
         // (redis reservation, window id)
         let mut granted: Vec<(Reservation, u64)> = Vec::new();
         // The window-timeline instant of the latest decision.
@@ -661,23 +661,23 @@ mod differential {
                     let d = store.decide(&key, &costs, now, deadline).await.unwrap();
                     let server_now = d.server_now_us.expect("decided by redis");
                     let (w, s0) =
-                        window.get_or_insert_with(|| (Window::new(&limits(), base), server_now));
+                        window.get_or_insert_with(|| (SlidingWindow::new(&limits(), base), server_now));
                     let t = base + Duration::from_micros(server_now - *s0);
                     last_t = t;
                     let wd = deadline_us.map(|d| t + Duration::from_micros(d));
                     let expected = w.acquire(&costs, t, wd);
                     let offset = |at: Instant| (at - base).as_micros() as u64 + *s0;
                     match (d.decision, expected) {
-                        (Decision::Admitted(r), Admission::Reserved { id, at }) => {
+                        (Decision::Admitted(r), Decision::Admitted(Booking { id, at })) => {
                             prop_assert_eq!(d.server_at_us, Some(offset(at)));
                             granted.push((r, id));
                         }
-                        (Decision::TooLate(_), Admission::TooLate { at }) => {
+                        (Decision::TooLate(_), Decision::TooLate(at)) => {
                             prop_assert_eq!(d.server_at_us, Some(offset(at)));
                         }
                         (
                             Decision::Never { cost, capacity },
-                            Admission::Never {
+                            Decision::Never {
                                 cost: c2,
                                 capacity: k2,
                             },
@@ -759,8 +759,8 @@ mod learned {
             .window(Dimension::Tokens, window, 100)
     }
 
-    fn said(limit: u64) -> LimitState {
-        LimitState::new(Some(limit), None, None)
+    fn said(limit: u64) -> ReportedLimit {
+        ReportedLimit::new(Some(limit), None, None)
     }
 
     async fn store(server: &RedisServer, prefix: &str, limits: Limits, learn: bool) -> RedisStore {
@@ -1419,7 +1419,7 @@ mod at_scale {
                     &key,
                     Dimension::Tokens,
                     DAY,
-                    LimitState::new(Some(1_000_000_000_000), Some(1_000_000_000_000), None),
+                    ReportedLimit::new(Some(1_000_000_000_000), Some(1_000_000_000_000), None),
                     Instant::now(),
                 );
             })

@@ -9,7 +9,7 @@ use http_body_util::{BodyExt, Full};
 use tokio::time::{advance, Instant};
 use tower::ServiceExt;
 use tower_llm_resilience::classify::{Classifier, ErrorClass, Provider};
-use tower_llm_resilience::sim::{label, Fault, Outcome, SimProvider, Style};
+use tower_llm_resilience::sim::{label, Fault, Verdict, SimProvider, Style};
 
 fn chat(text: &str) -> Request<String> {
     chat_with(text, 16)
@@ -221,7 +221,7 @@ async fn tpm_charges_prompt_plus_max_tokens_at_admission() {
     let (r, body) = send(&sim, chat_with("b", 5_000)).await.unwrap();
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(String::from_utf8_lossy(&body).contains("Request too large"));
-    assert_eq!(sim.log()[1].outcome, Outcome::RateLimitedTokens);
+    assert_eq!(sim.log()[1].outcome, Verdict::RateLimitedTokens);
 }
 
 #[tokio::test(start_paused = true)]
@@ -263,7 +263,7 @@ async fn quota_after_n_requests_classifies_quota_exhausted() {
         let c = classify(provider, &r, &body);
         assert_eq!(c.class, Some(ErrorClass::QuotaExhausted), "{style:?}");
         assert!(!c.is_retryable());
-        assert_eq!(sim.log()[2].outcome, Outcome::QuotaExhausted);
+        assert_eq!(sim.log()[2].outcome, Verdict::QuotaExhausted);
         assert_eq!(sim.stats().quota_exhausted, 1);
     }
 }
@@ -290,7 +290,7 @@ async fn injected_faults_classify_as_their_class() {
             assert_eq!(r.status().as_u16(), status, "{style:?} {fault:?}");
             let c = classify(provider, &r, &body);
             assert_eq!(c.class, Some(class), "{style:?} {fault:?}");
-            assert_eq!(sim.log()[0].outcome, Outcome::Fault(fault));
+            assert_eq!(sim.log()[0].outcome, Verdict::Fault(fault));
             assert_eq!(sim.stats().tokens_admitted, 0, "faults consume no quota");
         }
     }
@@ -318,10 +318,10 @@ async fn slow_fault_and_latency_delay_the_answer() {
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(start.elapsed(), Duration::from_millis(5_300));
     assert_eq!(sim.stats().slow, 1);
-    assert_eq!(sim.log()[0].outcome, Outcome::Completed);
+    assert_eq!(sim.log()[0].outcome, Verdict::Completed);
 }
 
-async fn fault_trace(seed: u64) -> Vec<Outcome> {
+async fn fault_trace(seed: u64) -> Vec<Verdict> {
     let sim = SimProvider::builder()
         .seed(seed)
         .fault(Fault::ServerError, 0.1)
@@ -342,10 +342,10 @@ async fn seeded_faults_are_reproducible() {
     let c = fault_trace(8).await;
     assert_eq!(a, b);
     assert_ne!(a, c);
-    let faults = a.iter().filter(|o| **o != Outcome::Completed).count();
+    let faults = a.iter().filter(|o| **o != Verdict::Completed).count();
     // 30 % configured: 60 expected out of 200; allow a wide, seed-fixed margin
     assert!((35..=85).contains(&faults), "{faults}");
-    assert!(a.contains(&Outcome::Fault(Fault::ConnectionReset)));
+    assert!(a.contains(&Verdict::Fault(Fault::ConnectionReset)));
 }
 
 #[tokio::test(start_paused = true)]

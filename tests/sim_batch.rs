@@ -10,7 +10,7 @@ use http::Request;
 use http_body_util::{BodyExt, Full};
 use tower::ServiceExt;
 use tower_llm_resilience::batch::{Batch, Patience};
-use tower_llm_resilience::sim::{label, Fault, Outcome, SimProvider};
+use tower_llm_resilience::sim::{label, Fault, Verdict, SimProvider};
 
 const WORDS: &[&str] = &[
     "love", "awful", "chair", "great", "broken", "table", "best", "rude",
@@ -91,19 +91,19 @@ async fn batch_through_the_sim_in_process_answers_each_input_once() {
         match result {
             Ok((status, body)) if status.is_success() => {
                 ok += 1;
-                assert_eq!(served.outcome, Outcome::Completed);
+                assert_eq!(served.outcome, Verdict::Completed);
                 assert_eq!(content(body), label(&texts[i]));
                 assert_eq!(served.label, Some(label(&texts[i])));
             }
             Ok((status, _)) => {
                 failed += 1;
                 assert_eq!(status.as_u16(), 500);
-                assert_eq!(served.outcome, Outcome::Fault(Fault::ServerError));
+                assert_eq!(served.outcome, Verdict::Fault(Fault::ServerError));
             }
             Err(e) => {
                 failed += 1;
                 assert!(e.is_transport(), "{e:?}");
-                assert_eq!(served.outcome, Outcome::Fault(Fault::ConnectionReset));
+                assert_eq!(served.outcome, Verdict::Fault(Fault::ConnectionReset));
             }
         }
     }

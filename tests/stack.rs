@@ -11,7 +11,7 @@ use http_body_util::BodyExt;
 use tower::Layer;
 use tower_llm_resilience::batch::Batch;
 use tower_llm_resilience::rate_limit::{Dimension, Limits, TokenEstimate};
-use tower_llm_resilience::sim::{count_tokens, label, Fault, Outcome, SimProvider};
+use tower_llm_resilience::sim::{count_tokens, label, Fault, Verdict, SimProvider};
 use tower_llm_resilience::{LlmLayer, Provider};
 
 const WORDS: &[&str] = &[
@@ -79,7 +79,7 @@ fn check(sim: &SimProvider, texts: &[String], labels: &[Result<String, String>])
     let log = sim.log();
     let mut completed: HashMap<usize, Vec<&'static str>> = HashMap::new();
     for served in &log {
-        if served.outcome == Outcome::Completed {
+        if served.outcome == Verdict::Completed {
             let id: usize = served
                 .client_request_id
                 .as_deref()

@@ -18,7 +18,7 @@ use tower::retry::backoff::{
 };
 use tower::{Layer, Service, ServiceBuilder};
 use tower_llm_resilience::batch::{Batch, Patience};
-use tower_llm_resilience::classify::RateLimits;
+use tower_llm_resilience::classify::ReportedLimits;
 use tower_llm_resilience::key::SingleKey;
 use tower_llm_resilience::rate_limit::{Dimension, Limits, TokenEstimate};
 use tower_llm_resilience::sim::{count_tokens, Fault, SimProvider};
@@ -347,7 +347,7 @@ where
 /// (a) The crate's stack: the provider's two limits over its window, and
 /// a seeded retry jitter so that the run is reproducible.
 fn stack<C: Clone>(setup: &Setup, classifier: C) -> LlmLayer<SingleKey, C> {
-    LlmLayer::with_classifier(classifier)
+    LlmLayer::new(Provider::Auto).classifier(classifier)
         .limits(
             Limits::new()
                 .window(Dimension::Requests, setup.window, setup.rpm)
@@ -369,7 +369,7 @@ impl Classifier for HideLimitHeaders {
         body: Option<&[u8]>,
     ) -> Classification {
         let mut c = self.0.classify(status, headers, body);
-        c.limits = RateLimits::EMPTY;
+        c.limits = ReportedLimits::EMPTY;
         c
     }
 }

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use tower::Layer;
 use tower_llm_resilience::batch::{Batch, Patience};
 use tower_llm_resilience::rate_limit::{Dimension, Limits, TokenEstimate};
-use tower_llm_resilience::sim::{count_tokens, Outcome, SimProvider};
+use tower_llm_resilience::sim::{count_tokens, Verdict, SimProvider};
 use tower_llm_resilience::{LlmLayer, Provider};
 
 /// Items in the batch.
@@ -145,7 +145,7 @@ pub fn run(scenario: Scenario) -> Figures {
         figures.sent_during_outage = sim
             .log()
             .iter()
-            .filter(|s| s.outcome == Outcome::Outage)
+            .filter(|s| s.outcome == Verdict::Outage)
             .count() as u64;
         figures.trips = events.counters().snapshot().circuit_opened;
         figures

@@ -6,7 +6,7 @@ use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tower::Service;
 
-use super::{Ordered, Patience, Progress};
+use super::{BatchStream, Patience, Progress};
 use crate::classify::{Classifier, Provider};
 use crate::{BoxError, Error};
 
@@ -130,7 +130,7 @@ impl<S, C> Batch<S, C> {
 
     /// The results of `requests`, as a stream in input order, each yielded
     /// as soon as every earlier one has been.
-    pub fn stream<I>(self, requests: I) -> Ordered<S, futures_util::stream::Iter<I::IntoIter>, C>
+    pub fn stream<I>(self, requests: I) -> BatchStream<S, futures_util::stream::Iter<I::IntoIter>, C>
     where
         I: IntoIterator,
         I::Item: Clone,
@@ -138,12 +138,12 @@ impl<S, C> Batch<S, C> {
         S::Error: Into<BoxError>,
         C: Classifier,
     {
-        Ordered::new(self, futures_util::stream::iter(requests))
+        BatchStream::new(self, futures_util::stream::iter(requests))
     }
 
     /// Like [`stream`](Self::stream), for requests that come from a
     /// [`Stream`] (a file being read, a channel).
-    pub fn stream_from<St>(self, requests: St) -> Ordered<S, St, C>
+    pub fn stream_from<St>(self, requests: St) -> BatchStream<S, St, C>
     where
         St: Stream,
         St::Item: Clone,
@@ -151,7 +151,7 @@ impl<S, C> Batch<S, C> {
         S::Error: Into<BoxError>,
         C: Classifier,
     {
-        Ordered::new(self, requests)
+        BatchStream::new(self, requests)
     }
 
     /// Runs every request and returns all results, in input order.

@@ -20,14 +20,14 @@
 //!   time, not items (see [Patience](#patience));
 //! - **progress**: a [`Progress`] snapshot after every change (done, failed,
 //!   in flight, held, buffered, waiting on readiness, how long the provider
-//!   has been failing), through a callback or [`Ordered::progress`];
+//!   has been failing), through a callback or [`BatchStream::progress`];
 //! - **cancellation**: with [`Batch::cancel_token`], cancelling stops the
 //!   run early: calls in flight are dropped and each of their inputs gets an
 //!   error whose class is [`ErrorClass::Cancelled`](crate::ErrorClass::Cancelled)
 //!   ([`Error::is_cancelled`](crate::Error::is_cancelled)); inputs not yet
 //!   started are not sent and are answered the same way (the source is
 //!   drained, so give a finite source or drop the stream instead). Dropping
-//!   the [`Ordered`] stream or the [`Batch::run`] future drops the calls in
+//!   the [`BatchStream`] stream or the [`Batch::run`] future drops the calls in
 //!   flight and reports nothing more.
 //!
 //! # Patience
@@ -94,4 +94,4 @@ mod stream;
 pub use self::driver::Batch;
 pub use self::patience::{Patience, DEFAULT_GIVE_UP_AFTER};
 pub use self::progress::Progress;
-pub use self::stream::Ordered;
+pub use self::stream::BatchStream;

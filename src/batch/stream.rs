@@ -26,7 +26,7 @@ pin_project! {
     /// [`Batch::stream`] or [`Batch::stream_from`].
     ///
     /// It yields exactly one item per input, then ends.
-    pub struct Ordered<S, St, C>
+    pub struct BatchStream<S, St, C>
     where
         St: Stream,
         S: Service<St::Item>,
@@ -72,7 +72,7 @@ enum Queued<Req> {
     Again(HeldItem<Req>),
 }
 
-impl<S, St, C> Ordered<S, St, C>
+impl<S, St, C> BatchStream<S, St, C>
 where
     St: Stream,
     S: Service<St::Item>,
@@ -85,7 +85,7 @@ where
             .reorder_window
             .unwrap_or_else(|| concurrency.saturating_mul(4))
             .max(concurrency);
-        Ordered {
+        BatchStream {
             service: batch.service,
             source,
             source_done: false,
@@ -114,7 +114,7 @@ where
     }
 }
 
-impl<S, St, C> Ordered<S, St, C>
+impl<S, St, C> BatchStream<S, St, C>
 where
     St: Stream,
     S: Service<St::Item>,
@@ -166,7 +166,7 @@ impl Stop<'_> {
     }
 }
 
-impl<S, St, C> Stream for Ordered<S, St, C>
+impl<S, St, C> Stream for BatchStream<S, St, C>
 where
     St: Stream,
     St::Item: Clone,
@@ -588,13 +588,13 @@ fn stop_early<F, Req, T>(
     }
 }
 
-impl<S, St, C> fmt::Debug for Ordered<S, St, C>
+impl<S, St, C> fmt::Debug for BatchStream<S, St, C>
 where
     St: Stream,
     S: Service<St::Item>,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Ordered")
+        f.debug_struct("BatchStream")
             .field("progress", &self.progress)
             .field("concurrency", &self.concurrency)
             .field("reorder_window", &self.window)

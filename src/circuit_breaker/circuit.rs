@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::config::{Config, Outcome, OutcomeKind, Window, MAX_OPEN};
+use super::config::{Config, CallOutcome, OutcomeKind, FailureWindow, MAX_OPEN};
 use super::window::{Outcomes, Totals};
 use crate::classify::ErrorClass;
 use crate::events::CircuitState;
@@ -30,7 +30,7 @@ use crate::events::CircuitState;
 ///   belongs to an old generation and is ignored. There is no timer: the
 ///   deadlines are checked by [`try_acquire`](Circuit::try_acquire) and
 ///   [`on_result`](Circuit::on_result), at their `now`.
-/// - A [`Outcome::trip`] (quota exhausted, invalid API key) opens it at
+/// - A [`CallOutcome::trip`] (quota exhausted, invalid API key) opens it at
 ///   once from any state, for the time the outcome carries, at most
 ///   [`Config::max_trip_open`] (1 h by default); then it half-opens as
 ///   usual.
@@ -43,16 +43,16 @@ use crate::events::CircuitState;
 /// ```
 /// use std::time::Duration;
 /// use tokio::time::Instant;
-/// use tower_llm_resilience::circuit_breaker::{Circuit, Config, Outcome, Window};
+/// use tower_llm_resilience::circuit_breaker::{Circuit, Config, CallOutcome, FailureWindow};
 /// use tower_llm_resilience::events::CircuitState;
 /// use tower_llm_resilience::ErrorClass;
 ///
-/// let config = Config::new().window(Window::Count(4)).minimum_calls(4);
+/// let config = Config::new().window(FailureWindow::Count(4)).minimum_calls(4);
 /// let now = Instant::now();
 /// let mut circuit = Circuit::new(config, now);
 /// for _ in 0..4 {
 ///     let (permit, _) = circuit.try_acquire(now);
-///     let failure = Outcome::failure(ErrorClass::Overloaded, Duration::from_millis(80));
+///     let failure = CallOutcome::failure(ErrorClass::Overloaded, Duration::from_millis(80));
 ///     circuit.on_result(permit.unwrap(), failure, now);
 /// }
 /// assert_eq!(circuit.state(), CircuitState::Open);
@@ -296,7 +296,7 @@ impl Circuit {
     pub fn on_result(
         &mut self,
         permit: Permit,
-        outcome: Outcome,
+        outcome: CallOutcome,
         now: Instant,
     ) -> Option<Transition> {
         self.record(permit, outcome, || now)
@@ -307,7 +307,7 @@ impl Circuit {
     pub(crate) fn record(
         &mut self,
         permit: Permit,
-        outcome: Outcome,
+        outcome: CallOutcome,
         now: impl FnOnce() -> Instant,
     ) -> Option<Transition> {
         if let OutcomeKind::Trip { class, open_for } = outcome.kind {
@@ -347,7 +347,7 @@ impl Circuit {
         }
         match &mut self.state {
             State::Closed => {
-                let at = matches!(self.config.window, Window::Time(_)).then(|| clock.get());
+                let at = matches!(self.config.window, FailureWindow::Time(_)).then(|| clock.get());
                 let totals = self.window.record(failure, slow, at);
                 let tripped = self.tripped(totals)?;
                 self.open_by_rates(tripped, clock.get())

@@ -5,19 +5,19 @@ use crate::classify::{Classification, ErrorClass};
 /// How far back the breaker looks when it computes its failure and
 /// slow-call rates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Window {
-    /// The outcomes of the last `n` calls (1 to [`Window::MAX_COUNT`];
+pub enum FailureWindow {
+    /// The outcomes of the last `n` calls (1 to [`FailureWindow::MAX_COUNT`];
     /// values outside are clamped). Costs no clock read per call.
     Count(u32),
     /// The outcomes of the calls that ended in the last duration, kept in
-    /// [`Window::BUCKETS`] buckets of a tenth of it each (so an outcome
+    /// [`FailureWindow::BUCKETS`] buckets of a tenth of it each (so an outcome
     /// leaves the window between 90 % and 100 % of the duration after it
     /// was recorded, as Polly's sampling window does). Reads the clock once
     /// per recorded call. At least 10 ms.
     Time(Duration),
 }
 
-impl Window {
+impl FailureWindow {
     /// The largest count window (its ring takes one byte per call).
     pub const MAX_COUNT: u32 = 100_000;
     /// The number of buckets of a time window.
@@ -39,7 +39,7 @@ pub struct Config {
     pub(crate) failure_rate: Option<f64>,
     pub(crate) slow_call_rate: Option<f64>,
     pub(crate) slow_call_duration: Duration,
-    pub(crate) window: Window,
+    pub(crate) window: FailureWindow,
     pub(crate) minimum_calls: u32,
     pub(crate) open_duration: Duration,
     pub(crate) backoff_factor: f64,
@@ -77,7 +77,7 @@ impl Default for Config {
             failure_rate: Some(0.5),
             slow_call_rate: None,
             slow_call_duration: Duration::from_secs(60),
-            window: Window::Count(20),
+            window: FailureWindow::Count(20),
             minimum_calls: 10,
             open_duration: Duration::from_secs(10),
             backoff_factor: 1.0,
@@ -128,11 +128,11 @@ impl Config {
         self
     }
 
-    /// The sliding window (default `Window::Count(20)`).
-    pub fn window(mut self, window: Window) -> Self {
+    /// The sliding window (default `FailureWindow::Count(20)`).
+    pub fn window(mut self, window: FailureWindow) -> Self {
         self.window = match window {
-            Window::Count(n) => Window::Count(n.clamp(1, Window::MAX_COUNT)),
-            Window::Time(d) => Window::Time(d.clamp(Duration::from_millis(10), MAX_OPEN)),
+            FailureWindow::Count(n) => FailureWindow::Count(n.clamp(1, FailureWindow::MAX_COUNT)),
+            FailureWindow::Time(d) => FailureWindow::Time(d.clamp(Duration::from_millis(10), MAX_OPEN)),
         };
         self
     }
@@ -224,7 +224,7 @@ impl Config {
     /// `Retry-After` of a day, a daily quota's reset),
     /// [`quota_open_duration`](Config::quota_open_duration),
     /// [`auth_open_duration`](Config::auth_open_duration), or an
-    /// [`Outcome::trip`] made by hand. After it the breaker half-opens and
+    /// [`CallOutcome::trip`] made by hand. After it the breaker half-opens and
     /// probes as usual: if the quota is still spent, the probe's answer
     /// opens it again. Nothing learned from a provider sticks for longer,
     /// so a wrong or bogus reset heals within this time, at the cost of a
@@ -259,21 +259,21 @@ impl Config {
     ///   nothing about the provider's health, and the key's other requests
     ///   (other models) may well be allowed. They are not recorded at all,
     ///   and neither are cancellations and unknown errors.
-    pub fn outcome(&self, classification: &Classification, elapsed: Duration) -> Outcome {
+    pub fn outcome(&self, classification: &Classification, elapsed: Duration) -> CallOutcome {
         let Some(class) = classification.class else {
-            return Outcome::success(elapsed);
+            return CallOutcome::success(elapsed);
         };
         match class {
-            ErrorClass::QuotaExhausted => Outcome::trip(
+            ErrorClass::QuotaExhausted => CallOutcome::trip(
                 class,
                 quota_reset(classification).unwrap_or(self.quota_open_duration),
             ),
-            ErrorClass::Auth => Outcome::trip(class, self.auth_open_duration),
+            ErrorClass::Auth => CallOutcome::trip(class, self.auth_open_duration),
             ErrorClass::RateLimited | ErrorClass::SlowDown if self.count_rate_limited => {
-                Outcome::failure(class, elapsed)
+                CallOutcome::failure(class, elapsed)
             }
-            c if c.is_provider_fault() => Outcome::failure(class, elapsed),
-            _ => Outcome::ignored(),
+            c if c.is_provider_fault() => CallOutcome::failure(class, elapsed),
+            _ => CallOutcome::ignored(),
         }
     }
 }
@@ -295,7 +295,7 @@ fn quota_reset(c: &Classification) -> Option<Duration> {
 /// What one call's result means to a [`Circuit`](super::Circuit); made by
 /// [`Config::outcome`] or by hand.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Outcome {
+pub struct CallOutcome {
     pub(crate) kind: OutcomeKind,
 }
 
@@ -315,7 +315,7 @@ pub(crate) enum OutcomeKind {
     },
 }
 
-impl Outcome {
+impl CallOutcome {
     /// Whether this is a success that is not slow under `config`.
     pub(crate) fn is_plain_success(&self, config: &Config) -> bool {
         match self.kind {
@@ -328,7 +328,7 @@ impl Outcome {
 
     /// The provider answered well, after `elapsed`.
     pub const fn success(elapsed: Duration) -> Self {
-        Outcome {
+        CallOutcome {
             kind: OutcomeKind::Success { elapsed },
         }
     }
@@ -336,7 +336,7 @@ impl Outcome {
     /// The provider failed with `class` after `elapsed`: counts toward the
     /// failure rate.
     pub const fn failure(class: ErrorClass, elapsed: Duration) -> Self {
-        Outcome {
+        CallOutcome {
             kind: OutcomeKind::Failure { class, elapsed },
         }
     }
@@ -344,7 +344,7 @@ impl Outcome {
     /// Says nothing about the provider's health (a 400, a cancelled call):
     /// not recorded; a probe slot it held is given back.
     pub const fn ignored() -> Self {
-        Outcome {
+        CallOutcome {
             kind: OutcomeKind::Ignored,
         }
     }
@@ -352,7 +352,7 @@ impl Outcome {
     /// Open at once, for `open_for` (at most
     /// [`Config::max_trip_open`]), whatever the rates say (quota, auth).
     pub const fn trip(class: ErrorClass, open_for: Duration) -> Self {
-        Outcome {
+        CallOutcome {
             kind: OutcomeKind::Trip { class, open_for },
         }
     }

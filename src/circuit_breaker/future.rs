@@ -10,7 +10,7 @@ use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
 use super::circuit::Permit;
-use super::config::Outcome;
+use super::config::CallOutcome;
 use super::shared::Cell;
 use crate::classify::{Classification, Classifier};
 use crate::{BoxError, Error};
@@ -134,7 +134,7 @@ where
                         // without scanning its headers (the breaker needs
                         // nothing else from them).
                         None if !context.classifier.is_error_status(response.status()) => {
-                            Outcome::success(elapsed)
+                            CallOutcome::success(elapsed)
                         }
                         None => context
                             .config

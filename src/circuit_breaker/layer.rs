@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use tower::Layer;
 
-use super::config::{Config, Window};
+use super::config::{Config, FailureWindow};
 use super::shared::{Breakers, Context};
 use super::CircuitBreaker;
 use crate::classify::Provider;
@@ -78,8 +78,8 @@ impl<K, C> CircuitBreakerLayer<K, C> {
         slow_call_rate(rate: f64);
         /// See [`Config::slow_call_duration`] (default 60 s).
         slow_call_duration(duration: Duration);
-        /// See [`Config::window`] (default `Window::Count(20)`).
-        window(window: Window);
+        /// See [`Config::window`] (default `FailureWindow::Count(20)`).
+        window(window: FailureWindow);
         /// See [`Config::minimum_calls`] (default 10).
         minimum_calls(n: u32);
         /// See [`Config::open_duration`] (default 10 s).

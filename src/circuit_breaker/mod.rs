@@ -51,7 +51,7 @@
 //! use std::time::Duration;
 //! use http::{Request, Response};
 //! use tower::{service_fn, ServiceBuilder, ServiceExt};
-//! use tower_llm_resilience::circuit_breaker::{CircuitBreakerLayer, Window};
+//! use tower_llm_resilience::circuit_breaker::{CircuitBreakerLayer, FailureWindow};
 //! use tower_llm_resilience::{ErrorClass, Key};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -63,7 +63,7 @@
 //! let client = ServiceBuilder::new()
 //!     .layer(
 //!         CircuitBreakerLayer::new()
-//!             .window(Window::Count(10))
+//!             .window(FailureWindow::Count(10))
 //!             .minimum_calls(5)
 //!             .open_duration(Duration::from_secs(30)),
 //!     )
@@ -108,7 +108,7 @@ mod shared;
 mod window;
 
 pub use self::circuit::{Circuit, Permit, Rejected, Transition};
-pub use self::config::{Config, Outcome, Window};
+pub use self::config::{Config, CallOutcome, FailureWindow};
 pub use self::future::ResponseFuture;
 pub use self::layer::{CircuitBreakerLayer, DEFAULT_MAX_KEYS};
 pub use self::service::CircuitBreaker;

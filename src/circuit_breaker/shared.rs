@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use tokio::time::Instant;
 
 use super::circuit::{generation_of, is_closed, is_closed_and_clean, Circuit, Permit, Transition};
-use super::config::{Config, Outcome};
+use super::config::{Config, CallOutcome};
 use crate::classify::ErrorClass;
 use crate::events::{CircuitState, Event, Events};
 use crate::key::Key;
@@ -80,9 +80,9 @@ impl<C> Cell<C> {
     }
 
     /// Records the outcome of the call `permit` allowed.
-    pub(crate) fn record(&self, permit: Permit, outcome: Outcome) {
+    pub(crate) fn record(&self, permit: Permit, outcome: CallOutcome) {
         if !permit.is_probe() {
-            if outcome == Outcome::ignored() {
+            if outcome == CallOutcome::ignored() {
                 return;
             }
             // A healthy breaker: a plain success changes nothing.

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::config::Window;
+use super::config::FailureWindow;
 
 /// Counts over the window.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -27,10 +27,10 @@ pub(crate) enum Outcomes {
 }
 
 impl Outcomes {
-    pub(crate) fn new(window: Window, now: Instant) -> Self {
+    pub(crate) fn new(window: FailureWindow, now: Instant) -> Self {
         match window {
-            Window::Count(n) => Outcomes::Count(CountWindow::new(n)),
-            Window::Time(d) => Outcomes::Time(TimeWindow::new(d, now)),
+            FailureWindow::Count(n) => Outcomes::Count(CountWindow::new(n)),
+            FailureWindow::Time(d) => Outcomes::Time(TimeWindow::new(d, now)),
         }
     }
 
@@ -120,14 +120,14 @@ impl CountWindow {
     }
 }
 
-/// Outcomes of the last `duration`, in [`Window::BUCKETS`] buckets.
+/// Outcomes of the last `duration`, in [`FailureWindow::BUCKETS`] buckets.
 #[derive(Debug)]
 pub(crate) struct TimeWindow {
     origin: Instant,
     bucket: Duration,
     /// `(bucket index since origin, totals)`; a bucket whose index is older
     /// than the window counts as empty.
-    buckets: [(u64, Totals); Window::BUCKETS as usize],
+    buckets: [(u64, Totals); FailureWindow::BUCKETS as usize],
 }
 
 const EMPTY: (u64, Totals) = (
@@ -143,8 +143,8 @@ impl TimeWindow {
     fn new(duration: Duration, origin: Instant) -> Self {
         TimeWindow {
             origin,
-            bucket: (duration / Window::BUCKETS).max(Duration::from_millis(1)),
-            buckets: [EMPTY; Window::BUCKETS as usize],
+            bucket: (duration / FailureWindow::BUCKETS).max(Duration::from_millis(1)),
+            buckets: [EMPTY; FailureWindow::BUCKETS as usize],
         }
     }
 
@@ -153,7 +153,7 @@ impl TimeWindow {
         let index = u64::try_from(since.as_nanos() / self.bucket.as_nanos().max(1))
             .unwrap_or(u64::MAX - 1)
             .min(u64::MAX - 1);
-        let slot = (index % u64::from(Window::BUCKETS)) as usize;
+        let slot = (index % u64::from(FailureWindow::BUCKETS)) as usize;
         let b = &mut self.buckets[slot];
         if b.0 != index {
             *b = (index, Totals::default());
@@ -161,7 +161,7 @@ impl TimeWindow {
         b.1.calls = b.1.calls.saturating_add(1);
         b.1.failures = b.1.failures.saturating_add(u32::from(failure));
         b.1.slow = b.1.slow.saturating_add(u32::from(slow));
-        let oldest = index.saturating_sub(u64::from(Window::BUCKETS - 1));
+        let oldest = index.saturating_sub(u64::from(FailureWindow::BUCKETS - 1));
         let mut totals = Totals::default();
         for (i, t) in &self.buckets {
             if *i != u64::MAX && *i >= oldest && *i <= index {
@@ -174,7 +174,7 @@ impl TimeWindow {
     }
 
     fn reset(&mut self) {
-        self.buckets = [EMPTY; Window::BUCKETS as usize];
+        self.buckets = [EMPTY; FailureWindow::BUCKETS as usize];
     }
 }
 

@@ -26,7 +26,7 @@ pub struct Classification {
     /// The server's explicit `x-should-retry: true|false`.
     pub should_retry: Option<bool>,
     /// The rate-limit state the headers report.
-    pub limits: RateLimits,
+    pub limits: ReportedLimits,
     /// The provider error code that decided the class, when one was
     /// recognised in the body (`"insufficient_quota"`, `"overloaded_error"`,
     /// `"RESOURCE_EXHAUSTED"`...).
@@ -44,7 +44,7 @@ impl Classification {
             status: None,
             retry_after: None,
             should_retry: None,
-            limits: RateLimits::EMPTY,
+            limits: ReportedLimits::EMPTY,
             code: None,
             provider: None,
         }
@@ -95,20 +95,20 @@ impl Classification {
 /// `requests` (or `tokens` when the policy's name mentions tokens).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct RateLimits {
+pub struct ReportedLimits {
     /// Requests per window.
-    pub requests: Option<LimitState>,
+    pub requests: Option<ReportedLimit>,
     /// Tokens (input and output together) per window.
-    pub tokens: Option<LimitState>,
+    pub tokens: Option<ReportedLimit>,
     /// Input tokens per window (Anthropic).
-    pub input_tokens: Option<LimitState>,
+    pub input_tokens: Option<ReportedLimit>,
     /// Output tokens per window (Anthropic).
-    pub output_tokens: Option<LimitState>,
+    pub output_tokens: Option<ReportedLimit>,
 }
 
-impl RateLimits {
+impl ReportedLimits {
     /// No limits reported.
-    pub const EMPTY: RateLimits = RateLimits {
+    pub const EMPTY: ReportedLimits = ReportedLimits {
         requests: None,
         tokens: None,
         input_tokens: None,
@@ -131,7 +131,7 @@ impl RateLimits {
 /// guessed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct LimitState {
+pub struct ReportedLimit {
     /// The limit of the window (`x-ratelimit-limit-*`).
     pub limit: Option<u64>,
     /// What remains of it now (`x-ratelimit-remaining-*`).
@@ -146,10 +146,10 @@ pub struct LimitState {
     pub window: Option<Duration>,
 }
 
-impl LimitState {
+impl ReportedLimit {
     /// A state with the given parts.
     pub const fn new(limit: Option<u64>, remaining: Option<u64>, reset: Option<Duration>) -> Self {
-        LimitState {
+        ReportedLimit {
             limit,
             remaining,
             reset,

@@ -16,7 +16,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use super::headers::{parse_count, Scan};
 use super::{
     parse_error_body, parse_go_duration, parse_retry_after, parse_retry_after_ms,
-    parse_rfc3339_reset, Classification, Classifier, ErrorClass, LimitState, Provider, RateLimits,
+    parse_rfc3339_reset, Classification, Classifier, ErrorClass, ReportedLimit, Provider, ReportedLimits,
     MAX_SERVER_WAIT,
 };
 
@@ -171,7 +171,7 @@ pub fn rfc3339_reset(data: &[u8]) {
     }
 }
 
-fn check_state(state: &LimitState, what: &str) {
+fn check_state(state: &ReportedLimit, what: &str) {
     for (part, wait) in [("reset", state.reset), ("window", state.window)] {
         if let Some(w) = wait {
             assert!(w <= MAX_SERVER_WAIT, "{what}.{part} = {w:?}");
@@ -179,7 +179,7 @@ fn check_state(state: &LimitState, what: &str) {
     }
 }
 
-fn check_limits(limits: &RateLimits) {
+fn check_limits(limits: &ReportedLimits) {
     for (what, state) in [
         ("requests", limits.requests),
         ("tokens", limits.tokens),
@@ -225,7 +225,7 @@ pub fn ratelimit_fields(data: &[u8]) {
         ("ratelimit-remaining", remaining),
         ("ratelimit-reset", reset),
     ]);
-    let mut limits = RateLimits::default();
+    let mut limits = ReportedLimits::default();
     Scan::new(&headers).ietf(&mut limits);
     check_limits(&limits);
     assert!(limits.input_tokens.is_none() && limits.output_tokens.is_none());

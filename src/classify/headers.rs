@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, HeaderValue};
 
-use super::{LimitState, Provider, RateLimits};
+use super::{ReportedLimit, Provider, ReportedLimits};
 
 /// The longest wait a server-given value is taken at: one day. A larger
 /// `Retry-After` or reset is clamped to it (a per-day quota resets within a
@@ -331,9 +331,9 @@ impl<'a> Scan<'a> {
     /// `x-ratelimit-*`, Anthropic `anthropic-ratelimit-*`, then the IETF
     /// `RateLimit` fields for dimensions still unknown. Header names do not
     /// collide between providers, so reading all of them is safe.
-    pub(crate) fn rate_limits(&self, now: &dyn Fn() -> SystemTime) -> RateLimits {
+    pub(crate) fn rate_limits(&self, now: &dyn Fn() -> SystemTime) -> ReportedLimits {
         let openai = |[limit, remaining, reset]: [Option<&str>; 3]| {
-            LimitState::new(
+            ReportedLimit::new(
                 limit.and_then(parse_count),
                 remaining.and_then(parse_count),
                 reset.and_then(parse_go_duration),
@@ -341,14 +341,14 @@ impl<'a> Scan<'a> {
             .non_empty()
         };
         let anthropic = |[limit, remaining, reset]: [Option<&str>; 3]| {
-            LimitState::new(
+            ReportedLimit::new(
                 limit.and_then(parse_count),
                 remaining.and_then(parse_count),
                 reset.and_then(|v| parse_rfc3339_reset(v, now())),
             )
             .non_empty()
         };
-        let mut limits = RateLimits {
+        let mut limits = ReportedLimits {
             requests: openai(self.openai[0]).or_else(|| anthropic(self.anthropic[0])),
             tokens: openai(self.openai[1]).or_else(|| anthropic(self.anthropic[1])),
             input_tokens: anthropic(self.anthropic[2]),
@@ -364,11 +364,11 @@ impl<'a> Scan<'a> {
     /// `RateLimit-Limit` / `RateLimit-Remaining` / `RateLimit-Reset` trio. The
     /// first policy fills `requests`, or `tokens` when its name mentions
     /// tokens; a dimension already known from provider headers is kept.
-    pub(crate) fn ietf(&self, limits: &mut RateLimits) {
+    pub(crate) fn ietf(&self, limits: &mut ReportedLimits) {
         if limits.requests.is_some() && limits.tokens.is_some() {
             return;
         }
-        let mut found: [LimitState; 2] = Default::default();
+        let mut found: [ReportedLimit; 2] = Default::default();
         if let Some(value) = self.ratelimit_policy {
             ietf_field(value, true, &mut found);
         }
@@ -435,7 +435,7 @@ fn anthropic_slot(rest: &str) -> Option<(usize, usize)> {
 
 /// One `RateLimit` or `RateLimit-Policy` field into `found` (requests,
 /// tokens); the first entry of each kind wins.
-fn ietf_field(value: &HeaderValue, is_policy: bool, found: &mut [LimitState; 2]) {
+fn ietf_field(value: &HeaderValue, is_policy: bool, found: &mut [ReportedLimit; 2]) {
     use sfv::{BareItem, ListEntry, Parser};
 
     let Ok(list) = Parser::new(value.as_bytes()).parse::<sfv::List>() else {
@@ -589,7 +589,7 @@ mod tests {
         let limits = Scan::new(&h).rate_limits(&|| SystemTime::UNIX_EPOCH);
         assert_eq!(
             limits.requests,
-            Some(LimitState::new(
+            Some(ReportedLimit::new(
                 Some(10_000),
                 Some(9_999),
                 Some(Duration::from_millis(6))
@@ -597,7 +597,7 @@ mod tests {
         );
         assert_eq!(
             limits.tokens,
-            Some(LimitState::new(
+            Some(ReportedLimit::new(
                 Some(2_000_000),
                 Some(1_999_000),
                 Some(Duration::from_millis(30))
@@ -640,7 +640,7 @@ mod tests {
         let limits = Scan::new(&h).rate_limits(&|| now);
         assert_eq!(
             limits.requests,
-            Some(LimitState::new(
+            Some(ReportedLimit::new(
                 Some(50),
                 Some(49),
                 Some(Duration::from_secs(1))
@@ -649,7 +649,7 @@ mod tests {
         assert_eq!(limits.tokens, None);
         assert_eq!(
             limits.input_tokens,
-            Some(LimitState::new(
+            Some(ReportedLimit::new(
                 Some(40_000),
                 Some(39_000),
                 Some(Duration::from_secs(2))
@@ -657,7 +657,7 @@ mod tests {
         );
         assert_eq!(
             limits.output_tokens,
-            Some(LimitState::new(
+            Some(ReportedLimit::new(
                 Some(8_000),
                 Some(7_000),
                 Some(Duration::from_secs(9))
@@ -675,10 +675,10 @@ mod tests {
             ("ratelimit", "\"default\";r=50;t=30, \"tokens\";r=4000;t=12"),
         ]);
         let limits = Scan::new(&h).rate_limits(&|| SystemTime::UNIX_EPOCH);
-        let mut requests = LimitState::new(Some(100), Some(50), Some(Duration::from_secs(30)));
+        let mut requests = ReportedLimit::new(Some(100), Some(50), Some(Duration::from_secs(30)));
         requests.window = Some(Duration::from_secs(60));
         assert_eq!(limits.requests, Some(requests));
-        let mut tokens = LimitState::new(Some(5000), Some(4000), Some(Duration::from_secs(12)));
+        let mut tokens = ReportedLimit::new(Some(5000), Some(4000), Some(Duration::from_secs(12)));
         tokens.window = Some(Duration::from_secs(60));
         assert_eq!(limits.tokens, Some(tokens));
 
@@ -691,7 +691,7 @@ mod tests {
             Scan::new(&legacy)
                 .rate_limits(&|| SystemTime::UNIX_EPOCH)
                 .requests,
-            Some(LimitState::new(
+            Some(ReportedLimit::new(
                 Some(10),
                 Some(3),
                 Some(Duration::from_secs(7))

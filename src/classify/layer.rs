@@ -26,7 +26,7 @@ pub(crate) const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(5);
 impl ClassifyLayer {
     /// A layer with the [`Provider::Auto`] classifier.
     pub const fn new() -> Self {
-        ClassifyLayer::with_classifier(Provider::Auto)
+        ClassifyLayer::new().classifier(Provider::Auto)
     }
 }
 

@@ -64,7 +64,7 @@ mod tower_http;
 
 pub use self::body::{parse_error_body, ErrorBody, DEFAULT_BODY_PREFIX};
 pub use self::class::{ErrorClass, UnknownClass};
-pub use self::classification::{Classification, LimitState, RateLimits};
+pub use self::classification::{Classification, ReportedLimit, ReportedLimits};
 pub use self::classifier::{classify_transport_error, Classifier};
 pub use self::future::ResponseFuture;
 pub use self::headers::{

@@ -7,7 +7,7 @@ use http::{HeaderMap, StatusCode};
 use super::body::parse_error_body;
 use super::classifier::wall_clock;
 use super::headers::Scan;
-use super::{Classification, Classifier, ErrorClass, LimitState};
+use super::{Classification, Classifier, ErrorClass, ReportedLimit};
 
 /// The AI providers whose signals this crate knows, as a [`Classifier`].
 ///
@@ -164,7 +164,7 @@ fn exhausted_reset(c: &Classification) -> Option<Duration> {
     [l.requests, l.tokens, l.input_tokens, l.output_tokens]
         .into_iter()
         .flatten()
-        .filter(|s: &LimitState| s.remaining == Some(0))
+        .filter(|s: &ReportedLimit| s.remaining == Some(0))
         .filter_map(|s| s.reset)
         .max()
 }

@@ -16,7 +16,7 @@ use super::estimate::TokenUsage;
 use super::service::Shared;
 use super::store::{Decision, Reservation, Store};
 use super::window::{Costs, Dimension};
-use crate::classify::{Classifier, ErrorClass, LimitState};
+use crate::classify::{Classifier, ErrorClass, ReportedLimit};
 use crate::events::Event;
 use crate::key::Key;
 use crate::{BoxError, Error};
@@ -393,7 +393,7 @@ where
         .provider
         .and_then(|p| p.request_limit_window())
         .unwrap_or(MINUTE);
-    let dims: [(Dimension, Option<LimitState>, Duration); 4] = [
+    let dims: [(Dimension, Option<ReportedLimit>, Duration); 4] = [
         (Dimension::Requests, c.limits.requests, request_window),
         (Dimension::Tokens, c.limits.tokens, MINUTE),
         (Dimension::InputTokens, c.limits.input_tokens, MINUTE),

@@ -41,7 +41,7 @@
 //! Nothing learned from a provider is sticky: one odd response must never
 //! shut a key, since a key that sends nothing hears nothing that could
 //! correct it. Every part has a floor, a bound and an expiry (the rule is
-//! [`Window::learn`]'s; the Redis store applies the same one):
+//! [`SlidingWindow::learn`]'s; the Redis store applies the same one):
 //!
 //! | learned from | floor | bound | expires |
 //! | --- | --- | --- | --- |
@@ -114,6 +114,6 @@ pub use self::store::{
     Decision, MemoryStore, Reservation, Store, DEFAULT_MAX_KEYS, HARD_KEYS_FACTOR,
 };
 pub use self::window::{
-    default_learned_ttl, Admission, Costs, Dimension, Limit, Limits, Window,
+    default_learned_ttl, Admission, Costs, Dimension, Limit, Limits, SlidingWindow,
     DEFAULT_LEARNED_TTL_CAP,
 };

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::window::{Admission, Costs, Dimension, Limits, Window};
-use crate::classify::LimitState;
+use super::window::{Admission, Costs, Dimension, Limits, SlidingWindow};
+use crate::classify::ReportedLimit;
 use crate::key::Key;
 use crate::Error;
 
@@ -157,7 +157,7 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// Takes in what the provider reported for one dimension of `key`
-    /// over `window`, by the rule of [`Window::learn`] (a limit of 0 is
+    /// over `window`, by the rule of [`SlidingWindow::learn`] (a limit of 0 is
     /// ignored; a learned limit has a floor, a bound and an expiry).
     /// Returns the limit in force when the state changed.
     fn learn(
@@ -165,7 +165,7 @@ pub trait Store: Send + Sync + 'static {
         key: &Key,
         dimension: Dimension,
         window: Duration,
-        state: LimitState,
+        state: ReportedLimit,
         now: Instant,
     ) -> Option<u64>;
 }
@@ -177,7 +177,7 @@ type Map = HashMap<Key, Slot, RandomState>;
 /// One key's window, and the wakers of its requests that wait (so that a
 /// cancellation ahead of them, or a gate, can wake them).
 struct Slot {
-    window: Window,
+    window: SlidingWindow,
     watchers: Vec<(u64, Waker)>,
 }
 
@@ -201,7 +201,7 @@ type KeyLimits = dyn Fn(&Key) -> Limits + Send + Sync;
 /// something (the hard bound; see [`MemoryStore::max_keys`]).
 pub const HARD_KEYS_FACTOR: usize = 4;
 
-/// The default store: every key's [`Window`] in one map in this process,
+/// The default store: every key's [`SlidingWindow`] in one map in this process,
 /// shared by all clones of the limiter.
 ///
 /// # Bounded, and never forgetful
@@ -290,7 +290,7 @@ impl MemoryStore {
     /// Whether a provider's `limit` header may raise the configured limit
     /// (default `false`: headers only ever tighten). Raised or not, a
     /// learned limit is bounded and expires: see
-    /// [`Window::learn`](super::Window::learn).
+    /// [`SlidingWindow::learn`](super::SlidingWindow::learn).
     pub fn learn_limits(self, yes: bool) -> Self {
         self.rebuild(|p| p.learn_limits = yes)
     }
@@ -340,7 +340,7 @@ impl MemoryStore {
                 slot.window.prune(now);
                 slot.window.earliest(costs, now).ok()
             }
-            None => Window::new(&self.limits_of(key), now)
+            None => SlidingWindow::new(&self.limits_of(key), now)
                 .earliest(costs, now)
                 .ok(),
         }
@@ -402,7 +402,7 @@ impl MemoryStore {
         }
         self.make_room(state, now)?;
         let slot = state.map.entry(key.clone()).or_insert_with(|| Slot {
-            window: Window::new(&self.limits_of(key), now),
+            window: SlidingWindow::new(&self.limits_of(key), now),
             watchers: Vec::new(),
         });
         let r = f(slot, &mut state.next_id);
@@ -463,20 +463,20 @@ impl MemoryStore {
     ) -> Result<Decision, Error> {
         let admission = self.with_slot(key, now, |slot, next_id| {
             let admission = slot.window.acquire_as(*next_id, costs, now, deadline);
-            if matches!(admission, Admission::Reserved { .. }) {
+            if matches!(admission, Decision::Admitted(Booking { .. })) {
                 *next_id = next_id.wrapping_add(1);
             }
             admission
         })?;
         Ok(match admission {
-            Admission::Reserved { id, at } => Decision::Admitted(Reservation {
+            Decision::Admitted(Booking { id, at }) => Decision::Admitted(Reservation {
                 key: key.clone(),
                 id,
                 at,
                 costs: *costs,
             }),
-            Admission::TooLate { at } => Decision::TooLate(at),
-            Admission::Never { cost, capacity } => Decision::Never { cost, capacity },
+            Decision::TooLate(at) => Decision::TooLate(at),
+            Decision::Never { cost, capacity } => Decision::Never { cost, capacity },
         })
     }
 
@@ -593,7 +593,7 @@ impl Store for MemoryStore {
         key: &Key,
         dimension: Dimension,
         window: Duration,
-        state: LimitState,
+        state: ReportedLimit,
         now: Instant,
     ) -> Option<u64> {
         let p = &self.inner.params;

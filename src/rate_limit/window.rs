@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::classify::LimitState;
+use crate::classify::ReportedLimit;
 
 /// What a limit counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -231,7 +231,7 @@ impl Limits {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Admission {
     /// Reserved: the request may start at `at` (`now` or later). `id`
-    /// names the reservation for [`Window::cancel`] and [`Window::correct`].
+    /// names the reservation for [`SlidingWindow::cancel`] and [`SlidingWindow::correct`].
     Reserved {
         /// The reservation's id.
         id: u64,
@@ -454,16 +454,16 @@ impl DimState {
 ///
 /// Exactness: over any half-open interval `[a, a + window)`, the costs
 /// admitted in it never exceed the limit in force (before
-/// [`Window::correct`] changes a charge after the fact). Admission is
+/// [`SlidingWindow::correct`] changes a charge after the fact). Admission is
 /// first-come first-served: a request is admitted at the earliest instant,
 /// not before any earlier reservation of this key, at which it fits in
 /// every limit. Memory: one 24-byte entry per admitted request still inside
 /// a window, pruned on every decision.
 ///
-/// See [`Window::learn`] for what is learned from a provider, and for how
+/// See [`SlidingWindow::learn`] for what is learned from a provider, and for how
 /// long.
 #[derive(Clone, Debug)]
-pub struct Window {
+pub struct SlidingWindow {
     dims: Vec<DimState>,
     /// No admission before this instant (the shared Retry-After gate).
     gate: Option<Instant>,
@@ -473,10 +473,10 @@ pub struct Window {
     last_used: Instant,
 }
 
-impl Window {
+impl SlidingWindow {
     /// A fresh window for `limits`.
     pub fn new(limits: &Limits, now: Instant) -> Self {
-        Window {
+        SlidingWindow {
             dims: limits
                 .iter()
                 .map(|&limit| DimState {
@@ -556,10 +556,10 @@ impl Window {
 
     /// Reserves `costs` at the earliest instant it fits, unless that is
     /// after `deadline`.
-    pub fn acquire(&mut self, costs: &Costs, now: Instant, deadline: Option<Instant>) -> Admission {
+    pub fn acquire(&mut self, costs: &Costs, now: Instant, deadline: Option<Instant>) -> Decision<Booking> {
         let id = self.next_id;
         let admission = self.acquire_as(id, costs, now, deadline);
-        if matches!(admission, Admission::Reserved { .. }) {
+        if matches!(admission, Decision::Admitted(Booking { .. })) {
             self.next_id = id.wrapping_add(1);
         }
         admission
@@ -575,15 +575,15 @@ impl Window {
         costs: &Costs,
         now: Instant,
         deadline: Option<Instant>,
-    ) -> Admission {
+    ) -> Decision<Booking> {
         self.prune(now);
         self.last_used = now;
         let at = match self.earliest(costs, now) {
             Ok(at) => at,
-            Err((cost, capacity)) => return Admission::Never { cost, capacity },
+            Err((cost, capacity)) => return Decision::Never { cost, capacity },
         };
         if deadline.is_some_and(|d| at > d) {
-            return Admission::TooLate { at };
+            return Decision::TooLate(at);
         }
         for d in &mut self.dims {
             let cost = d.limit.dimension.cost(costs);
@@ -596,7 +596,7 @@ impl Window {
         if at > now {
             self.last = Some(at);
         }
-        Admission::Reserved { id, at }
+        Decision::Admitted(Booking { id, at })
     }
 
     /// Takes back reservation `id` entirely (a request that was never sent:
@@ -773,7 +773,7 @@ impl Window {
         &mut self,
         dimension: Dimension,
         window: Duration,
-        state: LimitState,
+        state: ReportedLimit,
         learn_limits: bool,
         learned_ttl: Option<Duration>,
         now: Instant,
@@ -895,18 +895,18 @@ mod tests {
     fn admits_at_the_exact_instant_room_frees() {
         let t0 = Instant::now();
         let limits = Limits::new().window(Dimension::Requests, ms(1000), 2);
-        let mut w = Window::new(&limits, t0);
+        let mut w = SlidingWindow::new(&limits, t0);
         let one = Costs::new(0, 0);
-        assert!(matches!(w.acquire(&one, t0, None), Admission::Reserved { at, .. } if at == t0));
+        assert!(matches!(w.acquire(&one, t0, None), Decision::Admitted(Booking { at, .. }) if at == t0));
         let t1 = t0 + ms(300);
-        assert!(matches!(w.acquire(&one, t1, None), Admission::Reserved { at, .. } if at == t1));
+        assert!(matches!(w.acquire(&one, t1, None), Decision::Admitted(Booking { at, .. }) if at == t1));
         // Third: room frees when the first leaves the window at t0 + 1000.
         assert!(
-            matches!(w.acquire(&one, t1, None), Admission::Reserved { at, .. } if at == t0 + ms(1000))
+            matches!(w.acquire(&one, t1, None), Decision::Admitted(Booking { at, .. }) if at == t0 + ms(1000))
         );
         // Fourth (FIFO after it): the second leaves at t1 + 1000.
         assert!(
-            matches!(w.acquire(&one, t1, None), Admission::Reserved { at, .. } if at == t1 + ms(1000))
+            matches!(w.acquire(&one, t1, None), Decision::Admitted(Booking { at, .. }) if at == t1 + ms(1000))
         );
     }
 
@@ -914,10 +914,10 @@ mod tests {
     fn oversize_never_fits() {
         let t0 = Instant::now();
         let limits = Limits::new().tokens_per_minute(100);
-        let mut w = Window::new(&limits, t0);
+        let mut w = SlidingWindow::new(&limits, t0);
         assert_eq!(
             w.acquire(&Costs::tokens(101), t0, None),
-            Admission::Never {
+            Decision::Never {
                 cost: 101,
                 capacity: 100
             }
@@ -928,14 +928,14 @@ mod tests {
     fn deadline_reserves_nothing() {
         let t0 = Instant::now();
         let limits = Limits::new().tokens_per_minute(100);
-        let mut w = Window::new(&limits, t0);
+        let mut w = SlidingWindow::new(&limits, t0);
         assert!(matches!(
             w.acquire(&Costs::tokens(80), t0, None),
-            Admission::Reserved { .. }
+            Decision::Admitted(Booking { .. })
         ));
         assert_eq!(
             w.acquire(&Costs::tokens(80), t0, Some(t0 + ms(10))),
-            Admission::TooLate { at: t0 + MINUTE }
+            Decision::TooLate(t0 + MINUTE)
         );
         assert_eq!(w.entries(), 1);
     }
@@ -944,8 +944,8 @@ mod tests {
     fn cancel_and_correct_free_room() {
         let t0 = Instant::now();
         let limits = Limits::new().tokens_per_minute(100);
-        let mut w = Window::new(&limits, t0);
-        let Admission::Reserved { id, .. } = w.acquire(&Costs::tokens(90), t0, None) else {
+        let mut w = SlidingWindow::new(&limits, t0);
+        let Decision::Admitted(Booking { id, .. }) = w.acquire(&Costs::tokens(90), t0, None) else {
             panic!()
         };
         assert_eq!(w.earliest(&Costs::tokens(20), t0), Ok(t0 + MINUTE));
@@ -955,24 +955,24 @@ mod tests {
         assert_eq!(w.earliest(&Costs::tokens(100), t0), Ok(t0));
     }
 
-    fn said(limit: Option<u64>, remaining: Option<u64>, reset: Option<Duration>) -> LimitState {
-        LimitState::new(limit, remaining, reset)
+    fn said(limit: Option<u64>, remaining: Option<u64>, reset: Option<Duration>) -> ReportedLimit {
+        ReportedLimit::new(limit, remaining, reset)
     }
 
     #[test]
     fn learning_tightens_until_reset_and_never_loosens() {
         let t0 = Instant::now();
         let limits = Limits::new().requests_per_minute(100);
-        let mut w = Window::new(&limits, t0);
+        let mut w = SlidingWindow::new(&limits, t0);
         let r = Dimension::Requests;
         // Provider says only 1 remains, resetting in 10 s.
         let state = said(Some(100), Some(1), Some(Duration::from_secs(10)));
         assert_eq!(w.learn(r, MINUTE, state, false, None, t0), Some(100));
         assert!(
-            matches!(w.acquire(&Costs::new(0, 0), t0, None), Admission::Reserved { at, .. } if at == t0)
+            matches!(w.acquire(&Costs::new(0, 0), t0, None), Decision::Admitted(Booking { at, .. }) if at == t0)
         );
         assert!(
-            matches!(w.acquire(&Costs::new(0, 0), t0, None), Admission::Reserved { at, .. } if at == t0 + Duration::from_secs(10))
+            matches!(w.acquire(&Costs::new(0, 0), t0, None), Decision::Admitted(Booking { at, .. }) if at == t0 + Duration::from_secs(10))
         );
         // A higher provider limit does not loosen without opt-in.
         w.learn(r, MINUTE, said(Some(1000), None, None), false, None, t0);
@@ -993,7 +993,7 @@ mod tests {
         let limits = Limits::new()
             .requests_per_minute(100)
             .requests_per_day(1000);
-        let mut w = Window::new(&limits, t0);
+        let mut w = SlidingWindow::new(&limits, t0);
         let limit = |l| said(Some(l), None, None);
         // 0 is ignored.
         assert_eq!(w.learn(r, MINUTE, limit(0), true, None, t0), None);
@@ -1011,11 +1011,11 @@ mod tests {
         );
         // A request above the learned limit but within the configured one
         // waits for the expiry; only the configured one decides "never".
-        let eleven = |w: &mut Window| {
+        let eleven = |w: &mut SlidingWindow| {
             let mut at = t0;
             for _ in 0..11 {
                 match w.acquire(&Costs::new(0, 0), t0, None) {
-                    Admission::Reserved { at: a, .. } => at = a,
+                    Decision::Admitted(Booking { at: a, .. }) => at = a,
                     other => panic!("{other:?}"),
                 }
             }
@@ -1048,7 +1048,7 @@ mod tests {
         // Tokens: a cost above the learned limit waits, above the
         // configured one never fits.
         let limits = Limits::new().tokens_per_minute(10_000);
-        let mut w = Window::new(&limits, t0);
+        let mut w = SlidingWindow::new(&limits, t0);
         let tk = Dimension::Tokens;
         assert_eq!(
             w.learn(tk, MINUTE, limit(2_000), false, None, t0),
@@ -1061,7 +1061,7 @@ mod tests {
             Err((10_001, 10_000))
         );
         // A configured limit of 0 learns nothing (and cannot panic).
-        let mut w = Window::new(&Limits::new().requests_per_minute(0), t0);
+        let mut w = SlidingWindow::new(&Limits::new().requests_per_minute(0), t0);
         assert_eq!(w.learn(r, MINUTE, limit(5), true, None, t0), None);
         assert_eq!(w.limit_of(r, MINUTE, t0), Some(0));
     }
@@ -1074,15 +1074,15 @@ mod tests {
         let limits = Limits::new()
             .window(Dimension::Requests, ms(2000), 1)
             .window(Dimension::Tokens, ms(1000), 100);
-        let mut w = Window::new(&limits, t0);
+        let mut w = SlidingWindow::new(&limits, t0);
         let ttl = Some(ms(500));
         let state = said(Some(3), None, None);
         assert_eq!(
             w.learn(Dimension::Requests, ms(2000), state, true, ttl, t0),
             Some(3)
         );
-        let at = |w: &mut Window, tokens| match w.acquire(&Costs::tokens(tokens), t0, None) {
-            Admission::Reserved { at, .. } => at,
+        let at = |w: &mut SlidingWindow, tokens| match w.acquire(&Costs::tokens(tokens), t0, None) {
+            Decision::Admitted(Booking { at, .. }) => at,
             other => panic!("{other:?}"),
         };
         assert_eq!(at(&mut w, 90), t0);
@@ -1098,20 +1098,20 @@ mod tests {
         let limits = Limits::new()
             .window(Dimension::Tokens, Duration::MAX, u64::MAX)
             .window(Dimension::Requests, Duration::from_nanos(1), 0);
-        let mut w = Window::new(&limits, t0);
+        let mut w = SlidingWindow::new(&limits, t0);
         assert!(matches!(
             w.acquire(&Costs::tokens(u64::MAX), t0, None),
-            Admission::Never { .. }
+            Decision::Never { .. }
         ));
         let limits = Limits::new().window(Dimension::Tokens, Duration::MAX, u64::MAX);
-        let mut w = Window::new(&limits, t0);
+        let mut w = SlidingWindow::new(&limits, t0);
         assert!(matches!(
             w.acquire(&Costs::new(u64::MAX, u64::MAX), t0, None),
-            Admission::Reserved { .. }
+            Decision::Admitted(Booking { .. })
         ));
         assert!(matches!(
             w.acquire(&Costs::tokens(1), t0, Some(t0)),
-            Admission::TooLate { .. }
+            Decision::TooLate(_)
         ));
         w.learn(
             Dimension::Tokens,
@@ -1137,10 +1137,10 @@ mod tests {
     fn gate_holds_everything() {
         let t0 = Instant::now();
         let limits = Limits::new().requests_per_minute(100);
-        let mut w = Window::new(&limits, t0);
+        let mut w = SlidingWindow::new(&limits, t0);
         assert!(!w.gate(t0 + ms(500), t0), "nobody waits");
         assert!(
-            matches!(w.acquire(&Costs::new(0, 0), t0, None), Admission::Reserved { at, .. } if at == t0 + ms(500))
+            matches!(w.acquire(&Costs::new(0, 0), t0, None), Decision::Admitted(Booking { at, .. }) if at == t0 + ms(500))
         );
     }
 
@@ -1150,10 +1150,10 @@ mod tests {
     fn waiters_already_queued_ignore_a_gate_closed_after_they_were_booked() {
         let t0 = Instant::now();
         let limits = Limits::new().window(Dimension::Requests, ms(1000), 1);
-        let mut w = Window::new(&limits, t0);
+        let mut w = SlidingWindow::new(&limits, t0);
         let mut ids = Vec::new();
         for _ in 0..3 {
-            let Admission::Reserved { id, .. } = w.acquire(&Costs::new(0, 0), t0, None) else {
+            let Decision::Admitted(Booking { id, .. }) = w.acquire(&Costs::new(0, 0), t0, None) else {
                 panic!()
             };
             ids.push(id);
@@ -1180,10 +1180,10 @@ mod tests {
             .window(Dimension::Tokens, ms(1000), 1000);
         let costs = |i: u64| Costs::tokens(20 + (i * 37) % 90);
         let n = 2_000u64;
-        let mut w = Window::new(&limits, t0);
+        let mut w = SlidingWindow::new(&limits, t0);
         let mut ids = Vec::new();
         for i in 0..n {
-            let Admission::Reserved { id, .. } = w.acquire(&costs(i), t0, None) else {
+            let Decision::Admitted(Booking { id, .. }) = w.acquire(&costs(i), t0, None) else {
                 panic!("no deadline")
             };
             ids.push(id);
@@ -1198,12 +1198,12 @@ mod tests {
             "{steps} log entries visited for {n} waiters"
         );
         // Exact: the same as booking the others afresh, in order.
-        let mut fresh = Window::new(&limits, t0);
+        let mut fresh = SlidingWindow::new(&limits, t0);
         for i in 0..n {
             if i as usize == cancelled {
                 continue;
             }
-            let Admission::Reserved { at, .. } = fresh.acquire(&costs(i), t0, None) else {
+            let Decision::Admitted(Booking { at, .. }) = fresh.acquire(&costs(i), t0, None) else {
                 panic!("no deadline")
             };
             assert_eq!(w.booked_at(ids[i as usize]), Some(at), "waiter {i}");

@@ -22,7 +22,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::core::{micros as to_micros, safe as clamp, tag, Core, TOKEN_TTL};
 use super::scripts;
-use crate::classify::LimitState;
+use crate::classify::ReportedLimit;
 use crate::key::Key;
 use crate::rate_limit::{Costs, Dimension, Reservation};
 
@@ -34,7 +34,7 @@ pub(super) enum Op {
         key: Key,
         dimension: Dimension,
         window: Duration,
-        state: LimitState,
+        state: ReportedLimit,
         now: Instant,
     },
     /// Answers once everything queued before it ran, and every pending

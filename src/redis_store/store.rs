@@ -21,7 +21,7 @@ use super::fault::{self, FaultPolicy};
 use super::gates::Gates;
 use super::ops::{Cancel, Op};
 use super::token::mix;
-use crate::classify::LimitState;
+use crate::classify::ReportedLimit;
 use crate::key::Key;
 use crate::rate_limit::{Costs, Decision, Dimension, MemoryStore, Reservation, Store};
 use crate::Error;
@@ -230,7 +230,7 @@ impl Store for RedisStore {
         key: &Key,
         dimension: Dimension,
         window: Duration,
-        state: LimitState,
+        state: ReportedLimit,
         now: Instant,
     ) -> Option<u64> {
         self.enqueue(Op::Learn {

@@ -96,7 +96,7 @@ pub use self::future::ResponseFuture;
 pub use self::layer::RetryLayer;
 pub(crate) use self::policy::process_seed;
 pub use self::policy::{
-    ClassifyError, RetryPolicy, DEFAULT_BUDGET_EXEMPT_RETRY_AFTER, DEFAULT_MAX_ATTEMPTS,
+    ClassifiableError, RetryPolicy, DEFAULT_BUDGET_EXEMPT_RETRY_AFTER, DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_RETRY_AFTER, DEFAULT_RATE_LIMITED_ATTEMPTS, DEFAULT_SERVER_JITTER,
     SERVER_JITTER_MAX,
 };

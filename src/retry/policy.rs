@@ -409,24 +409,24 @@ pub(crate) enum Failure<B> {
 /// [`BoxError`] (this crate's `Error` inside one, else the classifier's
 /// [`classify_error`](Classifier::classify_error)), the error types of the
 /// stacks this crate builds, and for `Infallible`.
-pub trait ClassifyError {
+pub trait ClassifiableError {
     /// The classification of this error, and whether it may be retried.
     fn classify_with<C: Classifier>(&self, classifier: &C) -> (Classification, bool);
 }
 
-impl ClassifyError for Error {
+impl ClassifiableError for Error {
     fn classify_with<C: Classifier>(&self, _: &C) -> (Classification, bool) {
         (*self.classification(), self.is_retryable())
     }
 }
 
-impl ClassifyError for std::convert::Infallible {
+impl ClassifiableError for std::convert::Infallible {
     fn classify_with<C: Classifier>(&self, _: &C) -> (Classification, bool) {
         match *self {}
     }
 }
 
-impl ClassifyError for BoxError {
+impl ClassifiableError for BoxError {
     fn classify_with<C: Classifier>(&self, classifier: &C) -> (Classification, bool) {
         match self.downcast_ref::<Error>() {
             Some(ours) => ours.classify_with(classifier),
@@ -497,7 +497,7 @@ impl<C, B, ResB, E> tower::retry::Policy<Request<B>, Response<ResB>, E> for Retr
 where
     C: Classifier,
     B: Clone,
-    E: ClassifyError,
+    E: ClassifiableError,
 {
     type Future = Sleep;
 

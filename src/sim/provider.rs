@@ -36,7 +36,7 @@ pub struct SimProvider {
 /// What the provider did with one request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Outcome {
+pub enum Verdict {
     /// A completion (possibly slowed by [`Fault::Slow`]).
     Completed,
     /// 429 over the requests-per-window limit.
@@ -62,7 +62,7 @@ pub struct Served {
     /// When it arrived, after the provider was built.
     pub at: Duration,
     /// What the provider did.
-    pub outcome: Outcome,
+    pub outcome: Verdict,
     /// The status sent; `None` when the connection was reset.
     pub status: Option<StatusCode>,
     /// Prompt tokens counted (see [`count_tokens`](super::count_tokens)).
@@ -259,7 +259,7 @@ impl SimProvider {
         let mut served = Served {
             seq,
             at: now.saturating_duration_since(self.epoch),
-            outcome: Outcome::Invalid,
+            outcome: Verdict::Invalid,
             status: None,
             prompt_tokens: 0,
             completion_tokens: 0,
@@ -376,7 +376,7 @@ impl SimProvider {
         // 1. outage window
         if let Some((start, end)) = cfg.outage {
             if (start..end).contains(&served.at) {
-                served.outcome = Outcome::Outage;
+                served.outcome = Verdict::Outage;
                 st.stats.outage += 1;
                 return Ok(error(
                     style,
@@ -389,7 +389,7 @@ impl SimProvider {
         }
         // 2. quota
         if cfg.quota_after.is_some_and(|n| served.seq >= n) {
-            served.outcome = Outcome::QuotaExhausted;
+            served.outcome = Verdict::QuotaExhausted;
             st.stats.quota_exhausted += 1;
             return Ok(match style {
                 Style::OpenAi => error(style, StatusCode::TOO_MANY_REQUESTS, "insufficient_quota", Some("insufficient_quota"), "You exceeded your current quota, please check your plan and billing details."),
@@ -411,7 +411,7 @@ impl SimProvider {
                 }
                 Fault::ConnectionReset => {
                     st.stats.resets += 1;
-                    served.outcome = Outcome::Fault(fault);
+                    served.outcome = Verdict::Fault(fault);
                     return Err(io::Error::new(
                         io::ErrorKind::ConnectionReset,
                         "simulated connection reset",
@@ -453,7 +453,7 @@ impl SimProvider {
                 }
             };
             if let Some(answer) = answer {
-                served.outcome = Outcome::Fault(fault);
+                served.outcome = Verdict::Fault(fault);
                 return Ok(answer);
             }
         }
@@ -473,11 +473,11 @@ impl SimProvider {
                 _ => None, // larger than the window: waiting cannot help
             };
             let (kind, limit, used, requested) = if by_requests {
-                served.outcome = Outcome::RateLimitedRequests;
+                served.outcome = Verdict::RateLimitedRequests;
                 st.stats.rate_limited_requests += 1;
                 ("requests", cfg.rpm, st.requests.used(now), 1)
             } else {
-                served.outcome = Outcome::RateLimitedTokens;
+                served.outcome = Verdict::RateLimitedTokens;
                 st.stats.rate_limited_tokens += 1;
                 ("tokens", cfg.tpm, st.tokens.used(now), cost)
             };
@@ -546,7 +546,7 @@ impl SimProvider {
             }
         };
         let completion = count_tokens(content.len()).min(max_tokens);
-        served.outcome = Outcome::Completed;
+        served.outcome = Verdict::Completed;
         served.label = labels.first().copied();
         served.labels = labels;
         served.charged_tokens = cost;

@@ -13,7 +13,7 @@ use crate::rate_limit::{JsonEstimator, Limits, MemoryStore, RateLimit, RateLimit
 use crate::retry::{Retry, RetryLayer};
 
 /// The service [`LlmLayer`] builds around an HTTP client `S`.
-pub type Llm<S, K = SingleKey, C = Provider, St = MemoryStore> =
+pub type LlmService<S, K = SingleKey, C = Provider, St = MemoryStore> =
     CircuitBreaker<Retry<RateLimit<Timeout<Classify<S, C>>, K, C, JsonEstimator, St>, C>, K, C>;
 
 /// How long one attempt may wait for the provider's response headers by
@@ -97,7 +97,7 @@ impl<K: fmt::Debug, C: fmt::Debug, St> fmt::Debug for LlmLayer<K, C, St> {
 impl LlmLayer {
     /// The stack for `provider`'s signals, with no limit yet.
     pub fn new(provider: Provider) -> Self {
-        LlmLayer::with_classifier(provider)
+        LlmLayer::new(Provider::Auto).classifier(provider)
     }
 }
 
@@ -317,7 +317,7 @@ where
     C: Clone,
     St: Clone,
 {
-    type Service = Llm<S, K, C, St>;
+    type Service = LlmService<S, K, C, St>;
 
     fn layer(&self, inner: S) -> Self::Service {
         let store = (self.make_store)(&self.limits, self.learn_limits, self.learned_ttl);

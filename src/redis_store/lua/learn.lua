@@ -3,7 +3,7 @@
 -- queue, the dimension's entries hash. Returns the limit in force when it
 -- or the external usage changed, else -1.
 --
--- A learned limit (mirrors the in-memory Window): 0 is ignored; it never
+-- A learned limit (mirrors the in-memory SlidingWindow): 0 is ignored; it never
 -- goes below max(1, floor(configured / 10)) nor above the configured one
 -- (with learn_limits: configured * 100); it holds until learned_ttl after
 -- the provider last said it (lu:<tag>), a repeated header refreshing it.
