@@ -140,4 +140,4 @@ pub use self::error::{BoxError, Error};
 pub use self::key::{Key, KeyFn};
 pub use self::rate_limit::{Limits, RateLimitLayer};
 pub use self::retry::{RetryLayer, RetryPolicy};
-pub use self::stack::{LlmService, LlmLayer};
+pub use self::stack::{LlmLayer, LlmService};

@@ -12,7 +12,7 @@ use tower::util::BoxCloneService;
 use tower::{service_fn, Layer, Service, ServiceExt};
 use tower_llm_resilience::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer, FailureWindow};
 use tower_llm_resilience::classify::{
-    Classification, ClassifyLayer, ReportedLimit, PeekedBody, ReportedLimits,
+    Classification, ClassifyLayer, PeekedBody, ReportedLimit, ReportedLimits,
 };
 use tower_llm_resilience::events::{CircuitState, Event, Events};
 use tower_llm_resilience::key::SingleKey;
@@ -315,7 +315,11 @@ async fn context_length_errors_from_the_body_do_not_count() {
             )
         }
     });
-    let mut svc = small().layer(ClassifyLayer::new().classifier(Provider::OpenAi).layer(provider));
+    let mut svc = small().layer(
+        ClassifyLayer::new()
+            .classifier(Provider::OpenAi)
+            .layer(provider),
+    );
     for _ in 0..100 {
         let r = send(&mut svc, req()).await.unwrap();
         assert_eq!(r.status(), 400);
@@ -360,9 +364,11 @@ async fn one_insufficient_quota_opens_it_at_once_until_the_reset() {
             log.lock().unwrap().push(*until);
         }
     });
-    let mut svc = small()
-        .events(events.clone())
-        .layer(ClassifyLayer::new().classifier(Provider::OpenAi).layer(provider));
+    let mut svc = small().events(events.clone()).layer(
+        ClassifyLayer::new()
+            .classifier(Provider::OpenAi)
+            .layer(provider),
+    );
     let r = send(&mut svc, req()).await.unwrap();
     assert_eq!(r.status(), 429);
     assert_eq!(
@@ -709,7 +715,10 @@ fn scripted_bodies(
         let r = r.body(body.to_string()).unwrap();
         async move { Ok::<_, BoxError>(r) }
     });
-    (ClassifyLayer::new().classifier(provider).layer(inner), calls)
+    (
+        ClassifyLayer::new().classifier(provider).layer(inner),
+        calls,
+    )
 }
 
 /// Issue #11, finding 1: a 403 `permission_error` (a model this key may not
@@ -823,7 +832,7 @@ async fn half_open_probes_have_a_timeout() {
     assert_eq!(provider.calls(), 5 + 2);
 
     // The state machine alone, driven by `now`, with a set timeout.
-    use tower_llm_resilience::circuit_breaker::{Circuit, Config, CallOutcome};
+    use tower_llm_resilience::circuit_breaker::{CallOutcome, Circuit, Config};
     let config = Config::new()
         .window(FailureWindow::Count(1))
         .minimum_calls(1)
@@ -943,7 +952,7 @@ async fn open_circuits_are_not_sticky() {
     assert_eq!(calls.load(Ordering::SeqCst), 3);
 
     // The state machine alone: even a trip of a week.
-    use tower_llm_resilience::circuit_breaker::{Circuit, Config, CallOutcome};
+    use tower_llm_resilience::circuit_breaker::{CallOutcome, Circuit, Config};
     let now = tokio::time::Instant::now();
     let mut circuit = Circuit::new(Config::new(), now);
     let (permit, _) = circuit.try_acquire(now);

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use tokio::time::Instant;
-use tower_llm_resilience::circuit_breaker::{Circuit, Config, CallOutcome, Permit, FailureWindow};
+use tower_llm_resilience::circuit_breaker::{CallOutcome, Circuit, Config, FailureWindow, Permit};
 use tower_llm_resilience::events::CircuitState;
 use tower_llm_resilience::ErrorClass;
 

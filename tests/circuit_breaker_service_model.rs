@@ -12,7 +12,7 @@ use proptest::prelude::*;
 use tokio::time::Instant;
 use tower::{service_fn, Layer, ServiceExt};
 use tower_llm_resilience::circuit_breaker::{
-    Circuit, CircuitBreakerLayer, Config, CallOutcome, FailureWindow,
+    CallOutcome, Circuit, CircuitBreakerLayer, Config, FailureWindow,
 };
 use tower_llm_resilience::{BoxError, ErrorClass, Key};
 

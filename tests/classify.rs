@@ -4,7 +4,7 @@
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, HeaderValue, StatusCode};
-use tower_llm_resilience::classify::{Classification, ErrorClass, ReportedLimit, Provider};
+use tower_llm_resilience::classify::{Classification, ErrorClass, Provider, ReportedLimit};
 
 /// 2024-05-01T12:00:00Z, the `Date` of every canned response.
 const NOW_SECS: u64 = 1_714_564_800;

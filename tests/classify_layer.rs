@@ -230,8 +230,9 @@ fn tower_http_adapters() {
 
 #[tokio::test]
 async fn many_responses_through_one_layer() {
-    let svc = ClassifyLayer::new().classifier(Provider::Anthropic).layer(service_fn(
-        |req: Request<u16>| async move {
+    let svc = ClassifyLayer::new()
+        .classifier(Provider::Anthropic)
+        .layer(service_fn(|req: Request<u16>| async move {
             let status = *req.body();
             let body = if status >= 400 {
                 r#"{"type":"error","error":{"type":"overloaded_error"}}"#
@@ -241,8 +242,7 @@ async fn many_responses_through_one_layer() {
             let mut res = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
             *res.status_mut() = StatusCode::from_u16(status).unwrap();
             Ok::<_, Infallible>(res)
-        },
-    ));
+        }));
     let statuses = [200u16, 529, 201, 529];
     let responses = svc
         .call_all(futures::stream::iter(statuses.map(Request::new)))

@@ -32,7 +32,7 @@ use tower::{Layer, Service, ServiceExt};
 use tower_llm_resilience::batch::{Batch, Patience};
 use tower_llm_resilience::classify::PeekedBody;
 use tower_llm_resilience::retry::Backoff;
-use tower_llm_resilience::{Error, ErrorClass, LlmService, LlmLayer, Provider};
+use tower_llm_resilience::{Error, ErrorClass, LlmLayer, LlmService, Provider};
 
 // ---------------------------------------------------------------------------
 // The hostile server

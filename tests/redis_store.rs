@@ -660,8 +660,8 @@ mod differential {
                     let deadline = deadline_us.map(|d| now + Duration::from_micros(d));
                     let d = store.decide(&key, &costs, now, deadline).await.unwrap();
                     let server_now = d.server_now_us.expect("decided by redis");
-                    let (w, s0) =
-                        window.get_or_insert_with(|| (SlidingWindow::new(&limits(), base), server_now));
+                    let (w, s0) = window
+                        .get_or_insert_with(|| (SlidingWindow::new(&limits(), base), server_now));
                     let t = base + Duration::from_micros(server_now - *s0);
                     last_t = t;
                     let wd = deadline_us.map(|d| t + Duration::from_micros(d));

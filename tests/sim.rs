@@ -9,7 +9,7 @@ use http_body_util::{BodyExt, Full};
 use tokio::time::{advance, Instant};
 use tower::ServiceExt;
 use tower_llm_resilience::classify::{Classifier, ErrorClass, Provider};
-use tower_llm_resilience::sim::{label, Fault, Verdict, SimProvider, Style};
+use tower_llm_resilience::sim::{label, Fault, SimProvider, Style, Verdict};
 
 fn chat(text: &str) -> Request<String> {
     chat_with(text, 16)

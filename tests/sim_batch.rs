@@ -10,7 +10,7 @@ use http::Request;
 use http_body_util::{BodyExt, Full};
 use tower::ServiceExt;
 use tower_llm_resilience::batch::{Batch, Patience};
-use tower_llm_resilience::sim::{label, Fault, Verdict, SimProvider};
+use tower_llm_resilience::sim::{label, Fault, SimProvider, Verdict};
 
 const WORDS: &[&str] = &[
     "love", "awful", "chair", "great", "broken", "table", "best", "rude",

@@ -11,7 +11,7 @@ use http_body_util::BodyExt;
 use tower::Layer;
 use tower_llm_resilience::batch::Batch;
 use tower_llm_resilience::rate_limit::{Dimension, Limits, TokenEstimate};
-use tower_llm_resilience::sim::{count_tokens, label, Fault, Verdict, SimProvider};
+use tower_llm_resilience::sim::{count_tokens, label, Fault, SimProvider, Verdict};
 use tower_llm_resilience::{LlmLayer, Provider};
 
 const WORDS: &[&str] = &[

@@ -347,7 +347,8 @@ where
 /// (a) The crate's stack: the provider's two limits over its window, and
 /// a seeded retry jitter so that the run is reproducible.
 fn stack<C: Clone>(setup: &Setup, classifier: C) -> LlmLayer<SingleKey, C> {
-    LlmLayer::new(Provider::Auto).classifier(classifier)
+    LlmLayer::new(Provider::Auto)
+        .classifier(classifier)
         .limits(
             Limits::new()
                 .window(Dimension::Requests, setup.window, setup.rpm)

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use tower::Layer;
 use tower_llm_resilience::batch::{Batch, Patience};
 use tower_llm_resilience::rate_limit::{Dimension, Limits, TokenEstimate};
-use tower_llm_resilience::sim::{count_tokens, Verdict, SimProvider};
+use tower_llm_resilience::sim::{count_tokens, SimProvider, Verdict};
 use tower_llm_resilience::{LlmLayer, Provider};
 
 /// Items in the batch.

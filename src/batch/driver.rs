@@ -130,7 +130,10 @@ impl<S, C> Batch<S, C> {
 
     /// The results of `requests`, as a stream in input order, each yielded
     /// as soon as every earlier one has been.
-    pub fn stream<I>(self, requests: I) -> BatchStream<S, futures_util::stream::Iter<I::IntoIter>, C>
+    pub fn stream<I>(
+        self,
+        requests: I,
+    ) -> BatchStream<S, futures_util::stream::Iter<I::IntoIter>, C>
     where
         I: IntoIterator,
         I::Item: Clone,

@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::config::{Config, CallOutcome, OutcomeKind, FailureWindow, MAX_OPEN};
+use super::config::{CallOutcome, Config, FailureWindow, OutcomeKind, MAX_OPEN};
 use super::window::{Outcomes, Totals};
 use crate::classify::ErrorClass;
 use crate::events::CircuitState;

@@ -132,7 +132,9 @@ impl Config {
     pub fn window(mut self, window: FailureWindow) -> Self {
         self.window = match window {
             FailureWindow::Count(n) => FailureWindow::Count(n.clamp(1, FailureWindow::MAX_COUNT)),
-            FailureWindow::Time(d) => FailureWindow::Time(d.clamp(Duration::from_millis(10), MAX_OPEN)),
+            FailureWindow::Time(d) => {
+                FailureWindow::Time(d.clamp(Duration::from_millis(10), MAX_OPEN))
+            }
         };
         self
     }

@@ -108,7 +108,7 @@ mod shared;
 mod window;
 
 pub use self::circuit::{Circuit, Permit, Rejected, Transition};
-pub use self::config::{Config, CallOutcome, FailureWindow};
+pub use self::config::{CallOutcome, Config, FailureWindow};
 pub use self::future::ResponseFuture;
 pub use self::layer::{CircuitBreakerLayer, DEFAULT_MAX_KEYS};
 pub use self::service::CircuitBreaker;

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use tokio::time::Instant;
 
 use super::circuit::{generation_of, is_closed, is_closed_and_clean, Circuit, Permit, Transition};
-use super::config::{Config, CallOutcome};
+use super::config::{CallOutcome, Config};
 use crate::classify::ErrorClass;
 use crate::events::{CircuitState, Event, Events};
 use crate::key::Key;

@@ -16,8 +16,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use super::headers::{parse_count, Scan};
 use super::{
     parse_error_body, parse_go_duration, parse_retry_after, parse_retry_after_ms,
-    parse_rfc3339_reset, Classification, Classifier, ErrorClass, ReportedLimit, Provider, ReportedLimits,
-    MAX_SERVER_WAIT,
+    parse_rfc3339_reset, Classification, Classifier, ErrorClass, Provider, ReportedLimit,
+    ReportedLimits, MAX_SERVER_WAIT,
 };
 
 /// The header names the classifier reads, so that a fuzzer reaches them

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, HeaderValue};
 
-use super::{ReportedLimit, Provider, ReportedLimits};
+use super::{Provider, ReportedLimit, ReportedLimits};
 
 /// The longest wait a server-given value is taken at: one day. A larger
 /// `Retry-After` or reset is clamped to it (a per-day quota resets within a

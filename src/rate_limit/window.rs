@@ -556,7 +556,12 @@ impl SlidingWindow {
 
     /// Reserves `costs` at the earliest instant it fits, unless that is
     /// after `deadline`.
-    pub fn acquire(&mut self, costs: &Costs, now: Instant, deadline: Option<Instant>) -> Decision<Booking> {
+    pub fn acquire(
+        &mut self,
+        costs: &Costs,
+        now: Instant,
+        deadline: Option<Instant>,
+    ) -> Decision<Booking> {
         let id = self.next_id;
         let admission = self.acquire_as(id, costs, now, deadline);
         if matches!(admission, Decision::Admitted(Booking { .. })) {
@@ -897,9 +902,13 @@ mod tests {
         let limits = Limits::new().window(Dimension::Requests, ms(1000), 2);
         let mut w = SlidingWindow::new(&limits, t0);
         let one = Costs::new(0, 0);
-        assert!(matches!(w.acquire(&one, t0, None), Decision::Admitted(Booking { at, .. }) if at == t0));
+        assert!(
+            matches!(w.acquire(&one, t0, None), Decision::Admitted(Booking { at, .. }) if at == t0)
+        );
         let t1 = t0 + ms(300);
-        assert!(matches!(w.acquire(&one, t1, None), Decision::Admitted(Booking { at, .. }) if at == t1));
+        assert!(
+            matches!(w.acquire(&one, t1, None), Decision::Admitted(Booking { at, .. }) if at == t1)
+        );
         // Third: room frees when the first leaves the window at t0 + 1000.
         assert!(
             matches!(w.acquire(&one, t1, None), Decision::Admitted(Booking { at, .. }) if at == t0 + ms(1000))
@@ -1153,7 +1162,8 @@ mod tests {
         let mut w = SlidingWindow::new(&limits, t0);
         let mut ids = Vec::new();
         for _ in 0..3 {
-            let Decision::Admitted(Booking { id, .. }) = w.acquire(&Costs::new(0, 0), t0, None) else {
+            let Decision::Admitted(Booking { id, .. }) = w.acquire(&Costs::new(0, 0), t0, None)
+            else {
                 panic!()
             };
             ids.push(id);

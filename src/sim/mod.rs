@@ -92,5 +92,5 @@ mod window;
 
 pub use self::config::{Fault, SimProviderBuilder, Style};
 pub use self::format::{batched_texts, count_tokens, go_duration, label, text_of_prompt};
-pub use self::provider::{Verdict, Served, SimProvider, SimStats};
+pub use self::provider::{Served, SimProvider, SimStats, Verdict};
 pub use self::server::SimServer;

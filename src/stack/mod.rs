@@ -35,4 +35,4 @@
 
 mod layer;
 
-pub use self::layer::{LlmService, LlmLayer, DEFAULT_ATTEMPT_TIMEOUT};
+pub use self::layer::{LlmLayer, LlmService, DEFAULT_ATTEMPT_TIMEOUT};
