@@ -247,7 +247,7 @@ async fn keys_are_namespaced_tagged_and_expire() {
     let (tokens, state): (Vec<_>, Vec<_>) = keys.iter().partition(|k| k.starts_with("{ns:k1}:k:"));
     assert_eq!(
         state,
-        ["{ns:k1}:l:r:200000", "{ns:k1}:l:t:200000", "{ns:k1}:s"],
+        ["{ns:k1}:e:r:200000", "{ns:k1}:e:t:200000", "{ns:k1}:s2"],
         "one hash tag per limiter key, under the prefix"
     );
     assert_eq!(tokens.len(), 1, "the acquire's token: {tokens:?}");
@@ -618,6 +618,8 @@ mod differential {
         let mut window: Option<(SlidingWindow, u64)> = None;
         // (redis reservation, window id)
         let mut granted: Vec<(Reservation, u64)> = Vec::new();
+        // The window-timeline instant of the latest decision.
+        let mut last_t = base;
         for op in ops {
             match op {
                 Op::Sleep(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
@@ -629,8 +631,14 @@ mod differential {
                     let (r, wid) = granted.pop().expect("not empty");
                     store.cancel(&r);
                     store.flush().await;
+                    // On the window's timeline (the server's), not the
+                    // client's clock: which reservations are still ahead
+                    // (the FIFO tail) depends on it. The instant of the
+                    // latest decision is at or before the server's at the
+                    // cancel, and a tail between the two no longer holds
+                    // back the next decision either way.
                     if let Some((w, _)) = window.as_mut() {
-                        w.cancel(wid, Instant::now());
+                        w.cancel(wid, last_t);
                     }
                 }
                 Op::Correct(i, a, b) if !granted.is_empty() => {
@@ -655,6 +663,7 @@ mod differential {
                     let (w, s0) = window
                         .get_or_insert_with(|| (SlidingWindow::new(&limits(), base), server_now));
                     let t = base + Duration::from_micros(server_now - *s0);
+                    last_t = t;
                     let wd = deadline_us.map(|d| t + Duration::from_micros(d));
                     let expected = w.acquire(&costs, t, wd);
                     let offset = |at: Instant| (at - base).as_micros() as u64 + *s0;
@@ -733,7 +742,7 @@ async fn cancel_and_correct_deep_in_a_long_log() {
     assert!(!fits_now(&store, &key, Costs::tokens(69_701)).await);
     // Requests: 299 remain after the cancel.
     let mut con = client(&server).await;
-    let n: usize = con.llen("{tlr:long}:l:r:60000000").await.unwrap();
+    let n: usize = con.hlen("{tlr:long}:e:r:60000000").await.unwrap();
     assert_eq!(n, 299);
 }
 
@@ -913,14 +922,14 @@ mod learned {
         s.flush().await;
         let mut con = client(&server).await;
         let now = server_now_us(&mut con).await;
-        let lu: Option<u64> = con.hget("{ttl:k}:s", "lu:t:3600000000").await.unwrap();
+        let lu: Option<u64> = con.hget("{ttl:k}:s2", "lu:t:3600000000").await.unwrap();
         let lu = lu.expect("the learned limit's expiry is stored");
         let left = Duration::from_micros(lu.saturating_sub(now));
         assert!(
             left <= Duration::from_secs(600) && left > Duration::from_secs(590),
             "{left:?}"
         );
-        let ttl: i64 = con.pttl("{ttl:k}:s").await.unwrap();
+        let ttl: i64 = con.pttl("{ttl:k}:s2").await.unwrap();
         assert!(
             ttl >= 600_000,
             "the hash outlives the learned limit: {ttl} ms"
@@ -945,7 +954,7 @@ mod learned {
         s.flush().await;
         let mut con = client(&server).await;
         let now = server_now_us(&mut con).await;
-        let lu: Option<u64> = con.hget("{ttl5:k}:s", "lu:t:3600000000").await.unwrap();
+        let lu: Option<u64> = con.hget("{ttl5:k}:s2", "lu:t:3600000000").await.unwrap();
         let left = Duration::from_micros(lu.expect("stored").saturating_sub(now));
         assert!(
             left <= Duration::from_secs(5) && left > Duration::from_secs(4),
@@ -959,7 +968,7 @@ mod learned {
             .unwrap();
         let _ = s.learn(&k, Dimension::Tokens, hour, said(500), Instant::now());
         s.flush().await;
-        let lim: Option<u64> = con.hget("{ttl0:k}:s", "lim:t:3600000000").await.unwrap();
+        let lim: Option<u64> = con.hget("{ttl0:k}:s2", "lim:t:3600000000").await.unwrap();
         assert_eq!(lim, None);
         assert!(fits_now(&s, &k, Costs::tokens(1_000)).await);
     }
@@ -990,7 +999,7 @@ mod abandoned {
     }
 
     async fn used(con: &mut redis::aio::MultiplexedConnection, prefix: &str) -> usize {
-        con.llen(format!("{{{prefix}:k}}:l:r:60000000"))
+        con.hlen(format!("{{{prefix}:k}}:e:r:60000000"))
             .await
             .unwrap()
     }
@@ -1115,7 +1124,7 @@ async fn cancels_are_not_dropped_when_the_operation_queue_is_full() {
     }
     store.flush().await;
     let mut con = client(&server).await;
-    let n: usize = con.llen("{full:k}:l:r:60000000").await.unwrap();
+    let n: usize = con.hlen("{full:k}:e:r:60000000").await.unwrap();
     assert_eq!(n, 0, "every cancel ran");
     for _ in 0..50 {
         let now = Instant::now();
@@ -1236,17 +1245,17 @@ async fn a_cancel_that_cannot_reach_redis_runs_once_it_is_back() {
     let k = Key::new("k");
     let r = acquire(&store, &k, Costs::new(0, 0)).await;
     let mut con = client(&server).await;
-    let log = "{partition:k}:l:r:60000000";
+    let log = "{partition:k}:e:r:60000000";
     proxy.cut();
     store.cancel(&r);
     store.flush().await;
-    let n: usize = con.llen(log).await.unwrap();
+    let n: usize = con.hlen(log).await.unwrap();
     assert_eq!(n, 1, "Redis unreachable: not cancelled yet");
     proxy.restore();
     // No flush: the store retries on its own once Redis is asked again.
     let start = std::time::Instant::now();
     loop {
-        let n: usize = con.llen(log).await.unwrap();
+        let n: usize = con.hlen(log).await.unwrap();
         if n == 0 {
             break;
         }
@@ -1256,4 +1265,365 @@ async fn a_cancel_that_cannot_reach_redis_runs_once_it_is_back() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Issue #12: Redis runs every script in its one thread, so a script that
+/// reads a whole window (a per-day limit holds a day of entries) slows
+/// every decision of every process as the traffic grows. What a decision
+/// costs Redis is measured here structurally, not by timing: `INFO
+/// commandstats` counts the commands each script runs (under their own
+/// names), so the test asserts that no script runs a command that reads
+/// a whole structure, and that the number of commands per decision stays
+/// the same from 100 to 100,000 entries in the window. Deterministic on a
+/// loaded machine: only the counts matter, never the durations.
+mod at_scale {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    /// Commands that read (or rewrite) a structure in time proportional to
+    /// its size.
+    const WHOLE: &[&str] = &[
+        "lrange",
+        "lrem",
+        "lset",
+        "linsert",
+        "lpos",
+        "hgetall",
+        "hkeys",
+        "hvals",
+        "hscan",
+        "zrange",
+        "zrangebyscore",
+        "zscan",
+        "smembers",
+        "sscan",
+        "keys",
+        "scan",
+        "sort",
+    ];
+
+    /// The commands the scripts ran since the last reset (not the
+    /// script calls themselves, nor the test's own `INFO`/`CONFIG`).
+    fn inner_calls(server: &RedisServer) -> BTreeMap<String, u64> {
+        server
+            .command_stats()
+            .into_iter()
+            .filter(|(name, ..)| {
+                !(name.starts_with("eval")
+                    || name.starts_with("script")
+                    || name.starts_with("config")
+                    || name == "info")
+            })
+            .map(|(name, calls, _)| (name, calls))
+            .collect()
+    }
+
+    async fn measure<F: std::future::Future<Output = ()>>(
+        server: &RedisServer,
+        store: &RedisStore,
+        op: F,
+    ) -> BTreeMap<String, u64> {
+        store.flush().await;
+        server.reset_stats();
+        op.await;
+        store.flush().await;
+        inner_calls(server)
+    }
+
+    /// Admits `n` more requests on `key`, 32 at a time.
+    async fn fill(store: &RedisStore, key: &Key, n: usize) -> Vec<Reservation> {
+        let mut tasks = Vec::new();
+        for t in 0..32 {
+            let (store, key) = (store.clone(), key.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut rs = Vec::new();
+                for _ in (t..n).step_by(32) {
+                    let d = store
+                        .acquire(&key, &Costs::new(100, 20), Instant::now(), None)
+                        .await
+                        .unwrap();
+                    rs.push(admitted(d));
+                }
+                rs
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        all.sort_by_key(|r| r.id);
+        all
+    }
+
+    /// The number of commands; what is wrong with them goes to `failures`.
+    fn check(
+        what: &str,
+        n: usize,
+        calls: &BTreeMap<String, u64>,
+        bound: u64,
+        failures: &mut Vec<String>,
+    ) -> u64 {
+        for w in WHOLE {
+            if calls.contains_key(*w) {
+                failures.push(format!(
+                    "{what} with {n} entries in the window ran {w}: {calls:?}"
+                ));
+            }
+        }
+        let total = calls.values().sum();
+        if total > bound {
+            failures.push(format!(
+                "{what} with {n} entries in the window ran {total} commands (> {bound}): {calls:?}"
+            ));
+        }
+        total
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_work_per_decision_does_not_grow_with_the_window() {
+        let Some(server) =
+            RedisServer::start("redis_work_per_decision_does_not_grow_with_the_window")
+        else {
+            return;
+        };
+        let limits = Limits::new()
+            .window(Dimension::Requests, DAY, 1_000_000_000)
+            .window(Dimension::Tokens, DAY, 1_000_000_000_000);
+        let store = RedisStore::builder(limits)
+            .prefix("scale")
+            .timeout(Duration::from_secs(5))
+            .build(&server.url())
+            .unwrap();
+        let key = Key::new("day");
+        let mut rs: Vec<Reservation> = Vec::new();
+        // Per operation, the commands at each size.
+        let mut seen: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+        let mut failures = Vec::new();
+        let mut corrected = std::collections::HashSet::new();
+        for n in [100, 10_000, 100_000] {
+            let more = n - rs.len();
+            rs.extend(fill(&store, &key, more).await);
+            assert_eq!(rs.len(), n);
+            let acquire = measure(&server, &store, async {
+                let d = store
+                    .acquire(&key, &Costs::new(100, 20), Instant::now(), None)
+                    .await
+                    .unwrap();
+                rs.push(admitted(d));
+            })
+            .await;
+            let learn = measure(&server, &store, async {
+                let _ = store.learn(
+                    &key,
+                    Dimension::Tokens,
+                    DAY,
+                    ReportedLimit::new(Some(1_000_000_000_000), Some(1_000_000_000_000), None),
+                    Instant::now(),
+                );
+            })
+            .await;
+            // The oldest reservation: as deep in the window as it gets.
+            let correct_old = measure(&server, &store, async {
+                store.correct(&rs[0], &Costs::new(90, 10), Instant::now());
+            })
+            .await;
+            corrected.insert(rs[0].id);
+            corrected.insert(rs.last().unwrap().id);
+            let correct_new = measure(&server, &store, async {
+                store.correct(rs.last().unwrap(), &Costs::new(90, 10), Instant::now());
+            })
+            .await;
+            let victim = rs.remove(1);
+            let cancel = measure(&server, &store, async {
+                store.cancel(&victim);
+            })
+            .await;
+            for (what, calls, bound) in [
+                ("acquire", &acquire, 16),
+                ("learn", &learn, 12),
+                ("correct (oldest)", &correct_old, 12),
+                ("correct (newest)", &correct_new, 12),
+                ("cancel", &cancel, 12),
+            ] {
+                let total = check(what, n, calls, bound, &mut failures);
+                seen.entry(what).or_default().push(total);
+            }
+        }
+        // Flat: the commands a decision runs do not depend on the size of
+        // the window. The expiry is pushed forward in steps (at most
+        // every 250 ms of the server's clock: a PTTL and a PEXPIRE for
+        // each of the key's 4 keys), which a slow machine may hit at any
+        // size: that much slack, no more.
+        for (what, totals) in &seen {
+            let (lo, hi) = (totals.iter().min().unwrap(), totals.iter().max().unwrap());
+            if hi - lo > 8 {
+                failures.push(format!(
+                    "{what}: commands per decision at 100, 10k, 100k entries: {totals:?}"
+                ));
+            }
+        }
+        eprintln!("commands per decision at 100 / 10k / 100k entries: {seen:?}");
+        assert!(failures.is_empty(), "{failures:#?}");
+        // The running sums are the sums: what is left of the limit is
+        // exactly the configured one less the entries left, each at its
+        // corrected cost.
+        let used: u64 = rs
+            .iter()
+            .map(|r| if corrected.contains(&r.id) { 100 } else { 120 })
+            .sum();
+        let left = 1_000_000_000_000 - used;
+        assert!(fits_now(&store, &key, Costs::tokens(left)).await);
+        assert!(!fits_now(&store, &key, Costs::tokens(left + 1)).await);
+    }
+
+    /// A full per-day window with a queue of requests booked a day ahead:
+    /// each new request finds its instant without reading the queue, and
+    /// the instant is still exact.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_queued_acquire_does_not_walk_the_queue() {
+        let Some(server) = RedisServer::start("a_queued_acquire_does_not_walk_the_queue") else {
+            return;
+        };
+        const N: usize = 5_000;
+        let limits = Limits::new().window(Dimension::Requests, DAY, N as u64);
+        let store = RedisStore::builder(limits)
+            .prefix("queue")
+            .timeout(Duration::from_secs(5))
+            .build(&server.url())
+            .unwrap();
+        let key = Key::new("day");
+        let first = fill(&store, &key, N).await;
+        // The window is full: each of these waits for one entry to leave,
+        // a day after it came, in order.
+        let mut queued = Vec::new();
+        for i in 0..500 {
+            let d = store
+                .decide(&key, &Costs::new(1, 1), Instant::now(), None)
+                .await
+                .unwrap();
+            let at = d.server_at_us.unwrap();
+            queued.push(at);
+            if i > 0 {
+                assert!(at >= queued[i - 1], "FIFO");
+            }
+            let _ = admitted(d.decision);
+        }
+        let _ = first;
+        let mut totals = Vec::new();
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            let calls = measure(&server, &store, async {
+                let d = store
+                    .decide(&key, &Costs::new(1, 1), Instant::now(), None)
+                    .await
+                    .unwrap();
+                assert!(d.server_at_us.unwrap() >= *queued.last().unwrap());
+                let _ = admitted(d.decision);
+            })
+            .await;
+            totals.push(check("queued acquire", N + 500, &calls, 20, &mut failures));
+        }
+        eprintln!("commands per queued acquire: {totals:?}");
+        assert!(failures.is_empty(), "{failures:#?}");
+    }
+}
+
+/// Issue #12 changed the key layout: a process of the older version (list
+/// logs under `:s`) and one of this version never read or write each
+/// other's keys (neither can corrupt the other's counts), and the new one
+/// says so, once, when it finds the old one's state on a key.
+#[tokio::test]
+async fn an_old_layout_process_is_left_alone_and_warned_about() {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    let Some(server) = RedisServer::start("an_old_layout_process_is_left_alone_and_warned_about")
+    else {
+        return;
+    };
+    let mut con = client(&server).await;
+    // What a process of the old version leaves: its state hash and log.
+    let () = con
+        .hset_multiple("{up:k}:s", &[("sum:r:60000000", "1"), ("id", "7")])
+        .await
+        .unwrap();
+    let () = con.rpush("{up:k}:l:r:60000000", "1,7,1").await.unwrap();
+    let buf = Buf::default();
+    let sink = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || sink.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let store =
+        RedisStore::builder(Limits::new().window(Dimension::Requests, Duration::from_secs(60), 2))
+            .prefix("up")
+            .build(&server.url())
+            .unwrap();
+    let k = Key::new("k");
+    // The old entry is not this version's: both requests of the limit fit.
+    let a = acquire(&store, &k, Costs::new(0, 0)).await;
+    let b = acquire(&store, &k, Costs::new(0, 0)).await;
+    assert!(a.at <= Instant::now() && b.at <= Instant::now());
+    assert!(!fits_now(&store, &k, Costs::new(0, 0)).await);
+    let log = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    assert_eq!(
+        log.matches("older version").count(),
+        1,
+        "warned once: {log}"
+    );
+    // The old process's keys are untouched.
+    let sum: String = con.hget("{up:k}:s", "sum:r:60000000").await.unwrap();
+    let entries: Vec<String> = con.lrange("{up:k}:l:r:60000000", 0, -1).await.unwrap();
+    assert_eq!((sum.as_str(), entries), ("1", vec!["1,7,1".to_owned()]));
+}
+
+/// The state hash of a key lost on its own (evicted under memory
+/// pressure) while its entries survive: the next decision counts the
+/// entries again (the one time a script reads a whole window) instead of
+/// starting from zero and over-admitting, and the ids go on from the
+/// entries' (a cancel of a reservation made before still finds it).
+#[tokio::test]
+async fn a_lost_state_hash_is_recounted_from_the_entries() {
+    let Some(server) = RedisServer::start("a_lost_state_hash_is_recounted_from_the_entries") else {
+        return;
+    };
+    let limits = Limits::new()
+        .window(Dimension::Requests, Duration::from_secs(60), 10)
+        .window(Dimension::Tokens, Duration::from_secs(60), 1_000);
+    let store = RedisStore::builder(limits)
+        .prefix("lost")
+        .build(&server.url())
+        .unwrap();
+    let k = Key::new("k");
+    let mut rs = Vec::new();
+    for _ in 0..4 {
+        rs.push(acquire(&store, &k, Costs::tokens(100)).await);
+    }
+    let mut con = client(&server).await;
+    let n: usize = con.del("{lost:k}:s2").await.unwrap();
+    assert_eq!(n, 1);
+    // 400 tokens and 4 requests still count.
+    assert!(fits_now(&store, &k, Costs::tokens(600)).await);
+    assert!(!fits_now(&store, &k, Costs::tokens(601)).await);
+    let r = acquire(&store, &k, Costs::tokens(100)).await;
+    assert!(r.id > rs[3].id, "ids go on: {} after {}", r.id, rs[3].id);
+    store.cancel(&rs[0]);
+    store.flush().await;
+    assert!(fits_now(&store, &k, Costs::tokens(600)).await);
+    assert!(!fits_now(&store, &k, Costs::tokens(601)).await);
 }

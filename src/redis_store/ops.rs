@@ -20,8 +20,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, Sleep};
 
+use super::core::{micros as to_micros, safe as clamp, tag, Core, TOKEN_TTL};
 use super::scripts;
-use super::store::{micros as to_micros, safe as clamp, tag, Core, TOKEN_TTL};
 use crate::classify::ReportedLimit;
 use crate::key::Key;
 use crate::rate_limit::{Costs, Dimension, Reservation};
@@ -222,29 +222,20 @@ pub(super) async fn run(
     }
 }
 
-/// The tags and log keys of `key`'s limits, added to an invocation.
-fn add_logs(core: &Core, inv: &mut redis::ScriptInvocation<'_>, key: &Key) {
-    for l in core.limits_of(key).iter() {
-        let t = tag(l);
-        inv.key(core.log_key(key, &t));
-        inv.arg(t);
-    }
-}
-
 pub(super) async fn cancel(core: &Core, c: &Cancel) -> Result<(), crate::Error> {
     match c {
         Cancel::Reservation(r) => {
+            let limits = core.limits_of(&r.key);
             let mut inv = scripts::cancel().prepare_invoke();
-            inv.key(core.hash_key(&r.key));
-            inv.arg(r.id).arg(core.limits_of(&r.key).iter().count());
-            add_logs(core, &mut inv, &r.key);
+            inv.arg(r.id).arg(limits.iter().count());
+            core.add_dims(&mut inv, &r.key, &limits);
             core.run::<i64>(&inv).await.map(drop)
         }
         Cancel::Token { key, token, .. } => {
+            let limits = core.limits_of(key);
             let mut inv = scripts::cancel_token().prepare_invoke();
-            inv.key(core.hash_key(key));
-            inv.arg(core.limits_of(key).iter().count());
-            add_logs(core, &mut inv, key);
+            inv.arg(limits.iter().count());
+            core.add_dims(&mut inv, key, &limits);
             inv.key(core.token_key(key, *token));
             inv.arg(TOKEN_TTL.as_millis() as u64);
             core.run::<i64>(&inv).await.map(drop)
@@ -257,13 +248,13 @@ async fn apply(core: &Core, op: Op) -> Result<(), crate::Error> {
         Op::Flush(_) => Ok(()),
         _ if !core.available() => Err(crate::Error::store_unavailable("redis store degraded")),
         Op::Correct(r, actual) => {
+            let limits = core.limits_of(&r.key);
             let mut inv = scripts::correct().prepare_invoke();
-            inv.key(core.hash_key(&r.key));
             inv.arg(r.id)
                 .arg(clamp(actual.input_tokens))
                 .arg(clamp(actual.output_tokens))
-                .arg(core.limits_of(&r.key).iter().count());
-            add_logs(core, &mut inv, &r.key);
+                .arg(limits.iter().count());
+            core.add_dims(&mut inv, &r.key, &limits);
             core.run::<i64>(&inv).await.map(drop)
         }
         Op::Gate(key, until) => {
@@ -295,7 +286,9 @@ async fn apply(core: &Core, op: Op) -> Result<(), crate::Error> {
             let t = tag(l);
             let opt = |v: Option<u64>| v.map_or(-1, |v| clamp(v) as i64);
             let mut inv = scripts::learn().prepare_invoke();
-            inv.key(core.hash_key(&key)).key(core.log_key(&key, &t));
+            inv.key(core.hash_key(&key))
+                .key(core.queue_key(&key))
+                .key(core.entries_key(&key, &t));
             inv.arg(t)
                 .arg(to_micros(l.window))
                 .arg(clamp(l.limit))

@@ -127,6 +127,61 @@ impl RedisServer {
     }
 }
 
+impl RedisServer {
+    /// Sends one command over a fresh connection (raw RESP, so that the
+    /// benches and tests need no client for it) and returns the reply's
+    /// text: a simple or bulk string (an error reply panics).
+    pub fn command(&self, args: &[&str]) -> String {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let mut c = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        c.write_all(req.as_bytes()).expect("send");
+        let mut r = BufReader::new(c);
+        let mut line = String::new();
+        r.read_line(&mut line).expect("reply");
+        let line = line.trim_end();
+        match line.as_bytes().first() {
+            Some(b'+') | Some(b':') => line[1..].to_owned(),
+            Some(b'$') => {
+                let n: usize = line[1..].parse().expect("bulk length");
+                let mut buf = vec![0; n + 2];
+                r.read_exact(&mut buf).expect("bulk");
+                buf.truncate(n);
+                String::from_utf8(buf).expect("utf-8")
+            }
+            _ => panic!("redis {args:?}: {line}"),
+        }
+    }
+
+    /// `CONFIG RESETSTAT`: the command statistics start again from zero.
+    pub fn reset_stats(&self) {
+        self.command(&["CONFIG", "RESETSTAT"]);
+    }
+
+    /// `INFO commandstats`, per command: (name, calls, µs in total). The
+    /// commands a script runs are counted like any other, under their own
+    /// names, so a script's work shows beside its `evalsha`.
+    pub fn command_stats(&self) -> Vec<(String, u64, u64)> {
+        self.command(&["INFO", "commandstats"])
+            .lines()
+            .filter_map(|l| {
+                let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+                let field = |f: &str| {
+                    rest.split(',')
+                        .find_map(|kv| kv.strip_prefix(f)?.strip_prefix('='))
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .unwrap_or(0)
+                };
+                Some((name.to_owned(), field("calls"), field("usec")))
+            })
+            .collect()
+    }
+}
+
 /// The pid of the server answering on `port` (`INFO server`), if any.
 fn server_pid(port: u16) -> Option<u32> {
     use std::io::{Read, Write};

@@ -1,27 +1,34 @@
 -- learn: ARGV = tag, window us, configured, limit, remaining, reset us
--- (each -1: unknown), learn_limits (0|1), learned_ttl us. KEYS = hash, the
--- dimension's log. Returns the limit in force when it or the external
--- usage changed, else -1.
+-- (each -1: unknown), learn_limits (0|1), learned_ttl us. KEYS = hash,
+-- queue, the dimension's entries hash. Returns the limit in force when it
+-- or the external usage changed, else -1.
 --
 -- A learned limit (mirrors the in-memory SlidingWindow): 0 is ignored; it never
 -- goes below max(1, floor(configured / 10)) nor above the configured one
 -- (with learn_limits: configured * 100); it holds until learned_ttl after
 -- the provider last said it (lu:<tag>), a repeated header refreshing it.
+--
+-- The usage as of now (what `remaining` is compared with) is the "used"
+-- cursor's sum: the entries started by now, still in the window. The
+-- cursor moves forward over the entries started since the last learn
+-- (amortised O(1)), never over the whole window.
 local h = KEYS[1]
-local T = now_us()
 local d = {
   tag = ARGV[1],
   window = tonumber(ARGV[2]),
   configured = tonumber(ARGV[3]),
-  log = KEYS[2],
+  e = KEYS[3],
 }
+local st = redis.call('HMGET', h, 'k', 'c:' .. d.tag)
+local sid, tm, gate, last, ex = unpack_k(st[1])
+local T = now_of(tm)
 local limit = tonumber(ARGV[4])
 local remaining = tonumber(ARGV[5])
 local reset = tonumber(ARGV[6])
 local learn_limits = ARGV[7] == '1'
 local ttl = tonumber(ARGV[8])
-load_dim(h, d, T)
-prune_dim(d, T)
+local nextid = load_dims(h, {d}, T, sid, st, 1)
+prune_dim(d, T, nextid)
 local changed = false
 local dirty = false
 if limit > 0 then
@@ -46,12 +53,8 @@ if limit > 0 then
   dirty = true
 end
 if remaining >= 0 then
-  -- A full walk of the log (issue #12 replaces it by running sums).
-  local used = 0
-  for _, e in ipairs(redis.call('LRANGE', d.log, 0, -1)) do
-    local at, _, c = parse(e)
-    if at <= T and at > T - d.window then used = used + c end
-  end
+  used_at(d, T, nextid)
+  local used = d.up
   if d.xu and d.xu > T then used = used + d.xc end
   local ours = d.lim - used
   if ours < 0 then ours = 0 end
@@ -64,8 +67,11 @@ if remaining >= 0 then
     changed = true
   end
 end
-if changed or dirty then
-  save(h, {d}, T, T)
+-- A key with no state yet gets one only for what was learned; one with
+-- state keeps its pruning and cursors (so that the next call does not
+-- redo their walk).
+if changed or dirty or sid then
+  save(h, KEYS[2], {d}, T, T, {id = nextid, tm = T, gate = gate, last = last, ex = ex}, {}, {})
 end
 if changed then return d.lim end
 return -1
