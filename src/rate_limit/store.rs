@@ -31,7 +31,7 @@ pub struct Reservation {
 
 /// The answer to a request for admission: a store's to [`Store::acquire`]
 /// (admitted with a [`Reservation`]), or a [`SlidingWindow`]'s to
-/// [`acquire`](SlidingWindow::acquire) (admitted with a [`Booking`]).
+/// [`acquire`](super::SlidingWindow::acquire) (admitted with a [`Booking`]).
 ///
 /// [`SlidingWindow`]: super::SlidingWindow
 /// [`Booking`]: super::Booking
