@@ -157,8 +157,8 @@
 //!   shared.
 //!
 //! One rule also decides, on every layer, whether an answer is a failure:
-//! [`Classifier::failure_of`](classify::Classifier::failure_of) (a 2xx with an error
-//! classification is one; see the [`classify`] module).
+//! [`Classifier::failure_of`] (a 2xx with an error classification is one;
+//! see the [`classify`] module).
 //!
 //! # Cargo features
 //!
