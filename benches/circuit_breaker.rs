@@ -7,8 +7,6 @@
 //!
 //! `cargo bench --bench circuit_breaker -- --warm-up-time 1 --measurement-time 3`
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::convert::Infallible;
 use std::future::{ready, Ready};
 use std::hint::black_box;
@@ -23,29 +21,10 @@ use tower::{Layer, Service, ServiceExt};
 use tower_llm_resilience::circuit_breaker::{CircuitBreakerLayer, FailureWindow};
 use tower_llm_resilience::Key;
 
-struct Counting;
-
-thread_local! {
-    static ALLOCS: Cell<u64> = const { Cell::new(0) };
-}
-
-// SAFETY: forwards to the system allocator; only counts, per thread.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-        System.alloc(layout)
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new: usize) -> *mut u8 {
-        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-        System.realloc(ptr, layout, new)
-    }
-}
+mod support;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: support::Counting = support::Counting;
 
 /// Allocations per request of `svc` (after one warm-up request).
 fn allocs_per_request<S>(mut svc: S) -> f64
@@ -59,11 +38,11 @@ where
         .unwrap();
     rt.block_on(async {
         one(&mut svc).await;
-        let before = ALLOCS.with(Cell::get);
+        let before = support::allocations();
         for _ in 0..N {
             one(&mut svc).await;
         }
-        (ALLOCS.with(Cell::get) - before) as f64 / N as f64
+        (support::allocations() - before) as f64 / N as f64
     })
 }
 

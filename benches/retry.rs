@@ -11,8 +11,6 @@
 //!
 //! `cargo bench --bench retry -- --warm-up-time 1 --measurement-time 3`
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::convert::Infallible;
 use std::future::{ready, Ready};
 use std::hint::black_box;
@@ -25,32 +23,13 @@ use http::{Request, Response};
 use tower::{Layer, Service, ServiceExt};
 use tower_llm_resilience::retry::RetryLayer;
 
-struct Counting;
-
-thread_local! {
-    static ALLOCS: Cell<u64> = const { Cell::new(0) };
-}
-
-// SAFETY: forwards to the system allocator; only counts, per thread.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-        System.alloc(layout)
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new: usize) -> *mut u8 {
-        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-        System.realloc(ptr, layout, new)
-    }
-}
+mod support;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: support::Counting = support::Counting;
 
 fn allocs() -> u64 {
-    ALLOCS.with(Cell::get)
+    support::allocations()
 }
 
 /// The inner service: answers 200 at once.
@@ -122,26 +101,10 @@ fn request() -> Request<String> {
     Request::new(String::new())
 }
 
-/// The chat body of benches/support (copied: that module is shared).
-fn chat_body() -> String {
-    let text = "The package arrived two days late and the box was crushed, but the \
-                headphones inside work well and the sound is clear. ";
-    serde_json::json!({
-        "model": "gpt-4o-mini",
-        "temperature": 0,
-        "messages": [
-            {"role": "system", "content": "You label the sentiment of short texts. Answer with exactly one word: positive, negative or neutral."},
-            {"role": "user", "content": text.repeat(6)},
-        ],
-        "max_tokens": 5,
-    })
-    .to_string()
-}
-
 /// A realistic chat request of about 1 KiB with 3 headers, as an SDK sends
 /// it (the same as the stack bench's).
 fn chat_request() -> Request<String> {
-    static BODY: std::sync::LazyLock<String> = std::sync::LazyLock::new(chat_body);
+    static BODY: std::sync::LazyLock<String> = std::sync::LazyLock::new(support::chat_body);
     Request::post("https://api.openai.com/v1/chat/completions")
         .header(
             "authorization",
