@@ -200,45 +200,25 @@ fn failsafe() -> impl Service<Request<String>> + Clone + Send + 'static {
     }
 }
 
-/// `iters` requests through `svc`, for counting instructions:
-/// `CALLGRIND_CASE=ours valgrind --tool=callgrind
-/// --toggle-collect='*count_instructions*' <bench binary> --bench`
-/// counts only inside this function (see [`instructions`]).
-#[inline(never)]
-fn count_instructions<S>(mut svc: S, iters: u64)
-where
-    S: Service<Request<String>>,
-{
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        for _ in 0..iters {
-            one(&mut svc).await;
-        }
-    });
-}
-
 /// Runs the case named by `CALLGRIND_CASE` (`baseline`, `ours`,
 /// `ours_keyed`, `ours_time_window`) `CALLGRIND_ITERS` times (default
 /// 10,000) and exits; does nothing when it is not set.
 fn instructions() {
-    let Ok(case) = std::env::var("CALLGRIND_CASE") else {
+    let Some((case, iters)) = support::callgrind_case() else {
         return;
     };
-    let iters = std::env::var("CALLGRIND_ITERS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(10_000);
     match case.as_str() {
-        "baseline" => count_instructions(Noop, iters),
-        "ours" => count_instructions(ours(), iters),
-        "ours_keyed" => count_instructions(ours_keyed(), iters),
-        "ours_time_window" => count_instructions(ours_time_window(), iters),
+        "baseline" => support::count_instructions(Noop, empty_request, iters),
+        "ours" => support::count_instructions(ours(), empty_request, iters),
+        "ours_keyed" => support::count_instructions(ours_keyed(), empty_request, iters),
+        "ours_time_window" => support::count_instructions(ours_time_window(), empty_request, iters),
         other => panic!("unknown case {other}"),
     }
     std::process::exit(0);
+}
+
+fn empty_request() -> Request<String> {
+    Request::new(String::new())
 }
 
 fn bench(c: &mut Criterion) {

@@ -15,6 +15,8 @@ use std::time::Instant;
 use criterion::{criterion_group, criterion_main, Bencher, Criterion};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use tower::{Layer, Service, ServiceExt};
+mod support;
+
 use tower_llm_resilience::classify::{parse_error_body, Classifier, ClassifyLayer, Provider};
 
 /// Answers 200 at once, with the given headers (cloned: a response's
@@ -79,50 +81,32 @@ fn openai_headers() -> HeaderMap {
     h
 }
 
-/// `iters` requests through `svc`, for counting instructions:
-/// `CALLGRIND_CASE=layer valgrind --tool=callgrind
-/// --toggle-collect='*count_instructions*' <bench binary> --bench`
-/// counts only inside this function (see [`instructions`]).
-#[inline(never)]
-fn count_instructions<S>(mut svc: S, iters: u64)
-where
-    S: Service<Request<String>>,
-{
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        for _ in 0..iters {
-            if let Ok(svc) = svc.ready().await {
-                black_box(svc.call(Request::new(String::new())).await.is_ok());
-            }
-        }
-    });
-}
-
 /// Runs the case named by `CALLGRIND_CASE` (`noop`, `layer`; `openai:`
 /// first for the response with OpenAI's rate-limit headers)
 /// `CALLGRIND_ITERS` times (default 10,000) and exits; does nothing when
 /// it is not set.
 fn instructions() {
-    let Ok(case) = std::env::var("CALLGRIND_CASE") else {
+    let Some((case, iters)) = support::callgrind_case() else {
         return;
     };
-    let iters = std::env::var("CALLGRIND_ITERS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(10_000);
     let (name, headers) = match case.strip_prefix("openai:") {
         Some(name) => (name, openai_headers()),
         None => (case.as_str(), HeaderMap::new()),
     };
     match name {
-        "noop" => count_instructions(Noop(headers), iters),
-        "layer" => count_instructions(ClassifyLayer::new().layer(Noop(headers)), iters),
+        "noop" => support::count_instructions(Noop(headers), empty_request, iters),
+        "layer" => support::count_instructions(
+            ClassifyLayer::new().layer(Noop(headers)),
+            empty_request,
+            iters,
+        ),
         other => panic!("unknown case {other}"),
     }
     std::process::exit(0);
+}
+
+fn empty_request() -> Request<String> {
+    Request::new(String::new())
 }
 
 fn bench(c: &mut Criterion) {

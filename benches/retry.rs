@@ -251,55 +251,31 @@ where
     });
 }
 
-/// `iters` requests of `make` through `svc`, for counting instructions:
-/// `CALLGRIND_CASE=ours_retry_layer valgrind --tool=callgrind
-/// --toggle-collect='*count_instructions*' <bench binary> --bench`
-/// counts only inside this function (see [`instructions`]).
-#[inline(never)]
-fn count_instructions<S, R>(mut svc: S, make: fn() -> R, iters: u64)
-where
-    S: Service<R>,
-{
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        for _ in 0..iters {
-            if let Ok(svc) = svc.ready().await {
-                black_box(svc.call(make()).await.is_ok());
-            }
-        }
-    });
-}
-
 /// Runs the case named by `CALLGRIND_CASE` (optionally `chat:` first, for
 /// the 1 KiB request) `CALLGRIND_ITERS` times (default 10,000) and exits;
 /// does nothing when it is not set.
 fn instructions() {
-    let Ok(case) = std::env::var("CALLGRIND_CASE") else {
+    let Some((case, iters)) = support::callgrind_case() else {
         return;
     };
-    let iters = std::env::var("CALLGRIND_ITERS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(10_000);
     let (name, make): (&str, MakeRequest) = match case.strip_prefix("chat:") {
         Some(name) => (name, chat_request),
         None => (case.as_str(), request),
     };
     match name {
-        "baseline_noop" => count_instructions(Noop, make, iters),
-        "ours_retry_layer" => count_instructions(RetryLayer::new().layer(Noop), make, iters),
-        "ours_retry_layer_no_budget" => {
-            count_instructions(RetryLayer::new().no_budget().layer(Noop), make, iters)
+        "baseline_noop" => support::count_instructions(Noop, make, iters),
+        "ours_retry_layer" => {
+            support::count_instructions(RetryLayer::new().layer(Noop), make, iters)
         }
-        "ours_policy_in_tower_retry" => count_instructions(
+        "ours_retry_layer_no_budget" => {
+            support::count_instructions(RetryLayer::new().no_budget().layer(Noop), make, iters)
+        }
+        "ours_policy_in_tower_retry" => support::count_instructions(
             tower::retry::RetryLayer::new(RetryLayer::new().policy()).layer(Noop),
             make,
             iters,
         ),
-        "tower_retry_never" => count_instructions(
+        "tower_retry_never" => support::count_instructions(
             tower::retry::RetryLayer::new(Never).layer(Noop),
             make,
             iters,

@@ -87,6 +87,34 @@ pub fn allocations() -> u64 {
     ALLOCS.with(Cell::get)
 }
 
+/// The case named by `CALLGRIND_CASE` and the requests to run it for
+/// (`CALLGRIND_ITERS`, default 10,000); `None` when no case is set (a
+/// normal criterion run).
+pub fn callgrind_case() -> Option<(String, u64)> {
+    let case = std::env::var("CALLGRIND_CASE").ok()?;
+    let iters = std::env::var("CALLGRIND_ITERS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(10_000);
+    Some((case, iters))
+}
+
+/// `iters` requests made by `make` through `svc` on a current-thread
+/// runtime: the region callgrind counts with
+/// `--toggle-collect='*count_instructions*'`.
+pub fn count_instructions<S, R>(mut svc: S, make: impl Fn() -> R, iters: u64)
+where
+    S: Service<R>,
+{
+    rt().block_on(async {
+        for _ in 0..iters {
+            if let Ok(svc) = tower::ServiceExt::ready(&mut svc).await {
+                std::hint::black_box(svc.call(make()).await.is_ok());
+            }
+        }
+    });
+}
+
 /// A current-thread runtime with timers.
 pub fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
