@@ -30,7 +30,7 @@ use tower_llm_resilience::rate_limit::{
 use tower_llm_resilience::redis_store::RedisStore;
 use tower_llm_resilience::Key;
 
-use support::RedisServer;
+use support::{admitted, RedisServer};
 
 /// Decisions per throughput run.
 const N: usize = 20_000;
@@ -47,37 +47,6 @@ fn limits(window: Duration) -> Limits {
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p) as usize]
-}
-
-fn admitted(d: Decision) -> Reservation {
-    match d {
-        Decision::Admitted(r) => r,
-        other => panic!("not admitted: {other:?}"),
-    }
-}
-
-/// Admits `n` more requests on `key`, 16 at a time.
-async fn fill(store: &RedisStore, key: &Key, n: usize) -> Vec<Reservation> {
-    let mut tasks = Vec::new();
-    for t in 0..16 {
-        let (store, key) = (store.clone(), key.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut rs = Vec::new();
-            for _ in (t..n).step_by(16) {
-                let d = store
-                    .acquire(&key, &Costs::new(500, 200), Instant::now(), None)
-                    .await
-                    .unwrap();
-                rs.push(admitted(d));
-            }
-            rs
-        }));
-    }
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.unwrap());
-    }
-    all
 }
 
 /// The durations (µs) of the `EVALSHA`s in the slow log, by script. The
@@ -213,7 +182,7 @@ async fn time_per_decision(server: &RedisServer) {
     let mut baseline = Vec::new();
     for n in [100, 10_000, 100_000] {
         let more = n - rs.len();
-        rs.extend(fill(&store, &key, more).await);
+        rs.extend(support::fill(&store, &key, more, Costs::new(500, 200), 16).await);
         let (mut a, cpu_a) = phase(server, &mut con, &store, |_| {
             let (store, key) = (&store, &key);
             async move {

@@ -13,7 +13,7 @@ mod support;
 use std::time::Duration;
 
 use redis::AsyncCommands;
-use support::RedisServer;
+use support::{admitted, RedisServer};
 use tokio::time::Instant;
 use tower_llm_resilience::classify::ReportedLimit;
 use tower_llm_resilience::rate_limit::{
@@ -58,13 +58,6 @@ fn near(actual: Instant, expected: Instant) -> bool {
         expected - actual
     };
     d <= TOL
-}
-
-fn admitted(d: Decision) -> Reservation {
-    match d {
-        Decision::Admitted(r) => r,
-        other => panic!("expected an admission, got {other:?}"),
-    }
 }
 
 async fn acquire<S: Store>(s: &S, key: &Key, costs: Costs) -> Reservation {
@@ -1332,31 +1325,6 @@ mod at_scale {
         inner_calls(server)
     }
 
-    /// Admits `n` more requests on `key`, 32 at a time.
-    async fn fill(store: &RedisStore, key: &Key, n: usize) -> Vec<Reservation> {
-        let mut tasks = Vec::new();
-        for t in 0..32 {
-            let (store, key) = (store.clone(), key.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut rs = Vec::new();
-                for _ in (t..n).step_by(32) {
-                    let d = store
-                        .acquire(&key, &Costs::new(100, 20), Instant::now(), None)
-                        .await
-                        .unwrap();
-                    rs.push(admitted(d));
-                }
-                rs
-            }));
-        }
-        let mut all = Vec::new();
-        for t in tasks {
-            all.extend(t.await.unwrap());
-        }
-        all.sort_by_key(|r| r.id);
-        all
-    }
-
     /// The number of commands; what is wrong with them goes to `failures`.
     fn check(
         what: &str,
@@ -1404,7 +1372,7 @@ mod at_scale {
         let mut corrected = std::collections::HashSet::new();
         for n in [100, 10_000, 100_000] {
             let more = n - rs.len();
-            rs.extend(fill(&store, &key, more).await);
+            rs.extend(support::fill(&store, &key, more, Costs::new(100, 20), 32).await);
             assert_eq!(rs.len(), n);
             let acquire = measure(&server, &store, async {
                 let d = store
@@ -1494,7 +1462,7 @@ mod at_scale {
             .build(&server.url())
             .unwrap();
         let key = Key::new("day");
-        let first = fill(&store, &key, N).await;
+        let first = support::fill(&store, &key, N, Costs::new(100, 20), 32).await;
         // The window is full: each of these waits for one entry to leave,
         // a day after it came, in order.
         let mut queued = Vec::new();

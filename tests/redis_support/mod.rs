@@ -9,6 +9,51 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant as StdInstant};
 
+use tokio::time::Instant;
+use tower_llm_resilience::rate_limit::{Costs, Decision, Reservation, Store};
+use tower_llm_resilience::redis_store::RedisStore;
+use tower_llm_resilience::Key;
+
+/// The reservation of an admitted decision (panics on any other).
+pub fn admitted(d: Decision) -> Reservation {
+    match d {
+        Decision::Admitted(r) => r,
+        other => panic!("expected an admission, got {other:?}"),
+    }
+}
+
+/// Admits `n` more requests costing `costs` on `key`, `tasks` at a time,
+/// and returns their reservations in id order.
+pub async fn fill(
+    store: &RedisStore,
+    key: &Key,
+    n: usize,
+    costs: Costs,
+    tasks: usize,
+) -> Vec<Reservation> {
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        let (store, key) = (store.clone(), key.clone());
+        handles.push(tokio::spawn(async move {
+            let mut rs = Vec::new();
+            for _ in (t..n).step_by(tasks) {
+                let d = store
+                    .acquire(&key, &costs, Instant::now(), None)
+                    .await
+                    .unwrap();
+                rs.push(admitted(d));
+            }
+            rs
+        }));
+    }
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.await.unwrap());
+    }
+    all.sort_by_key(|r| r.id);
+    all
+}
+
 pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
