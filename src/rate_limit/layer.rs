@@ -118,11 +118,12 @@ impl RateLimitLayer {
 
 impl<K, C, E> RateLimitLayer<K, C, E, MemoryStore> {
     /// The store the setters below configure: the layer's own settings
-    /// (copied, so that a clone of this layer keeps its own), or the store
-    /// given to [`store`](Self::store), which they change in place for
-    /// every holder of it (see [`MemoryStore`]).
+    /// (copied first if a clone of this layer holds them too, so that the
+    /// clone keeps its own), or the store given to [`store`](Self::store),
+    /// which they change in place for every holder of it (see
+    /// [`MemoryStore`]).
     fn own_store(&self) -> MemoryStore {
-        if self.own_store {
+        if self.own_store && !self.store.is_unshared() {
             self.store.empty_like()
         } else {
             self.store.clone()

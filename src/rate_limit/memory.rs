@@ -188,6 +188,12 @@ impl MemoryStore {
         }
     }
 
+    /// Whether this handle is the only one (no clone of it exists), so
+    /// that changing its settings changes no one else's store.
+    pub(crate) fn is_unshared(&self) -> bool {
+        Arc::strong_count(&self.inner) == 1
+    }
+
     /// A new, empty store with this store's settings (what a
     /// [`RateLimitLayer`](super::RateLimitLayer) makes at each
     /// [`layer`](tower::Layer::layer) call from its own settings).
