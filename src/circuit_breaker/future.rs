@@ -2,17 +2,12 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
-use std::time::Duration;
 
 use http::Response;
 use pin_project_lite::pin_project;
-use tokio::time::Instant;
 
-use super::circuit::Permit;
-use super::outcome::CallOutcome;
-use super::shared::Cell;
+use super::guard::Guard;
 use crate::classify::Classifier;
-use crate::per_clone::Handle;
 use crate::{BoxError, Error};
 
 pin_project! {
@@ -41,37 +36,8 @@ pin_project! {
     }
 }
 
-/// The permit of one call in flight; releases a probe slot on drop unless
-/// the outcome was recorded. Made before the inner service's `call`, so
-/// that a panic there (or in the future's `poll`) gives the slot back as
-/// the stack unwinds.
-pub(crate) struct Guard<C> {
-    cell: Handle<Cell<C>>,
-    permit: Permit,
-    start: Option<Instant>,
-    done: bool,
-}
-
-impl<C> Guard<C> {
-    pub(crate) fn new(cell: Handle<Cell<C>>, permit: Permit, start: Option<Instant>) -> Self {
-        Guard {
-            cell,
-            permit,
-            start,
-            done: false,
-        }
-    }
-}
-
-impl<C> Drop for Guard<C> {
-    fn drop(&mut self) {
-        if !self.done {
-            self.cell.release(self.permit);
-        }
-    }
-}
-
 impl<F, C> ResponseFuture<F, C> {
+    #[inline]
     pub(crate) fn called(future: F, guard: Guard<C>) -> Self {
         ResponseFuture {
             state: State::Called { future },
@@ -95,10 +61,7 @@ impl<F, C> fmt::Debug for ResponseFuture<F, C> {
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)
-            .field(
-                "probe",
-                &self.guard.as_ref().is_some_and(|g| g.permit.is_probe()),
-            )
+            .field("probe", &self.guard.as_ref().is_some_and(Guard::is_probe))
             .finish()
     }
 }
@@ -111,43 +74,40 @@ where
 {
     type Output = Result<Response<B>, Error>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        match this.state.project() {
-            StateProj::Rejected { error } => Poll::Ready(Err(error
-                .take()
-                .expect("ResponseFuture polled after completion"))),
-            StateProj::Called { future } => {
-                let result = ready!(future.poll(cx));
-                let Some(mut guard) = this.guard.take() else {
-                    panic!("ResponseFuture polled after completion");
-                };
-                let context = &guard.cell.context;
-                let elapsed = guard.start.map_or(Duration::ZERO, |s| s.elapsed());
-                // Each arm moves the response once (a response is a few
-                // hundred bytes: every move is a copy).
-                match result {
-                    Ok(response) => {
-                        // The rule every layer shares: a success scans no
-                        // header (the breaker needs nothing else from them).
-                        let outcome = match context.classifier.failure_of(&response) {
-                            None => CallOutcome::success(elapsed),
-                            Some(c) => context.config.outcome(&c, elapsed),
-                        };
-                        guard.cell.record(guard.permit, outcome);
-                        guard.done = true;
-                        Poll::Ready(Ok(response))
-                    }
-                    Err(e) => {
-                        let error =
-                            Error::from_transport(e, |e| context.classifier.classify_error(e));
-                        let outcome = context.config.outcome(error.classification(), elapsed);
-                        guard.cell.record(guard.permit, outcome);
-                        guard.done = true;
-                        Poll::Ready(Err(error))
-                    }
+        let result = match this.state.project() {
+            StateProj::Called { future } => ready!(future.poll(cx)),
+            StateProj::Rejected { error } => return Poll::Ready(Err(take(error))),
+        };
+        let guard = match this.guard {
+            Some(guard) => guard,
+            None => panic!("ResponseFuture polled after completion"),
+        };
+        let elapsed = guard.elapsed();
+        let output = match result {
+            Ok(response) => {
+                // The rule every layer shares: a success scans no header
+                // (the breaker needs nothing else from them).
+                match guard.classifier().failure_of(&response) {
+                    None => guard.succeed(elapsed),
+                    Some(c) => guard.fail(&c, elapsed),
                 }
+                Ok(response)
             }
-        }
+            Err(e) => Err(guard.fail_with(e, elapsed)),
+        };
+        // Dropped in place, once recorded: it releases nothing.
+        *this.guard = None;
+        Poll::Ready(output)
     }
+}
+
+/// The refusal of a rejected future (it completes at its first poll).
+#[cold]
+fn take(error: &mut Option<Error>) -> Error {
+    error
+        .take()
+        .expect("ResponseFuture polled after completion")
 }

@@ -112,6 +112,7 @@
 mod circuit;
 mod config;
 mod future;
+mod guard;
 mod layer;
 mod outcome;
 mod service;

@@ -2,10 +2,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::Response;
-use tokio::time::Instant;
 use tower::Service;
 
-use super::future::{Guard, ResponseFuture};
+use super::future::ResponseFuture;
+use super::guard::Guard;
 use super::shared::{Breakers, Cell};
 use crate::classify::{Classifier, Provider};
 use crate::events::CircuitState;
@@ -124,33 +124,40 @@ where
             .map_err(|e| Error::from_transport(e, |e| classifier.classify_error(e)))
     }
 
+    #[inline]
     fn call(&mut self, request: Req) -> Self::Future {
         let key = self.key_fn.key(&request);
         let cell = match &mut self.last {
             Some(cell) if *cell.key() == key => cell.handle(),
-            _ => {
-                let (cell, kept) = self.breakers.cell(&key);
-                if kept {
-                    let mut cached = PerClone::new(cell);
-                    let cell = cached.handle();
-                    self.last = Some(cached);
-                    cell
-                } else {
-                    self.last = None;
-                    Handle::Shared(cell)
-                }
-            }
+            _ => self.cell_of(key),
         };
         match cell.acquire() {
             Ok(permit) => {
-                let start = cell.context.config.slow_calls_enabled().then(Instant::now);
                 // The guard holds the permit before the inner call: if that
                 // call panics, unwinding drops the guard, which gives a
                 // half-open probe slot back.
-                let guard = Guard::new(cell, permit, start);
+                let guard = Guard::new(cell, permit);
                 ResponseFuture::called(self.inner.call(request), guard)
             }
             Err(error) => ResponseFuture::rejected(error),
+        }
+    }
+}
+
+impl<S, K, C> CircuitBreaker<S, K, C> {
+    /// The breaker of a key this clone did not call last: from the shared
+    /// map, remembered for the next call when the map keeps it.
+    #[inline(never)]
+    fn cell_of(&mut self, key: Key) -> Handle<Cell<C>> {
+        let (cell, kept) = self.breakers.cell(&key);
+        if kept {
+            let mut cached = PerClone::new(cell);
+            let cell = cached.handle();
+            self.last = Some(cached);
+            cell
+        } else {
+            self.last = None;
+            Handle::Shared(cell)
         }
     }
 }
