@@ -105,15 +105,6 @@ impl Permit {
         }
     }
 
-    /// The same permit once its outcome is recorded: no longer a probe,
-    /// so that releasing it gives back no slot.
-    pub(crate) const fn spent(self) -> Self {
-        Permit {
-            probe: false,
-            ..self
-        }
-    }
-
     /// The generation it belongs to.
     pub(crate) const fn generation(&self) -> u64 {
         self.generation

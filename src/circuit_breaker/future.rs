@@ -4,8 +4,10 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use http::Response;
+use http_body::Body;
 use pin_project_lite::pin_project;
 
+use super::body::{is_stream, ResponseBody};
 use super::guard::Guard;
 use crate::classify::Classifier;
 use crate::{BoxError, Error};
@@ -70,9 +72,10 @@ impl<F, C, B, E> Future for ResponseFuture<F, C>
 where
     F: Future<Output = Result<Response<B>, E>>,
     E: Into<BoxError>,
+    B: Body,
     C: Classifier,
 {
-    type Output = Result<Response<B>, Error>;
+    type Output = Result<Response<ResponseBody<B, C>>, Error>;
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -81,26 +84,23 @@ where
             StateProj::Called { future } => ready!(future.poll(cx)),
             StateProj::Rejected { error } => return Poll::Ready(Err(take(error))),
         };
-        let guard = match this.guard {
-            Some(guard) => guard,
-            None => panic!("ResponseFuture polled after completion"),
+        let Some(mut guard) = this.guard.take() else {
+            panic!("ResponseFuture polled after completion")
         };
-        let elapsed = guard.elapsed();
-        let output = match result {
+        match result {
             Ok(response) => {
                 // The rule every layer shares: a success scans no header
                 // (the breaker needs nothing else from them).
                 match guard.classifier().failure_of(&response) {
-                    None => guard.succeed(elapsed),
-                    Some(c) => guard.fail(&c, elapsed),
+                    // A stream is judged at its end (see `ResponseBody`).
+                    None if is_stream(&response) => guard.stream(),
+                    None => guard.succeed(),
+                    Some(c) => guard.fail(&c),
                 }
-                Ok(response)
+                Poll::Ready(Ok(response.map(|body| ResponseBody::new(body, guard))))
             }
-            Err(e) => Err(guard.fail_with(e, elapsed)),
-        };
-        // Dropped in place, once recorded: it releases nothing.
-        *this.guard = None;
-        Poll::Ready(output)
+            Err(e) => Poll::Ready(Err(guard.fail_with(e))),
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! The permit of one call in flight: it records the call's outcome in the
-//! key's breaker, and gives a half-open probe slot back if the call ends
-//! without one (dropped, or a panic).
+//! key's breaker once, and decides what a call that ends without one
+//! means when it is dropped.
 
 use std::time::Duration;
 
@@ -9,19 +9,33 @@ use tokio::time::Instant;
 use super::circuit::Permit;
 use super::outcome::CallOutcome;
 use super::shared::Cell;
-use crate::classify::Classifier;
+use crate::classify::{Classification, Classifier};
 use crate::per_clone::Handle;
 use crate::{BoxError, Error};
 
 /// Made before the inner service's `call`, so that a panic there (or in
-/// the future's `poll`) gives a probe slot back as the stack unwinds.
+/// the future's `poll`) gives a probe slot back as the stack unwinds; then
+/// held by the response future, and by the [`ResponseBody`](super::ResponseBody)
+/// of the response.
+///
+/// Dropped with its outcome unrecorded, it gives a probe slot back while
+/// the call waits for its response headers (a cancelled call says nothing
+/// about the provider), and records a success once a stream's headers
+/// arrived (a body dropped before its end: the provider answered, the
+/// caller chose to stop), except while a panic unwinds.
 pub(crate) struct Guard<C> {
     cell: Handle<Cell<C>>,
-    /// Spent (no longer a probe) once the outcome is recorded, so that the
-    /// drop that follows releases nothing.
-    permit: Permit,
-    /// When the call started; read only when a slow-call rate is set.
-    start: Option<Instant>,
+    /// `None` once the outcome is recorded (or the slot released).
+    permit: Option<Permit>,
+    clock: Clock,
+}
+
+enum Clock {
+    /// Waiting for the response headers, since this instant (`None`
+    /// without a slow-call rate: no clock is read).
+    Waiting(Option<Instant>),
+    /// The headers arrived this long after the call; the body streams.
+    Streaming(Duration),
 }
 
 impl<C> Guard<C> {
@@ -30,55 +44,86 @@ impl<C> Guard<C> {
         let start = cell.context.config.slow_calls_enabled().then(Instant::now);
         Guard {
             cell,
-            permit,
-            start,
+            permit: Some(permit),
+            clock: Clock::Waiting(start),
         }
     }
 
     pub(crate) fn is_probe(&self) -> bool {
-        self.permit.is_probe()
+        self.permit.is_some_and(|p| p.is_probe())
     }
 
-    /// The call's duration so far (zero when no slow-call rate is set: no
-    /// clock is read).
+    /// Whether the outcome is still to be recorded.
+    #[inline]
+    pub(crate) fn is_pending(&self) -> bool {
+        self.permit.is_some()
+    }
+
+    /// The call's duration: until now while it waits for its headers,
+    /// until its headers once its body streams (so a slow-call threshold
+    /// applies to the time to the first byte, not to the length of the
+    /// answer). Zero when no slow-call rate is set: no clock is read.
     #[inline]
     pub(crate) fn elapsed(&self) -> Duration {
-        self.start.map_or(Duration::ZERO, |s| s.elapsed())
+        match self.clock {
+            Clock::Waiting(start) => start.map_or(Duration::ZERO, |s| s.elapsed()),
+            Clock::Streaming(elapsed) => elapsed,
+        }
     }
 
-    /// Records `outcome` once; the guard's drop then releases nothing.
+    /// The headers of a stream arrived: the outcome waits for the end of
+    /// its body, and the call's duration stops here.
+    pub(crate) fn stream(&mut self) {
+        self.clock = Clock::Streaming(self.elapsed());
+    }
+
+    /// Records `outcome`, once: later calls do nothing.
     #[inline]
     pub(crate) fn record(&mut self, outcome: CallOutcome) {
-        self.cell.record(self.permit, outcome);
-        self.permit = self.permit.spent();
+        if let Some(permit) = self.permit.take() {
+            self.cell.record(permit, outcome);
+        }
+    }
+
+    /// Records a success.
+    #[inline]
+    pub(crate) fn succeed(&mut self) {
+        let elapsed = self.elapsed();
+        self.record(CallOutcome::success(elapsed));
+    }
+
+    /// The end of a body: records a success if the outcome waits for it.
+    /// Out of line, so that the per-frame path stays a branch.
+    #[inline(never)]
+    pub(crate) fn end(&mut self) {
+        self.succeed();
+    }
+
+    /// Records what a classified failure means under the breaker's policy.
+    #[cold]
+    pub(crate) fn fail(&mut self, classification: &Classification) {
+        let outcome = self
+            .cell
+            .context
+            .config
+            .outcome(classification, self.elapsed());
+        self.record(outcome);
     }
 
     pub(crate) fn classifier(&self) -> &C {
         &self.cell.context.classifier
     }
-
-    /// Records a successful answer that took `elapsed`.
-    #[inline]
-    pub(crate) fn succeed(&mut self, elapsed: Duration) {
-        self.record(CallOutcome::success(elapsed));
-    }
-
-    /// Records what a classified failure means under the breaker's policy.
-    #[cold]
-    pub(crate) fn fail(&mut self, classification: &crate::Classification, elapsed: Duration) {
-        let outcome = self.cell.context.config.outcome(classification, elapsed);
-        self.record(outcome);
-    }
 }
 
 impl<C: Classifier> Guard<C> {
     /// Turns an error of the inner service (or of a response body) into
-    /// the crate's [`Error`], classified by the breaker's classifier, and
-    /// records what it means: the breaker's one rule for errors.
+    /// the crate's [`Error`], classified by the breaker's classifier (an
+    /// `Error` of this crate keeps its class), and records what it means:
+    /// the breaker's one rule for errors, before or after the headers.
     #[cold]
-    pub(crate) fn fail_with(&mut self, error: impl Into<BoxError>, elapsed: Duration) -> Error {
+    pub(crate) fn fail_with(&mut self, error: impl Into<BoxError>) -> Error {
         let error = Error::from_transport(error, |e| self.classifier().classify_error(e));
-        self.fail(error.classification(), elapsed);
+        self.fail(error.classification());
         error
     }
 }
@@ -86,6 +131,24 @@ impl<C: Classifier> Guard<C> {
 impl<C> Drop for Guard<C> {
     #[inline]
     fn drop(&mut self) {
-        self.cell.release(self.permit);
+        if let Some(permit) = self.permit {
+            self.unrecorded(permit);
+        }
+    }
+}
+
+impl<C> Guard<C> {
+    /// A drop with the outcome unrecorded (see the type's docs).
+    #[inline(never)]
+    fn unrecorded(&mut self, permit: Permit) {
+        match self.clock {
+            Clock::Streaming(elapsed) if !std::thread::panicking() => {
+                self.record(CallOutcome::success(elapsed));
+            }
+            _ => {
+                self.permit = None;
+                self.cell.release(permit);
+            }
+        }
     }
 }

@@ -2,8 +2,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::Response;
+use http_body::Body;
 use tower::Service;
 
+use super::body::ResponseBody;
 use super::future::ResponseFuture;
 use super::guard::Guard;
 use super::shared::{Breakers, Cell};
@@ -24,6 +26,11 @@ use crate::{BoxError, Error};
 /// [`retry_after`](crate::Error::retry_after) says when it lets a probe
 /// through. The breaker is keyed, so readiness could not know the key
 /// anyway.
+///
+/// Its responses carry their body in a [`ResponseBody`], which judges a
+/// 2xx stream at the end of its body rather than at its headers (a stream
+/// that breaks midway is a failure); the body's error items become this
+/// crate's [`Error`].
 ///
 /// Each clone remembers the breaker of the last key it called, so that a
 /// stack with one key (or a run of calls with the same key) skips the map;
@@ -110,10 +117,11 @@ impl<S, K, C, Req, B> Service<Req> for CircuitBreaker<S, K, C>
 where
     S: Service<Req, Response = Response<B>>,
     S::Error: Into<BoxError>,
+    B: Body,
     K: KeyFn<Req>,
     C: Classifier,
 {
-    type Response = Response<B>;
+    type Response = Response<ResponseBody<B, C>>;
     type Error = Error;
     type Future = ResponseFuture<S::Future, C>;
 
