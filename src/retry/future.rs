@@ -13,7 +13,7 @@ use tower::Service;
 use super::config::Config;
 use super::decision::{Attempts, Decision, Failure, GiveUp};
 use super::replay::replay;
-use crate::classify::Classifier;
+use crate::classify::{Classification, Classifier};
 use crate::per_clone::Handle;
 use crate::{BoxError, Error};
 
@@ -48,6 +48,7 @@ impl<S, B, C> ResponseFuture<S, B, C>
 where
     S: Service<Request<B>>,
 {
+    #[inline(always)]
     pub(crate) fn new(
         future: S::Future,
         service: S,
@@ -74,6 +75,7 @@ where
 {
     type Output = Result<Response<ResB>, Error>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {
@@ -85,30 +87,14 @@ where
                             None => return Poll::Ready(Ok(response)),
                             Some(c) => (Failure::Response(response), c, c.is_retryable()),
                         },
-                        Err(e) => {
-                            let e =
-                                Error::from_transport(e, |e| config.classifier.classify_error(e));
-                            let c = *e.classification();
-                            let retryable = e.is_retryable();
-                            (Failure::Error(e), c, retryable)
-                        }
+                        Err(e) => transport_failure(config, e),
                     };
-                    // Without a copy the request cannot be sent again: on the
-                    // first attempt no class may retry (and nothing is
-                    // reported); after a retry, this was the last attempt
-                    // any class allows, and `decide` gives up and says so.
-                    let decision = if this.request.is_some() || this.attempts.made > 1 {
-                        config.decide(&c, retryable, this.attempts, Instant::now())
-                    } else {
-                        Decision::GiveUp(GiveUp::MaxAttempts)
-                    };
-                    match decision {
-                        Decision::Retry { wait, .. } => this.state.set(State::Waiting {
-                            sleep: Box::pin(tokio::time::sleep(wait)),
-                        }),
-                        Decision::GiveUp(why) => {
-                            return Poll::Ready(Err(config.give_up_error(why, failure, c)))
-                        }
+                    let copy = this.request.is_some();
+                    let state = this.state.as_mut();
+                    if let Some(error) =
+                        after_failure(config, copy, this.attempts, state, failure, c, retryable)
+                    {
+                        return Poll::Ready(Err(error));
                     }
                 }
                 StateProj::Waiting { sleep } => {
@@ -138,6 +124,51 @@ where
                 }
             }
         }
+    }
+}
+
+/// A transport failure of an attempt, classified.
+#[cold]
+fn transport_failure<C: Classifier, ResB>(
+    config: &Config<C>,
+    error: impl Into<BoxError>,
+) -> (Failure<ResB>, Classification, bool) {
+    let e = Error::from_transport(error, |e| config.classifier.classify_error(e));
+    let c = *e.classification();
+    let retryable = e.is_retryable();
+    (Failure::Error(e), c, retryable)
+}
+
+/// After a failed attempt: schedules the retry (the state turns to
+/// waiting), or gives up with the error the caller gets. Out of the
+/// success path, which it would otherwise weigh down.
+#[inline(never)]
+fn after_failure<F, C: Classifier, ResB>(
+    config: &Config<C>,
+    copy: bool,
+    attempts: &mut Attempts,
+    mut state: Pin<&mut State<F>>,
+    failure: Failure<ResB>,
+    c: Classification,
+    retryable: bool,
+) -> Option<Error> {
+    // Without a copy the request cannot be sent again: on the first
+    // attempt no class may retry (and nothing is reported); after a
+    // retry, this was the last attempt any class allows, and `decide`
+    // gives up and says so.
+    let decision = if copy || attempts.made > 1 {
+        config.decide(&c, retryable, attempts, Instant::now())
+    } else {
+        Decision::GiveUp(GiveUp::MaxAttempts)
+    };
+    match decision {
+        Decision::Retry { wait, .. } => {
+            state.set(State::Waiting {
+                sleep: Box::pin(tokio::time::sleep(wait)),
+            });
+            None
+        }
+        Decision::GiveUp(why) => Some(config.give_up_error(why, failure, c)),
     }
 }
 

@@ -94,6 +94,7 @@ where
             .map_err(|e| Error::from_transport(e, |e| classifier.classify_error(e)))
     }
 
+    #[inline]
     fn call(&mut self, request: Request<B>) -> Self::Future {
         // The ready service makes this attempt and any retry; this service
         // keeps a clone that must be driven to readiness again.
