@@ -5,6 +5,7 @@ use std::fmt;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
+use http::{header, HeaderMap};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
@@ -127,19 +128,27 @@ where
     }
 }
 
-/// Whether `response` is a stream whose outcome its body's end decides:
-/// a `text/event-stream` (SSE) body that has not ended yet.
-#[inline]
-pub(crate) fn is_stream<B: Body>(response: &http::Response<B>) -> bool {
+/// A success whose body has not ended at its headers: a stream (a
+/// `text/event-stream` body) waits for the end of its body, anything else
+/// is recorded now. Out of line: one header lookup, not on the path of an
+/// answer whose body is already complete.
+#[inline(never)]
+pub(crate) fn judge_success<C>(guard: &mut Guard<C>, headers: &HeaderMap) {
+    if is_event_stream(headers) {
+        guard.stream();
+    } else {
+        guard.succeed();
+    }
+}
+
+/// Whether the headers say `Content-Type: text/event-stream` (SSE, with
+/// or without parameters, in any case).
+fn is_event_stream(headers: &HeaderMap) -> bool {
     const SSE: &[u8] = b"text/event-stream";
-    !response.body().is_end_stream()
-        && response
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .is_some_and(|v| {
-                let v = v.as_bytes();
-                v.len() >= SSE.len() && v[..SSE.len()].eq_ignore_ascii_case(SSE)
-            })
+    headers.get(header::CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes();
+        v.len() >= SSE.len() && v[..SSE.len()].eq_ignore_ascii_case(SSE)
+    })
 }
 
 impl<B: fmt::Debug, C> fmt::Debug for ResponseBody<B, C> {
@@ -148,5 +157,25 @@ impl<B: fmt::Debug, C> fmt::Debug for ResponseBody<B, C> {
             .field("inner", &self.inner)
             .field("pending", &self.guard.is_pending())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_streams_are_told_by_their_content_type() {
+        let with = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, http::HeaderValue::from_static(v));
+            is_event_stream(&h)
+        };
+        assert!(with("text/event-stream"));
+        assert!(with("text/event-stream; charset=utf-8"));
+        assert!(with("Text/Event-Stream"));
+        assert!(!with("application/json"));
+        assert!(!with("text/event"));
+        assert!(!is_event_stream(&HeaderMap::new()));
     }
 }

@@ -7,7 +7,7 @@ use http::Response;
 use http_body::Body;
 use pin_project_lite::pin_project;
 
-use super::body::{is_stream, ResponseBody};
+use super::body::{judge_success, ResponseBody};
 use super::guard::Guard;
 use crate::classify::Classifier;
 use crate::{BoxError, Error};
@@ -90,11 +90,12 @@ where
         match result {
             Ok(response) => {
                 // The rule every layer shares: a success scans no header
-                // (the breaker needs nothing else from them).
+                // for a failure.
                 match guard.classifier().failure_of(&response) {
-                    // A stream is judged at its end (see `ResponseBody`).
-                    None if is_stream(&response) => guard.stream(),
-                    None => guard.succeed(),
+                    None if response.body().is_end_stream() => guard.succeed(),
+                    // A body still to come: a stream is judged at its end
+                    // (see `ResponseBody`), anything else now.
+                    None => judge_success(&mut guard, response.headers()),
                     Some(c) => guard.fail(&c),
                 }
                 Poll::Ready(Ok(response.map(|body| ResponseBody::new(body, guard))))
