@@ -271,8 +271,68 @@ fn empty_request() -> Request<String> {
     Request::new(String::new())
 }
 
+/// With `BURSTS=1`: the single-thread cases in interleaved bursts (see
+/// `support::bursts`), then exit.
+fn bursts() {
+    if std::env::var("BURSTS").is_err() {
+        return;
+    }
+    fn case<'a, S: Service<Request<String>> + 'a>(name: &'a str, mut svc: S) -> support::Burst<'a> {
+        let rt = support::rt();
+        (
+            name,
+            Box::new(move |n| {
+                rt.block_on(async {
+                    for _ in 0..n {
+                        one(&mut svc).await
+                    }
+                })
+            }),
+        )
+    }
+    fn streamed<'a, S, B>(name: &'a str, mut svc: S) -> support::Burst<'a>
+    where
+        S: Service<Request<String>, Response = Response<B>> + 'a,
+        B: http_body::Body + Unpin,
+    {
+        let rt = support::rt();
+        (
+            name,
+            Box::new(move |n| {
+                rt.block_on(async {
+                    for _ in 0..n {
+                        one_streamed(&mut svc).await
+                    }
+                })
+            }),
+        )
+    }
+    support::bursts(&mut [
+        case("baseline no-op", Noop),
+        case("ours, closed", ours()),
+        case("ours, closed, 4 keys in turn", ours_keyed()),
+        case("ours, closed, time window", ours_time_window()),
+        case("tower-resilience 0.13, closed", tower_resilience()),
+        case("failsafe 1.3, closed", failsafe()),
+    ]);
+    support::bursts(&mut [
+        streamed("stream of 1: baseline no-op", support::Sse(1)),
+        streamed(
+            "stream of 1: ours, closed",
+            CircuitBreakerLayer::new().layer(support::Sse(1)),
+        ),
+        streamed("stream of 64: baseline no-op", support::Sse(64)),
+        streamed(
+            "stream of 64: ours, closed",
+            CircuitBreakerLayer::new().layer(support::Sse(64)),
+        ),
+    ]);
+    std::process::exit(0);
+}
+
 fn bench(c: &mut Criterion) {
     instructions();
+    bursts();
     eprintln!("allocations per request:");
     for (name, n) in [
         ("baseline no-op", allocs_per_request(Noop)),

@@ -285,8 +285,60 @@ fn instructions() {
     std::process::exit(0);
 }
 
+/// With `BURSTS=1`: the single-thread cases in interleaved bursts (see
+/// `support::bursts`), then exit.
+fn bursts() {
+    if std::env::var("BURSTS").is_err() {
+        return;
+    }
+    fn case<'a, S: Service<Request<String>> + 'a>(
+        name: &'a str,
+        mut svc: S,
+        make: MakeRequest,
+    ) -> support::Burst<'a> {
+        let rt = support::rt();
+        let run = move |n| {
+            rt.block_on(async {
+                for _ in 0..n {
+                    if let Ok(svc) = svc.ready().await {
+                        black_box(svc.call(make()).await.is_ok());
+                    }
+                }
+            })
+        };
+        (name, Box::new(run))
+    }
+    for (prefix, make) in [("", request as MakeRequest), ("chat 1 KiB: ", chat_request)] {
+        let names = [
+            "baseline_noop",
+            "ours_retry_layer",
+            "ours_retry_layer_no_budget",
+            "ours_policy_in_tower_retry",
+            "tower_retry_never",
+        ]
+        .map(|n| format!("{prefix}{n}"));
+        support::bursts(&mut [
+            case(&names[0], Noop, make),
+            case(&names[1], RetryLayer::new().layer(Noop), make),
+            case(&names[2], RetryLayer::new().no_budget().layer(Noop), make),
+            case(
+                &names[3],
+                tower::retry::RetryLayer::new(RetryLayer::new().policy()).layer(Noop),
+                make,
+            ),
+            case(
+                &names[4],
+                tower::retry::RetryLayer::new(Never).layer(Noop),
+                make,
+            ),
+        ]);
+    }
+    std::process::exit(0);
+}
+
 fn bench(c: &mut Criterion) {
     instructions();
+    bursts();
     report_allocations();
     let cases: [(&str, MakeRequest); 2] = [("", request), ("chat 1 KiB: ", chat_request)];
 

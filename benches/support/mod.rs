@@ -182,6 +182,52 @@ impl<R> Service<R> for Sse {
     }
 }
 
+/// A case of [`bursts`]: a name and a closure that makes `n` requests.
+pub type Burst<'a> = (&'a str, Box<dyn FnMut(u64) + 'a>);
+
+/// Runs the cases in interleaved bursts (`BURST_ROUNDS` rounds, default
+/// 300, of `BURST_SIZE` requests each, default 2,000) and prints, per
+/// case, the fastest and the 10th-percentile burst's time per request and
+/// their ratios to the first case's. On a shared machine the fastest
+/// bursts are the ones no other process interrupted: their ratios move by
+/// a few percent from run to run where criterion's means move by 30 %.
+/// Set `BURSTS=1` to run this instead of criterion.
+pub fn bursts(cases: &mut [Burst<'_>]) {
+    let env = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let (rounds, size) = (env("BURST_ROUNDS", 300), env("BURST_SIZE", 2_000));
+    for (_, run) in cases.iter_mut() {
+        run(size); // warm up
+    }
+    let mut times = vec![Vec::new(); cases.len()];
+    for _ in 0..rounds {
+        for (i, (_, run)) in cases.iter_mut().enumerate() {
+            let start = Instant::now();
+            run(size);
+            times[i].push(start.elapsed().as_secs_f64() * 1e9 / size as f64);
+        }
+    }
+    let stats: Vec<(f64, f64)> = times
+        .iter_mut()
+        .map(|t| {
+            t.sort_by(f64::total_cmp);
+            (t[0], t[t.len() / 10])
+        })
+        .collect();
+    let (base_min, base_p10) = stats[0];
+    for ((name, _), (min, p10)) in cases.iter().zip(&stats) {
+        println!(
+            "{name:<40} min {min:7.1} ns {:5.2}x   p10 {p10:7.1} ns {:5.2}x",
+            min / base_min,
+            p10 / base_p10
+        );
+    }
+}
+
 /// A current-thread runtime with timers.
 pub fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
