@@ -9,6 +9,10 @@
 //! allocator, per thread).
 //!
 //! `cargo bench --bench circuit_breaker -- --warm-up-time 1 --measurement-time 3`
+//!
+//! `BURSTS=1 cargo bench --bench circuit_breaker` runs the single-thread cases in
+//! interleaved bursts instead and prints the fastest and p10 bursts' ratios
+//! (steadier than criterion's means on a shared machine).
 
 use std::convert::Infallible;
 use std::future::{ready, Ready};

@@ -49,7 +49,9 @@
 //! [`Error::is_retryable`](crate::Error::is_retryable) and
 //! [`Error::retry_after`](crate::Error::retry_after) instead of matching
 //! statuses or strings. A successful response arrives as
-//! `Response<PeekedBody<B>>`, its body untouched.
+//! `Response<ResponseBody<PeekedBody<B>>>`: its frames untouched, and a
+//! stream judged by the breaker at its end (see
+//! [`circuit_breaker::ResponseBody`](crate::circuit_breaker::ResponseBody)).
 
 mod layer;
 
