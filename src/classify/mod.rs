@@ -74,6 +74,7 @@ mod service;
 mod tower_http;
 mod values;
 
+pub(crate) use self::body::code_class;
 pub use self::body::{parse_error_body, ErrorBody, DEFAULT_BODY_PREFIX};
 pub use self::class::{ErrorClass, UnknownClass};
 pub use self::classification::{Classification, ReportedLimit, ReportedLimits};
