@@ -412,6 +412,16 @@ impl StreamWatcher {
         self.delivered = self.delivered.saturating_add(bytes);
     }
 
+    /// The first error the body reported, if any (the report's `failure`).
+    pub fn failure(&self) -> Option<StreamFailure> {
+        self.failure
+    }
+
+    /// Bytes fed so far (the report's `delivered`).
+    pub fn delivered(&self) -> u64 {
+        self.delivered
+    }
+
     /// What the body said so far.
     pub fn report(&self) -> StreamReport {
         let usage = (self.input.is_some() || self.output.is_some()).then(|| TokenUsage {
