@@ -5,7 +5,6 @@ use std::fmt;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::Buf;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
@@ -188,19 +187,6 @@ fn ended<H: StreamHook>(hook: &mut Option<H>, watcher: &StreamWatcher) -> Option
     None
 }
 
-/// Feeds every contiguous part of `data` to the watcher.
-fn feed<D: Buf>(watcher: &mut StreamWatcher, data: &D) {
-    let mut parts = [std::io::IoSlice::new(&[]); 16];
-    let n = data.chunks_vectored(&mut parts);
-    let mut fed = 0;
-    for part in &parts[..n] {
-        watcher.feed(part);
-        fed += part.len();
-    }
-    // A buffer of more parts than that: count what could not be read.
-    watcher.skipped(data.remaining().saturating_sub(fed) as u64);
-}
-
 impl<B, H> Body for WatchedBody<B, H>
 where
     B: Body,
@@ -246,7 +232,7 @@ where
         *this.state = State::Streaming;
         if let Some(data) = frame.data_ref() {
             let had_failed = this.watcher.failure().is_some();
-            feed(this.watcher, data);
+            this.watcher.feed_buf(data);
             if let (Some(failure), false) = (this.watcher.failure(), had_failed) {
                 // Hand on the frame holding the error, then the error.
                 finish(this.hook, this.watcher, Ending::Failed(failure.class));

@@ -159,8 +159,8 @@ pin_project! {
     /// unchanged for the layer above to classify; its own is a boxed
     /// [`Error`] that [`is_timeout`](Error::is_timeout) and
     /// [`is_stream_failure`](Error::is_stream_failure), says how long the
-    /// stream was idle and how many bytes it had delivered, and ends the
-    /// body. The timer is a [`Sleep`] kept inline and reset at each frame:
+    /// stream was idle and how many bytes it had delivered. The body ends
+    /// after either error. The timer is a [`Sleep`] kept inline and reset at each frame:
     /// nothing is allocated per frame. It must be polled within a tokio
     /// runtime.
     pub struct IdleTimeoutBody<B> {
@@ -170,7 +170,8 @@ pin_project! {
         sleep: Option<Sleep>,
         idle: Duration,
         delivered: u64,
-        timed_out: bool,
+        // It timed out, or the inner body failed: nothing more.
+        ended: bool,
     }
 }
 
@@ -183,7 +184,7 @@ impl<B> IdleTimeoutBody<B> {
             sleep: None,
             idle,
             delivered: 0,
-            timed_out: false,
+            ended: false,
         }
     }
 }
@@ -194,7 +195,7 @@ impl<B: fmt::Debug> fmt::Debug for IdleTimeoutBody<B> {
             .field("inner", &self.inner)
             .field("idle", &self.idle)
             .field("delivered", &self.delivered)
-            .field("timed_out", &self.timed_out)
+            .field("ended", &self.ended)
             .finish()
     }
 }
@@ -212,7 +213,7 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
-        if *this.timed_out {
+        if *this.ended {
             return Poll::Ready(None);
         }
         if this.sleep.is_none() {
@@ -231,11 +232,14 @@ where
                 sleep.as_mut().reset(deadline(*this.idle));
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error.into()))),
+            Poll::Ready(Some(Err(error))) => {
+                *this.ended = true;
+                Poll::Ready(Some(Err(error.into())))
+            }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
                 ready!(sleep.poll(cx));
-                *this.timed_out = true;
+                *this.ended = true;
                 let error = Error::stream_idle(*this.idle, *this.delivered);
                 Poll::Ready(Some(Err(Box::new(error))))
             }
@@ -243,11 +247,11 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.timed_out || self.inner.is_end_stream()
+        self.ended || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        if self.timed_out {
+        if self.ended {
             SizeHint::with_exact(0)
         } else {
             self.inner.size_hint()

@@ -2,7 +2,9 @@
 //! finds the usage, the error events and the terminator without buffering.
 
 use std::fmt;
+use std::io::IoSlice;
 
+use bytes::Buf;
 use http::HeaderMap;
 use memchr::{memchr2, memchr3};
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -69,8 +71,9 @@ pub enum Dialect {
     Gemini,
 }
 
-/// An error the provider reported inside a successful (2xx) response: an
-/// error event in a stream, or an error object in a JSON body.
+/// An error the provider reported inside a successful (2xx) event stream:
+/// an error event, or a record holding an error object. (A whole JSON
+/// body is judged by its status, as every layer judges it.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct StreamFailure {
     /// The class of the error, from its code ([`ErrorClass::ServerError`]
@@ -88,7 +91,7 @@ pub struct StreamReport {
     /// seen, each kept separately (a missing one is 0). `None` when the
     /// body carried no usage.
     pub usage: Option<TokenUsage>,
-    /// The first error the provider reported inside the body.
+    /// The first error the provider reported inside the event stream.
     pub failure: Option<StreamFailure>,
     /// The body's terminator was seen: `data: [DONE]`, `message_stop`,
     /// `response.completed`, a Gemini record with a `finishReason`; for a
@@ -406,10 +409,23 @@ impl StreamWatcher {
         }
     }
 
-    /// Counts bytes that passed without being read (a frame's data the
-    /// watcher could not see whole).
-    pub(crate) fn skipped(&mut self, bytes: u64) {
-        self.delivered = self.delivered.saturating_add(bytes);
+    /// Reads a frame's data: every contiguous part of it (up to 16; the
+    /// bytes of a buffer in more parts than that are counted, not read).
+    pub(crate) fn feed_buf<D: Buf>(&mut self, data: &D) {
+        let mut parts = [IoSlice::new(&[]); 16];
+        let n = data.chunks_vectored(&mut parts);
+        let mut fed = 0;
+        for part in &parts[..n] {
+            self.feed(part);
+            fed += part.len();
+        }
+        let skipped = data.remaining().saturating_sub(fed) as u64;
+        self.delivered = self.delivered.saturating_add(skipped);
+    }
+
+    /// Server-sent events that ended so far (the report's `events`).
+    pub(crate) fn events(&self) -> u64 {
+        self.events
     }
 
     /// The first error the body reported, if any (the report's `failure`).
@@ -770,8 +786,12 @@ impl StreamWatcher {
     fn conclude_record(&mut self) {
         let facts = std::mem::take(&mut self.event);
         let kind = facts.kind.or(self.sse.name_kind);
-        let failed =
-            facts.has_error || matches!(kind, Some(EventKind::Error | EventKind::ResponseFailed));
+        // A whole JSON body with a 2xx status is a success, whatever it
+        // holds: a server that reports failures so needs a classifier of
+        // its own (`Classifier::is_error_status`), as for every layer.
+        let failed = self.shape == BodyShape::EventStream
+            && (facts.has_error
+                || matches!(kind, Some(EventKind::Error | EventKind::ResponseFailed)));
         if failed && self.failure.is_none() {
             let (class, code) = match (facts.error, facts.code) {
                 (Some((Some(class), code)), _) => (class, code),
@@ -1035,10 +1055,11 @@ mod tests {
         let two = format!("{OPENAI_ERROR_SSE}{ANTHROPIC_OVERLOADED_FIRST_SSE}");
         assert_eq!(sse(&two).failure.unwrap().class, ErrorClass::ServerError);
         // `"error": null` is no error.
-        assert_eq!(json(OPENAI_RESPONSES_JSON).failure, None);
-        // An error object in a 2xx JSON body is one.
+        assert_eq!(sse("data: {\"error\":null,\"choices\":[]}\n\n").failure, None);
+        // A whole JSON body is judged by its status, as every layer does:
+        // an error object in a 2xx JSON body is not a stream failure.
         let r = json("{\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}");
-        assert_eq!(r.failure.unwrap().class, ErrorClass::Overloaded);
+        assert_eq!((r.failure, r.complete), (None, true));
     }
 
     #[test]
