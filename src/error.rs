@@ -238,7 +238,10 @@ impl Error {
 
     /// The provider reported an error inside a successful response's body
     /// (see [`stream`](crate::stream)).
-    pub(crate) fn stream_error_event(failure: crate::stream::StreamFailure, delivered: u64) -> Self {
+    pub(crate) fn stream_error_event(
+        failure: crate::stream::StreamFailure,
+        delivered: u64,
+    ) -> Self {
         let mut c = Classification::failure(failure.class);
         c.code = failure.code;
         Error::new(
@@ -271,7 +274,9 @@ impl Error {
     ) -> Self {
         let classification = match source.downcast_ref::<Error>() {
             Some(ours) if ours.is_stream_failure() => {
-                return *source.downcast::<Error>().unwrap_or_else(|_| unreachable!())
+                return *source
+                    .downcast::<Error>()
+                    .unwrap_or_else(|_| unreachable!())
             }
             Some(ours) => *ours.classification(),
             None => classify(&source),

@@ -10,13 +10,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
 use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use rand::rngs::{SmallRng, StdRng};
 use rand::{RngExt, SeedableRng};
 use tokio::time::Instant;
 use tower::retry::backoff::{
     Backoff as _, ExponentialBackoff, ExponentialBackoffMaker, MakeBackoff,
 };
-use tower::{Layer, Service, ServiceBuilder};
+use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 use tower_llm_resilience::batch::{Batch, Patience};
 use tower_llm_resilience::classify::ReportedLimits;
 use tower_llm_resilience::key::SingleKey;
@@ -138,20 +139,40 @@ pub fn workload(setup: &Setup) -> Vec<Job> {
         .collect()
 }
 
-/// The request for job `i`, its exact cost attached as a [`TokenEstimate`]
-/// (only this crate's limiter reads it).
-fn request(i: usize, job: &Job) -> Request<String> {
-    let body = serde_json::json!({
+/// How the requests of a run are made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Ask {
+    /// Asks for a stream of server-sent events with its usage at the end.
+    stream: bool,
+    /// The token estimate attached, as a multiple of the exact cost.
+    estimate_factor: u64,
+}
+
+impl Ask {
+    const PLAIN: Ask = Ask {
+        stream: false,
+        estimate_factor: 1,
+    };
+}
+
+/// The request for job `i`, its cost (times the run's factor) attached as
+/// a [`TokenEstimate`] (only this crate's limiter reads it).
+fn request(i: usize, job: &Job, ask: Ask) -> Request<String> {
+    let mut body = serde_json::json!({
         "model": "gpt-4o-mini",
         "max_tokens": job.max_tokens,
         "messages": [{"role": "user", "content": job.prompt}]
     });
+    if ask.stream {
+        body["stream"] = true.into();
+        body["stream_options"] = serde_json::json!({"include_usage": true});
+    }
     let mut req = Request::post("/v1/chat/completions")
         .header("x-request-id", i.to_string())
         .header("content-type", "application/json")
         .body(body.to_string())
         .expect("a valid request");
-    let cost = u32::try_from(job.cost).unwrap_or(u32::MAX);
+    let cost = u32::try_from(job.cost.saturating_mul(ask.estimate_factor)).unwrap_or(u32::MAX);
     req.extensions_mut().insert(TokenEstimate(cost));
     req
 }
@@ -174,6 +195,12 @@ pub enum Contender {
     /// token-aware sliding-window limiter, classify) given the provider's
     /// limits and each request's token count.
     Stack,
+    /// The same stack, every request streamed (server-sent events, the
+    /// usage in the last chunk).
+    StackStreaming,
+    /// The same stack given estimates 3x too high: the usage each response
+    /// reports must give the quota back.
+    StackEstimate3x,
     /// A diagnostic, not a client to copy: the same stack with the
     /// provider's rate-limit headers hidden from it, to measure what
     /// learning from them costs here.
@@ -193,8 +220,10 @@ pub enum Contender {
 
 impl Contender {
     /// Every contender, in table order.
-    pub const ALL: [Contender; 5] = [
+    pub const ALL: [Contender; 7] = [
         Contender::Stack,
+        Contender::StackStreaming,
+        Contender::StackEstimate3x,
         Contender::StackWithoutHeaders,
         Contender::TowerStock,
         Contender::OpenAiPython,
@@ -205,6 +234,8 @@ impl Contender {
     pub const fn name(self) -> &'static str {
         match self {
             Contender::Stack => "(a) this crate's LlmLayer",
+            Contender::StackStreaming => "(a) same, streamed",
+            Contender::StackEstimate3x => "(a) same, estimates 3x too high",
             Contender::StackWithoutHeaders => "(a') same, limit headers hidden (diagnostic)",
             Contender::TowerStock => "(b) tower RateLimit (RPM) + Retry",
             Contender::OpenAiPython => "(c) openai-python-like retry",
@@ -274,15 +305,26 @@ pub fn run(setup: &Setup, jobs: &[Job], contender: Contender) -> Outcome {
         .expect("a runtime");
     runtime.block_on(async {
         let sim = setup.provider();
+        let ask = match contender {
+            Contender::StackStreaming => Ask {
+                stream: true,
+                ..Ask::PLAIN
+            },
+            Contender::StackEstimate3x => Ask {
+                estimate_factor: 3,
+                ..Ask::PLAIN
+            },
+            _ => Ask::PLAIN,
+        };
         let requests: Vec<_> = jobs
             .iter()
             .enumerate()
-            .map(|(i, j)| request(i, j))
+            .map(|(i, j)| request(i, j, ask))
             .collect();
         let start = Instant::now();
         let mut retries = None;
         let lost = match contender {
-            Contender::Stack => {
+            Contender::Stack | Contender::StackStreaming | Contender::StackEstimate3x => {
                 let layer = stack(setup, Provider::OpenAi);
                 let events = layer.events_handle().clone();
                 let lost = drive(layer.layer(sim.clone()), requests, setup).await;
@@ -318,7 +360,11 @@ pub fn run(setup: &Setup, jobs: &[Job], contender: Contender) -> Outcome {
 }
 
 /// Sends every request through `client` with the shared concurrency and
-/// counts the items whose final result is not a 2xx response.
+/// counts the items whose final result is not a 2xx response read to its
+/// end.
+///
+/// Each body is read as soon as its response arrives, as a real caller
+/// does: the usage at its end reaches the limiter while the batch runs.
 ///
 /// The batch is fail-fast: what is compared is each client's own
 /// handling of the faults, not the batch's patience (which would send the
@@ -331,7 +377,17 @@ async fn drive<S, RB>(client: S, requests: Vec<Request<String>>, setup: &Setup) 
 where
     S: Service<Request<String>, Response = Response<RB>>,
     S::Error: Into<BoxError>,
+    RB: http_body::Body,
+    RB::Error: Into<BoxError>,
 {
+    let client =
+        client
+            .map_err(Into::<BoxError>::into)
+            .and_then(|response: Response<RB>| async move {
+                let (parts, body) = response.into_parts();
+                let bytes = body.collect().await.map_err(Into::into)?.to_bytes();
+                Ok::<_, BoxError>(Response::from_parts(parts, bytes))
+            });
     let results = Batch::new(client)
         .concurrency(setup.concurrency)
         .reorder_window(setup.requests)
@@ -380,7 +436,11 @@ impl Classifier for HideLimitHeaders {
 fn tower_stock(
     setup: &Setup,
     sim: SimProvider,
-) -> impl Service<Request<String>, Response = Response<impl Sized>, Error = BoxError> {
+) -> impl Service<
+    Request<String>,
+    Response = Response<impl http_body::Body<Error: Into<BoxError>>>,
+    Error = BoxError,
+> {
     let backoff = ExponentialBackoffMaker::new(
         Duration::from_millis(500),
         Duration::from_secs(8),

@@ -271,9 +271,7 @@ where
                         // An error before anything reached the caller: the
                         // response is that error, which every layer sees
                         // (and the retry layer may retry).
-                        let mut c = this
-                            .classifier
-                            .classify(parts.status, &parts.headers, None);
+                        let mut c = this.classifier.classify(parts.status, &parts.headers, None);
                         c.class = Some(failure.class);
                         c.code = failure.code;
                         parts.extensions.insert(c);

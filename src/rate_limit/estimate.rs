@@ -45,6 +45,25 @@ pub struct TokenUsage {
 pub trait Estimator<Req>: Send + Sync {
     /// The request's estimated cost.
     fn estimate(&self, request: &Req) -> Costs;
+
+    /// The output maximum the request declares (its `max_tokens`), if
+    /// any: a provider that charges it at admission
+    /// ([`OutputCharge::Declared`](super::OutputCharge::Declared)) keeps
+    /// charging it when the completion is shorter, so the limiter's
+    /// correction from the response's usage never goes below it. Asked
+    /// only when the caller set a [`TokenEstimate`]; the default says
+    /// `None`.
+    fn declared_output(&self, request: &Req) -> Option<u64> {
+        let _ = request;
+        None
+    }
+
+    /// [`estimate`](Self::estimate) and
+    /// [`declared_output`](Self::declared_output) at once, for an
+    /// estimator that finds both in one pass (the default asks each).
+    fn estimate_declared(&self, request: &Req) -> (Costs, Option<u64>) {
+        (self.estimate(request), self.declared_output(request))
+    }
 }
 
 impl<Req, F: Fn(&Req) -> Costs + Send + Sync> Estimator<Req> for F {
@@ -136,13 +155,23 @@ impl JsonEstimator {
 
     /// Estimates from raw body bytes.
     pub fn estimate_bytes(&self, body: Option<&[u8]>) -> Costs {
+        self.estimate_declared_bytes(body).0
+    }
+
+    /// Estimates from raw body bytes, with the `max_tokens` the body
+    /// declares, if any (see [`Estimator::declared_output`]).
+    pub fn estimate_declared_bytes(&self, body: Option<&[u8]>) -> (Costs, Option<u64>) {
         let Some(body) = body else {
-            return Costs::new(0, self.default_max_tokens);
+            return (Costs::new(0, self.default_max_tokens), None);
         };
         let input = (body.len() as u64).div_ceil(4);
-        let scanned = &body[..body.len().min(self.scan_limit)];
-        let output = max_tokens(scanned).unwrap_or(self.default_max_tokens);
-        Costs::new(input, output)
+        let declared = self.declared_bytes(body);
+        let output = declared.unwrap_or(self.default_max_tokens);
+        (Costs::new(input, output), declared)
+    }
+
+    fn declared_bytes(&self, body: &[u8]) -> Option<u64> {
+        max_tokens(&body[..body.len().min(self.scan_limit)])
     }
 }
 
@@ -192,6 +221,14 @@ fn value_u64(rest: &[u8]) -> Option<u64> {
 impl<B: BodyBytes> Estimator<Request<B>> for JsonEstimator {
     fn estimate(&self, request: &Request<B>) -> Costs {
         self.estimate_bytes(request.body().body_bytes())
+    }
+
+    fn declared_output(&self, request: &Request<B>) -> Option<u64> {
+        self.declared_bytes(request.body().body_bytes()?)
+    }
+
+    fn estimate_declared(&self, request: &Request<B>) -> (Costs, Option<u64>) {
+        self.estimate_declared_bytes(request.body().body_bytes())
     }
 }
 

@@ -113,6 +113,7 @@ mod memory;
 mod policy;
 mod service;
 mod store;
+mod usage;
 mod window;
 
 pub use self::estimate::{BodyBytes, Estimator, JsonEstimator, TokenEstimate, TokenUsage};
@@ -124,4 +125,5 @@ pub use self::limits::{
 pub use self::memory::{MemoryStore, DEFAULT_MAX_KEYS, HARD_KEYS_FACTOR};
 pub use self::service::RateLimit;
 pub use self::store::{Decision, Reservation, Store};
+pub use self::usage::{OutputCharge, ResponseBody, UsageHook};
 pub use self::window::{Booking, SlidingWindow};

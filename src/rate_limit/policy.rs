@@ -10,9 +10,10 @@ use http::Response;
 use tokio::time::Instant;
 
 use super::estimate::TokenUsage;
-use super::limits::{Costs, Dimension, MINUTE};
+use super::limits::{Dimension, MINUTE};
 use super::service::Shared;
 use super::store::{Reservation, Store};
+use super::usage::{corrected, Seen};
 use crate::classify::{Classifier, ErrorClass, ReportedLimit};
 use crate::events::Event;
 use crate::key::Key;
@@ -70,14 +71,16 @@ pub(super) fn after_response<K, C, E, St, RB>(
     shared: &Shared<K, C, E, St>,
     key: &Key,
     reservation: Option<&Reservation>,
+    declared: Option<u64>,
     response: &Response<RB>,
 ) -> Option<ErrorClass>
 where
     C: Classifier,
     St: Store,
 {
-    if let (Some(r), Some(usage)) = (reservation, response.extensions().get::<TokenUsage>()) {
-        let actual = Costs::new(usage.input_tokens, usage.output_tokens);
+    if let (Some(r), Some(&usage)) = (reservation, response.extensions().get::<TokenUsage>()) {
+        let rule = shared.classifier.output_charge(response.headers());
+        let actual = corrected(&r.costs, declared, usage, rule, Seen::Whole);
         if actual != r.costs {
             shared.store.correct(r, &actual, Instant::now());
         }

@@ -6,21 +6,43 @@ use tower::timeout::Timeout;
 use tower::Layer;
 
 use crate::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
-use crate::classify::{Classify, ClassifyLayer, Provider};
+use crate::classify::{Classify, ClassifyLayer, PeekedBody, Provider};
 use crate::events::Events;
 use crate::key::SingleKey;
-use crate::rate_limit::{JsonEstimator, Limits, MemoryStore, RateLimit, RateLimitLayer};
+use crate::rate_limit::{
+    JsonEstimator, Limits, MemoryStore, RateLimit, RateLimitLayer, ResponseBody,
+};
 use crate::retry::{Retry, RetryLayer};
+use crate::stream::{IdleTimeout, IdleTimeoutBody};
 
 /// The service [`LlmLayer`] builds around an HTTP client `S`.
-pub type LlmService<S, K = SingleKey, C = Provider, St = MemoryStore> =
-    CircuitBreaker<Retry<RateLimit<Timeout<Classify<S, C>>, K, C, JsonEstimator, St>, C>, K, C>;
+pub type LlmService<S, K = SingleKey, C = Provider, St = MemoryStore> = CircuitBreaker<
+    Retry<RateLimit<Timeout<IdleTimeout<Classify<S, C>>>, K, C, JsonEstimator, St>, C>,
+    K,
+    C,
+>;
+
+/// The body of a response from [`LlmService`]: the HTTP client's body `B`,
+/// frame by frame, behind the stack's watchers (the idle timeout, the
+/// limiter's usage and mid-stream failure watch). Its error is the crate's
+/// [`Error`](crate::Error): a stream that fails midway
+/// ([`is_stream_failure`](crate::Error::is_stream_failure)) says how much
+/// it had delivered.
+pub type LlmBody<B, K = SingleKey, C = Provider, St = MemoryStore> =
+    ResponseBody<IdleTimeoutBody<PeekedBody<B>>, K, C, JsonEstimator, St>;
 
 /// How long one attempt may wait for the provider's response headers by
 /// default: ten minutes, as the OpenAI and Anthropic SDKs allow (a long
 /// completion takes minutes; a provider that never answers must not hold a
 /// request forever).
 pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// How long a response body may go without a frame by default: five
+/// minutes. A streamed completion sends a chunk every few tens of
+/// milliseconds and Anthropic pings an idle stream; a reasoning model may
+/// think for minutes between its headers and its first chunk, so the
+/// default is generous, and half the attempt timeout.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Stacks the crate's layers in the order of its design, from one provider
 /// profile and a few limits: circuit breaker outermost (a dead or unpaid
@@ -65,6 +87,7 @@ pub struct LlmLayer<K = SingleKey, C = Provider, St = MemoryStore> {
     learn_limits: bool,
     learned_ttl: Option<Duration>,
     attempt_timeout: Duration,
+    idle_timeout: Duration,
     make_store: Arc<MakeStore<St>>,
     classify: ClassifyLayer<C>,
     retry: RetryLayer<C>,
@@ -87,6 +110,7 @@ impl<K: fmt::Debug, C: fmt::Debug, St> fmt::Debug for LlmLayer<K, C, St> {
             .field("learn_limits", &self.learn_limits)
             .field("learned_ttl", &self.learned_ttl)
             .field("attempt_timeout", &self.attempt_timeout)
+            .field("idle_timeout", &self.idle_timeout)
             .field("classify", &self.classify)
             .field("retry", &self.retry)
             .field("breaker", &self.breaker)
@@ -110,6 +134,7 @@ impl LlmLayer {
             learn_limits: false,
             learned_ttl: None,
             attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
             make_store: Arc::new(|limits: &Limits, learn: bool, ttl: Option<Duration>| {
                 let store = MemoryStore::new(limits.clone()).learn_limits(learn);
                 match ttl {
@@ -214,6 +239,18 @@ impl<K, C, St> LlmLayer<K, C, St> {
         self
     }
 
+    /// How long a response body may go without a frame once its headers
+    /// arrived (default [`DEFAULT_IDLE_TIMEOUT`], 5 min). Past it the body
+    /// ends with an [`Error`](crate::Error) that
+    /// [`is_timeout`](crate::Error::is_timeout) and says how much was
+    /// delivered: a stalled stream is a timeout, not a hang. It is not
+    /// retried (the caller already holds the response), and the breaker
+    /// counts it as a failure.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
     /// Whether the provider's limit headers may raise the configured limits
     /// (default `false`: they only tighten).
     pub fn learn_limits(mut self, yes: bool) -> Self {
@@ -272,6 +309,7 @@ impl<K, C, St> LlmLayer<K, C, St> {
             learn_limits: self.learn_limits,
             learned_ttl: self.learned_ttl,
             attempt_timeout: self.attempt_timeout,
+            idle_timeout: self.idle_timeout,
             make_store: self.make_store,
             classify: self.classify.classifier(classifier.clone()),
             retry: self.retry.classifier(classifier.clone()),
@@ -292,6 +330,7 @@ impl<K, C, St> LlmLayer<K, C, St> {
             learn_limits: self.learn_limits,
             learned_ttl: self.learned_ttl,
             attempt_timeout: self.attempt_timeout,
+            idle_timeout: self.idle_timeout,
             make_store: self.make_store,
             classify: self.classify,
             retry: self.retry,
@@ -319,6 +358,7 @@ impl<K, C, St> LlmLayer<K, C, St> {
             learn_limits: self.learn_limits,
             learned_ttl: self.learned_ttl,
             attempt_timeout: self.attempt_timeout,
+            idle_timeout: self.idle_timeout,
             make_store: Arc::new(move |_: &Limits, _: bool, _: Option<Duration>| store.clone()),
             classify: self.classify,
             retry: self.retry,
@@ -349,7 +389,8 @@ where
             rate_limit = rate_limit.max_gate_wait(wait);
         }
         let classified = self.classify.layer(inner);
-        let timed = Timeout::new(classified, self.attempt_timeout);
+        let idle = IdleTimeout::new(classified, self.idle_timeout);
+        let timed = Timeout::new(idle, self.attempt_timeout);
         let limited = rate_limit.layer(timed);
         let retried = self.retry.layer(limited);
         self.breaker.layer(retried)

@@ -53,4 +53,6 @@
 
 mod layer;
 
-pub use self::layer::{LlmLayer, LlmService, DEFAULT_ATTEMPT_TIMEOUT};
+pub use self::layer::{
+    LlmBody, LlmLayer, LlmService, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+};

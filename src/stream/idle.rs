@@ -160,14 +160,22 @@ pin_project! {
     /// [`Error`] that [`is_timeout`](Error::is_timeout) and
     /// [`is_stream_failure`](Error::is_stream_failure), says how long the
     /// stream was idle and how many bytes it had delivered. The body ends
-    /// after either error. The timer is a [`Sleep`] kept inline and reset at each frame:
-    /// nothing is allocated per frame. It must be polled within a tokio
-    /// runtime.
+    /// after either error.
+    ///
+    /// The clock is read only when the inner body has no frame ready: the
+    /// timer is armed then (a [`Sleep`] boxed the first time, so a body
+    /// whose frames are always ready allocates nothing, and the body stays
+    /// `Unpin` when the inner body is) and re-armed after a frame came, so
+    /// nothing is allocated per frame and the caller's own time between
+    /// polls never counts as the provider's silence. It must be polled
+    /// within a tokio runtime.
     pub struct IdleTimeoutBody<B> {
         #[pin]
         inner: B,
-        #[pin]
-        sleep: Option<Sleep>,
+        sleep: Option<Pin<Box<Sleep>>>,
+        // The timer's deadline counts from the last wait, not from before
+        // the last frame.
+        armed: bool,
         idle: Duration,
         delivered: u64,
         // It timed out, or the inner body failed: nothing more.
@@ -176,12 +184,13 @@ pin_project! {
 }
 
 impl<B> IdleTimeoutBody<B> {
-    /// Wraps `inner`: it fails after `idle` without a frame, counted from
-    /// its first poll.
+    /// Wraps `inner`: it fails after `idle` without a frame while it is
+    /// polled.
     pub fn new(inner: B, idle: Duration) -> Self {
         IdleTimeoutBody {
             inner,
             sleep: None,
+            armed: false,
             idle,
             delivered: 0,
             ended: false,
@@ -212,24 +221,17 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let mut this = self.project();
+        let this = self.project();
         if *this.ended {
             return Poll::Ready(None);
         }
-        if this.sleep.is_none() {
-            // The first poll: the headers are here, the clock starts.
-            this.sleep.set(Some(tokio::time::sleep_until(deadline(*this.idle))));
-        }
-        let Some(mut sleep) = this.sleep.as_pin_mut() else {
-            unreachable!("the timer is set on the first poll");
-        };
         // The body first: a frame that is ready is never lost to the timer.
         match this.inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     *this.delivered = this.delivered.saturating_add(data.remaining() as u64);
                 }
-                sleep.as_mut().reset(deadline(*this.idle));
+                *this.armed = false;
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(error))) => {
@@ -238,7 +240,19 @@ where
             }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
-                ready!(sleep.poll(cx));
+                let sleep = match this.sleep {
+                    Some(sleep) => {
+                        if !*this.armed {
+                            sleep.as_mut().reset(deadline(*this.idle));
+                        }
+                        sleep
+                    }
+                    None => this
+                        .sleep
+                        .insert(Box::pin(tokio::time::sleep_until(deadline(*this.idle)))),
+                };
+                *this.armed = true;
+                ready!(sleep.as_mut().poll(cx));
                 *this.ended = true;
                 let error = Error::stream_idle(*this.idle, *this.delivered);
                 Poll::Ready(Some(Err(Box::new(error))))

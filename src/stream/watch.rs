@@ -453,9 +453,7 @@ impl StreamWatcher {
             failure: self.failure,
             complete: self.complete || done_pending,
             delivered: self.delivered,
-            dialect: self
-                .dialect
-                .or(done_pending.then_some(Dialect::OpenAiChat)),
+            dialect: self.dialect.or(done_pending.then_some(Dialect::OpenAiChat)),
             events: self.events,
             shape: self.shape,
         }
@@ -538,7 +536,11 @@ impl StreamWatcher {
     /// The field name ended: what its value is for.
     fn start_value(&mut self) {
         // A byte-order mark may open the stream.
-        let name = self.sse.name.get().map(|n| n.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(n));
+        let name = self
+            .sse
+            .name
+            .get()
+            .map(|n| n.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(n));
         self.sse.line = match name {
             Some(b"data") => Line::Data,
             Some(b"event") => Line::Event,
@@ -808,9 +810,7 @@ impl StreamWatcher {
 }
 
 fn is_done(value: &Small<32>) -> bool {
-    value
-        .get()
-        .is_some_and(|v| v.trim_ascii_end() == b"[DONE]")
+    value.get().is_some_and(|v| v.trim_ascii_end() == b"[DONE]")
 }
 
 /// A `usage` (OpenAI chat, Responses, embeddings, Anthropic) or
@@ -954,10 +954,16 @@ mod tests {
     fn shape_from_content_type() {
         let mut headers = HeaderMap::new();
         assert_eq!(BodyShape::of(&headers), BodyShape::Json);
-        headers.insert("content-type", "Text/Event-Stream; charset=utf-8".parse().unwrap());
+        headers.insert(
+            "content-type",
+            "Text/Event-Stream; charset=utf-8".parse().unwrap(),
+        );
         assert_eq!(BodyShape::of(&headers), BodyShape::EventStream);
         headers.insert("content-type", "application/json".parse().unwrap());
-        assert_eq!(StreamWatcher::for_response(&headers).shape(), BodyShape::Json);
+        assert_eq!(
+            StreamWatcher::for_response(&headers).shape(),
+            BodyShape::Json
+        );
         headers.insert("content-type", "text/event".parse().unwrap());
         assert_eq!(BodyShape::of(&headers), BodyShape::Json);
     }
@@ -1031,18 +1037,30 @@ mod tests {
     #[test]
     fn error_events() {
         let r = sse(OPENAI_ERROR_SSE);
-        assert_eq!(r.failure, failure(ErrorClass::ServerError, Some("server_error")));
+        assert_eq!(
+            r.failure,
+            failure(ErrorClass::ServerError, Some("server_error"))
+        );
         assert!(!r.complete && !r.is_truncated());
 
         let r = sse(ANTHROPIC_OVERLOADED_SSE);
-        assert_eq!(r.failure, failure(ErrorClass::Overloaded, Some("overloaded_error")));
+        assert_eq!(
+            r.failure,
+            failure(ErrorClass::Overloaded, Some("overloaded_error"))
+        );
         assert_eq!(r.usage, usage(40, 1));
 
         let r = sse(OPENAI_RESPONSES_ERROR_SSE);
-        assert_eq!(r.failure, failure(ErrorClass::RateLimited, Some("rate_limit_exceeded")));
+        assert_eq!(
+            r.failure,
+            failure(ErrorClass::RateLimited, Some("rate_limit_exceeded"))
+        );
 
         let r = sse(OPENAI_RESPONSES_FAILED_SSE);
-        assert_eq!(r.failure, failure(ErrorClass::ServerError, Some("server_error")));
+        assert_eq!(
+            r.failure,
+            failure(ErrorClass::ServerError, Some("server_error"))
+        );
 
         // Unknown code, no code, not even JSON: a server error.
         let r = sse("data: {\"error\":{\"code\":\"something_new\"}}\n\n");
@@ -1050,12 +1068,18 @@ mod tests {
         let r = sse("event: error\ndata: upstream went away\n\n");
         assert_eq!(r.failure, failure(ErrorClass::ServerError, None));
         let r = sse("data: {\"error\":\"rate_limit_exceeded\"}\n\n");
-        assert_eq!(r.failure, failure(ErrorClass::RateLimited, Some("rate_limit_exceeded")));
+        assert_eq!(
+            r.failure,
+            failure(ErrorClass::RateLimited, Some("rate_limit_exceeded"))
+        );
         // The first error wins.
         let two = format!("{OPENAI_ERROR_SSE}{ANTHROPIC_OVERLOADED_FIRST_SSE}");
         assert_eq!(sse(&two).failure.unwrap().class, ErrorClass::ServerError);
         // `"error": null` is no error.
-        assert_eq!(sse("data: {\"error\":null,\"choices\":[]}\n\n").failure, None);
+        assert_eq!(
+            sse("data: {\"error\":null,\"choices\":[]}\n\n").failure,
+            None
+        );
         // A whole JSON body is judged by its status, as every layer does:
         // an error object in a 2xx JSON body is not a stream failure.
         let r = json("{\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}");
@@ -1080,7 +1104,8 @@ mod tests {
     fn absurd_counts_are_ignored() {
         let r = json("{\"usage\":{\"prompt_tokens\":-5,\"completion_tokens\":\"7\"}}");
         assert_eq!(r.usage, None);
-        let r = json("{\"usage\":{\"prompt_tokens\":99999999999999999999999,\"completion_tokens\":3}}");
+        let r =
+            json("{\"usage\":{\"prompt_tokens\":99999999999999999999999,\"completion_tokens\":3}}");
         assert_eq!(r.usage, usage(0, 3));
         let r = json("{\"usage\":{\"prompt_tokens\":4294967296,\"completion_tokens\":2.5}}");
         assert_eq!(r.usage, None);
@@ -1142,7 +1167,9 @@ mod tests {
         assert!(r.complete);
         assert_eq!(r.events, 3);
         // A JSON value over several data lines of one event.
-        let r = sse("data: {\"usage\":\ndata: {\"prompt_tokens\":2,\ndata: \"completion_tokens\":1}}\n\n");
+        let r = sse(
+            "data: {\"usage\":\ndata: {\"prompt_tokens\":2,\ndata: \"completion_tokens\":1}}\n\n",
+        );
         assert_eq!(r.usage, usage(2, 1));
         // `[DONE]` as the body's last bytes, with no line end.
         let r = sse("data: {\"choices\":[]}\n\ndata: [DONE]");
@@ -1153,7 +1180,10 @@ mod tests {
     #[test]
     fn unrecognised_streams_are_never_truncated() {
         let r = sse("data: hello\n\ndata: world\n\n");
-        assert_eq!((r.dialect, r.complete, r.is_truncated()), (None, false, false));
+        assert_eq!(
+            (r.dialect, r.complete, r.is_truncated()),
+            (None, false, false)
+        );
         assert_eq!(r.events, 2);
         assert!(!sse("").is_truncated());
         assert!(sse(&OPENAI_CHAT_SSE[..OPENAI_CHAT_SSE.len() - 16]).is_truncated());
