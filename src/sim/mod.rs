@@ -85,6 +85,7 @@
 //! ```
 
 mod answer;
+mod body;
 mod config;
 mod decide;
 mod format;
@@ -93,12 +94,14 @@ mod prompt;
 mod provider;
 mod served;
 mod server;
+mod sse;
 mod window;
 
+pub use self::body::SimBody;
 pub use self::config::{Fault, SimProviderBuilder, Style};
 pub use self::format::go_duration;
 pub use self::model::label;
 pub use self::prompt::{batched_texts, count_tokens, text_of_prompt};
 pub use self::provider::SimProvider;
-pub use self::served::{Served, SimStats, Verdict};
+pub use self::served::{Served, SimStats, StreamEnd, Streamed, Verdict};
 pub use self::server::SimServer;
