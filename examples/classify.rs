@@ -611,8 +611,8 @@ fn body_failure(class: ErrorClass, message: String) -> tower_llm_resilience::Err
 }
 
 /// The answer's text: the whole body's `choices[0].message.content`, or,
-/// streamed, the content deltas of its events up to the end of the
-/// stream.
+/// when it asked for a stream and got one (`text/event-stream`), the
+/// content deltas of its events up to the end of the stream.
 async fn read_answer<B>(
     response: Response<B>,
     stream: bool,
@@ -622,6 +622,13 @@ where
     B: Body,
     B::Error: Into<BoxError>,
 {
+    // a server that does not stream answers with a whole JSON body
+    let stream = stream
+        && response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
     let body = response.into_body();
     if !stream {
         let body = body.collect().await.map_err(|e| {

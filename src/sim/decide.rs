@@ -410,31 +410,27 @@ impl<'a> Turn<'a> {
         let latency = self.cfg.latency.saturating_add(slow);
         let stream_fault = alter.filter(|f| call.stream && f.is_stream_fault());
         let stats = &mut self.st.stats;
+        let served = &mut self.served;
+        served.charged_tokens = call.cost;
         let failed = match stream_fault {
             Some(Fault::MidStreamError) => Some(&mut stats.mid_stream_errors),
             Some(Fault::Truncate) => Some(&mut stats.truncated),
             Some(Fault::OverloadedFirstEvent) => Some(&mut stats.overloaded_first_events),
-            Some(Fault::Stall(_)) => {
-                stats.stalls += 1;
-                None
-            }
             _ => None,
         };
-        let served = &mut self.served;
-        served.charged_tokens = call.cost;
-        match (failed, stream_fault) {
-            (Some(counter), Some(fault)) => {
-                // admitted and charged, but the completion never arrives whole
-                *counter += 1;
-                served.outcome = Verdict::Fault(fault);
+        if let (Some(counter), Some(fault)) = (failed, stream_fault) {
+            // admitted and charged, but the completion never arrives whole
+            *counter += 1;
+            served.outcome = Verdict::Fault(fault);
+        } else {
+            if matches!(stream_fault, Some(Fault::Stall(_))) {
+                stats.stalls += 1;
             }
-            _ => {
-                stats.completed += 1;
-                served.outcome = Verdict::Completed;
-                served.label = labels.first().copied();
-                served.labels = labels;
-                served.completion_tokens = completion_tokens;
-            }
+            stats.completed += 1;
+            served.outcome = Verdict::Completed;
+            served.label = labels.first().copied();
+            served.labels = labels;
+            served.completion_tokens = completion_tokens;
         }
         let completion = Completion {
             seq: served.seq,
