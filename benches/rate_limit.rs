@@ -27,7 +27,7 @@ use support::{allocations, contended, rt, Counting};
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-type Noop = support::Noop<()>;
+type Noop = support::Noop<http_body_util::Empty<bytes::Bytes>>;
 const NOOP: Noop = Noop::new();
 
 /// Limits high enough that nothing waits. A 10 ms window keeps the log
@@ -50,14 +50,14 @@ fn json() -> String {
 }
 
 /// `ready().await` + `call().await` for `iters` requests.
-fn run<S, E>(
+fn run<S, RB, E>(
     rt: &tokio::runtime::Runtime,
     svc: &mut S,
     iters: u64,
     make: fn() -> String,
 ) -> Duration
 where
-    S: Service<Request<String>, Response = Response<()>, Error = E>,
+    S: Service<Request<String>, Response = Response<RB>, Error = E>,
     E: std::fmt::Debug,
 {
     rt.block_on(async {
@@ -72,9 +72,9 @@ where
 
 /// Allocations per request beyond the baseline's (the request body),
 /// after a warm-up.
-fn allocs_per_request<S, E>(name: &str, mut svc: S, make: fn() -> String)
+fn allocs_per_request<S, RB, E>(name: &str, mut svc: S, make: fn() -> String)
 where
-    S: Service<Request<String>, Response = Response<()>, Error = E>,
+    S: Service<Request<String>, Response = Response<RB>, Error = E>,
     E: std::fmt::Debug,
 {
     let rt = rt();
