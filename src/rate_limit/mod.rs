@@ -29,8 +29,16 @@
 //! the [`Estimator`]'s guess ([`JsonEstimator`] reads a JSON body's size and
 //! `max_tokens`). Two things correct it after the response:
 //!
-//! - a [`TokenUsage`] response extension (set by whoever parsed the body's
-//!   `usage`) replaces the charge with the real figure;
+//! - the usage the response reports: the limiter's response body
+//!   ([`ResponseBody`]) watches the frames go by (whole JSON or streamed:
+//!   see [`crate::stream`]) and, when the body ends, replaces the estimate
+//!   by the provider's rule ([`OutputCharge`]): the real input, and the
+//!   real output for a provider that counts it (Anthropic, Gemini) or never
+//!   less than the declared `max_tokens` for one that charges it at
+//!   admission (OpenAI, the default). A body dropped early only raises the
+//!   charge; a body without usage keeps the estimate. A [`TokenUsage`]
+//!   response extension (set by whoever parsed the body themselves) counts
+//!   the same way at once;
 //! - the provider's `remaining` headers: when the provider says less
 //!   remains than the window thinks, the difference counts until the
 //!   header's reset. Headers only tighten unless
