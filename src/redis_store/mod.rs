@@ -223,6 +223,7 @@ mod builder;
 mod core;
 mod fault;
 mod gates;
+mod layout;
 mod ops;
 mod scripts;
 mod store;
