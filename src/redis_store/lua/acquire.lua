@@ -20,39 +20,38 @@ local function acquire(KEYS, ARGV)
   local groups, names = groups_of(KEYS, ARGV, ng, 5, 2, true)
   -- Everything the call needs from the state hash, in one HMGET.
   local st = redis.call('HMGET', h, unpack(names))
-  local kw = unpack_k(st[1])
-  local T = now_of(kw.tm)
+  local K = unpack_k(st[1])
+  local T = now_of(K[TM])
   -- A tombstone exists only after a cancel by token that found no record:
   -- the flag spares every other acquire the lookup.
-  if kw.tb and kw.tb > T and redis.call('EXISTS', KEYS[5 + ng]) == 1 then
+  if K[TB] > T and redis.call('EXISTS', KEYS[5 + ng]) == 1 then
     return {3, 0, 0, 0, T, 0}
   end
   local old = 0
-  if not kw.id and redis.call('EXISTS', KEYS[6 + ng], KEYS[7 + ng]) > 0 then old = 1 end
-  local nextid = load_groups(h, groups, T, kw.id, st)
+  if K[ID] < 0 and redis.call('EXISTS', KEYS[6 + ng], KEYS[7 + ng]) > 0 then old = 1 end
+  local nextid = load_groups(h, groups, T, K[ID], st)
   for _, g in ipairs(groups) do
     prune_group(g, T, nextid)
     -- The used cursor follows every call (amortised O(1)), so that a learn
     -- never walks the entries admitted since the previous one.
     used_at(g, T, nextid)
   end
-  local gate, last = kw.gate, kw.last
-  if gate and gate <= T then gate = nil end
-  if last and last <= T then last = nil end
+  if K[GATE] <= T then K[GATE] = -1 end
+  if K[LAST] <= T then K[LAST] = -1 end
   local t = T
-  if gate and gate > t then t = gate end
-  if last and last > t then t = last end
+  if K[GATE] > t then t = K[GATE] end
+  if K[LAST] > t then t = K[LAST] end
   local base = t
   local result = nil
   local maxw = 0
   for _, g in ipairs(groups) do
-    if g.window > maxw then maxw = g.window end
+    if g.w > maxw then maxw = g.w end
     free_at(g, base, nextid)
-    for j, d in ipairs(g.dims) do
-      if d.cost > 0 then
+    for j = 1, g.k do
+      if g.d[4 * j - 4 + COST] > 0 then
         local at = earliest_dim(g, j, base, nextid)
         if not at then
-          result = {2, d.cost, d.configured, 0, T, old}
+          result = {2, g.d[4 * j - 4 + COST], g.d[4 * j - 4 + CFG], 0, T, old}
           break
         end
         if at > t then t = at end
@@ -63,19 +62,22 @@ local function acquire(KEYS, ARGV)
   if not result and deadline >= 0 and t > T + deadline then
     result = {1, t - T, 0, t, T, old}
   end
-  local fresh = {}
+  local fresh = nil
   if not result then
     local id = nextid
     nextid = nextid + 1
     local f = idf(id)
     for _, g in ipairs(groups) do
       local any = false
-      for _, d in ipairs(g.dims) do
-        if d.cost > 0 then any = true end
+      for j = 1, g.k do
+        if g.d[4 * j - 4 + COST] > 0 then any = true end
       end
       if any then
         -- No id left in the group: its entries hash is gone, this creates it.
-        if g.hd >= id then fresh[#fresh + 1] = g.e end
+        if g.s[HD] >= id then
+          fresh = fresh or {}
+          fresh[#fresh + 1] = g.e
+        end
         redis.call('HSET', g.e, f, fmt_entry(g, t))
         add_entry(g, id, t)
       end
@@ -85,8 +87,9 @@ local function acquire(KEYS, ARGV)
       -- the members left behind by time go as new ones come.
       redis.call('ZREMRANGEBYSCORE', q, '-inf', int(T))
       redis.call('ZADD', q, int(t), int(id))
+      fresh = fresh or {}
       fresh[#fresh + 1] = q
-      last = t
+      K[LAST] = t
     end
     -- The token record: found by a cancel by token as long as the
     -- reservation counts, at most token_us. Generations of length L (the
@@ -100,13 +103,13 @@ local function acquire(KEYS, ARGV)
     local life = t - T + maxw
     if life > token_us then life = token_us end
     if life <= L then
-      local p = kw.tp
-      if not kw.tg or T - kw.tg >= L then
-        if kw.tg then
+      local p = K[TP]
+      if K[TG] < 0 or T - K[TG] >= L then
+        if K[TG] >= 0 then
           p = 1 - p
           redis.call('UNLINK', KEYS[3 + ng + p])
         end
-        kw.tg, kw.tp = T, p
+        K[TG], K[TP] = T, p
         redis.call('HSET', KEYS[3 + ng + p], tok, f)
         redis.call('PEXPIRE', KEYS[3 + ng + p], math.ceil(2 * L / 1000) + 1000)
       else
@@ -117,7 +120,7 @@ local function acquire(KEYS, ARGV)
     end
     result = {0, id, t - T, t, T, old}
   end
-  kw.id, kw.tm, kw.gate, kw.last = nextid, T, gate, last
-  save(h, q, groups, T, kw, fresh)
+  K[ID], K[TM] = nextid, T
+  save(h, q, groups, T, K, fresh)
   return result
 end

@@ -29,12 +29,12 @@ local function cancel_token(KEYS, ARGV)
   end
   if not v then
     redis.call('SET', tk, 'c', 'PX', tomb_ms)
-    local kw = unpack_k(redis.call('HGET', h, 'k'))
-    local T = now_of(kw.tm)
+    local K = unpack_k(redis.call('HGET', h, 'k'))
+    local T = now_of(K[TM])
     local u = T + tomb_ms * 1000
-    if not kw.tb or kw.tb < u then
-      kw.tb = u
-      redis.call('HSET', h, 'k', pack_k(kw))
+    if K[TB] < u then
+      K[TB] = u
+      redis.call('HSET', h, 'k', pack_k(K))
     end
     extend(h, tomb_ms + 1000)
     return 0

@@ -50,9 +50,21 @@
 -- is visited a bounded number of times over its life, whatever the
 -- window's traffic.
 --
--- Written for Redis's one thread: every redis.call, table and number to
--- text conversion costs a microsecond or so, so the scripts make as few
--- as they can (tables built whole by their constructors, ids packed).
+-- Written for Redis's one thread, where every redis.call, table field and
+-- number to text conversion costs of the order of a microsecond: in
+-- memory a key's fields and a group's state are the arrays struct.unpack
+-- gives (the constants below name their slots), and a limit's learned
+-- state is a table only when something was learned.
+
+-- The key-wide fields (k); -1: none.
+local ID, TM, GATE, LAST, EX, TB, TG, TP = 1, 2, 3, 4, 5, 6, 7, 8
+-- A group's state (g.s): its cursors, then 4 slots per limit j from
+-- 4 j + 4 on.
+local HD, HA, FC, FT, FA, UC, UT, UA = 1, 2, 3, 4, 5, 6, 7, 8
+local SUM, FP, UP, FL = 1, 2, 3, 4
+-- A group's limits (g.d): 4 slots per limit j from 4 j - 4 on (LRN: the
+-- learned state, or false).
+local TAG, CFG, COST, LRN = 1, 2, 3, 4
 
 local function now_us()
   local t = redis.call('TIME')
@@ -74,27 +86,18 @@ local function idf(id)
   return struct.pack('<d', id)
 end
 
-local function opt(x)
-  if x < 0 then return nil end
-  return x
-end
+local KF = '<dddddddd'
 
--- The key-wide fields (k), each nil when absent.
 local function unpack_k(v)
-  if not v then
-    return {id = nil, tm = nil, gate = nil, last = nil, ex = nil, tb = nil, tg = nil, tp = 0}
-  end
-  local id, tm, gate, last, ex, tb, tg, tp = struct.unpack('<dddddddd', v)
-  return {id = opt(id), tm = opt(tm), gate = opt(gate), last = opt(last), ex = opt(ex),
-    tb = opt(tb), tg = opt(tg), tp = tp}
+  if not v then return {-1, -1, -1, -1, -1, -1, -1, 0} end
+  return {struct.unpack(KF, v)}
 end
 
-local function pack_k(kw)
-  return struct.pack('<dddddddd', kw.id or -1, kw.tm or -1, kw.gate or -1, kw.last or -1,
-    kw.ex or -1, kw.tb or -1, kw.tg or -1, kw.tp or 0)
+local function pack_k(K)
+  return struct.pack(KF, K[1], K[2], K[3], K[4], K[5], K[6], K[7], K[8])
 end
 
--- The state of a group: 8 cursor fields, then 4 per limit.
+-- The state of a group: 8 cursor slots, then 4 per limit.
 local GF = {'<dddddddddddd', '<dddddddddddddddd', '<dddddddddddddddddddd',
   '<dddddddddddddddddddddddd'}
 -- An entry: at, then the cost per limit.
@@ -117,13 +120,13 @@ local function read_entry(g, v)
   return x[1]
 end
 
--- An entry at t with the costs of the group's limits (d.cost).
+-- An entry at t with the costs of the group's limits.
 local function fmt_entry(g, t)
-  local d = g.dims
-  if g.k == 1 then return struct.pack('<dd', t, d[1].cost) end
-  if g.k == 2 then return struct.pack('<ddd', t, d[1].cost, d[2].cost) end
+  local d = g.d
+  if g.k == 1 then return struct.pack('<dd', t, d[COST]) end
+  if g.k == 2 then return struct.pack('<ddd', t, d[COST], d[4 + COST]) end
   local x = {t}
-  for j = 1, g.k do x[j + 1] = d[j].cost end
+  for j = 1, g.k do x[j + 1] = d[4 * j - 4 + COST] end
   return struct.pack(EF[g.k], unpack(x))
 end
 
@@ -133,60 +136,38 @@ local function fmt_costs(g, t, costs)
   return struct.pack(EF[g.k], unpack(x))
 end
 
-local function unpack_g(g, v)
-  if not v then return false end
-  local x = {struct.unpack(GF[g.k], v)}
-  g.hd, g.ha, g.fc, g.ft, g.fa, g.uc, g.ut, g.ua = x[1], x[2], x[3], x[4], x[5], x[6], x[7], x[8]
-  for j, d in ipairs(g.dims) do
-    local o = 4 + 4 * j
-    d.sum, d.fp, d.up, d.fl = x[o + 1], x[o + 2], x[o + 3], x[o + 4]
-  end
-  return true
-end
-
 local function pack_g(g)
-  local x = {g.hd, g.ha, g.fc, g.ft, g.fa, g.uc, g.ut, g.ua}
-  for j, d in ipairs(g.dims) do
-    local o = 4 + 4 * j
-    x[o + 1], x[o + 2], x[o + 3], x[o + 4] = d.sum, d.fp, d.up, d.fl
-  end
-  return struct.pack(GF[g.k], unpack(x))
-end
-
--- A limit of a group, as the scripts carry it (built whole: a table that
--- grows field by field is rehashed at every power of two).
-local function new_dim(tag, configured, cost)
-  return {tag = tag, configured = configured, cost = cost, sum = 0, fp = 0, up = 0, fl = 0,
-    lim = configured, lu = nil, xc = nil, xu = nil, had_lim = false, had_x = false}
-end
-
-local function new_group(field, window, e, k)
-  return {field = field, window = window, e = e, k = k, dims = {}, c = {0, 0, 0, 0},
-    hd = 0, ha = -1, fc = 0, ft = 0, fa = -1, uc = 0, ut = 0, ua = -1}
+  return struct.pack(GF[g.k], unpack(g.s, 1, 8 + 4 * g.k))
 end
 
 -- The groups named by ARGV from o on: per group its state field, window
 -- and number of limits k, then per limit its tag (and, with `full`, its
 -- configured limit and cost); their entries hashes from KEYS[e0 + 1].
--- Returns the groups and the HMGET field list ('k' first).
+-- Returns the groups, the HMGET field list ('k' first) and the next
+-- argument's index.
 local function groups_of(KEYS, ARGV, ng, o, e0, full)
   local groups = {}
   local names = {'k'}
   for i = 1, ng do
     local k = tonumber(ARGV[o + 2])
-    local g = new_group(ARGV[o], tonumber(ARGV[o + 1]), KEYS[e0 + i], k)
+    local d = {false, false, false, false, false, false, false, false,
+      false, false, false, false, false, false, false, false}
+    groups[i] = {f = ARGV[o], w = tonumber(ARGV[o + 1]), e = KEYS[e0 + i], k = k, s = false,
+      c = {0, 0, 0, 0}, d = d}
+    names[i + 1] = ARGV[o]
     o = o + 3
     for j = 1, k do
+      local x = 4 * j - 4
+      d[x + TAG] = ARGV[o]
       if full then
-        g.dims[j] = new_dim(ARGV[o], tonumber(ARGV[o + 1]), tonumber(ARGV[o + 2]))
+        d[x + CFG] = tonumber(ARGV[o + 1])
+        d[x + COST] = tonumber(ARGV[o + 2])
         o = o + 3
       else
-        g.dims[j] = new_dim(ARGV[o], nil, 0)
+        d[x + COST] = 0
         o = o + 1
       end
     end
-    groups[i] = g
-    names[i + 1] = g.field
   end
   return groups, names, o
 end
@@ -196,7 +177,7 @@ end
 -- entries, which the cursors rely on).
 local function now_of(tm)
   local T = now_us()
-  if tm and tm > T then T = tm end
+  if tm > T then T = tm end
   return T
 end
 
@@ -205,11 +186,15 @@ end
 -- id.
 local function recount(g)
   local lo, hi = nil, nil
+  local s = g.s
   local all = redis.call('HGETALL', g.e)
   for i = 1, #all, 2 do
     local id = struct.unpack('<d', all[i])
     read_entry(g, all[i + 1])
-    for j, d in ipairs(g.dims) do d.sum = d.sum + g.c[j] end
+    for j = 1, g.k do
+      local o = 4 * j + 4
+      s[o + SUM] = s[o + SUM] + g.c[j]
+    end
     if not lo or id < lo then lo = id end
     if not hi or id > hi then hi = id end
   end
@@ -217,12 +202,27 @@ local function recount(g)
 end
 
 local function set_cursors(g)
-  g.ha = -1
-  g.fc, g.ft, g.fa = g.hd - 1, 0, -1
-  g.uc, g.ut, g.ua = g.hd - 1, 0, -1
-  for _, d in ipairs(g.dims) do
-    d.fp, d.up = 0, 0
+  local s = g.s
+  local c = s[HD] - 1
+  s[HA] = -1
+  s[FC], s[FT], s[FA] = c, 0, -1
+  s[UC], s[UT], s[UA] = c, 0, -1
+  for j = 1, g.k do
+    local o = 4 * j + 4
+    s[o + FP], s[o + UP] = 0, 0
   end
+end
+
+-- Limit j's learned state: a learned limit (with its expiry lu) and
+-- usage we did not see (xc, until xu), and whether their fields exist.
+local function learned_of(g, j)
+  local x = 4 * j - 4
+  local L = g.d[x + LRN]
+  if not L then
+    L = {lim = g.d[x + CFG], lu = nil, xc = nil, xu = nil, had_lim = false, had_x = false}
+    g.d[x + LRN] = L
+  end
+  return L
 end
 
 -- Reads a group's state from its field value v (and, only for a limit
@@ -230,32 +230,47 @@ end
 -- one more HMGET). A learned limit counts only with its expiry (lu:<tag>)
 -- still ahead. Limits without a configured value (a script that touches
 -- one limit only) keep their fields as they are. Returns the newest id
--- the entries hold when they had to be recounted (nil otherwise); g.hd is
--- then nil when there were none, for load_groups to set.
+-- the entries hold when they had to be recounted (nil otherwise); the
+-- oldest is then HD, -1 when there were none, for load_groups to set.
 local function load_group(h, g, T, v)
   local hi = nil
-  if not unpack_g(g, v) then
+  local s
+  if v then
+    s = {struct.unpack(GF[g.k], v)}
+    g.s = s
+  else
     -- A new group, a fresh key, or a lost state hash.
+    s = {-1, -1, 0, 0, -1, 0, 0, -1}
+    for j = 1, g.k do
+      local o = 4 * j + 4
+      s[o + SUM], s[o + FP], s[o + UP], s[o + FL] = 0, 0, 0, 3
+    end
+    g.s = s
     local lo
     lo, hi = recount(g)
-    g.hd = lo
-    for _, d in ipairs(g.dims) do d.fl = 3 end
-    if lo then set_cursors(g) end
+    if lo then
+      s[HD] = lo
+      set_cursors(g)
+    end
   end
-  for _, d in ipairs(g.dims) do
-    d.had_lim, d.had_x = d.fl % 2 == 1, d.fl >= 2
-    if d.configured and d.fl > 0 then
-      local tg = d.tag
-      local x = redis.call('HMGET', h, 'lim:' .. tg, 'lu:' .. tg, 'xc:' .. tg, 'xu:' .. tg)
-      local lim, lu = num(x[1]), num(x[2])
+  local d = g.d
+  for j = 1, g.k do
+    local fl = s[4 * j + 4 + FL]
+    local x = 4 * j - 4
+    if fl > 0 and d[x + CFG] then
+      local L = learned_of(g, j)
+      L.had_lim, L.had_x = fl % 2 == 1, fl >= 2
+      local tg = d[x + TAG]
+      local r = redis.call('HMGET', h, 'lim:' .. tg, 'lu:' .. tg, 'xc:' .. tg, 'xu:' .. tg)
+      local lim, lu = num(r[1]), num(r[2])
       if lim and lu and lu > T then
-        d.lim = lim
-        d.lu = lu
+        L.lim = lim
+        L.lu = lu
       end
-      d.xc, d.xu = num(x[3]), num(x[4])
-      if not (d.xc and d.xu) or d.xu <= T then
-        d.xc = nil
-        d.xu = nil
+      L.xc, L.xu = num(r[3]), num(r[4])
+      if not (L.xc and L.xu) or L.xu <= T then
+        L.xc = nil
+        L.xu = nil
       end
     end
   end
@@ -263,10 +278,10 @@ local function load_group(h, g, T, v)
 end
 
 -- Loads every group (their fields at v[2 ..], in order) and settles the
--- next id: the stored one, or, when the state hash was lost but entries
--- survived, the one after the newest entry (the incarnation goes on: its
--- ids must not jump, or pruning would walk the gap), or else T (a new
--- incarnation: a late cancel of an expired one cannot hit a new
+-- next id: the stored one (-1: none), or, when the state hash was lost
+-- but entries survived, the one after the newest entry (the incarnation
+-- goes on: its ids must not jump, or pruning would walk the gap), or else
+-- T (a new incarnation: a late cancel of an expired one cannot hit a new
 -- reservation). Returns the next id.
 local function load_groups(h, groups, T, nextid, v)
   local hi = nil
@@ -274,15 +289,15 @@ local function load_groups(h, groups, T, nextid, v)
     local x = load_group(h, g, T, v[i + 1])
     if x and (not hi or x > hi) then hi = x end
   end
-  if not nextid then
+  if nextid < 0 then
     nextid = T
     if hi then nextid = hi + 1 end
   elseif hi and hi >= nextid then
     nextid = hi + 1
   end
   for _, g in ipairs(groups) do
-    if not g.hd then
-      g.hd = nextid
+    if g.s[HD] < 0 then
+      g.s[HD] = nextid
       set_cursors(g)
     end
   end
@@ -290,143 +305,149 @@ local function load_groups(h, groups, T, nextid, v)
 end
 
 -- Drops the entries that no longer count at T, oldest first (each entry
--- once in its life: amortised O(1)). ha, the instant of the oldest entry
+-- once in its life: amortised O(1)). HA, the instant of the oldest entry
 -- (or a lower bound: a cancelled oldest entry leaves it), spares the read
 -- while that entry still counts. The cursors that fall behind the oldest
--- entry start again from it, ha telling them where the next entry is.
+-- entry start again from it, HA telling them where the next entry is.
 local function prune_group(g, T, nextid)
-  if not (g.ha >= 0 and g.ha + g.window > T) then
-    g.ha = -1
-    local dims, c = g.dims, g.c
-    while g.hd < nextid do
-      local f = idf(g.hd)
+  local s = g.s
+  if not (s[HA] >= 0 and s[HA] + g.w > T) then
+    s[HA] = -1
+    local c = g.c
+    while s[HD] < nextid do
+      local hd = s[HD]
+      local f = idf(hd)
       local v = redis.call('HGET', g.e, f)
       if v then
         local at = read_entry(g, v)
-        if at + g.window > T then
-          g.ha = at
+        if at + g.w > T then
+          s[HA] = at
           break
         end
         redis.call('HDEL', g.e, f)
         for j = 1, g.k do
-          local d = dims[j]
-          d.sum = d.sum - c[j]
-          if g.hd <= g.fc then d.fp = d.fp - c[j] end
-          if g.hd <= g.uc then d.up = d.up - c[j] end
+          local o = 4 * j + 4
+          s[o + SUM] = s[o + SUM] - c[j]
+          if hd <= s[FC] then s[o + FP] = s[o + FP] - c[j] end
+          if hd <= s[UC] then s[o + UP] = s[o + UP] - c[j] end
         end
       end
-      g.hd = g.hd + 1
+      s[HD] = hd + 1
     end
   end
-  if g.fc < g.hd - 1 then
-    g.fc, g.fa = g.hd - 1, g.ha
-    for _, d in ipairs(g.dims) do d.fp = 0 end
+  local c = s[HD] - 1
+  if s[FC] < c then
+    s[FC], s[FA] = c, s[HA]
+    for j = 1, g.k do s[4 * j + 4 + FP] = 0 end
   end
-  if g.uc < g.hd - 1 then
-    g.uc, g.ua = g.hd - 1, g.ha
-    for _, d in ipairs(g.dims) do d.up = 0 end
+  if s[UC] < c then
+    s[UC], s[UA] = c, s[HA]
+    for j = 1, g.k do s[4 * j + 4 + UP] = 0 end
   end
 end
 
--- Moves a cursor (ids up to c, each with at <= t0, their costs in each
--- limit's field pk; a: the instant of the entry after it, or a lower
--- bound, -1: unknown) to theta: forward over the entries with at <= theta
--- (it stops at the first later one: exact, the entries being in order; a
--- known later a spares the read), or, when theta went back, backward over
--- the entries past it. Returns c, a.
-local function advance(g, c, t0, a, theta, nextid, pk)
-  local dims, cs = g.dims, g.c
-  if c < g.hd - 1 then
-    c, a = g.hd - 1, -1
-    for _, d in ipairs(dims) do d[pk] = 0 end
+-- Moves a cursor (slots ci: ids up to it, each with at <= s[ti], their
+-- costs in each limit's slot pi; ai: the instant of the entry after it,
+-- or a lower bound, -1: unknown) to theta: forward over the entries with
+-- at <= theta (it stops at the first later one: exact, the entries being
+-- in order; a known later instant spares the read), or, when theta went
+-- back, backward over the entries past it.
+local function advance(g, ci, ti, ai, pi, theta, nextid)
+  local s, cs = g.s, g.c
+  local c, a = s[ci], s[ai]
+  if c < s[HD] - 1 then
+    c, a = s[HD] - 1, -1
+    for j = 1, g.k do s[4 * j + 4 + pi] = 0 end
   end
-  if theta >= t0 then
-    if a >= 0 and a > theta then return c, a end
-    a = -1
-    while c + 1 < nextid do
-      local v = redis.call('HGET', g.e, idf(c + 1))
-      if v then
-        local at = read_entry(g, v)
-        if at > theta then
-          a = at
-          break
+  if theta >= s[ti] then
+    if not (a >= 0 and a > theta) then
+      a = -1
+      while c + 1 < nextid do
+        local v = redis.call('HGET', g.e, idf(c + 1))
+        if v then
+          local at = read_entry(g, v)
+          if at > theta then
+            a = at
+            break
+          end
+          for j = 1, g.k do
+            local o = 4 * j + 4 + pi
+            s[o] = s[o] + cs[j]
+          end
         end
-        for j = 1, g.k do
-          local d = dims[j]
-          d[pk] = d[pk] + cs[j]
-        end
+        c = c + 1
       end
-      c = c + 1
     end
   else
     a = -1
-    while c >= g.hd do
+    while c >= s[HD] do
       local v = redis.call('HGET', g.e, idf(c))
       if v then
         local at = read_entry(g, v)
         if at <= theta then break end
         for j = 1, g.k do
-          local d = dims[j]
-          d[pk] = d[pk] - cs[j]
+          local o = 4 * j + 4 + pi
+          s[o] = s[o] - cs[j]
         end
         a = at
       end
       c = c - 1
     end
   end
-  return c, a
+  s[ci], s[ai], s[ti] = c, a, theta
 end
 
 -- The free cursor at base: every entry it covers no longer counts at base.
 local function free_at(g, base, nextid)
-  local theta = base - g.window
-  g.fc, g.fa = advance(g, g.fc, g.ft, g.fa, theta, nextid, 'fp')
-  g.ft = theta
+  advance(g, FC, FT, FA, FP, base - g.w, nextid)
 end
 
 -- The used cursor at T.
 local function used_at(g, T, nextid)
-  g.uc, g.ua = advance(g, g.uc, g.ut, g.ua, T, nextid, 'up')
-  g.ut = T
+  advance(g, UC, UT, UA, UP, T, nextid)
 end
 
--- A new entry (id, at t, the costs d.cost) joins the group: the running
+-- A new entry (id, at t, the limits' costs) joins the group: the running
 -- sums, and the caches of the oldest entry and of the cursors that end
 -- just before it (the used cursor takes it in at once when it has started
 -- by T).
 local function add_entry(g, id, t)
-  local used = g.uc == id - 1 and t <= g.ut
-  for _, d in ipairs(g.dims) do
-    d.sum = d.sum + d.cost
-    if used then d.up = d.up + d.cost end
+  local s, d = g.s, g.d
+  local used = s[UC] == id - 1 and t <= s[UT]
+  for j = 1, g.k do
+    local o, c = 4 * j + 4, d[4 * j - 4 + COST]
+    s[o + SUM] = s[o + SUM] + c
+    if used then s[o + UP] = s[o + UP] + c end
   end
-  if g.hd == id and g.ha < 0 then g.ha = t end
-  if g.fc == id - 1 and g.fa < 0 then g.fa = t end
+  if s[HD] == id and s[HA] < 0 then s[HA] = t end
+  if s[FC] == id - 1 and s[FA] < 0 then s[FA] = t end
   if used then
-    g.uc = id
-  elseif g.uc == id - 1 and g.ua < 0 then
-    g.ua = t
+    s[UC] = id
+  elseif s[UC] == id - 1 and s[UA] < 0 then
+    s[UA] = t
   end
 end
 
 -- The earliest t >= base at which the entries leave room for cost within
--- budget in the group's j-th limit d (nil when cost > budget), base being
--- at or after the free cursor's base. O(1) when it fits by the running
--- sum; else it reads the entries past the cursor, oldest first, only
--- until enough of them have stopped counting.
-local function earliest_with(g, j, d, base, cost, budget, nextid)
+-- budget in the group's limit j (nil when cost > budget), base being at
+-- or after the free cursor's base. O(1) when it fits by the running sum;
+-- else it reads the entries past the cursor, oldest first, only until
+-- enough of them have stopped counting.
+local function earliest_with(g, j, base, cost, budget, nextid)
   if cost > budget then return nil end
+  local s = g.s
+  local o = 4 * j + 4
   local allowed = budget - cost
-  local rest = d.sum - d.fp
+  local rest = s[o + SUM] - s[o + FP]
   local t = base
-  local i = g.fc
+  local i = s[FC]
   while rest > allowed and i + 1 < nextid do
     i = i + 1
     local v = redis.call('HGET', g.e, idf(i))
     if v then
       local at = read_entry(g, v)
       rest = rest - g.c[j]
-      local free = at + g.window
+      local free = at + g.w
       if free > t then t = free end
     end
   end
@@ -434,34 +455,36 @@ local function earliest_with(g, j, d, base, cost, budget, nextid)
 end
 
 -- The earliest t >= base that fits cost under limit lim, with the
--- external usage counted until it expires.
-local function earliest_under(g, j, d, base, cost, lim, nextid)
-  local plain = earliest_with(g, j, d, base, cost, lim, nextid)
+-- external usage (L) counted until it expires.
+local function earliest_under(g, j, L, base, cost, lim, nextid)
+  local plain = earliest_with(g, j, base, cost, lim, nextid)
   if not plain then return nil end
-  if d.xu and plain < d.xu then
-    local b = lim - d.xc
+  if L.xu and plain < L.xu then
+    local b = lim - L.xc
     if b < 0 then b = 0 end
-    local t = earliest_with(g, j, d, base, cost, b, nextid)
-    if t and t < d.xu then return t end
-    return d.xu
+    local t = earliest_with(g, j, base, cost, b, nextid)
+    if t and t < L.xu then return t end
+    return L.xu
   end
   return plain
 end
 
--- The earliest t >= base that fits the cost of the group's j-th limit;
--- nil only when it exceeds the configured limit (a learned limit expires,
--- so it never makes a request "never fit"). The learned limit holds
--- before its expiry d.lu, the configured one from then on.
+-- The earliest t >= base that fits the cost of the group's limit j; nil
+-- only when it exceeds the configured limit (a learned limit expires, so
+-- it never makes a request "never fit"). The learned limit holds before
+-- its expiry lu, the configured one from then on.
 local function earliest_dim(g, j, base, nextid)
-  local d = g.dims[j]
-  local cost = d.cost
-  if cost > d.configured then return nil end
-  if not d.lu then return earliest_under(g, j, d, base, cost, d.lim, nextid) end
-  local t = earliest_under(g, j, d, base, cost, d.lim, nextid)
-  if t and t < d.lu then return t end
+  local x = 4 * j - 4
+  local d = g.d
+  local cost, cfg, L = d[x + COST], d[x + CFG], d[x + LRN]
+  if cost > cfg then return nil end
+  if not L then return earliest_with(g, j, base, cost, cfg, nextid) end
+  if not L.lu then return earliest_under(g, j, L, base, cost, L.lim, nextid) end
+  local t = earliest_under(g, j, L, base, cost, L.lim, nextid)
+  if t and t < L.lu then return t end
   local b = base
-  if d.lu > b then b = d.lu end
-  return earliest_under(g, j, d, b, cost, d.configured, nextid)
+  if L.lu > b then b = L.lu end
+  return earliest_under(g, j, L, b, cost, cfg, nextid)
 end
 
 -- Sets a key's expiry to at least ttl milliseconds (never shortens it:
@@ -472,76 +495,85 @@ local function extend(k, ttl)
   if cur < ttl then redis.call('PEXPIRE', k, ttl) end
 end
 
--- Appends a limit's learned fields to an HSET argument list, and the ones
--- to delete to an HDEL list; sets its flags. A limit the script did not
--- load (no configured value) keeps its fields and flags.
-local function dim_fields(d, set, del)
-  if not d.configured then return end
-  local tg = d.tag
-  local learned = d.lu and d.lim ~= d.configured
-  d.fl = (learned and 1 or 0) + (d.xu and 2 or 0)
+-- Appends limit j's learned fields to an HSET argument list, and the ones
+-- to delete to an HDEL list; sets its flags. Returns the latest instant
+-- they count until (0: none). A limit the script did not load (no
+-- configured value) keeps its fields and flags.
+local function dim_fields(g, j, set, del)
+  local x = 4 * j - 4
+  local cfg, L = g.d[x + CFG], g.d[x + LRN]
+  if not (cfg and L) then return 0 end
+  local tg = g.d[x + TAG]
+  local until_ = 0
+  local learned = L.lu and L.lim ~= cfg
+  g.s[4 * j + 4 + FL] = (learned and 1 or 0) + (L.xu and 2 or 0)
   if learned then
     set[#set + 1] = 'lim:' .. tg
-    set[#set + 1] = int(d.lim)
+    set[#set + 1] = int(L.lim)
     set[#set + 1] = 'lu:' .. tg
-    set[#set + 1] = int(d.lu)
-  elseif d.had_lim then
+    set[#set + 1] = int(L.lu)
+    until_ = L.lu
+  elseif L.had_lim then
     del[#del + 1] = 'lim:' .. tg
     del[#del + 1] = 'lu:' .. tg
   end
-  if d.xu then
+  if L.xu then
     set[#set + 1] = 'xc:' .. tg
-    set[#set + 1] = int(d.xc)
+    set[#set + 1] = int(L.xc)
     set[#set + 1] = 'xu:' .. tg
-    set[#set + 1] = int(d.xu)
-  elseif d.had_x then
+    set[#set + 1] = int(L.xu)
+    if L.xu > until_ then until_ = L.xu end
+  elseif L.had_x then
     del[#del + 1] = 'xc:' .. tg
     del[#del + 1] = 'xu:' .. tg
   end
+  return until_
 end
 
 -- Writes the state back (one HSET, an HDEL only when a learned field
 -- ends) and keeps every key alive as long as something in it still
--- counts, plus one second. The expiry is pushed in steps (kw.ex: the time
+-- counts, plus one second. The expiry is pushed in steps (K[EX]: the time
 -- every key lives at least until; each step reaches up to 250 ms beyond
--- the need), so that most calls touch no expiry at all. kw holds the
+-- the need), so that most calls touch no expiry at all. K holds the
 -- key-wide fields, fresh the keys this call may have created (their
--- expiry is set at once). The token generations keep their own expiry.
-local function save(h, q, groups, T, kw, fresh)
+-- expiry is set at once; nil: none). The token generations keep their own
+-- expiry.
+local function save(h, q, groups, T, K, fresh)
   local set = {'k', false}
   local del = {}
   local maxw = 0
   local horizon = T
   for _, g in ipairs(groups) do
-    for _, d in ipairs(g.dims) do
-      dim_fields(d, set, del)
-      if d.lu and d.lim ~= d.configured and d.lu > horizon then horizon = d.lu end
-      if d.xu and d.xu > horizon then horizon = d.xu end
+    for j = 1, g.k do
+      local u = dim_fields(g, j, set, del)
+      if u > horizon then horizon = u end
     end
-    set[#set + 1] = g.field
+    set[#set + 1] = g.f
     set[#set + 1] = pack_g(g)
-    if g.window > maxw then maxw = g.window end
+    if g.w > maxw then maxw = g.w end
   end
-  if kw.gate and kw.gate > horizon then horizon = kw.gate end
-  if kw.last and kw.last > horizon then horizon = kw.last end
-  if kw.tb and kw.tb > horizon then horizon = kw.tb end
+  if K[GATE] > horizon then horizon = K[GATE] end
+  if K[LAST] > horizon then horizon = K[LAST] end
+  if K[TB] > horizon then horizon = K[TB] end
   local need = horizon + maxw + 1000000
-  local stepped = not kw.ex or need > kw.ex
+  local stepped = need > K[EX]
   if stepped then
     local slack = math.floor(maxw / 2)
     if slack > 250000 then slack = 250000 end
-    kw.ex = need + slack
+    K[EX] = need + slack
   end
-  set[2] = pack_k(kw)
+  set[2] = pack_k(K)
   redis.call('HSET', h, unpack(set))
   if #del > 0 then redis.call('HDEL', h, unpack(del)) end
-  local ttl = math.ceil((kw.ex - T) / 1000)
-  if stepped then
-    extend(h, ttl)
-    extend(q, ttl)
-    for _, g in ipairs(groups) do extend(g.e, ttl) end
-  else
-    for _, k in ipairs(fresh) do extend(k, ttl) end
+  if stepped or fresh then
+    local ttl = math.ceil((K[EX] - T) / 1000)
+    if stepped then
+      extend(h, ttl)
+      extend(q, ttl)
+      for _, g in ipairs(groups) do extend(g.e, ttl) end
+    else
+      for _, k in ipairs(fresh) do extend(k, ttl) end
+    end
   end
 end
 
@@ -552,7 +584,7 @@ end
 local function cancel_id(h, q, id, groups, names)
   local found = 0
   local v = redis.call('HMGET', h, unpack(names))
-  local kw = unpack_k(v[1])
+  local K = unpack_k(v[1])
   local upd = {}
   local f = idf(id)
   for i, g in ipairs(groups) do
@@ -560,14 +592,16 @@ local function cancel_id(h, q, id, groups, names)
     if e then
       read_entry(g, e)
       redis.call('HDEL', g.e, f)
-      if unpack_g(g, v[1 + i]) then
-        for j, d in ipairs(g.dims) do
-          local c = g.c[j]
-          d.sum = d.sum - c
-          if id <= g.fc then d.fp = d.fp - c end
-          if id <= g.uc then d.up = d.up - c end
+      if v[1 + i] then
+        local s = {struct.unpack(GF[g.k], v[1 + i])}
+        g.s = s
+        for j = 1, g.k do
+          local o, c = 4 * j + 4, g.c[j]
+          s[o + SUM] = s[o + SUM] - c
+          if id <= s[FC] then s[o + FP] = s[o + FP] - c end
+          if id <= s[UC] then s[o + UP] = s[o + UP] - c end
         end
-        upd[#upd + 1] = g.field
+        upd[#upd + 1] = g.f
         upd[#upd + 1] = pack_g(g)
       end
       found = 1
@@ -575,12 +609,12 @@ local function cancel_id(h, q, id, groups, names)
   end
   if v[1] and redis.call('ZREM', q, int(id)) == 1 then
     -- Booked ahead: the tail is the newest reservation left ahead of now.
-    redis.call('ZREMRANGEBYSCORE', q, '-inf', int(now_of(kw.tm)))
+    redis.call('ZREMRANGEBYSCORE', q, '-inf', int(now_of(K[TM])))
     local top = redis.call('ZREVRANGE', q, 0, 0, 'WITHSCORES')
-    kw.last = nil
-    if top[2] then kw.last = tonumber(top[2]) end
+    K[LAST] = -1
+    if top[2] then K[LAST] = tonumber(top[2]) end
     upd[#upd + 1] = 'k'
-    upd[#upd + 1] = pack_k(kw)
+    upd[#upd + 1] = pack_k(K)
   end
   if #upd > 0 then redis.call('HSET', h, unpack(upd)) end
   return found

@@ -23,8 +23,8 @@ local function correct(KEYS, ARGV)
         local at = read_entry(g, e)
         local costs = {}
         local changed = false
-        for j, d in ipairs(g.dims) do
-          local code = string.sub(d.tag, 1, 1)
+        for j = 1, g.k do
+          local code = string.sub(g.d[4 * j - 4 + TAG], 1, 1)
           local cost = g.c[j]
           if code == 't' then
             cost = input + output
@@ -36,15 +36,17 @@ local function correct(KEYS, ARGV)
           costs[j] = cost
           if cost ~= g.c[j] then changed = true end
         end
-        if changed and unpack_g(g, v[i + 1]) then
+        if changed then
+          local s = {struct.unpack(GF[g.k], v[i + 1])}
+          g.s = s
           redis.call('HSET', g.e, f, fmt_costs(g, at, costs))
-          for j, d in ipairs(g.dims) do
-            local delta = costs[j] - g.c[j]
-            d.sum = d.sum + delta
-            if id <= g.fc then d.fp = d.fp + delta end
-            if id <= g.uc then d.up = d.up + delta end
+          for j = 1, g.k do
+            local o, delta = 4 * j + 4, costs[j] - g.c[j]
+            s[o + SUM] = s[o + SUM] + delta
+            if id <= s[FC] then s[o + FP] = s[o + FP] + delta end
+            if id <= s[UC] then s[o + UP] = s[o + UP] + delta end
           end
-          upd[#upd + 1] = g.field
+          upd[#upd + 1] = g.f
           upd[#upd + 1] = pack_g(g)
         end
       end

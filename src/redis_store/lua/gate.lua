@@ -1,16 +1,14 @@
 -- gate: ARGV = until (us after now). KEYS = hash.
 local function gate(KEYS, ARGV)
   local h = KEYS[1]
-  local kw = unpack_k(redis.call('HGET', h, 'k'))
-  local T = now_of(kw.tm)
+  local K = unpack_k(redis.call('HGET', h, 'k'))
+  local T = now_of(K[TM])
   local u = T + tonumber(ARGV[1])
-  local g = kw.gate
-  if not g or g < u then
-    kw.gate = u
-    redis.call('HSET', h, 'k', pack_k(kw))
-    g = u
+  if K[GATE] < u then
+    K[GATE] = u
+    redis.call('HSET', h, 'k', pack_k(K))
   end
-  local ttl = math.ceil((g - T) / 1000) + 1000
+  local ttl = math.ceil((K[GATE] - T) / 1000) + 1000
   local cur = redis.call('PTTL', h)
   if cur < ttl then redis.call('PEXPIRE', h, ttl) end
   return 1
