@@ -10,7 +10,7 @@ use redis::aio::ConnectionManager;
 use redis::{ErrorKind, FromRedisValue, ServerErrorKind};
 use tokio::time::Instant;
 
-use super::layout::{add_group_args, groups};
+use super::layout::{cost_of, groups, tag};
 use super::scripts::{self, Call};
 use super::store::ServerDecision;
 use crate::key::Key;
@@ -215,12 +215,29 @@ impl Core {
         call.key(&self.token_keys(key)[..])
             .key(self.tombstone_key(key, token))
             .key(&self.old_hash_keys(key)[..]);
-        let rel = deadline.map_or(-1, |d| micros(d.saturating_duration_since(now)) as i64);
-        call.arg(rel)
-            .arg(groups.len())
-            .arg(&token.to_le_bytes()[..])
-            .arg(TOKEN_TTL.as_millis() as u64);
-        add_group_args(&mut call, &groups, Some(costs));
+        // The numbers go packed (as the script's doubles: every one is
+        // below 2^53, exact), the names after them.
+        let rel = deadline.map_or(-1.0, |d| micros(d.saturating_duration_since(now)) as f64);
+        let mut nums = Vec::with_capacity(8 * (3 + 2 * groups.len() + 2 * limits.iter().count()));
+        let mut num = |x: f64| nums.extend_from_slice(&x.to_le_bytes());
+        num(rel);
+        num(groups.len() as f64);
+        num(TOKEN_TTL.as_millis() as f64);
+        for g in &groups {
+            num(g.window_us as f64);
+            num(g.limits.len() as f64);
+            for l in &g.limits {
+                num(safe(l.limit) as f64);
+                num(safe(cost_of(l.dimension, costs)) as f64);
+            }
+        }
+        call.arg(nums).arg(&token.to_le_bytes()[..]);
+        for g in &groups {
+            call.arg(g.field());
+            for l in &g.limits {
+                call.arg(tag(l));
+            }
+        }
         let r: Vec<i64> = self.run(&call).await?;
         // Waits count from when the answer arrived: never early.
         let received = Instant::now();

@@ -5,7 +5,7 @@
 //! group: one entry per reservation, one set of cursors, one field of
 //! state, so that an acquire writes one entry, not one per limit.
 
-use super::core::{micros, safe, Core};
+use super::core::{micros, Core};
 use super::scripts::Call;
 use crate::key::Key;
 use crate::rate_limit::{Costs, Dimension, Limit, Limits};
@@ -18,6 +18,13 @@ pub(super) struct Group<'a> {
     pub(super) name: String,
     pub(super) window_us: u64,
     pub(super) limits: Vec<&'a Limit>,
+}
+
+impl Group<'_> {
+    /// The group's field in the state hash.
+    pub(super) fn field(&self) -> String {
+        format!("g:{}", self.name)
+    }
 }
 
 fn code(d: Dimension) -> char {
@@ -78,39 +85,43 @@ pub(super) fn groups(limits: &Limits) -> Vec<Group<'_>> {
 }
 
 impl Core {
-    fn tagged(&self, key: &Key, suffix: &str) -> String {
-        format!("{{{}:{}}}:{suffix}", self.prefix, key)
+    /// A key of layout 3: every one is under `{<prefix>:<key>}:3:`, so
+    /// that no name is one of an older layout's.
+    fn named(&self, key: &Key, suffix: &str) -> String {
+        format!("{{{}:{}}}:3:{suffix}", self.prefix, key)
     }
 
-    /// The state hash of layout 3 (`:s3`: processes of layouts 1 and 2
-    /// used `:s` and `:s2`, and must not read or write this state).
+    /// The state hash.
     pub(super) fn hash_key(&self, key: &Key) -> String {
-        self.tagged(key, "s3")
+        self.named(key, "s")
     }
 
-    /// The state hashes of layouts 1 and 2, only ever tested for
-    /// existence.
+    /// The state hashes of layouts 1 and 2 (`:s`, `:s2`), only ever
+    /// tested for existence.
     pub(super) fn old_hash_keys(&self, key: &Key) -> [String; 2] {
-        [self.tagged(key, "s"), self.tagged(key, "s2")]
+        [
+            format!("{{{}:{}}}:s", self.prefix, key),
+            format!("{{{}:{}}}:s2", self.prefix, key),
+        ]
     }
 
     pub(super) fn queue_key(&self, key: &Key) -> String {
-        self.tagged(key, "q")
+        self.named(key, "q")
     }
 
     pub(super) fn entries_key(&self, key: &Key, group: &Group<'_>) -> String {
-        format!("{{{}:{}}}:e:{}", self.prefix, key, group.name)
+        format!("{{{}:{}}}:3:e:{}", self.prefix, key, group.name)
     }
 
     /// The two token generations.
     pub(super) fn token_keys(&self, key: &Key) -> [String; 2] {
-        [self.tagged(key, "t0"), self.tagged(key, "t1")]
+        [self.named(key, "t0"), self.named(key, "t1")]
     }
 
     /// The token's own key: a tombstone, or the record of an acquire
     /// booked far ahead.
     pub(super) fn tombstone_key(&self, key: &Key, token: u64) -> String {
-        format!("{{{}:{}}}:k:{:016x}", self.prefix, key, token)
+        format!("{{{}:{}}}:3:k:{:016x}", self.prefix, key, token)
     }
 
     /// The hash and the queue of `key`, then per group its entries key
@@ -123,22 +134,17 @@ impl Core {
             call.key(self.entries_key(key, g));
         }
         call.arg(groups.len());
-        add_group_args(call, groups, None);
+        add_group_args(call, groups);
     }
 }
 
 /// Per group its state field, window and number of limits, then per limit
-/// its tag (and, with `costs`, its configured limit and its cost).
-pub(super) fn add_group_args(call: &mut Call, groups: &[Group<'_>], costs: Option<&Costs>) {
+/// its tag.
+pub(super) fn add_group_args(call: &mut Call, groups: &[Group<'_>]) {
     for g in groups {
-        call.arg(format!("g:{}", g.name))
-            .arg(g.window_us)
-            .arg(g.limits.len());
+        call.arg(g.field()).arg(g.window_us).arg(g.limits.len());
         for l in &g.limits {
             call.arg(tag(l));
-            if let Some(c) = costs {
-                call.arg(safe(l.limit)).arg(safe(cost_of(l.dimension, c)));
-            }
         }
     }
 }

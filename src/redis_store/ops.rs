@@ -293,7 +293,7 @@ async fn apply(core: &Core, op: Op) -> Result<(), crate::Error> {
             call.key(core.hash_key(&key))
                 .key(core.queue_key(&key))
                 .key(core.entries_key(&key, g));
-            add_group_args(&mut call, std::slice::from_ref(g), None);
+            add_group_args(&mut call, std::slice::from_ref(g));
             call.arg(j + 1)
                 .arg(clamp(l.limit))
                 .arg(opt(state.limit))

@@ -1,9 +1,12 @@
--- acquire: ARGV = deadline (us after now, -1: none), the number of groups
--- ng, the caller's token (8 bytes), the longest life of a token record
--- (ms), then per group (state field, window us, k) and per limit of it
--- (tag, configured limit, cost). KEYS = hash, queue, ng entries hashes,
--- the two token generations, the caller's tombstone key, the state
--- hashes of layouts 1 and 2 of the same key (read only, see below).
+-- acquire: ARGV = the numbers, packed as little-endian doubles (a text
+-- number costs Redis a strtod each): deadline (us after now, -1: none),
+-- the number of groups ng, the longest life of a token record (ms), then
+-- per group its window (us) and number of limits k, and per limit its
+-- configured limit and cost; then the caller's token (8 bytes), then per
+-- group its state field and the tag of each of its limits. KEYS = hash,
+-- queue, ng entries hashes, the two token generations, the caller's
+-- tombstone key, the state hashes of layouts 1 and 2 of the same key
+-- (read only, see below).
 -- Returns {0, id, wait, at, now, old} | {1, wait, 0, at, now, old} |
 -- {2, cost, capacity, 0, now, old} | {3, 0, 0, 0, now, 0} (cancelled by
 -- its token before it ran: its caller is gone; nothing reserved). `old` is
@@ -13,11 +16,10 @@
 local function acquire(KEYS, ARGV)
   local h = KEYS[1]
   local q = KEYS[2]
-  local deadline = tonumber(ARGV[1])
-  local ng = tonumber(ARGV[2])
-  local tok = ARGV[3]
-  local token_us = tonumber(ARGV[4]) * 1000
-  local groups, names = groups_of(KEYS, ARGV, ng, 5, 2, true)
+  local N = {struct.unpack(fmt_of(#ARGV[1] / 8), ARGV[1])}
+  local deadline, ng, token_us = N[1], N[2], N[3] * 1000
+  local tok = ARGV[2]
+  local groups, names = groups_packed(KEYS, ARGV, N, ng, 4, 3)
   -- Everything the call needs from the state hash, in one HMGET.
   local st = redis.call('HMGET', h, unpack(names))
   local K = unpack_k(st[1])

@@ -47,6 +47,6 @@ local function cancel_token(KEYS, ARGV)
     redis.call('HSET', where, tok, 'c')
   end
   if redis.call('EXISTS', h) == 0 then return 0 end
-  local groups, names = groups_of(KEYS, ARGV, ng, 4, 2, false)
+  local groups, names = groups_of(KEYS, ARGV, ng, 4, 2)
   return cancel_id(h, KEYS[2], struct.unpack('<d', v), groups, names)
 end

@@ -6,14 +6,15 @@
 -- backwards: see now_of); every number stays below 2^53 so that Lua's
 -- doubles hold it exactly.
 --
--- Layout 3 of one limiter key (all under one hash tag {prefix:key}).
+-- Layout 3 of one limiter key (all under one hash tag {prefix:key}, and
+-- under {prefix:key}:3:, so that no name is one of an older layout's).
 -- The limits of a key are grouped by window: one group holds every limit
 -- with that window (requests and tokens per minute are one group), and
 -- shares one entry per reservation, one set of cursors and one field of
 -- state. Numbers are stored as little-endian doubles (struct.pack: exact
 -- below 2^53), ids too (as hash fields), which Lua reads and writes far
 -- faster than decimal text.
---   KEYS[1] = {prefix:key}:s3  hash:
+--   KEYS[1] = {prefix:key}:3:s  hash:
 --     k = id (the next reservation id), tm (the latest server time seen),
 --         gate, last (the FIFO tail), ex (until when every key below lives
 --         at least), tb (until when a tombstone may exist), tg, tp (the
@@ -30,15 +31,15 @@
 --         may exist, 2: xc:/xu: fields may exist, 3: both)
 --     lim:<tag>, lu:<tag>  a learned limit and its expiry (decimal)
 --     xc:<tag>, xu:<tag>   usage we did not see, and until when it counts
---   KEYS[2] = {prefix:key}:q   sorted set: the reservations booked ahead of
+--   KEYS[2] = {prefix:key}:3:q  sorted set: the reservations booked ahead of
 --     their acquire's now (member id, score at), for the FIFO tail after a
 --     cancel
---   {prefix:key}:e:<group>  hash: reservation id (packed) -> (at, the
+--   {prefix:key}:3:e:<group>  hash: reservation id (packed) -> (at, the
 --     cost in each limit of the group), one field per reservation with a
 --     cost in the group
---   {prefix:key}:t0, :t1  hashes, two generations of acquire tokens:
+--   {prefix:key}:3:t0, :3:t1  hashes, two generations of acquire tokens:
 --     token -> reservation id (packed), or 'c' once cancelled by token
---   {prefix:key}:k:<token>  'c': a tombstone, left by a cancel by token
+--   {prefix:key}:3:k:<token>  'c': a tombstone, left by a cancel by token
 --     that arrived before its acquire (the acquire then reserves nothing)
 -- A group's name is "<codes>:<window in microseconds>" (codes in the
 -- order r t i o), a limit's tag "<code>:<window in microseconds>".
@@ -140,33 +141,65 @@ local function pack_g(g)
   return struct.pack(GF[g.k], unpack(g.s, 1, 8 + 4 * g.k))
 end
 
+-- The format of n packed numbers, made once per n (in a function
+-- library, once per server).
+local FMT = {}
+local function fmt_of(n)
+  local f = FMT[n]
+  if not f then
+    f = '<' .. string.rep('d', n)
+    FMT[n] = f
+  end
+  return f
+end
+
+local function new_group(f, w, e, k)
+  return {f = f, w = w, e = e, k = k, s = false, c = {0, 0, 0, 0},
+    d = {false, false, false, false, false, false, false, false,
+      false, false, false, false, false, false, false, false}}
+end
+
+-- The groups of an acquire: their numbers packed in N from index o on
+-- (per group its window and number of limits k, then per limit its
+-- configured limit and cost), their names from ARGV[a] on (per group its
+-- state field, then per limit its tag), their entries hashes from
+-- KEYS[3]. Returns the groups and the HMGET field list ('k' first).
+local function groups_packed(KEYS, ARGV, N, ng, o, a)
+  local groups = {}
+  local names = {'k'}
+  for i = 1, ng do
+    local k = N[o + 1]
+    local g = new_group(ARGV[a], N[o], KEYS[2 + i], k)
+    groups[i] = g
+    names[i + 1] = ARGV[a]
+    o, a = o + 2, a + 1
+    local d = g.d
+    for j = 1, k do
+      local x = 4 * j - 4
+      d[x + TAG], d[x + CFG], d[x + COST] = ARGV[a], N[o], N[o + 1]
+      o, a = o + 2, a + 1
+    end
+  end
+  return groups, names
+end
+
 -- The groups named by ARGV from o on: per group its state field, window
--- and number of limits k, then per limit its tag (and, with `full`, its
--- configured limit and cost); their entries hashes from KEYS[e0 + 1].
--- Returns the groups, the HMGET field list ('k' first) and the next
--- argument's index.
-local function groups_of(KEYS, ARGV, ng, o, e0, full)
+-- and number of limits k, then per limit its tag; their entries hashes
+-- from KEYS[e0 + 1]. Returns the groups, the HMGET field list ('k' first)
+-- and the next argument's index.
+local function groups_of(KEYS, ARGV, ng, o, e0)
   local groups = {}
   local names = {'k'}
   for i = 1, ng do
     local k = tonumber(ARGV[o + 2])
-    local d = {false, false, false, false, false, false, false, false,
-      false, false, false, false, false, false, false, false}
-    groups[i] = {f = ARGV[o], w = tonumber(ARGV[o + 1]), e = KEYS[e0 + i], k = k, s = false,
-      c = {0, 0, 0, 0}, d = d}
+    local g = new_group(ARGV[o], tonumber(ARGV[o + 1]), KEYS[e0 + i], k)
+    groups[i] = g
     names[i + 1] = ARGV[o]
     o = o + 3
     for j = 1, k do
-      local x = 4 * j - 4
-      d[x + TAG] = ARGV[o]
-      if full then
-        d[x + CFG] = tonumber(ARGV[o + 1])
-        d[x + COST] = tonumber(ARGV[o + 2])
-        o = o + 3
-      else
-        d[x + COST] = 0
-        o = o + 1
-      end
+      g.d[4 * j - 4 + TAG] = ARGV[o]
+      g.d[4 * j - 4 + COST] = 0
+      o = o + 1
     end
   end
   return groups, names, o

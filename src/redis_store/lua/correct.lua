@@ -6,7 +6,7 @@
 -- changes no cost writes nothing.
 local function correct(KEYS, ARGV)
   local h = KEYS[1]
-  local groups, names = groups_of(KEYS, ARGV, tonumber(ARGV[4]), 5, 2, false)
+  local groups, names = groups_of(KEYS, ARGV, tonumber(ARGV[4]), 5, 2)
   local v = redis.call('HMGET', h, unpack(names))
   local id = tonumber(ARGV[1])
   local input = tonumber(ARGV[2])

@@ -16,7 +16,7 @@
 -- (amortised O(1)), never over the whole window.
 local function learn(KEYS, ARGV)
   local h = KEYS[1]
-  local groups, names, o = groups_of(KEYS, ARGV, 1, 1, 2, false)
+  local groups, names, o = groups_of(KEYS, ARGV, 1, 1, 2)
   local g = groups[1]
   local j = tonumber(ARGV[o])
   local cfg = tonumber(ARGV[o + 1])
