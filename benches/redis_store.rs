@@ -3,15 +3,19 @@
 //!
 //! 1. Redis's own time per decision (the script's run inside Redis's one
 //!    thread, from `SLOWLOG` with `slowlog-log-slower-than 0`: Redis times
-//!    each `EVALSHA` itself, so the client, the network and the machine's
-//!    other load do not enter), for acquire, cancel, learn and correct,
+//!    each `FCALL` itself, so the client and the network do not enter;
+//!    the machine's other load still stretches it), for acquire, cancel,
+//!    learn and correct,
 //!    with 100, 10,000 and 100,000 entries in a per-day window. Each
 //!    acquire is cancelled, so the window holds the same entries
 //!    throughout a row; each correction hits a random reservation of the
 //!    window. Median and mean over `M` calls each.
 //! 2. Decisions per second from this one process, 1 task and 16 tasks (one
 //!    multiplexed connection: the calls of the 16 pipeline), next to the
-//!    in-memory store for scale.
+//!    in-memory store for scale, with the CPU each side spent per decision
+//!    (Redis's main thread from `INFO cpu`, this process from
+//!    `/proc/self/task/*/schedstat`): what each side's ceiling is, however
+//!    busy the machine, whose load average is printed too.
 //!
 //! `cargo bench --features redis --bench redis_store`
 
@@ -408,7 +412,14 @@ async fn throughput(server: &RedisServer) {
     sequential("memory", &memory, &Key::new("m1"), None).await;
     sequential("redis", &redis, &Key::new("r1"), Some(server)).await;
     concurrent("memory", &memory, &[Key::new("m2")], 16, None).await;
-    concurrent("redis (one key)", &redis, &[Key::new("r2")], 16, Some(server)).await;
+    concurrent(
+        "redis (one key)",
+        &redis,
+        &[Key::new("r2")],
+        16,
+        Some(server),
+    )
+    .await;
     let keys: Vec<Key> = (0..16).map(|i| Key::new(format!("k{i}"))).collect();
     concurrent("redis (16 keys)", &redis, &keys, 16, Some(server)).await;
     // With a correction per request (as when responses carry usage): the

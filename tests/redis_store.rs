@@ -1564,10 +1564,7 @@ async fn an_old_layout_process_is_left_alone_and_warned_about() {
 
     // The same with a process of layout 2 (`:s2`, one entries hash per
     // limit), seen by another store.
-    let () = con
-        .hset("{up2:k}:s2", "k", vec![0u8; 40])
-        .await
-        .unwrap();
+    let () = con.hset("{up2:k}:s2", "k", vec![0u8; 40]).await.unwrap();
     let () = con.hset("{up2:k}:e:r:60000000", "7", "x").await.unwrap();
     let store =
         RedisStore::builder(Limits::new().window(Dimension::Requests, Duration::from_secs(60), 2))

@@ -170,15 +170,13 @@ impl Core {
         let mut conn = self.conn.clone();
         if !self.no_functions.load(Ordering::Relaxed) {
             match call.fcall().query_async::<T>(&mut conn).await {
-                Err(e) if says(&e, "function not found") => {
-                    match load_library(&mut conn).await {
-                        Ok(()) => return call.fcall().query_async(&mut conn).await,
-                        Err(e) if e.kind() != ErrorKind::Server(ServerErrorKind::ResponseError) => {
-                            return Err(e)
-                        }
-                        Err(e) => self.without_functions(&e),
+                Err(e) if says(&e, "function not found") => match load_library(&mut conn).await {
+                    Ok(()) => return call.fcall().query_async(&mut conn).await,
+                    Err(e) if e.kind() != ErrorKind::Server(ServerErrorKind::ResponseError) => {
+                        return Err(e)
                     }
-                }
+                    Err(e) => self.without_functions(&e),
+                },
                 Err(e) if says(&e, "unknown command") => self.without_functions(&e),
                 other => return other,
             }

@@ -155,7 +155,9 @@ mod tests {
         for s in all() {
             let f = s.function();
             assert_eq!(f, format!("{}_{}", lib.name, s.name));
-            assert!(lib.code.contains(&format!("register_function('{f}', {})", s.name)));
+            assert!(lib
+                .code
+                .contains(&format!("register_function('{f}', {})", s.name)));
             assert!(s.script().get_hash().len() == 40);
         }
     }

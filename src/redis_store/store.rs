@@ -266,7 +266,9 @@ mod tests {
     /// Whether a decision with `tokens` fits at once on `key`.
     async fn fits(store: &RedisStore, key: &Key, tokens: u64) -> bool {
         let now = Instant::now();
-        let d = store.acquire(key, &Costs::tokens(tokens), now, Some(now)).await;
+        let d = store
+            .acquire(key, &Costs::tokens(tokens), now, Some(now))
+            .await;
         match d.unwrap() {
             Decision::Admitted(r) => {
                 store.cancel(&r);
@@ -329,8 +331,12 @@ mod tests {
             Decision::Admitted(r) => r,
             other => panic!("{other:?}"),
         };
-        let a = one(store.acquire(&key, &Costs::tokens(50), Instant::now(), None).await);
-        let b = one(store.acquire(&key, &Costs::tokens(30), Instant::now(), None).await);
+        let a = one(store
+            .acquire(&key, &Costs::tokens(50), Instant::now(), None)
+            .await);
+        let b = one(store
+            .acquire(&key, &Costs::tokens(30), Instant::now(), None)
+            .await);
         assert!(!fits(&store, &key, 21).await);
         store.correct(&b, &Costs::tokens(10), Instant::now());
         store.flush().await;
