@@ -1,13 +1,15 @@
-//! [`Core`]: what talks to Redis. The connection, the health of the server (down for a retry interval after a
-//! failure) and the acquire script's invocation and answer. Shared by the
-//! store's handles and its background task, so it holds no queue.
+//! [`Core`]: what talks to Redis. The connection, the health of the
+//! server (down for a retry interval after a failure), how a script is
+//! called (`FCALL`, or `EVALSHA` on a server without functions) and the
+//! acquire script's invocation and answer. Shared by the store's handles
+//! and its background task, so it holds no queue.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
-use redis::{ErrorKind, FromRedisValue, ServerErrorKind};
+use redis::FromRedisValue;
 use tokio::time::Instant;
 
 use super::layout::{cost_of, groups, tag};
@@ -172,9 +174,12 @@ impl Core {
             match call.fcall().query_async::<T>(&mut conn).await {
                 Err(e) if says(&e, "function not found") => match load_library(&mut conn).await {
                     Ok(()) => return call.fcall().query_async(&mut conn).await,
-                    Err(e) if e.kind() != ErrorKind::Server(ServerErrorKind::ResponseError) => {
+                    // The server is unreachable: a fault like any other.
+                    Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => {
                         return Err(e)
                     }
+                    // It answered no (an old server, an ACL without
+                    // FUNCTION): scripts it is.
                     Err(e) => self.without_functions(&e),
                 },
                 Err(e) if says(&e, "unknown command") => self.without_functions(&e),

@@ -69,6 +69,7 @@ local function acquire(KEYS, ARGV)
     local id = nextid
     nextid = nextid + 1
     local f = idf(id)
+    local wrote = false
     for _, g in ipairs(groups) do
       local any = false
       for j = 1, g.k do
@@ -82,6 +83,7 @@ local function acquire(KEYS, ARGV)
         end
         redis.call('HSET', g.e, f, fmt_entry(g, t))
         add_entry(g, id, t)
+        wrote = true
       end
     end
     if t > T then
@@ -99,12 +101,13 @@ local function acquire(KEYS, ARGV)
     -- into the current one lives at least L; the generation before the
     -- last one is dropped whole when a new one starts (UNLINK: freed off
     -- the main thread). A reservation booked so far ahead that it must
-    -- outlive L gets a key of its own.
+    -- outlive L gets a key of its own. A reservation with no entry (no
+    -- cost in any limit) has nothing to give back: no record.
     local L = maxw
     if L > token_us then L = token_us end
     local life = t - T + maxw
     if life > token_us then life = token_us end
-    if life <= L then
+    if wrote and life <= L then
       local p = K[TP]
       if K[TG] < 0 or T - K[TG] >= L then
         if K[TG] >= 0 then
@@ -117,7 +120,7 @@ local function acquire(KEYS, ARGV)
       else
         redis.call('HSET', KEYS[3 + ng + p], tok, f)
       end
-    else
+    elseif wrote then
       redis.call('SET', KEYS[5 + ng], f, 'PX', math.ceil(life / 1000) + 1000)
     end
     result = {0, id, t - T, t, T, old}

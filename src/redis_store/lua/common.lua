@@ -40,7 +40,9 @@
 --   {prefix:key}:3:t0, :3:t1  hashes, two generations of acquire tokens:
 --     token -> reservation id (packed), or 'c' once cancelled by token
 --   {prefix:key}:3:k:<token>  'c': a tombstone, left by a cancel by token
---     that arrived before its acquire (the acquire then reserves nothing)
+--     that arrived before its acquire (the acquire then reserves nothing);
+--     or the record of an acquire booked further ahead than a token
+--     generation lasts
 -- A group's name is "<codes>:<window in microseconds>" (codes in the
 -- order r t i o), a limit's tag "<code>:<window in microseconds>".
 --
