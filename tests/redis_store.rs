@@ -237,13 +237,13 @@ async fn keys_are_namespaced_tagged_and_expire() {
     let mut con = client(&server).await;
     let mut keys: Vec<String> = con.keys("*").await.unwrap();
     keys.sort();
-    let (tokens, state): (Vec<_>, Vec<_>) = keys.iter().partition(|k| k.starts_with("{ns:k1}:k:"));
+    // Requests and tokens per 200 ms are one group: one entries hash; the
+    // acquire's token is in the current token generation.
     assert_eq!(
-        state,
-        ["{ns:k1}:e:r:200000", "{ns:k1}:e:t:200000", "{ns:k1}:s2"],
+        keys,
+        ["{ns:k1}:3:e:rt:200000", "{ns:k1}:3:s", "{ns:k1}:3:t0"],
         "one hash tag per limiter key, under the prefix"
     );
-    assert_eq!(tokens.len(), 1, "the acquire's token: {tokens:?}");
     for k in &keys {
         let ttl: i64 = con.pttl(k).await.unwrap();
         assert!(ttl > 0 && ttl <= 1_400, "{k} expires (ttl {ttl} ms)");
@@ -733,9 +733,9 @@ async fn cancel_and_correct_deep_in_a_long_log() {
     // 30,000 - 100 + 500 - 100 = 30,300 used.
     assert!(fits_now(&store, &key, Costs::tokens(69_700)).await);
     assert!(!fits_now(&store, &key, Costs::tokens(69_701)).await);
-    // Requests: 299 remain after the cancel.
+    // One entry per reservation (for both limits): 299 remain.
     let mut con = client(&server).await;
-    let n: usize = con.hlen("{tlr:long}:e:r:60000000").await.unwrap();
+    let n: usize = con.hlen("{tlr:long}:3:e:rt:60000000").await.unwrap();
     assert_eq!(n, 299);
 }
 
@@ -915,14 +915,14 @@ mod learned {
         s.flush().await;
         let mut con = client(&server).await;
         let now = server_now_us(&mut con).await;
-        let lu: Option<u64> = con.hget("{ttl:k}:s2", "lu:t:3600000000").await.unwrap();
+        let lu: Option<u64> = con.hget("{ttl:k}:3:s", "lu:t:3600000000").await.unwrap();
         let lu = lu.expect("the learned limit's expiry is stored");
         let left = Duration::from_micros(lu.saturating_sub(now));
         assert!(
             left <= Duration::from_secs(600) && left > Duration::from_secs(590),
             "{left:?}"
         );
-        let ttl: i64 = con.pttl("{ttl:k}:s2").await.unwrap();
+        let ttl: i64 = con.pttl("{ttl:k}:3:s").await.unwrap();
         assert!(
             ttl >= 600_000,
             "the hash outlives the learned limit: {ttl} ms"
@@ -947,7 +947,7 @@ mod learned {
         s.flush().await;
         let mut con = client(&server).await;
         let now = server_now_us(&mut con).await;
-        let lu: Option<u64> = con.hget("{ttl5:k}:s2", "lu:t:3600000000").await.unwrap();
+        let lu: Option<u64> = con.hget("{ttl5:k}:3:s", "lu:t:3600000000").await.unwrap();
         let left = Duration::from_micros(lu.expect("stored").saturating_sub(now));
         assert!(
             left <= Duration::from_secs(5) && left > Duration::from_secs(4),
@@ -961,7 +961,7 @@ mod learned {
             .unwrap();
         let _ = s.learn(&k, Dimension::Tokens, hour, said(500), Instant::now());
         s.flush().await;
-        let lim: Option<u64> = con.hget("{ttl0:k}:s2", "lim:t:3600000000").await.unwrap();
+        let lim: Option<u64> = con.hget("{ttl0:k}:3:s", "lim:t:3600000000").await.unwrap();
         assert_eq!(lim, None);
         assert!(fits_now(&s, &k, Costs::tokens(1_000)).await);
     }
@@ -992,7 +992,7 @@ mod abandoned {
     }
 
     async fn used(con: &mut redis::aio::MultiplexedConnection, prefix: &str) -> usize {
-        con.hlen(format!("{{{prefix}:k}}:e:r:60000000"))
+        con.hlen(format!("{{{prefix}:k}}:3:e:r:60000000"))
             .await
             .unwrap()
     }
@@ -1117,7 +1117,7 @@ async fn cancels_are_not_dropped_when_the_operation_queue_is_full() {
     }
     store.flush().await;
     let mut con = client(&server).await;
-    let n: usize = con.hlen("{full:k}:e:r:60000000").await.unwrap();
+    let n: usize = con.hlen("{full:k}:3:e:r:60000000").await.unwrap();
     assert_eq!(n, 0, "every cancel ran");
     for _ in 0..50 {
         let now = Instant::now();
@@ -1238,7 +1238,7 @@ async fn a_cancel_that_cannot_reach_redis_runs_once_it_is_back() {
     let k = Key::new("k");
     let r = acquire(&store, &k, Costs::new(0, 0)).await;
     let mut con = client(&server).await;
-    let log = "{partition:k}:e:r:60000000";
+    let log = "{partition:k}:3:e:r:60000000";
     proxy.cut();
     store.cancel(&r);
     store.flush().await;
@@ -1305,6 +1305,8 @@ mod at_scale {
             .into_iter()
             .filter(|(name, ..)| {
                 !(name.starts_with("eval")
+                    || name.starts_with("fcall")
+                    || name.starts_with("function")
                     || name.starts_with("script")
                     || name.starts_with("config")
                     || name == "info")
@@ -1498,10 +1500,11 @@ mod at_scale {
     }
 }
 
-/// Issue #12 changed the key layout: a process of the older version (list
-/// logs under `:s`) and one of this version never read or write each
-/// other's keys (neither can corrupt the other's counts), and the new one
-/// says so, once, when it finds the old one's state on a key.
+/// Issue #12 changed the key layout twice: a process of an older version
+/// (list logs under `:s`, or one entries hash per limit under `:s2`) and
+/// one of this version never read or write each other's keys (neither can
+/// corrupt the other's counts), and the new one says so, once per store,
+/// when it finds the old one's state on a key.
 #[tokio::test]
 async fn an_old_layout_process_is_left_alone_and_warned_about() {
     use std::io::Write;
@@ -1558,6 +1561,24 @@ async fn an_old_layout_process_is_left_alone_and_warned_about() {
     let sum: String = con.hget("{up:k}:s", "sum:r:60000000").await.unwrap();
     let entries: Vec<String> = con.lrange("{up:k}:l:r:60000000", 0, -1).await.unwrap();
     assert_eq!((sum.as_str(), entries), ("1", vec!["1,7,1".to_owned()]));
+
+    // The same with a process of layout 2 (`:s2`, one entries hash per
+    // limit), seen by another store.
+    let () = con.hset("{up2:k}:s2", "k", vec![0u8; 40]).await.unwrap();
+    let () = con.hset("{up2:k}:e:r:60000000", "7", "x").await.unwrap();
+    let store =
+        RedisStore::builder(Limits::new().window(Dimension::Requests, Duration::from_secs(60), 2))
+            .prefix("up2")
+            .build(&server.url())
+            .unwrap();
+    let a = acquire(&store, &k, Costs::new(0, 0)).await;
+    let b = acquire(&store, &k, Costs::new(0, 0)).await;
+    assert!(a.at <= Instant::now() && b.at <= Instant::now());
+    let log = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    assert_eq!(log.matches("older version").count(), 2, "{log}");
+    let old: Vec<u8> = con.hget("{up2:k}:s2", "k").await.unwrap();
+    let entry: String = con.hget("{up2:k}:e:r:60000000", "7").await.unwrap();
+    assert_eq!((old, entry.as_str()), (vec![0u8; 40], "x"), "untouched");
 }
 
 /// The state hash of a key lost on its own (evicted under memory
@@ -1583,7 +1604,7 @@ async fn a_lost_state_hash_is_recounted_from_the_entries() {
         rs.push(acquire(&store, &k, Costs::tokens(100)).await);
     }
     let mut con = client(&server).await;
-    let n: usize = con.del("{lost:k}:s2").await.unwrap();
+    let n: usize = con.del("{lost:k}:3:s").await.unwrap();
     assert_eq!(n, 1);
     // 400 tokens and 4 requests still count.
     assert!(fits_now(&store, &k, Costs::tokens(600)).await);
