@@ -208,10 +208,15 @@ async fn redis_store_behaviour() {
     behaviour(store).await;
 }
 
+/// The tests' own connection, patient (a PING behind a `CLIENT PAUSE` on
+/// a busy machine outlasts the client's default response timeout).
 async fn client(server: &RedisServer) -> redis::aio::MultiplexedConnection {
     redis::Client::open(server.url())
         .unwrap()
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(
+            &redis::AsyncConnectionConfig::new()
+                .set_response_timeout(Some(Duration::from_secs(10))),
+        )
         .await
         .unwrap()
 }
