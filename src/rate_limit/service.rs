@@ -122,7 +122,7 @@ where
         let shared = &self.shared;
         let key = shared.key_fn.key(&request);
         let costs = match request.extensions().get::<TokenEstimate>() {
-            Some(&TokenEstimate(n)) => Costs::tokens(n.into()),
+            Some(&estimate) => Costs::from(estimate),
             None if shared.estimate => shared.estimator.estimate(&request),
             None => Costs::new(0, 0),
         };
