@@ -151,8 +151,7 @@ fn request(i: usize, job: &Job) -> Request<String> {
         .header("content-type", "application/json")
         .body(body.to_string())
         .expect("a valid request");
-    let cost = u32::try_from(job.cost).unwrap_or(u32::MAX);
-    req.extensions_mut().insert(TokenEstimate(cost));
+    req.extensions_mut().insert(TokenEstimate::total(job.cost));
     req
 }
 

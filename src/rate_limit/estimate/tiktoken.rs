@@ -50,6 +50,7 @@ use crate::rate_limit::Costs;
 /// // and 3 to prime the reply.
 /// assert_eq!(estimator.estimate_bytes(Some(body)), Costs::new(22, 5));
 /// ```
+#[cfg_attr(docsrs, doc(cfg(feature = "tiktoken")))]
 #[derive(Clone, Copy, Debug)]
 pub struct TiktokenEstimator {
     fallback: JsonEstimator,
@@ -108,18 +109,22 @@ impl TiktokenEstimator {
         let count = |text: &str| bpe.encode_ordinary(text).len() as u64;
         let json = |raw: &RawValue| self.fallback.fragment_tokens(raw.get().as_bytes());
         // the reply is primed with <|start|>assistant<|message|>
+        // (saturating: an absurd image price must not overflow)
         let mut input = REPLY_PRIMING;
+        let mut add = |tokens: u64| input = input.saturating_add(tokens);
         for message in &chat.messages {
-            input += TOKENS_PER_MESSAGE + count(&message.role);
+            add(TOKENS_PER_MESSAGE + count(&message.role));
             if let Some(name) = &message.name {
-                input += TOKENS_PER_NAME + count(name);
+                add(TOKENS_PER_NAME + count(name));
             }
             if let Some(content) = message.content {
-                input += self.content_tokens(content, &count)?;
+                add(self.content_tokens(content, &count)?);
             }
-            input += message.tool_calls.map_or(0, json) + message.function_call.map_or(0, json);
+            add(message.tool_calls.map_or(0, json));
+            add(message.function_call.map_or(0, json));
         }
-        input += chat.tools.map_or(0, json) + chat.functions.map_or(0, json);
+        add(chat.tools.map_or(0, json));
+        add(chat.functions.map_or(0, json));
         let output = chat
             .max_completion_tokens
             .or(chat.max_tokens)
@@ -138,16 +143,16 @@ impl TiktokenEstimator {
             return Some(0);
         }
         let parts: Vec<&RawValue> = serde_json::from_str(raw).ok()?;
-        let mut tokens = 0;
+        let mut tokens = 0u64;
         for part in parts {
             let typed: Part<'_> = serde_json::from_str(part.get()).ok()?;
-            tokens += match (&*typed.kind, typed.text) {
+            tokens = tokens.saturating_add(match (&*typed.kind, typed.text) {
                 ("text" | "input_text", Some(text)) => count(&text),
                 ("image_url" | "input_image" | "input_audio" | "file" | "input_file", _) => {
                     self.fallback.image_tokens
                 }
                 _ => self.fallback.fragment_tokens(part.get().as_bytes()),
-            };
+            });
         }
         Some(tokens)
     }
@@ -226,8 +231,14 @@ mod tests {
     fn counts_known_strings_exactly() {
         let (cl100k, o200k) = (encoding("gpt-4").unwrap(), encoding("gpt-4o").unwrap());
         // OpenAI's cookbook example
-        assert_eq!(cl100k.encode_ordinary("tiktoken is great!"), [83, 1609, 5963, 374, 2294, 0]);
-        assert_eq!(o200k.encode_ordinary("tiktoken is great!"), [83, 8251, 2488, 382, 2212, 0]);
+        assert_eq!(
+            cl100k.encode_ordinary("tiktoken is great!"),
+            [83, 1609, 5963, 374, 2294, 0]
+        );
+        assert_eq!(
+            o200k.encode_ordinary("tiktoken is great!"),
+            [83, 8251, 2488, 382, 2212, 0]
+        );
         assert_eq!(cl100k.encode_ordinary("hello world"), [15339, 1917]);
         // the counts the JSON estimator's rule is measured against
         for &(text, cl, o2, _) in MEASURED {
@@ -275,13 +286,29 @@ mod tests {
         let o200k = tiktoken_rs::o200k_base_singleton() as *const CoreBPE;
         let cl100k = tiktoken_rs::cl100k_base_singleton() as *const CoreBPE;
         let of = |model| encoding(model).map(|bpe| bpe as *const CoreBPE);
-        for model in ["gpt-4o", "gpt-4o-mini-2024-07-18", "chatgpt-4o-latest", "gpt-4.1", "gpt-4.1-nano", "o1", "o3-mini", "o4-mini", "gpt-5"] {
+        for model in [
+            "gpt-4o",
+            "gpt-4o-mini-2024-07-18",
+            "chatgpt-4o-latest",
+            "gpt-4.1",
+            "gpt-4.1-nano",
+            "o1",
+            "o3-mini",
+            "o4-mini",
+            "gpt-5",
+        ] {
             assert_eq!(of(model), Some(o200k), "{model}");
         }
         for model in ["gpt-4", "gpt-4-turbo", "gpt-3.5-turbo", "gpt-35-turbo"] {
             assert_eq!(of(model), Some(cl100k), "{model}");
         }
-        for model in ["claude-sonnet-4-5", "llama-3.1-8b-instant", "gpt-oss-20b", "text-davinci-003", ""] {
+        for model in [
+            "claude-sonnet-4-5",
+            "llama-3.1-8b-instant",
+            "gpt-oss-20b",
+            "text-davinci-003",
+            "",
+        ] {
             assert_eq!(of(model), None, "{model}");
         }
     }
@@ -298,7 +325,9 @@ mod tests {
             );
         };
         // not a chat completions body, a model it does not know, not JSON
-        same(r#"{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"hi"}]}"#);
+        same(
+            r#"{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"hi"}]}"#,
+        );
         same(r#"{"model":"gpt-4o","input":"hi","max_output_tokens":9}"#);
         same(r#"{"model":"llama-3.1-8b-instant","messages":[{"role":"user","content":"hi"}]}"#);
         same(r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}"#);
@@ -316,7 +345,11 @@ mod tests {
 
     #[test]
     fn images_and_tools_count_by_the_fallback() {
-        let estimator = TiktokenEstimator::new().fallback(JsonEstimator::new().image_tokens(765).default_max_tokens(300));
+        let estimator = TiktokenEstimator::new().fallback(
+            JsonEstimator::new()
+                .image_tokens(765)
+                .default_max_tokens(300),
+        );
         let o200k = encoding("gpt-4o").unwrap();
         let text = |t: &str| o200k.encode_ordinary(t).len() as u64;
         let b64 = "iVBORw0KGgo".repeat(1_000);
@@ -329,7 +362,10 @@ mod tests {
         })
         .to_string();
         let costs = estimator.estimate_bytes(Some(body.as_bytes()));
-        assert_eq!(costs, Costs::new(3 + text("user") + text("Describe it.") + 765 + 3, 300));
+        assert_eq!(
+            costs,
+            Costs::new(3 + text("user") + text("Describe it.") + 765 + 3, 300)
+        );
 
         let tools = json!([{"type": "function", "function": {"name": "get_weather",
             "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]);
@@ -337,6 +373,9 @@ mod tests {
         let costs = estimator.estimate_bytes(Some(body.as_bytes()));
         let tool_tokens = JsonEstimator::new().fragment_tokens(tools.to_string().as_bytes());
         assert!(tool_tokens > 10);
-        assert_eq!(costs.input_tokens, 3 + text("user") + text("Weather in Paris?") + 3 + tool_tokens);
+        assert_eq!(
+            costs.input_tokens,
+            3 + text("user") + text("Weather in Paris?") + 3 + tool_tokens
+        );
     }
 }
