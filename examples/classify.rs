@@ -159,7 +159,7 @@ fn chat_request(
     .expect("a valid request");
     request
         .extensions_mut()
-        .insert(TokenEstimate(u32::try_from(tokens).unwrap_or(u32::MAX)));
+        .insert(TokenEstimate::total(tokens));
     (request, tokens)
 }
 

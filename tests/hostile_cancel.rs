@@ -125,7 +125,9 @@ fn request(id: usize, tokens: u32, entered: Entered) -> Request<String> {
         .header("x-request-id", id.to_string())
         .body(String::from(r#"{"messages":[]}"#))
         .unwrap();
-    request.extensions_mut().insert(TokenEstimate(tokens));
+    request
+        .extensions_mut()
+        .insert(TokenEstimate::total(tokens.into()));
     request.extensions_mut().insert(entered);
     request
 }

@@ -30,7 +30,10 @@ fn keyed(key: &'static str, tokens: u32) -> Req {
 async fn serve_ok(mut handle: mock::Handle<Req, Resp>, t0: Instant) -> Vec<(Duration, u32)> {
     let mut seen = Vec::new();
     while let Some((r, send)) = handle.next_request().await {
-        let tag = r.extensions().get::<TokenEstimate>().map_or(0, |e| e.0);
+        let tag = r
+            .extensions()
+            .get::<TokenEstimate>()
+            .map_or(0, |e| u32::try_from(e.total_tokens()).unwrap());
         seen.push((t0.elapsed(), tag));
         send.send_response(Response::new(String::new()));
     }
@@ -248,7 +251,7 @@ async fn a_dropped_waiter_gives_its_reservation_back() {
     let (r, send) = handle.next_request().await.unwrap();
     assert_eq!(
         r.extensions().get::<TokenEstimate>(),
-        Some(&TokenEstimate(3))
+        Some(&TokenEstimate::total(3))
     );
     assert_eq!(t0.elapsed(), ms(1000));
     send.send_response(Response::new(String::new()));

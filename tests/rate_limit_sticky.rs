@@ -269,7 +269,7 @@ async fn waiters_already_queued_ignore_a_gate_closed_after_they_were_booked() {
     let (r, send) = provider_sees(&mut handle).await;
     assert_eq!(
         r.extensions().get::<TokenEstimate>(),
-        Some(&TokenEstimate(2))
+        Some(&TokenEstimate::total(2))
     );
     assert_eq!(t0.elapsed(), ms(5100), "sent when the gate opened");
     send.send_response(Response::new(String::new()));

@@ -35,7 +35,7 @@ fn request(i: usize, text: &str, base: &str) -> Request<String> {
         .body(body.to_string())
         .unwrap();
     let tokens = count_tokens(prompt.chars().count()) + MAX_TOKENS;
-    req.extensions_mut().insert(TokenEstimate(tokens as u32));
+    req.extensions_mut().insert(TokenEstimate::total(tokens));
     req
 }
 
@@ -130,7 +130,12 @@ async fn in_process_with_faults() {
         .collect();
     let tokens: u64 = requests
         .iter()
-        .map(|r| u64::from(r.extensions().get::<TokenEstimate>().unwrap().0))
+        .map(|r| {
+            r.extensions()
+                .get::<TokenEstimate>()
+                .unwrap()
+                .total_tokens()
+        })
         .sum();
 
     let start = tokio::time::Instant::now();

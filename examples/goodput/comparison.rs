@@ -172,8 +172,8 @@ fn request(i: usize, job: &Job, ask: Ask) -> Request<String> {
         .header("content-type", "application/json")
         .body(body.to_string())
         .expect("a valid request");
-    let cost = u32::try_from(job.cost.saturating_mul(ask.estimate_factor)).unwrap_or(u32::MAX);
-    req.extensions_mut().insert(TokenEstimate(cost));
+    req.extensions_mut()
+        .insert(TokenEstimate::total(job.cost.saturating_mul(ask.estimate_factor)));
     req
 }
 

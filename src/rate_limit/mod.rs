@@ -25,9 +25,12 @@
 //!
 //! # Costs and corrections
 //!
-//! A request's token cost is its [`TokenEstimate`] extension when set, else
-//! the [`Estimator`]'s guess ([`JsonEstimator`] reads a JSON body's size and
-//! `max_tokens`). Two things correct it after the response:
+//! A request's token cost is its [`TokenEstimate`] extension when set
+//! (input and output apart, or a total counted as input), else the
+//! [`Estimator`]'s guess ([`JsonEstimator`] counts a JSON body's text by its
+//! characters, its images at a fixed price and its top-level `max_tokens`
+//! as output; with the `tiktoken` feature, `TiktokenEstimator` counts
+//! OpenAI chat bodies exactly). Two things correct it after the response:
 //!
 //! - the usage the response reports: the limiter's response body
 //!   ([`ResponseBody`]) watches the frames go by (whole JSON or streamed:
@@ -104,7 +107,7 @@
 //! let start = tokio::time::Instant::now();
 //! for _ in 0..3 {
 //!     let mut req = http::Request::new(String::from(r#"{"messages":[]}"#));
-//!     req.extensions_mut().insert(TokenEstimate(500));
+//!     req.extensions_mut().insert(TokenEstimate::total(500));
 //!     svc.ready().await.unwrap().call(req).await.unwrap();
 //! }
 //! // Two requests of 500 tokens fill the minute's 1,000; the third waited
@@ -124,7 +127,12 @@ mod store;
 mod usage;
 mod window;
 
-pub use self::estimate::{BodyBytes, Estimator, JsonEstimator, TokenEstimate, TokenUsage};
+#[cfg(feature = "tiktoken")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tiktoken")))]
+pub use self::estimate::TiktokenEstimator;
+pub use self::estimate::{
+    BodyBytes, Estimator, JsonEstimator, TokenEstimate, TokenUsage, DEFAULT_IMAGE_TOKENS,
+};
 pub use self::future::ResponseFuture;
 pub use self::layer::{RateLimitLayer, DEFAULT_MAX_GATE_WAIT};
 pub use self::limits::{

@@ -125,8 +125,8 @@ where
         let shared = &self.shared;
         let key = shared.key_fn.key(&request);
         let (costs, declared) = match request.extensions().get::<TokenEstimate>() {
-            Some(&TokenEstimate(n)) => (
-                Costs::tokens(n.into()),
+            Some(&estimate) => (
+                Costs::from(estimate),
                 shared.estimator.declared_output(&request),
             ),
             None if shared.estimate => shared.estimator.estimate_declared(&request),
