@@ -21,8 +21,12 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Two families of errors share the type:
 ///
 /// - **The provider's**: it answered with an error status
-///   ([`is_response`](Self::is_response)) or the transport failed
-///   ([`is_transport`](Self::is_transport)); the class says what that means.
+///   ([`is_response`](Self::is_response)), the transport failed
+///   ([`is_transport`](Self::is_transport)), or a response body failed
+///   after the response began ([`is_stream_failure`](Self::is_stream_failure):
+///   an error event, a truncated, broken or stalled stream, with the bytes
+///   [`delivered`](Self::delivered) before it); the class says what that
+///   means.
 /// - **A layer's own decision**: the rate limiter cannot admit the request
 ///   ([`is_over_capacity`](Self::is_over_capacity),
 ///   [`is_rate_limit_timeout`](Self::is_rate_limit_timeout)), the retry
@@ -238,7 +242,10 @@ impl Error {
 
     /// The provider reported an error inside a successful response's body
     /// (see [`stream`](crate::stream)).
-    pub(crate) fn stream_error_event(failure: crate::stream::StreamFailure, delivered: u64) -> Self {
+    pub(crate) fn stream_error_event(
+        failure: crate::stream::StreamFailure,
+        delivered: u64,
+    ) -> Self {
         let mut c = Classification::failure(failure.class);
         c.code = failure.code;
         Error::new(
@@ -271,7 +278,9 @@ impl Error {
     ) -> Self {
         let classification = match source.downcast_ref::<Error>() {
             Some(ours) if ours.is_stream_failure() => {
-                return *source.downcast::<Error>().unwrap_or_else(|_| unreachable!())
+                return *source
+                    .downcast::<Error>()
+                    .unwrap_or_else(|_| unreachable!())
             }
             Some(ours) => *ours.classification(),
             None => classify(&source),

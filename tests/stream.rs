@@ -50,7 +50,10 @@ fn send(tx: &mpsc::UnboundedSender<Chunk>, bytes: &[u8]) {
 }
 
 /// A body of `body` in frames of `size` bytes, all ready.
-fn frames(body: &[u8], size: usize) -> StreamBody<futures::stream::Iter<std::vec::IntoIter<Chunk>>> {
+fn frames(
+    body: &[u8],
+    size: usize,
+) -> StreamBody<futures::stream::Iter<std::vec::IntoIter<Chunk>>> {
     let chunks: Vec<Chunk> = body
         .chunks(size.max(1))
         .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c))))
@@ -70,7 +73,11 @@ impl Record {
     /// The one end told; fails if it was told none or more than one.
     fn once(&self) -> StreamEnd {
         let ends = self.ends();
-        assert_eq!(ends.len(), 1, "the hook must be told exactly once: {ends:?}");
+        assert_eq!(
+            ends.len(),
+            1,
+            "the hook must be told exactly once: {ends:?}"
+        );
         ends[0]
     }
 }
@@ -99,7 +106,7 @@ where
         match frame {
             Ok(frame) => {
                 if let Ok(data) = frame.into_data() {
-                    bytes.extend_from_slice(&bytes::Buf::chunk(&data).to_vec());
+                    bytes.extend_from_slice(bytes::Buf::chunk(&data));
                 }
             }
             Err(e) => {
@@ -141,7 +148,8 @@ async fn usage_of_every_shape_reaches_the_hook() {
     for &(shape, body, expected) in cases {
         for size in [1, 7, 64, 100_000] {
             let hook = Record::default();
-            let watched = WatchedBody::new(frames(body.as_bytes(), size), watcher(shape), hook.clone());
+            let watched =
+                WatchedBody::new(frames(body.as_bytes(), size), watcher(shape), hook.clone());
             let (bytes, error) = read(watched).await;
             assert!(error.is_none(), "{body}: {error:?}");
             assert_eq!(bytes, body.as_bytes(), "passed through unchanged");
@@ -160,12 +168,18 @@ fn the_shape_comes_from_the_content_type() {
         .header("content-type", "text/event-stream")
         .body(())
         .unwrap();
-    assert_eq!(StreamWatcher::for_response(sse.headers()).shape(), BodyShape::EventStream);
+    assert_eq!(
+        StreamWatcher::for_response(sse.headers()).shape(),
+        BodyShape::EventStream
+    );
     let json = Response::builder()
         .header("content-type", "application/json")
         .body(())
         .unwrap();
-    assert_eq!(StreamWatcher::for_response(json.headers()).shape(), BodyShape::Json);
+    assert_eq!(
+        StreamWatcher::for_response(json.headers()).shape(),
+        BodyShape::Json
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -228,7 +242,10 @@ async fn the_error_frame_is_handed_on_before_the_error() {
     let mut watched = WatchedBody::new(fed, watcher(BodyShape::EventStream), hook.clone());
     send(&tx, ANTHROPIC_OVERLOADED_FIRST_SSE.as_bytes());
     let frame = watched.frame().await.unwrap().unwrap();
-    assert_eq!(frame.into_data().unwrap(), ANTHROPIC_OVERLOADED_FIRST_SSE.as_bytes());
+    assert_eq!(
+        frame.into_data().unwrap(),
+        ANTHROPIC_OVERLOADED_FIRST_SSE.as_bytes()
+    );
     // The hook knows at once; the caller learns at the next poll, without
     // the provider sending anything more.
     assert_eq!(hook.once().ending, Ending::Failed(ErrorClass::Overloaded));
@@ -245,8 +262,11 @@ async fn a_reset_mid_stream_is_a_connect_failure_that_says_what_was_delivered() 
     let (tx, fed) = channel();
     let first = &OPENAI_CHAT_SSE.as_bytes()[..200];
     send(&tx, first);
-    tx.unbounded_send(Err(io::Error::new(io::ErrorKind::ConnectionReset, "reset by peer")))
-        .unwrap();
+    tx.unbounded_send(Err(io::Error::new(
+        io::ErrorKind::ConnectionReset,
+        "reset by peer",
+    )))
+    .unwrap();
     let hook = Record::default();
     let watched = WatchedBody::new(fed, watcher(BodyShape::EventStream), hook.clone());
     let (bytes, error) = read(watched).await;
@@ -290,7 +310,9 @@ async fn a_truncated_stream_is_a_server_error() {
     assert!(error.is_stream_failure() && error.is_server_error());
     assert_eq!(
         error.to_string(),
-        format!("stream truncated after {cut} bytes: it ended without its terminator (server_error)")
+        format!(
+            "stream truncated after {cut} bytes: it ended without its terminator (server_error)"
+        )
     );
     assert_eq!(end.ending, Ending::Failed(ErrorClass::ServerError));
     // The usage came before the cut: the limiter still learns it.
@@ -313,8 +335,12 @@ async fn a_whole_json_body_is_judged_by_its_status_not_its_content() {
     // object is the classifier's to call a failure, not the stream's.
     let body = r#"{"error":{"message":"Internal error","type":"server_error"}}"#;
     let hook = Record::default();
-    let (bytes, error) =
-        read(WatchedBody::new(frames(body.as_bytes(), 8), watcher(BodyShape::Json), hook.clone())).await;
+    let (bytes, error) = read(WatchedBody::new(
+        frames(body.as_bytes(), 8),
+        watcher(BodyShape::Json),
+        hook.clone(),
+    ))
+    .await;
     assert_eq!((bytes.as_slice(), error.is_none()), (body.as_bytes(), true));
     assert_eq!(hook.once().ending, Ending::Complete);
 }
@@ -362,7 +388,9 @@ async fn through_the_classify_layer_a_stream_is_not_buffered() {
             Ok::<_, Infallible>(response)
         }
     });
-    let mut client = ClassifyLayer::new().classifier(Provider::Anthropic).layer(provider);
+    let mut client = ClassifyLayer::new()
+        .classifier(Provider::Anthropic)
+        .layer(provider);
     let mut call = task::spawn(client.ready().await.unwrap().call(Request::new(())));
     assert_pending!(call.poll());
     let events: Vec<&str> = ANTHROPIC_SSE.split_inclusive("\n\n").collect();
@@ -371,10 +399,17 @@ async fn through_the_classify_layer_a_stream_is_not_buffered() {
     assert_pending!(call.poll());
     send(&tx, &events[0].as_bytes()[20..]);
     let response = assert_ready!(call.poll()).unwrap();
-    assert!(Provider::Anthropic.failure_of(&response).is_none(), "a normal first event is a success");
+    assert!(
+        Provider::Anthropic.failure_of(&response).is_none(),
+        "a normal first event is a success"
+    );
     let hook = Record::default();
     let watcher = StreamWatcher::for_response(response.headers());
-    let mut body = Box::pin(WatchedBody::new(response.into_body(), watcher, hook.clone()));
+    let mut body = Box::pin(WatchedBody::new(
+        response.into_body(),
+        watcher,
+        hook.clone(),
+    ));
     // The first event's two frames are replayed, then the rest streams.
     let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
     let second = body.frame().await.unwrap().unwrap().into_data().unwrap();
@@ -441,7 +476,11 @@ async fn the_hook_is_told_once_in_every_ending() {
     // when the caller stops polling there (as hyper does).
     let hook = Record::default();
     let full = http_body_util::Full::new(Bytes::from_static(OPENAI_CHAT_JSON.as_bytes()));
-    let mut watched = Box::pin(WatchedBody::new(full, watcher(BodyShape::Json), hook.clone()));
+    let mut watched = Box::pin(WatchedBody::new(
+        full,
+        watcher(BodyShape::Json),
+        hook.clone(),
+    ));
     watched.frame().await.unwrap().unwrap();
     assert!(watched.is_end_stream());
     drop(watched);
@@ -481,7 +520,12 @@ async fn the_hook_is_told_once_in_every_ending() {
     let told = Arc::new(Mutex::new(Vec::new()));
     let seen = told.clone();
     let hook = OnEnd(move |end: StreamEnd| seen.lock().unwrap().push(end.ending));
-    read(WatchedBody::new(frames(GEMINI_JSON.as_bytes(), 9), watcher(BodyShape::Json), hook)).await;
+    read(WatchedBody::new(
+        frames(GEMINI_JSON.as_bytes(), 9),
+        watcher(BodyShape::Json),
+        hook,
+    ))
+    .await;
     assert_eq!(*told.lock().unwrap(), [Ending::Complete]);
 }
 
@@ -494,7 +538,11 @@ async fn a_stalled_stream_times_out_after_its_last_frame() {
     let (tx, fed) = channel();
     let hook = Record::default();
     let idle = IdleTimeoutBody::new(fed, Duration::from_secs(30));
-    let mut body = Box::pin(WatchedBody::new(idle, watcher(BodyShape::EventStream), hook.clone()));
+    let mut body = Box::pin(WatchedBody::new(
+        idle,
+        watcher(BodyShape::EventStream),
+        hook.clone(),
+    ));
 
     send(&tx, b"data: {\"choices\":[]}\n\n");
     body.frame().await.unwrap().unwrap();
@@ -512,7 +560,10 @@ async fn a_stalled_stream_times_out_after_its_last_frame() {
     assert_eq!(start.elapsed(), Duration::from_secs(30));
     assert!(error.is_timeout() && error.is_stream_failure() && error.is_retryable());
     assert_eq!(error.delivered(), Some(46));
-    assert_eq!(error.to_string(), "stream idle for 30.000s after 46 bytes (timeout)");
+    assert_eq!(
+        error.to_string(),
+        "stream idle for 30.000s after 46 bytes (timeout)"
+    );
     assert!(body.frame().await.is_none());
     let end = hook.once();
     assert_eq!(end.ending, Ending::Failed(ErrorClass::Timeout));
@@ -551,7 +602,13 @@ async fn the_idle_timeout_layer_wraps_every_body() {
         Ok::<_, Infallible>(Response::new(fed))
     });
     let mut client = IdleTimeoutLayer::new(Duration::from_secs(5)).layer(stalled);
-    let response = client.ready().await.unwrap().call(Request::new(())).await.unwrap();
+    let response = client
+        .ready()
+        .await
+        .unwrap()
+        .call(Request::new(()))
+        .await
+        .unwrap();
     let start = tokio::time::Instant::now();
     let (bytes, error) = read(Box::pin(response.into_body())).await;
     assert_eq!(start.elapsed(), Duration::from_secs(5));
@@ -597,16 +654,27 @@ async fn an_error_as_first_event_makes_the_response_that_error() {
     let (head, tail) = ANTHROPIC_OVERLOADED_FIRST_SSE.split_at(30);
     send(&tx, head.as_bytes());
     send(&tx, tail.as_bytes());
-    let response = client.ready().await.unwrap().call(Request::new(())).await.unwrap();
+    let response = client
+        .ready()
+        .await
+        .unwrap()
+        .call(Request::new(()))
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     // Every layer sees a failure, of the event's class.
-    let failure = Provider::Anthropic.failure_of(&response).expect("a failure");
+    let failure = Provider::Anthropic
+        .failure_of(&response)
+        .expect("a failure");
     assert_eq!(failure.class, Some(ErrorClass::Overloaded));
     assert_eq!(failure.code, Some("overloaded_error"));
     assert!(failure.is_retryable());
     let error = Error::from_error_response(&response, &Provider::Anthropic);
     assert!(error.is_overloaded());
-    assert_eq!(error.body(), Some(ANTHROPIC_OVERLOADED_FIRST_SSE.as_bytes()));
+    assert_eq!(
+        error.body(),
+        Some(ANTHROPIC_OVERLOADED_FIRST_SSE.as_bytes())
+    );
     // The frames read are replayed.
     drop(tx);
     let (bytes, error) = read(response.into_body()).await;
@@ -620,7 +688,13 @@ async fn an_openai_error_first_is_classified_too() {
     let mut client = ClassifyLayer::new().layer(sse_provider(fed));
     let error_event = OPENAI_ERROR_SSE.split_inclusive("\n\n").nth(1).unwrap();
     send(&tx, error_event.as_bytes());
-    let response = client.ready().await.unwrap().call(Request::new(())).await.unwrap();
+    let response = client
+        .ready()
+        .await
+        .unwrap()
+        .call(Request::new(()))
+        .await
+        .unwrap();
     let failure = Provider::Auto.failure_of(&response).unwrap();
     assert_eq!(failure.class, Some(ErrorClass::ServerError));
     drop(tx);
@@ -646,7 +720,11 @@ async fn the_peek_is_bounded_in_bytes_and_frames() {
             send(&tx, &comment);
             sent.extend_from_slice(&comment);
         };
-        assert!(sent.len() >= bound - frame, "passed on after {} bytes", sent.len());
+        assert!(
+            sent.len() >= bound - frame,
+            "passed on after {} bytes",
+            sent.len()
+        );
         assert!(Provider::Auto.failure_of(&response).is_none());
         // Held frames are replayed, then the stream goes on.
         send(&tx, b"data: {\"choices\":[]}\n\n");
@@ -660,7 +738,13 @@ async fn the_peek_is_bounded_in_bytes_and_frames() {
     let (tx, fed) = channel();
     let mut client = ClassifyLayer::new().max_body(100).layer(sse_provider(fed));
     send(&tx, &[b':'; 150]);
-    let response = client.ready().await.unwrap().call(Request::new(())).await.unwrap();
+    let response = client
+        .ready()
+        .await
+        .unwrap()
+        .call(Request::new(()))
+        .await
+        .unwrap();
     assert!(Provider::Auto.failure_of(&response).is_none());
     drop(tx);
 }
@@ -672,7 +756,13 @@ async fn a_silent_stream_does_not_hold_the_peek_forever() {
     let (tx, fed) = channel();
     let mut client = ClassifyLayer::new().layer(sse_provider(fed));
     let start = tokio::time::Instant::now();
-    let response = client.ready().await.unwrap().call(Request::new(())).await.unwrap();
+    let response = client
+        .ready()
+        .await
+        .unwrap()
+        .call(Request::new(()))
+        .await
+        .unwrap();
     assert_eq!(start.elapsed(), Duration::from_secs(5));
     assert!(Provider::Auto.failure_of(&response).is_none());
     // The stream then goes on as it comes; an error event now is the
@@ -694,7 +784,13 @@ async fn a_success_that_is_not_an_event_stream_is_not_peeked() {
         Ok::<_, Infallible>(Response::new(body))
     });
     let mut client = ClassifyLayer::new().layer(provider);
-    let response = client.ready().await.unwrap().call(Request::new(())).await.unwrap();
+    let response = client
+        .ready()
+        .await
+        .unwrap()
+        .call(Request::new(()))
+        .await
+        .unwrap();
     assert!(response.extensions().get::<Classification>().is_none());
 }
 

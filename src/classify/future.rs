@@ -85,7 +85,8 @@ struct Peek<D> {
     first: Option<Frame<D>>,
 }
 
-/// The most frames read from one error body, whatever their size.
+/// The most frames read from one error body (or from an event stream before
+/// its first event), whatever their size.
 const MAX_FRAMES: usize = 64;
 
 fn copy_prefix<D: Buf>(data: &D, prefix: &mut BytesMut, max: usize) {
@@ -271,9 +272,7 @@ where
                         // An error before anything reached the caller: the
                         // response is that error, which every layer sees
                         // (and the retry layer may retry).
-                        let mut c = this
-                            .classifier
-                            .classify(parts.status, &parts.headers, None);
+                        let mut c = this.classifier.classify(parts.status, &parts.headers, None);
                         c.class = Some(failure.class);
                         c.code = failure.code;
                         parts.extensions.insert(c);

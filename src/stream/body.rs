@@ -216,8 +216,12 @@ where
                 let error: BoxError = error.into();
                 let delivered = this.watcher.delivered();
                 let error = match this.hook.as_ref() {
-                    Some(hook) => Error::stream_broken(error, delivered, |e| hook.classify_error(e)),
-                    None => Error::stream_broken(error, delivered, |e| classify_transport_error(&**e)),
+                    Some(hook) => {
+                        Error::stream_broken(error, delivered, |e| hook.classify_error(e))
+                    }
+                    None => {
+                        Error::stream_broken(error, delivered, |e| classify_transport_error(&**e))
+                    }
                 };
                 finish(this.hook, this.watcher, Ending::Failed(error.class()));
                 return Poll::Ready(Some(Err(error)));

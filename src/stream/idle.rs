@@ -218,7 +218,8 @@ where
         }
         if this.sleep.is_none() {
             // The first poll: the headers are here, the clock starts.
-            this.sleep.set(Some(tokio::time::sleep_until(deadline(*this.idle))));
+            this.sleep
+                .set(Some(tokio::time::sleep_until(deadline(*this.idle))));
         }
         let Some(mut sleep) = this.sleep.as_pin_mut() else {
             unreachable!("the timer is set on the first poll");
