@@ -21,8 +21,12 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Two families of errors share the type:
 ///
 /// - **The provider's**: it answered with an error status
-///   ([`is_response`](Self::is_response)) or the transport failed
-///   ([`is_transport`](Self::is_transport)); the class says what that means.
+///   ([`is_response`](Self::is_response)), the transport failed
+///   ([`is_transport`](Self::is_transport)), or a response body failed
+///   after the response began ([`is_stream_failure`](Self::is_stream_failure):
+///   an error event, a truncated, broken or stalled stream, with the bytes
+///   [`delivered`](Self::delivered) before it); the class says what that
+///   means.
 /// - **A layer's own decision**: the rate limiter cannot admit the request
 ///   ([`is_over_capacity`](Self::is_over_capacity),
 ///   [`is_rate_limit_timeout`](Self::is_rate_limit_timeout)), the retry

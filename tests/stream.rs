@@ -106,7 +106,7 @@ where
         match frame {
             Ok(frame) => {
                 if let Ok(data) = frame.into_data() {
-                    bytes.extend_from_slice(&bytes::Buf::chunk(&data).to_vec());
+                    bytes.extend_from_slice(bytes::Buf::chunk(&data));
                 }
             }
             Err(e) => {

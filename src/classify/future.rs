@@ -85,7 +85,8 @@ struct Peek<D> {
     first: Option<Frame<D>>,
 }
 
-/// The most frames read from one error body, whatever their size.
+/// The most frames read from one error body (or from an event stream before
+/// its first event), whatever their size.
 const MAX_FRAMES: usize = 64;
 
 fn copy_prefix<D: Buf>(data: &D, prefix: &mut BytesMut, max: usize) {

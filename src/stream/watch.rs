@@ -203,6 +203,9 @@ struct Json {
     maybe_key: Option<(Key, u32)>,
     /// A key and `:` were seen: the next value is that key's.
     expect: Option<(Key, u32)>,
+    /// Inside a value nothing is wanted from, at this depth: only its
+    /// strings and nesting are followed, to find its end.
+    skip: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -224,6 +227,9 @@ enum Key {
     Candidates,
     FinishReason,
     BlockReason,
+    /// A value with nothing of interest inside (message text, deltas,
+    /// output items, tool schemas, embedding vectors): skipped quickly.
+    Skip,
     Other,
 }
 
@@ -239,6 +245,9 @@ impl Key {
             Some(b"candidates") => Key::Candidates,
             Some(b"finishReason") => Key::FinishReason,
             Some(b"blockReason") => Key::BlockReason,
+            Some(
+                b"delta" | b"content_block" | b"content" | b"output" | b"tools" | b"embedding",
+            ) => Key::Skip,
             _ => Key::Other,
         }
     }
@@ -380,8 +389,9 @@ impl StreamWatcher {
     }
 
     /// How many bytes of a usage or error object to keep at most (default
-    /// [`DEFAULT_CAPTURE_LIMIT`]; 0 keeps none, so no usage is read and
-    /// errors are classified from their code strings only).
+    /// [`DEFAULT_CAPTURE_LIMIT`]; 0 keeps none: no usage is read, and an
+    /// error event is classified only by a code outside an error object,
+    /// else as a [`ServerError`](ErrorClass::ServerError)).
     pub fn capture_limit(mut self, bytes: usize) -> Self {
         self.capture_limit = bytes;
         self
@@ -591,44 +601,53 @@ impl StreamWatcher {
     // ---- the JSON scanner ----
 
     fn scan_json(&mut self, data: &[u8]) {
+        // Where this chunk's part of the object being captured begins: the
+        // capture takes whole slices, not byte after byte.
+        let mut captured_from = self.capturing.map(|_| 0);
         let mut i = 0;
-        while i < data.len() {
-            if self.json.in_string {
-                if self.json.escape {
-                    self.json.escape = false;
-                    self.json.string.taint();
-                    self.capture_push(&data[i..=i]);
-                    i += 1;
-                    continue;
-                }
-                let rest = &data[i..];
-                match memchr2(b'"', b'\\', rest) {
-                    None => {
-                        self.json.string.extend(rest);
-                        self.capture_push(rest);
-                        i = data.len();
-                    }
-                    Some(at) => {
-                        self.json.string.extend(&rest[..at]);
-                        self.capture_push(&rest[..=at]);
-                        i += at + 1;
-                        if rest[at] == b'\\' {
-                            self.json.escape = true;
-                        } else {
-                            self.json.in_string = false;
-                            self.end_string();
-                        }
-                    }
-                }
+        if self.json.in_string && self.json.skip.is_none() {
+            i = self.rest_of_string(data, 0);
+        }
+        while let Some(&byte) = data.get(i) {
+            if self.json.skip.is_some() {
+                i = self.skip_value(data, i);
                 continue;
             }
-            let byte = data[i];
-            i += 1;
-            self.capture_push(&[byte]);
             match byte {
-                b'"' => self.start_string(),
-                b'{' | b'[' => self.open(byte),
-                b'}' | b']' => self.close(),
+                b'"' => {
+                    self.begin_string();
+                    let rest = &data[i + 1..];
+                    match find_string_end(rest) {
+                        // Whole in this chunk and without escapes (most
+                        // strings): matched in place, nothing copied.
+                        Some(at) if rest[at] == b'"' => {
+                            self.end_string(Some(&rest[..at]));
+                            i += at + 2;
+                        }
+                        _ => {
+                            self.json.in_string = true;
+                            self.json.string.clear();
+                            i = self.rest_of_string(data, i + 1);
+                        }
+                    }
+                    continue;
+                }
+                b'{' | b'[' => {
+                    let was_capturing = self.capturing.is_some();
+                    self.open(byte);
+                    if !was_capturing && self.capturing.is_some() {
+                        captured_from = Some(i);
+                    }
+                }
+                b'}' | b']' => {
+                    if let (Some(capture), Some(from)) = (self.capturing, captured_from) {
+                        if capture.depth == self.json.depth {
+                            self.capture_push(&data[from..=i]);
+                            captured_from = None;
+                        }
+                    }
+                    self.close();
+                }
                 b':' => {
                     let key = self.json.maybe_key.take();
                     if let Some((key, rel)) = key {
@@ -636,23 +655,119 @@ impl StreamWatcher {
                     }
                     self.json.expect = key;
                 }
-                b' ' | b'\t' | b'\r' | b'\n' => {}
-                // `,` or a scalar (null, a number, true): nothing to keep.
+                b' ' | b'\t' | b'\r' | b'\n' | b',' => {}
+                // A scalar (null, a number, true): its key's value, nothing
+                // to keep; the rest of it is skipped at once.
                 _ => {
                     self.json.maybe_key = None;
                     self.json.expect = None;
+                    i += 1;
+                    while data.get(i).is_some_and(|b| SCALAR[usize::from(*b)]) {
+                        i += 1;
+                    }
+                    continue;
                 }
             }
+            i += 1;
         }
+        if let (Some(_), Some(from)) = (self.capturing, captured_from) {
+            self.capture_push(&data[from..]);
+        }
+    }
+
+    /// Reads on in a string begun before `data[from..]` (carried over from
+    /// an earlier chunk, or holding an escape), keeping its first bytes to
+    /// be matched; returns where the scan goes on.
+    fn rest_of_string(&mut self, data: &[u8], mut from: usize) -> usize {
+        while let Some(rest) = data.get(from..).filter(|r| !r.is_empty()) {
+            if self.json.escape {
+                self.json.escape = false;
+                self.json.string.taint();
+                from += 1;
+                continue;
+            }
+            let Some(at) = find_string_end(rest) else {
+                self.json.string.extend(rest);
+                return data.len();
+            };
+            self.json.string.extend(&rest[..at]);
+            from += at + 1;
+            if rest[at] == b'\\' {
+                self.json.escape = true;
+            } else {
+                self.json.in_string = false;
+                let string = self.json.string;
+                self.end_string(string.get());
+                return from;
+            }
+        }
+        data.len()
+    }
+
+    /// Follows a value nothing is wanted from (see [`Key::Skip`]): only its
+    /// strings and nesting, until the byte that closes it (left to the
+    /// caller) or the end of `data`.
+    fn skip_value(&mut self, data: &[u8], mut i: usize) -> usize {
+        let Some(inside) = self.json.skip else {
+            return i;
+        };
+        loop {
+            if self.json.in_string {
+                i = self.skip_string(data, i);
+                if self.json.in_string {
+                    return data.len();
+                }
+            }
+            let Some(at) = data
+                .get(i..)
+                .and_then(|rest| rest.iter().position(|&b| NESTING[usize::from(b)]))
+            else {
+                return data.len();
+            };
+            i += at;
+            match data[i] {
+                b'"' => self.json.in_string = true,
+                b'{' | b'[' => self.json.depth = self.json.depth.saturating_add(1),
+                _ if self.json.depth <= inside => {
+                    self.json.skip = None;
+                    return i;
+                }
+                _ => self.json.depth -= 1,
+            }
+            i += 1;
+        }
+    }
+
+    /// Reads on in a string of a skipped value; returns where the scan goes
+    /// on (the end of `data` when the string goes on past it).
+    fn skip_string(&mut self, data: &[u8], mut i: usize) -> usize {
+        while let Some(rest) = data.get(i..).filter(|r| !r.is_empty()) {
+            if self.json.escape {
+                self.json.escape = false;
+                i += 1;
+                continue;
+            }
+            let Some(at) = find_string_end(rest) else {
+                return data.len();
+            };
+            i += at + 1;
+            if rest[at] == b'\\' {
+                self.json.escape = true;
+            } else {
+                self.json.in_string = false;
+                return i;
+            }
+        }
+        data.len()
     }
 
     fn rel_depth(&self) -> u32 {
         self.json.depth.saturating_sub(self.json.base)
     }
 
-    fn start_string(&mut self) {
-        self.json.in_string = true;
-        self.json.string.clear();
+    /// A string opens: a value when a key and `:` came before it, else
+    /// perhaps a key.
+    fn begin_string(&mut self) {
         self.json.maybe_key = None;
         self.json.role = match self.json.expect.take() {
             Some((key, rel)) => Role::Value(key, rel),
@@ -660,15 +775,17 @@ impl StreamWatcher {
         };
     }
 
-    fn end_string(&mut self) {
+    /// A string closed; `content` is `None` when it was too long to keep or
+    /// had an escape (it then matches nothing).
+    fn end_string(&mut self, content: Option<&[u8]>) {
         if self.capturing.is_some() {
             return;
         }
         match self.json.role {
             Role::MaybeKey => {
-                self.json.maybe_key = Some((Key::of(self.json.string.get()), self.rel_depth()));
+                self.json.maybe_key = Some((Key::of(content), self.rel_depth()));
             }
-            Role::Value(key, rel) => self.string_value(key, rel),
+            Role::Value(key, rel) => self.string_value(key, rel, content),
         }
     }
 
@@ -682,8 +799,7 @@ impl StreamWatcher {
         self.dialect.get_or_insert(dialect);
     }
 
-    fn string_value(&mut self, key: Key, rel: u32) {
-        let value = self.json.string.get();
+    fn string_value(&mut self, key: Key, rel: u32, value: Option<&[u8]>) {
         match (key, rel) {
             (Key::Type, 1) => {
                 let kind = EventKind::of(value);
@@ -709,6 +825,11 @@ impl StreamWatcher {
             self.json.base = u32::from(byte == b'[');
         }
         self.json.depth = self.json.depth.saturating_add(1);
+        if let (Some((Key::Skip | Key::Choices, _)), None) = (expect, self.capturing) {
+            // OpenAI's `choices` hold nothing the watcher reads either.
+            self.json.skip = Some(self.json.depth);
+            return;
+        }
         let (Some((key, rel)), b'{', None) = (expect, byte, self.capturing) else {
             return;
         };
@@ -730,7 +851,6 @@ impl StreamWatcher {
             depth: self.json.depth,
             overflow: false,
         });
-        self.capture_push(b"{");
     }
 
     fn close(&mut self) {
@@ -808,6 +928,59 @@ impl StreamWatcher {
         }
     }
 }
+
+/// The index of the `"` that ends a JSON string, or of the `\\` of an
+/// escape inside it.
+fn find_string_end(bytes: &[u8]) -> Option<usize> {
+    // Most strings are short: eight bytes at a time (a word compared with
+    // both bytes at once) beats a SIMD search's set-up; long ones go to
+    // memchr.
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    let mut at = 0;
+    while at < 64 {
+        let Some(word) = bytes.get(at..at + 8) else {
+            return bytes[at..]
+                .iter()
+                .position(|&b| b == b'"' || b == b'\\')
+                .map(|n| at + n);
+        };
+        let mut eight = [0; 8];
+        eight.copy_from_slice(word);
+        let word = u64::from_le_bytes(eight);
+        let quote = word ^ (ONES * u64::from(b'"'));
+        let slash = word ^ (ONES * u64::from(b'\\'));
+        // The lowest high bit set marks the first byte equal to either.
+        let found = (quote.wrapping_sub(ONES) & !quote | slash.wrapping_sub(ONES) & !slash) & HIGH;
+        if found != 0 {
+            return Some(at + (found.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    memchr2(b'"', b'\\', &bytes[at..]).map(|n| at + n)
+}
+
+/// The bytes that matter inside a skipped value.
+static NESTING: [bool; 256] = {
+    let mut table = [false; 256];
+    table[b'"' as usize] = true;
+    table[b'{' as usize] = true;
+    table[b'}' as usize] = true;
+    table[b'[' as usize] = true;
+    table[b']' as usize] = true;
+    table
+};
+
+/// The bytes that go on a scalar (`null`, `true`, `-1.5e3`).
+static SCALAR: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = matches!(b as u8, b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z' | b'.' | b'-' | b'+');
+        b += 1;
+    }
+    table
+};
 
 fn is_done(value: &Small<32>) -> bool {
     value.get().is_some_and(|v| v.trim_ascii_end() == b"[DONE]")
@@ -1251,6 +1424,18 @@ mod tests {
             prop_assert_eq!(whole.delivered, body.len() as u64);
             prop_assert!(whole.usage.is_none_or(|u| u.input_tokens <= 2 * MAX_TOKEN_COUNT
                 && u.output_tokens <= 2 * MAX_TOKEN_COUNT));
+        }
+
+        /// The word-at-a-time search finds what a byte loop finds.
+        #[test]
+        fn string_end_as_a_byte_loop_finds_it(
+            bytes in proptest::collection::vec(
+                prop_oneof![8 => any::<u8>(), 1 => Just(b'"'), 1 => Just(b'\\')],
+                0..200,
+            ),
+        ) {
+            let naive = bytes.iter().position(|&b| b == b'"' || b == b'\\');
+            prop_assert_eq!(find_string_end(&bytes), naive);
         }
 
         /// Real bodies with bytes spliced in: no panic, still split-invariant.
