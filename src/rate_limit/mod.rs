@@ -119,9 +119,10 @@ pub use self::estimate::{BodyBytes, Estimator, JsonEstimator, TokenEstimate, Tok
 pub use self::future::ResponseFuture;
 pub use self::layer::{RateLimitLayer, DEFAULT_MAX_GATE_WAIT};
 pub use self::limits::{
-    default_learned_ttl, Costs, Dimension, Limit, Limits, DEFAULT_LEARNED_TTL_CAP,
+    default_arrival_margin, default_learned_ttl, Costs, Dimension, Limit, Limits,
+    DEFAULT_ARRIVAL_MARGIN, DEFAULT_LEARNED_TTL_CAP,
 };
 pub use self::memory::{MemoryStore, DEFAULT_MAX_KEYS, HARD_KEYS_FACTOR};
 pub use self::service::RateLimit;
-pub use self::store::{Decision, Reservation, Store};
+pub use self::store::{Decision, Reservation, Store, UsedAtAdmission};
 pub use self::window::{Booking, SlidingWindow};

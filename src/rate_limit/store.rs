@@ -12,8 +12,10 @@ use crate::classify::ReportedLimit;
 use crate::key::Key;
 use crate::Error;
 
-/// A granted reservation: what was charged, to which key, when. Give it
-/// back to the store to cancel or correct the charge.
+/// A granted reservation: what was charged, to which key, when, and what
+/// the key's limits held then. Give it back to the store to cancel or
+/// correct the charge, and to [`Store::learn`] with the headers of its
+/// response.
 #[derive(Clone, Debug)]
 pub struct Reservation {
     /// The key charged.
@@ -27,6 +29,97 @@ pub struct Reservation {
     pub at: Instant,
     /// What was charged.
     pub costs: Costs,
+    /// What each limit of the key held as of `at`, this request included:
+    /// what the provider's `remaining` headers are compared with. A store
+    /// that keeps no such figure gives [`UsedAtAdmission::UNKNOWN`].
+    pub used: UsedAtAdmission,
+}
+
+/// What each limit of a key held as of a request's admission: the
+/// request's own cost and every reservation booked ahead of it that was
+/// still in the window, in the order of the key's
+/// [`Limits`](super::Limits).
+///
+/// The provider computes its `remaining` headers when the request arrives,
+/// not when the response comes back: by then more requests were admitted
+/// (which the provider had not counted) and older ones left the window.
+/// So this, not the window's usage at the response, is what `remaining` is
+/// compared with (see [`SlidingWindow::learn`](super::SlidingWindow::learn)).
+///
+/// Inline, with no allocation: the first [`CAPACITY`](Self::CAPACITY)
+/// (4) limits of a key, enough for requests and tokens per minute and per
+/// day, or Anthropic's requests, input and output tokens. For a limit past
+/// them [`get`](Self::get) answers `None`: the in-memory store then reads
+/// the snapshot its own log keeps with the request's entry, and a store
+/// with neither compares that limit's `remaining` as of now.
+///
+/// ```
+/// use tower_llm_resilience::rate_limit::UsedAtAdmission;
+///
+/// let used = UsedAtAdmission::from_slice(&[3, 12_000]);
+/// assert_eq!((used.get(0), used.get(1), used.get(2)), (Some(3), Some(12_000), None));
+/// assert_eq!(UsedAtAdmission::UNKNOWN.get(0), None);
+/// // Past the capacity, limits have no snapshot.
+/// assert_eq!(UsedAtAdmission::from_slice(&[1, 2, 3, 4, 5]).len(), UsedAtAdmission::CAPACITY);
+/// ```
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub struct UsedAtAdmission {
+    len: u8,
+    used: [u64; UsedAtAdmission::CAPACITY],
+}
+
+impl UsedAtAdmission {
+    /// How many limits a snapshot holds.
+    pub const CAPACITY: usize = 4;
+
+    /// No snapshot: every limit's `remaining` is compared as of now.
+    pub const UNKNOWN: UsedAtAdmission = UsedAtAdmission {
+        len: 0,
+        used: [0; UsedAtAdmission::CAPACITY],
+    };
+
+    /// The usage of each limit, in the key's order; limits past
+    /// [`CAPACITY`](Self::CAPACITY) are left out.
+    pub fn from_slice(used: &[u64]) -> Self {
+        let mut s = UsedAtAdmission::UNKNOWN;
+        for &u in used {
+            s.push(u);
+        }
+        s
+    }
+
+    /// Adds the next limit's usage (nothing past the capacity).
+    #[inline]
+    pub(crate) fn push(&mut self, used: u64) {
+        if let Some(slot) = self.used.get_mut(usize::from(self.len)) {
+            *slot = used;
+            self.len += 1;
+        }
+    }
+
+    /// What the key's `index`-th limit held as of the admission, if the
+    /// snapshot holds it.
+    pub fn get(&self, index: usize) -> Option<u64> {
+        self.used[..usize::from(self.len)].get(index).copied()
+    }
+
+    /// How many limits the snapshot holds.
+    pub fn len(&self) -> usize {
+        usize::from(self.len)
+    }
+
+    /// Whether it holds none ([`UNKNOWN`](Self::UNKNOWN)).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl std::fmt::Debug for UsedAtAdmission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(&self.used[..usize::from(self.len)])
+            .finish()
+    }
 }
 
 /// The answer to a request for admission: a store's to [`Store::acquire`]
@@ -160,15 +253,26 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// Takes in what the provider reported for one dimension of `key`
-    /// over `window`, by the rule of [`SlidingWindow::learn`](super::SlidingWindow::learn) (a limit of 0 is
-    /// ignored; a learned limit has a floor, a bound and an expiry).
+    /// over `window`, by the rule of
+    /// [`SlidingWindow::learn`](super::SlidingWindow::learn) (a limit of 0
+    /// is ignored; a learned limit has a floor, a bound and an expiry).
     /// Returns the limit in force when the state changed.
+    ///
+    /// `reservation` is the reservation of the request whose response
+    /// carried the headers: the provider computed `remaining` at that
+    /// request's admission, so it is compared with the key's usage as of
+    /// then ([`Reservation::used`]). `None` (a caller that has no
+    /// reservation) compares it with the usage as of `now`.
+    ///
+    /// The Redis store compares as of now for the time being, whatever
+    /// `reservation` says.
     fn learn(
         &self,
         key: &Key,
         dimension: Dimension,
         window: Duration,
         state: ReportedLimit,
+        reservation: Option<&Reservation>,
         now: Instant,
     ) -> Option<u64>;
 }

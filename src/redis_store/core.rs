@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use super::scripts;
 use super::store::ServerDecision;
 use crate::key::Key;
-use crate::rate_limit::{Costs, Decision, Dimension, Limit, Limits, Reservation};
+use crate::rate_limit::{Costs, Decision, Dimension, Limit, Limits, Reservation, UsedAtAdmission};
 use crate::Error;
 
 /// Numbers above this lose precision in Lua's doubles: costs, limits and
@@ -254,6 +254,8 @@ impl Core {
                     id: get(1),
                     at: if get(2) == 0 { now } else { after(get(2)) },
                     costs: *costs,
+                    // Not kept yet: `learn` compares as of now.
+                    used: UsedAtAdmission::UNKNOWN,
                 }),
                 Some(get(3)),
             ),
