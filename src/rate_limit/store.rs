@@ -49,9 +49,10 @@ pub struct Reservation {
 /// Inline, with no allocation: the first [`CAPACITY`](Self::CAPACITY)
 /// (4) limits of a key, enough for requests and tokens per minute and per
 /// day, or Anthropic's requests, input and output tokens. For a limit past
-/// them [`get`](Self::get) answers `None`: the in-memory store then reads
-/// the snapshot its own log keeps with the request's entry, and a store
-/// with neither compares that limit's `remaining` as of now.
+/// them [`get`](Self::get) answers `None` (so does a usage of `u64::MAX`,
+/// a saturated sum): the in-memory store then reads the snapshot its own
+/// log keeps with the request's entry, and a store with neither does not
+/// compare that limit's `remaining`.
 ///
 /// ```
 /// use tower_llm_resilience::rate_limit::UsedAtAdmission;
@@ -60,64 +61,59 @@ pub struct Reservation {
 /// assert_eq!((used.get(0), used.get(1), used.get(2)), (Some(3), Some(12_000), None));
 /// assert_eq!(UsedAtAdmission::UNKNOWN.get(0), None);
 /// // Past the capacity, limits have no snapshot.
-/// assert_eq!(UsedAtAdmission::from_slice(&[1, 2, 3, 4, 5]).len(), UsedAtAdmission::CAPACITY);
+/// assert_eq!(UsedAtAdmission::from_slice(&[1, 2, 3, 4, 5]).get(4), None);
 /// ```
-#[derive(Clone, Copy, Default, PartialEq, Eq)]
-pub struct UsedAtAdmission {
-    len: u8,
-    used: [u64; UsedAtAdmission::CAPACITY],
-}
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct UsedAtAdmission([u64; UsedAtAdmission::CAPACITY]);
+
+/// A limit with no snapshot.
+const NONE: u64 = u64::MAX;
 
 impl UsedAtAdmission {
     /// How many limits a snapshot holds.
     pub const CAPACITY: usize = 4;
 
-    /// No snapshot: every limit's `remaining` is compared as of now.
-    pub const UNKNOWN: UsedAtAdmission = UsedAtAdmission {
-        len: 0,
-        used: [0; UsedAtAdmission::CAPACITY],
-    };
+    /// No snapshot: no limit's `remaining` is compared as of the
+    /// admission.
+    pub const UNKNOWN: UsedAtAdmission = UsedAtAdmission([NONE; UsedAtAdmission::CAPACITY]);
 
     /// The usage of each limit, in the key's order; limits past
     /// [`CAPACITY`](Self::CAPACITY) are left out.
     pub fn from_slice(used: &[u64]) -> Self {
         let mut s = UsedAtAdmission::UNKNOWN;
-        for &u in used {
-            s.push(u);
+        for (slot, &u) in s.0.iter_mut().zip(used) {
+            *slot = u;
         }
         s
     }
 
-    /// Adds the next limit's usage (nothing past the capacity).
+    /// Sets the usage of the key's `index`-th limit (nothing past the
+    /// capacity).
     #[inline]
-    pub(crate) fn push(&mut self, used: u64) {
-        if let Some(slot) = self.used.get_mut(usize::from(self.len)) {
+    pub(crate) fn set(&mut self, index: usize, used: u64) {
+        if let Some(slot) = self.0.get_mut(index) {
             *slot = used;
-            self.len += 1;
         }
     }
 
     /// What the key's `index`-th limit held as of the admission, if the
     /// snapshot holds it.
     pub fn get(&self, index: usize) -> Option<u64> {
-        self.used[..usize::from(self.len)].get(index).copied()
+        self.0.get(index).copied().filter(|&u| u != NONE)
     }
+}
 
-    /// How many limits the snapshot holds.
-    pub fn len(&self) -> usize {
-        usize::from(self.len)
-    }
-
-    /// Whether it holds none ([`UNKNOWN`](Self::UNKNOWN)).
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
+impl Default for UsedAtAdmission {
+    /// [`UNKNOWN`](Self::UNKNOWN).
+    fn default() -> Self {
+        UsedAtAdmission::UNKNOWN
     }
 }
 
 impl std::fmt::Debug for UsedAtAdmission {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_list()
-            .entries(&self.used[..usize::from(self.len)])
+            .entries(self.0.iter().map(|&u| (u != NONE).then_some(u)))
             .finish()
     }
 }

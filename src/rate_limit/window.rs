@@ -345,7 +345,7 @@ impl DimState {
 /// [`SlidingWindow::correct`] changes a charge after the fact). Admission is
 /// first-come first-served: a request is admitted at the earliest instant,
 /// not before any earlier reservation of this key, at which it fits in
-/// every limit. Memory: one 24-byte entry per admitted request still inside
+/// every limit. Memory: one 32-byte entry per admitted request still inside
 /// a window, pruned on every decision.
 ///
 /// See [`SlidingWindow::learn`] for what is learned from a provider, and for how
@@ -434,7 +434,9 @@ impl SlidingWindow {
     /// Drops everything that no longer counts at `now`, including learned
     /// limits and external usage that expired.
     pub fn prune(&mut self, now: Instant) {
-        self.pruned = self.pruned.max(now);
+        if now > self.pruned {
+            self.pruned = now;
+        }
         for d in &mut self.dims {
             d.prune(now);
         }
@@ -533,6 +535,7 @@ impl SlidingWindow {
         now: Instant,
         deadline: Option<Instant>,
     ) -> Decision<Booking> {
+        // Not before what a prune already dropped (see `pruned`).
         let now = now.max(self.pruned);
         self.prune(now);
         self.last_used = now;
@@ -548,34 +551,31 @@ impl SlidingWindow {
             return Decision::TooLate(at);
         }
         let mut used = UsedAtAdmission::UNKNOWN;
-        for d in &mut self.dims {
+        let later = at > now;
+        for (k, d) in self.dims.iter_mut().enumerate() {
             let cost = d.limit.dimension.cost(costs);
-            if at > now {
+            if later {
                 // Searches never start before `at` again (FIFO).
                 d.skip_to(at);
             }
+            // What the limit holds as of `at` with this request: admitted
+            // now, the running sum (nothing is booked later than now);
+            // booked later, the sum from the cursor at `at`. O(1).
+            let before = if later && d.skip.index > 0 {
+                d.skip.sum
+            } else {
+                d.sum
+            };
+            let held = before.saturating_add(cost);
             if cost > 0 {
                 d.push(Entry {
                     at,
                     id,
                     cost,
-                    used: 0,
+                    used: held,
                 });
             }
-            // What the limit holds as of `at`: admitted now, the running
-            // sum (nothing is booked later than now); booked later, the
-            // sum from the cursor at `at`. O(1) either way.
-            let held = if at > now && d.skip.index > 0 {
-                d.skip.sum
-            } else {
-                d.sum
-            };
-            if cost > 0 {
-                if let Some(e) = d.log.back_mut() {
-                    e.used = held;
-                }
-            }
-            used.push(held);
+            used.set(k, held);
         }
         // Kept even when `at` is `now`: a caller whose `now` is older (it
         // read the clock before another caller that locked first) is
