@@ -217,6 +217,7 @@ async fn time_per_decision(server: &RedisServer) {
                 Dimension::Tokens,
                 DAY,
                 ReportedLimit::new(Some(1_000_000_000_000), Some(1_000_000_000_000), None),
+                None,
                 Instant::now(),
             );
             async {}

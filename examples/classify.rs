@@ -422,16 +422,12 @@ pub(crate) struct Report {
     stream: bool,
 }
 
-/// The provider's limits over its window, as the limiter keeps them.
-///
-/// The provider counts a request when it arrives, the limiter when it sends
-/// it: a slightly longer window absorbs the latency between them.
+/// The provider's limits over its window (the limiter holds each
+/// admission a little longer on its own: its arrival margin).
 pub(crate) fn limits(setup: &Setup) -> Limits {
-    let margin = (setup.window / 20).min(Duration::from_millis(250));
-    let window = setup.window + margin;
     Limits::new()
-        .window(Dimension::Requests, window, setup.rpm)
-        .window(Dimension::Tokens, window, setup.tpm)
+        .window(Dimension::Requests, setup.window, setup.rpm)
+        .window(Dimension::Tokens, setup.window, setup.tpm)
 }
 
 /// Classifies `texts` through the whole stack over `client` (hyper-util's

@@ -178,7 +178,7 @@ async fn behaviour<S: Settle>(s: S) {
     let k = Key::new("learn");
     let state = ReportedLimit::new(Some(100), Some(1), Some(Duration::from_millis(500)));
     let start = Instant::now();
-    let _ = s.learn(&k, Dimension::Requests, W, state, start);
+    let _ = s.learn(&k, Dimension::Requests, W, state, None, start);
     s.settle().await;
     let first = acquire(&s, &k, one).await;
     let second = acquire(&s, &k, one).await;
@@ -666,7 +666,7 @@ mod differential {
                     let expected = w.acquire(&costs, t, wd);
                     let offset = |at: Instant| (at - base).as_micros() as u64 + *s0;
                     match (d.decision, expected) {
-                        (Decision::Admitted(r), Decision::Admitted(Booking { id, at })) => {
+                        (Decision::Admitted(r), Decision::Admitted(Booking { id, at, .. })) => {
                             prop_assert_eq!(d.server_at_us, Some(offset(at)));
                             granted.push((r, id));
                         }
@@ -783,8 +783,15 @@ mod learned {
         };
         let s = store(&server, "zero", requests_and_tokens(MINUTE), false).await;
         let k = Key::new("k");
-        let _ = s.learn(&k, Dimension::Requests, MINUTE, said(0), Instant::now());
-        let _ = s.learn(&k, Dimension::Tokens, MINUTE, said(0), Instant::now());
+        let _ = s.learn(
+            &k,
+            Dimension::Requests,
+            MINUTE,
+            said(0),
+            None,
+            Instant::now(),
+        );
+        let _ = s.learn(&k, Dimension::Tokens, MINUTE, said(0), None, Instant::now());
         s.flush().await;
         let d = s
             .acquire(&k, &Costs::tokens(100), Instant::now(), None)
@@ -804,7 +811,7 @@ mod learned {
         // Floor: configured 100 tokens, the provider says 1: 10 in force.
         let s = store(&server, "floor", requests_and_tokens(MINUTE), false).await;
         let k = Key::new("k");
-        let _ = s.learn(&k, Dimension::Tokens, MINUTE, said(1), Instant::now());
+        let _ = s.learn(&k, Dimension::Tokens, MINUTE, said(1), None, Instant::now());
         s.flush().await;
         assert!(fits_now(&s, &k, Costs::tokens(10)).await, "floor of 10");
         acquire(&s, &k, Costs::tokens(10)).await;
@@ -823,6 +830,7 @@ mod learned {
             Dimension::Requests,
             MINUTE,
             said(1_000_000),
+            None,
             Instant::now(),
         );
         s.flush().await;
@@ -845,7 +853,7 @@ mod learned {
         let s = store(&server, "over", requests_and_tokens(MINUTE), false).await;
         let k = Key::new("k");
         let start = Instant::now();
-        let _ = s.learn(&k, Dimension::Tokens, MINUTE, said(10), start);
+        let _ = s.learn(&k, Dimension::Tokens, MINUTE, said(10), None, start);
         s.flush().await;
         let now = Instant::now();
         match s
@@ -883,11 +891,11 @@ mod learned {
         let s = store(&server, "expiry", requests_and_tokens(w), false).await;
         let k = Key::new("k");
         let start = Instant::now();
-        let _ = s.learn(&k, Dimension::Tokens, w, said(10), start);
+        let _ = s.learn(&k, Dimension::Tokens, w, said(10), None, start);
         s.flush().await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         let again = Instant::now();
-        let _ = s.learn(&k, Dimension::Tokens, w, said(10), again);
+        let _ = s.learn(&k, Dimension::Tokens, w, said(10), None, again);
         s.flush().await;
         let first = acquire(&s, &k, Costs::tokens(50)).await;
         assert!(
@@ -916,7 +924,7 @@ mod learned {
         )
         .await;
         let k = Key::new("k");
-        let _ = s.learn(&k, Dimension::Tokens, hour, said(500), Instant::now());
+        let _ = s.learn(&k, Dimension::Tokens, hour, said(500), None, Instant::now());
         s.flush().await;
         let mut con = client(&server).await;
         let now = server_now_us(&mut con).await;
@@ -948,7 +956,7 @@ mod learned {
             .build(&server.url())
             .unwrap();
         let k = Key::new("k");
-        let _ = s.learn(&k, Dimension::Tokens, hour, said(500), Instant::now());
+        let _ = s.learn(&k, Dimension::Tokens, hour, said(500), None, Instant::now());
         s.flush().await;
         let mut con = client(&server).await;
         let now = server_now_us(&mut con).await;
@@ -964,7 +972,7 @@ mod learned {
             .learned_ttl(Duration::ZERO)
             .build(&server.url())
             .unwrap();
-        let _ = s.learn(&k, Dimension::Tokens, hour, said(500), Instant::now());
+        let _ = s.learn(&k, Dimension::Tokens, hour, said(500), None, Instant::now());
         s.flush().await;
         let lim: Option<u64> = con.hget("{ttl0:k}:3:s", "lim:t:3600000000").await.unwrap();
         assert_eq!(lim, None);
@@ -1395,6 +1403,7 @@ mod at_scale {
                     Dimension::Tokens,
                     DAY,
                     ReportedLimit::new(Some(1_000_000_000_000), Some(1_000_000_000_000), None),
+                    None,
                     Instant::now(),
                 );
             })

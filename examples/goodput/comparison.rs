@@ -6,7 +6,10 @@
 //! curve) and by `tests/goodput.rs` (which runs a smaller version and
 //! asserts the stack's properties).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, UNIX_EPOCH};
 
 use http::{HeaderMap, Request, Response, StatusCode};
@@ -44,6 +47,10 @@ pub struct Setup {
     pub slow: Duration,
     /// Seeds the workload, the provider's faults and every jitter.
     pub seed: u64,
+    /// How long a request takes to reach the provider.
+    pub network: Network,
+    /// The stack's arrival margin (`None`: its default).
+    pub margin: Option<Duration>,
 }
 
 impl Setup {
@@ -60,22 +67,28 @@ impl Setup {
             latency: Duration::from_millis(800),
             slow: Duration::from_secs(10),
             seed: 7,
+            network: Network::NONE,
+            margin: None,
         }
     }
 
     /// A smaller run for CI (`tests/goodput.rs`): 400 requests, limits
-    /// scaled down to a 10 s window, the same fault mix.
+    /// scaled down (100 requests and 40,000 tokens per 60 s: a 60 s window,
+    /// so that the stack learns from the provider's headers, which do not
+    /// say their window), the same fault mix.
     #[allow(dead_code)] // used by the test, not by the example
     pub const fn small() -> Self {
         Setup {
             requests: 400,
-            window: Duration::from_secs(10),
+            window: Duration::from_secs(60),
             rpm: 100,
             tpm: 40_000,
             concurrency: 16,
             latency: Duration::from_millis(800),
             slow: Duration::from_secs(5),
             seed: 11,
+            network: Network::NONE,
+            margin: None,
         }
     }
 
@@ -96,6 +109,77 @@ impl Setup {
             // a fixed wall clock: every header is the same on every run
             .wall_clock(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
             .build()
+    }
+}
+
+/// How long each request takes to reach the provider (which counts it when
+/// it arrives): `base`, plus a uniform draw in `[0, jitter)`, plus `spike`
+/// for a share `spikes` of the requests (a retransmitted packet, a new
+/// connection). Seeded. The answer comes back at once after the provider's
+/// latency (the way back changes nothing the provider counts).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Network {
+    /// The delay every request has.
+    pub base: Duration,
+    /// The width of the uniform jitter on top.
+    pub jitter: Duration,
+    /// The share of requests delayed by `spike` more.
+    pub spikes: f64,
+    /// The extra delay of a spike.
+    pub spike: Duration,
+}
+
+impl Network {
+    /// In process: the provider counts a request the instant it is sent.
+    pub const NONE: Network = Network {
+        base: Duration::ZERO,
+        jitter: Duration::ZERO,
+        spikes: 0.0,
+        spike: Duration::ZERO,
+    };
+
+    fn is_none(&self) -> bool {
+        *self == Network::NONE
+    }
+
+    fn draw(&self, rng: &mut StdRng) -> Duration {
+        let jitter = self.jitter.mul_f64(rng.random::<f64>());
+        let spike = if rng.random::<f64>() < self.spikes {
+            self.spike
+        } else {
+            Duration::ZERO
+        };
+        self.base + jitter + spike
+    }
+}
+
+/// The simulated provider behind a [`Network`]: each request reaches it
+/// after its draw.
+#[derive(Clone)]
+struct OnTheWay {
+    sim: SimProvider,
+    network: Network,
+    rng: Arc<Mutex<StdRng>>,
+}
+
+impl Service<Request<String>> for OnTheWay {
+    type Response = <SimProvider as Service<Request<String>>>::Response;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<String>) -> Self::Future {
+        let delay = self
+            .network
+            .draw(&mut self.rng.lock().expect("not poisoned"));
+        let sim = self.sim.clone();
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            sim.oneshot(request).await
+        })
     }
 }
 
@@ -326,16 +410,14 @@ pub fn run(setup: &Setup, jobs: &[Job], contender: Contender) -> Outcome {
         let lost = match contender {
             Contender::Stack | Contender::StackStreaming | Contender::StackEstimate3x => {
                 let layer = stack(setup, Provider::OpenAi);
-                let events = layer.events_handle().clone();
-                let lost = drive(layer.layer(sim.clone()), requests, setup).await;
-                retries = Some(events.counters().snapshot().retries);
+                let (lost, r) = run_stack(layer, &sim, requests, setup).await;
+                retries = Some(r);
                 lost
             }
             Contender::StackWithoutHeaders => {
                 let layer = stack(setup, HideLimitHeaders(Provider::OpenAi));
-                let events = layer.events_handle().clone();
-                let lost = drive(layer.layer(sim.clone()), requests, setup).await;
-                retries = Some(events.counters().snapshot().retries);
+                let (lost, r) = run_stack(layer, &sim, requests, setup).await;
+                retries = Some(r);
                 lost
             }
             Contender::TowerStock => drive(tower_stock(setup, sim.clone()), requests, setup).await,
@@ -357,6 +439,31 @@ pub fn run(setup: &Setup, jobs: &[Job], contender: Contender) -> Outcome {
             retries,
         }
     })
+}
+
+/// Drives the requests through `layer` over the provider (behind the
+/// setup's network); the items lost and the retries scheduled.
+async fn run_stack<C>(
+    layer: LlmLayer<SingleKey, C>,
+    sim: &SimProvider,
+    requests: Vec<Request<String>>,
+    setup: &Setup,
+) -> (u64, u64)
+where
+    C: Classifier + Clone + Send + Sync + 'static,
+{
+    let events = layer.events_handle().clone();
+    let lost = if setup.network.is_none() {
+        drive(layer.layer(sim.clone()), requests, setup).await
+    } else {
+        let network = OnTheWay {
+            sim: sim.clone(),
+            network: setup.network,
+            rng: Arc::new(Mutex::new(StdRng::seed_from_u64(setup.seed))),
+        };
+        drive(layer.layer(network), requests, setup).await
+    };
+    (lost, events.counters().snapshot().retries)
 }
 
 /// Sends every request through `client` with the shared concurrency and
@@ -400,17 +507,22 @@ where
         .count() as u64
 }
 
-/// (a) The crate's stack: the provider's two limits over its window, and
-/// a seeded retry jitter so that the run is reproducible.
+/// (a) The crate's stack: the provider's two limits over its own window
+/// (the limiter adds its arrival margin), and a seeded retry jitter so
+/// that the run is reproducible.
 fn stack<C: Clone>(setup: &Setup, classifier: C) -> LlmLayer<SingleKey, C> {
-    LlmLayer::new(Provider::Auto)
+    let layer = LlmLayer::new(Provider::Auto)
         .classifier(classifier)
         .limits(
             Limits::new()
                 .window(Dimension::Requests, setup.window, setup.rpm)
                 .window(Dimension::Tokens, setup.window, setup.tpm),
         )
-        .retry(|retry| retry.seed(setup.seed))
+        .retry(|retry| retry.seed(setup.seed));
+    match setup.margin {
+        Some(margin) => layer.arrival_margin(margin),
+        None => layer,
+    }
 }
 
 /// (a') A classifier that reports no rate-limit headers, so that the

@@ -112,7 +112,10 @@ where
     for (dimension, state, default_window) in dims {
         let Some(state) = state else { continue };
         let window = state.window.unwrap_or(default_window);
-        if let Some(limit) = shared.store.learn(key, dimension, window, state, now) {
+        if let Some(limit) = shared
+            .store
+            .learn(key, dimension, window, state, reservation, now)
+        {
             shared.events.emit(Event::LimitLearned {
                 key,
                 dimension: dimension.as_str(),

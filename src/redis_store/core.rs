@@ -16,7 +16,7 @@ use super::layout::{cost_of, groups, tag};
 use super::scripts::{self, Call};
 use super::store::ServerDecision;
 use crate::key::Key;
-use crate::rate_limit::{Costs, Decision, Limit, Limits, Reservation};
+use crate::rate_limit::{Costs, Decision, Dimension, Limit, Limits, Reservation, UsedAtAdmission};
 use crate::Error;
 
 /// Numbers above this lose precision in Lua's doubles: costs, limits and
@@ -268,6 +268,8 @@ impl Core {
                     id: get(1),
                     at: if get(2) == 0 { now } else { after(get(2)) },
                     costs: *costs,
+                    // Not kept yet: `learn` compares as of now.
+                    used: UsedAtAdmission::UNKNOWN,
                 }),
                 Some(get(3)),
             ),

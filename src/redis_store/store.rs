@@ -231,8 +231,12 @@ impl Store for RedisStore {
         dimension: Dimension,
         window: Duration,
         state: ReportedLimit,
+        reservation: Option<&Reservation>,
         now: Instant,
     ) -> Option<u64> {
+        // Compared as of `now` for the time being: the scripts keep no
+        // usage as of a reservation's admission yet.
+        let _ = reservation;
         self.enqueue(Op::Learn {
             key: key.clone(),
             dimension,

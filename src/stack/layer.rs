@@ -64,10 +64,11 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// 60 s honoured), [`CircuitBreakerLayer`] (opens at 50 % failures over
 /// 20 calls, at once on an exhausted quota or an invalid key, never longer
 /// than an hour on the provider's word), [`RateLimitLayer`] (no max wait,
-/// gate waits bounded at 60 s, headers only tighten and what they teach
-/// expires, failed attempts refunded), an attempt
-/// timeout of [`DEFAULT_ATTEMPT_TIMEOUT`] (10 min), [`ClassifyLayer`]
-/// (8 KiB of error bodies).
+/// gate waits bounded at 60 s, admissions held 250 ms past their window
+/// (at most 5 % of it), headers only tighten and what they teach expires,
+/// failed attempts refunded), an attempt timeout of
+/// [`DEFAULT_ATTEMPT_TIMEOUT`] (10 min), [`ClassifyLayer`] (8 KiB of error
+/// bodies).
 ///
 /// Each call of [`layer`](Layer::layer) makes a new limiter and new
 /// breakers; the clones of the service it returns share them. Layer once,
@@ -86,6 +87,7 @@ pub struct LlmLayer<K = SingleKey, C = Provider, St = MemoryStore> {
     max_gate_wait: Option<Duration>,
     learn_limits: bool,
     learned_ttl: Option<Duration>,
+    arrival_margin: Option<Duration>,
     attempt_timeout: Duration,
     idle_timeout: Duration,
     make_store: Arc<MakeStore<St>>,
@@ -94,10 +96,19 @@ pub struct LlmLayer<K = SingleKey, C = Provider, St = MemoryStore> {
     breaker: CircuitBreakerLayer<K, C>,
 }
 
-/// Makes the limiter's store from the limits, `learn_limits` and
-/// `learned_ttl` at [`Layer::layer`] time, so that the setters may come in
-/// any order.
-type MakeStore<St> = dyn Fn(&Limits, bool, Option<Duration>) -> St + Send + Sync;
+/// Makes the limiter's store from the limits and the in-memory store's
+/// settings at [`Layer::layer`] time, so that the setters may come in any
+/// order.
+type MakeStore<St> = dyn Fn(&Limits, &MemorySettings) -> St + Send + Sync;
+
+/// What [`LlmLayer`] sets on its in-memory store (a store given to
+/// [`LlmLayer::store`] keeps its own).
+#[derive(Clone, Copy, Debug)]
+struct MemorySettings {
+    learn_limits: bool,
+    learned_ttl: Option<Duration>,
+    arrival_margin: Option<Duration>,
+}
 
 impl<K: fmt::Debug, C: fmt::Debug, St> fmt::Debug for LlmLayer<K, C, St> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -109,6 +120,7 @@ impl<K: fmt::Debug, C: fmt::Debug, St> fmt::Debug for LlmLayer<K, C, St> {
             .field("max_gate_wait", &self.max_gate_wait)
             .field("learn_limits", &self.learn_limits)
             .field("learned_ttl", &self.learned_ttl)
+            .field("arrival_margin", &self.arrival_margin)
             .field("attempt_timeout", &self.attempt_timeout)
             .field("idle_timeout", &self.idle_timeout)
             .field("classify", &self.classify)
@@ -133,14 +145,19 @@ impl LlmLayer {
             max_gate_wait: None,
             learn_limits: false,
             learned_ttl: None,
+            arrival_margin: None,
             attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
-            make_store: Arc::new(|limits: &Limits, learn: bool, ttl: Option<Duration>| {
-                let store = MemoryStore::new(limits.clone()).learn_limits(learn);
-                match ttl {
-                    Some(ttl) => store.learned_ttl(ttl),
-                    None => store,
+            make_store: Arc::new(|limits: &Limits, settings: &MemorySettings| {
+                let mut store =
+                    MemoryStore::new(limits.clone()).learn_limits(settings.learn_limits);
+                if let Some(ttl) = settings.learned_ttl {
+                    store = store.learned_ttl(ttl);
                 }
+                if let Some(margin) = settings.arrival_margin {
+                    store = store.arrival_margin(margin);
+                }
+                store
             }),
             classify: ClassifyLayer::new().classifier(classifier),
             retry: RetryLayer::new()
@@ -191,12 +208,9 @@ impl<K, C, St> LlmLayer<K, C, St> {
     }
 
     /// Replaces every limit set so far (for windows of any length, see
-    /// [`Limits::window`]).
-    ///
-    /// The provider counts a request when it arrives, the limiter when it
-    /// sends it; a window a little longer than the provider's (say 200 ms
-    /// on a 60 s window) absorbs the difference in latency between
-    /// requests, at the cost of that fraction of throughput.
+    /// [`Limits::window`]). Give the provider's own windows: the limiter
+    /// holds each admission a little longer (see
+    /// [`arrival_margin`](Self::arrival_margin)).
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
         self
@@ -227,6 +241,19 @@ impl<K, C, St> LlmLayer<K, C, St> {
     /// only: a store given to [`store`](Self::store) has its own.
     pub fn learned_ttl(mut self, ttl: Duration) -> Self {
         self.learned_ttl = Some(ttl);
+        self
+    }
+
+    /// How much longer than its window the limiter counts each admission
+    /// (default
+    /// [`default_arrival_margin`](crate::rate_limit::default_arrival_margin):
+    /// 250 ms, at most a twentieth of the window), so that a request slower
+    /// on its way to the provider than one sent a window later does not
+    /// meet it there; see [`RateLimitLayer::arrival_margin`]. Configures
+    /// the in-memory store only: a store given to [`store`](Self::store)
+    /// has its own.
+    pub fn arrival_margin(mut self, margin: Duration) -> Self {
+        self.arrival_margin = Some(margin);
         self
     }
 
@@ -308,6 +335,7 @@ impl<K, C, St> LlmLayer<K, C, St> {
             max_gate_wait: self.max_gate_wait,
             learn_limits: self.learn_limits,
             learned_ttl: self.learned_ttl,
+            arrival_margin: self.arrival_margin,
             attempt_timeout: self.attempt_timeout,
             idle_timeout: self.idle_timeout,
             make_store: self.make_store,
@@ -329,6 +357,7 @@ impl<K, C, St> LlmLayer<K, C, St> {
             max_gate_wait: self.max_gate_wait,
             learn_limits: self.learn_limits,
             learned_ttl: self.learned_ttl,
+            arrival_margin: self.arrival_margin,
             attempt_timeout: self.attempt_timeout,
             idle_timeout: self.idle_timeout,
             make_store: self.make_store,
@@ -357,9 +386,10 @@ impl<K, C, St> LlmLayer<K, C, St> {
             max_gate_wait: self.max_gate_wait,
             learn_limits: self.learn_limits,
             learned_ttl: self.learned_ttl,
+            arrival_margin: self.arrival_margin,
             attempt_timeout: self.attempt_timeout,
             idle_timeout: self.idle_timeout,
-            make_store: Arc::new(move |_: &Limits, _: bool, _: Option<Duration>| store.clone()),
+            make_store: Arc::new(move |_: &Limits, _: &MemorySettings| store.clone()),
             classify: self.classify,
             retry: self.retry,
             breaker: self.breaker,
@@ -376,7 +406,12 @@ where
     type Service = LlmService<S, K, C, St>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        let store = (self.make_store)(&self.limits, self.learn_limits, self.learned_ttl);
+        let settings = MemorySettings {
+            learn_limits: self.learn_limits,
+            learned_ttl: self.learned_ttl,
+            arrival_margin: self.arrival_margin,
+        };
+        let store = (self.make_store)(&self.limits, &settings);
         let mut rate_limit = RateLimitLayer::new(self.limits.clone())
             .store(store)
             .key_fn(self.key_fn.clone())
