@@ -12,12 +12,12 @@ use tower_llm_resilience::rate_limit::{Limits, RateLimitLayer, TokenEstimate};
 use tower_llm_resilience::Error;
 
 /// Anthropic's shape: 10,000 input and 1,000 output tokens per minute.
-fn anthropic() -> impl Service<Request<String>, Response = Response<()>, Error = Error> {
+fn anthropic() -> impl Service<Request<String>, Response = Response<impl Sized>, Error = Error> {
     let limits = Limits::new()
         .input_tokens_per_minute(10_000)
         .output_tokens_per_minute(1_000);
     RateLimitLayer::new(limits).layer(tower::service_fn(|_: Request<String>| async {
-        Ok::<_, Infallible>(Response::new(()))
+        Ok::<_, Infallible>(Response::new(String::new()))
     }))
 }
 
@@ -27,9 +27,9 @@ fn with(estimate: TokenEstimate) -> Request<String> {
     request
 }
 
-async fn send<S>(svc: &mut S, request: Request<String>) -> Result<Duration, Error>
+async fn send<S, B>(svc: &mut S, request: Request<String>) -> Result<Duration, Error>
 where
-    S: Service<Request<String>, Response = Response<()>, Error = Error>,
+    S: Service<Request<String>, Response = Response<B>, Error = Error>,
 {
     let start = Instant::now();
     svc.ready().await?.call(request).await?;
