@@ -1,9 +1,12 @@
 //! What a closed circuit breaker costs per request, in one run: a no-op
 //! baseline, ours, tower-resilience 0.13's and failsafe 1.3's, on one
-//! thread and with two threads sharing one breaker. Compare ratios to the
-//! same run's baseline (see ANCHOR-BENCH.md for the method). Before the
-//! timed runs it prints the allocations per request of ours (a counting
-//! global allocator, per thread).
+//! thread and with two threads sharing one breaker; and what watching a
+//! stream to its end costs (a 200 `text/event-stream` of 1 and of 64
+//! chunks read to the end, against the same stream without the breaker:
+//! the slope is the cost per frame). Compare ratios to the same run's
+//! baseline (see ANCHOR-BENCH.md for the method). Before the timed runs it
+//! prints the allocations per request of ours (a counting global
+//! allocator, per thread).
 //!
 //! `cargo bench --bench circuit_breaker -- --warm-up-time 1 --measurement-time 3`
 
@@ -92,6 +95,41 @@ where
     fn call(&mut self, req: Request<String>) -> Self::Future {
         self.breaker.call(self.inner.call(req))
     }
+}
+
+/// One request whose streamed body is read to its end.
+async fn one_streamed<S, B>(svc: &mut S)
+where
+    S: Service<Request<String>, Response = Response<B>>,
+    B: http_body::Body + Unpin,
+{
+    use http_body_util::BodyExt;
+    if let Ok(svc) = svc.ready().await {
+        if let Ok(response) = svc.call(Request::new(String::new())).await {
+            let mut body = response.into_body();
+            while let Some(Ok(frame)) = body.frame().await {
+                black_box(frame);
+            }
+        }
+    }
+}
+
+/// [`single`] for a streamed answer read to its end.
+fn single_streamed<S, B>(b: &mut Bencher<'_>, mut svc: S)
+where
+    S: Service<Request<String>, Response = Response<B>>,
+    B: http_body::Body + Unpin,
+{
+    let rt = support::rt();
+    b.iter_custom(|iters| {
+        rt.block_on(async {
+            let start = Instant::now();
+            for _ in 0..iters {
+                one_streamed(&mut svc).await;
+            }
+            start.elapsed()
+        })
+    });
 }
 
 async fn one<S>(svc: &mut S)
@@ -201,8 +239,9 @@ fn failsafe() -> impl Service<Request<String>> + Clone + Send + 'static {
 }
 
 /// Runs the case named by `CALLGRIND_CASE` (`baseline`, `ours`,
-/// `ours_keyed`, `ours_time_window`) `CALLGRIND_ITERS` times (default
-/// 10,000) and exits; does nothing when it is not set.
+/// `ours_keyed`, `ours_time_window`, and `stream_baseline:N`,
+/// `stream_ours:N` for a stream of N chunks) `CALLGRIND_ITERS` times
+/// (default 10,000) and exits; does nothing when it is not set.
 fn instructions() {
     let Some((case, iters)) = support::callgrind_case() else {
         return;
@@ -212,7 +251,18 @@ fn instructions() {
         "ours" => support::count_instructions(ours(), empty_request, iters),
         "ours_keyed" => support::count_instructions(ours_keyed(), empty_request, iters),
         "ours_time_window" => support::count_instructions(ours_time_window(), empty_request, iters),
-        other => panic!("unknown case {other}"),
+        other => match other.split_once(':') {
+            Some(("stream_baseline", n)) => {
+                let sse = support::Sse(n.parse().unwrap());
+                support::count_instructions_streamed(sse, empty_request, iters)
+            }
+            Some(("stream_ours", n)) => {
+                let sse = support::Sse(n.parse().unwrap());
+                let svc = CircuitBreakerLayer::new().layer(sse);
+                support::count_instructions_streamed(svc, empty_request, iters)
+            }
+            _ => panic!("unknown case {other}"),
+        },
     }
     std::process::exit(0);
 }
@@ -235,6 +285,14 @@ fn bench(c: &mut Criterion) {
             "ours, closed, time window",
             allocs_per_request(ours_time_window()),
         ),
+        (
+            "stream of 64: baseline no-op",
+            allocs_per_request(support::Sse(64)),
+        ),
+        (
+            "stream of 64: ours, closed",
+            allocs_per_request(CircuitBreakerLayer::new().layer(support::Sse(64))),
+        ),
     ] {
         eprintln!("  {name:<30} {n:>5.2}");
     }
@@ -249,6 +307,14 @@ fn bench(c: &mut Criterion) {
         single(b, tower_resilience())
     });
     g.bench_function("failsafe 1.3, closed", |b| single(b, failsafe()));
+    for frames in [1, 64] {
+        g.bench_function(format!("stream of {frames}: baseline no-op"), |b| {
+            single_streamed(b, support::Sse(frames))
+        });
+        g.bench_function(format!("stream of {frames}: ours, closed"), |b| {
+            single_streamed(b, CircuitBreakerLayer::new().layer(support::Sse(frames)))
+        });
+    }
     g.bench_function("2 threads: baseline no-op", |b| contended(b, Noop));
     g.bench_function("2 threads: ours, closed", |b| contended(b, ours()));
     g.bench_function("2 threads: tower-resilience 0.13, closed", |b| {

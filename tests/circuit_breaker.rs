@@ -205,9 +205,9 @@ async fn fast_calls_are_not_slow() {
     assert_eq!(svc.state(&Key::DEFAULT), CircuitState::Closed);
 }
 
-async fn trip<S>(svc: &mut S)
+async fn trip<S, B>(svc: &mut S)
 where
-    S: Service<Req, Response = Response<String>, Error = Error>,
+    S: Service<Req, Response = Response<B>, Error = Error>,
 {
     for _ in 0..5 {
         send(svc, req()).await.unwrap();

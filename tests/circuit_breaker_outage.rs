@@ -11,7 +11,7 @@ use http::{Request, Response};
 use tokio::time::Instant;
 use tower::util::BoxCloneService;
 use tower::{service_fn, Layer, ServiceExt};
-use tower_llm_resilience::circuit_breaker::CircuitBreakerLayer;
+use tower_llm_resilience::circuit_breaker::{CircuitBreakerLayer, ResponseBody};
 use tower_llm_resilience::events::Events;
 use tower_llm_resilience::BoxError;
 
@@ -74,7 +74,10 @@ async fn run(breaker: Option<CircuitBreakerLayer>) -> Figures {
     let svc: Svc = match breaker {
         Some(layer) => {
             let cb = layer.events(events.clone()).layer(inner);
-            BoxCloneService::new(cb.map_err(BoxError::from))
+            BoxCloneService::new(
+                cb.map_response(|r| r.map(ResponseBody::into_inner))
+                    .map_err(BoxError::from),
+            )
         }
         None => BoxCloneService::new(inner),
     };

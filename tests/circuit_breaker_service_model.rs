@@ -76,11 +76,16 @@ fn outcome(status: u16, elapsed: Duration) -> CallOutcome {
 async fn run(config: Config, steps: Vec<Step>) -> Result<(), TestCaseError> {
     let next: Arc<Mutex<(u16, u64)>> = Arc::new(Mutex::new((200, 0)));
     let script = next.clone();
-    let provider = service_fn(move |_req: Request<()>| {
+    let provider = service_fn(move |_req: Request<String>| {
         let (status, latency) = *script.lock().unwrap();
         async move {
             tokio::time::sleep(Duration::from_millis(latency)).await;
-            Ok::<_, BoxError>(Response::builder().status(status).body(()).unwrap())
+            Ok::<_, BoxError>(
+                Response::builder()
+                    .status(status)
+                    .body(String::new())
+                    .unwrap(),
+            )
         }
     });
     let svc = CircuitBreakerLayer::new().config(config).layer(provider);
@@ -93,7 +98,7 @@ async fn run(config: Config, steps: Vec<Step>) -> Result<(), TestCaseError> {
                 let start = Instant::now();
                 let circuit = reference.get_or_insert_with(|| Circuit::new(config, start));
                 let (want, _) = circuit.try_acquire(start);
-                let got = svc.clone().oneshot(Request::new(())).await;
+                let got = svc.clone().oneshot(Request::new(String::new())).await;
                 let end = Instant::now();
                 match (want, got) {
                     (Ok(permit), Ok(response)) => {

@@ -115,6 +115,73 @@ where
     });
 }
 
+/// [`count_instructions`] for a service whose responses stream: each
+/// response's body is read to its end inside the counted region.
+pub fn count_instructions_streamed<S, R, B>(mut svc: S, make: impl Fn() -> R, iters: u64)
+where
+    S: Service<R, Response = http::Response<B>>,
+    B: http_body::Body + Unpin,
+{
+    use http_body_util::BodyExt;
+    rt().block_on(async {
+        for _ in 0..iters {
+            if let Ok(svc) = tower::ServiceExt::ready(&mut svc).await {
+                if let Ok(response) = svc.call(make()).await {
+                    let mut body = response.into_body();
+                    while let Some(Ok(frame)) = body.frame().await {
+                        std::hint::black_box(frame);
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// A streamed body: `n` SSE chunks of static bytes, allocating nothing.
+pub struct Chunks(pub u32);
+
+impl http_body::Body for Chunks {
+    type Data = bytes::Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, Infallible>>> {
+        if self.0 == 0 {
+            return Poll::Ready(None);
+        }
+        self.0 -= 1;
+        let chunk = bytes::Bytes::from_static(
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"ok\"}}]}\n\n",
+        );
+        Poll::Ready(Some(Ok(http_body::Frame::data(chunk))))
+    }
+}
+
+/// Answers every request with a 200 `text/event-stream` of `self.0`
+/// chunks (its header map allocates once per response, for both the
+/// baseline and the layer under test).
+#[derive(Clone, Copy)]
+pub struct Sse(pub u32);
+
+impl<R> Service<R> for Sse {
+    type Response = Response<Chunks>;
+    type Error = Infallible;
+    type Future = Ready<Result<Response<Chunks>, Infallible>>;
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+    fn call(&mut self, _: R) -> Self::Future {
+        let mut response = Response::new(Chunks(self.0));
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/event-stream"),
+        );
+        ready(Ok(response))
+    }
+}
+
 /// A current-thread runtime with timers.
 pub fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()

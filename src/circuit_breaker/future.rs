@@ -2,17 +2,14 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
-use std::time::Duration;
 
 use http::Response;
+use http_body::Body;
 use pin_project_lite::pin_project;
-use tokio::time::Instant;
 
-use super::circuit::Permit;
-use super::outcome::CallOutcome;
-use super::shared::Cell;
+use super::body::{is_stream, ResponseBody};
+use super::guard::Guard;
 use crate::classify::Classifier;
-use crate::per_clone::Handle;
 use crate::{BoxError, Error};
 
 pin_project! {
@@ -41,37 +38,8 @@ pin_project! {
     }
 }
 
-/// The permit of one call in flight; releases a probe slot on drop unless
-/// the outcome was recorded. Made before the inner service's `call`, so
-/// that a panic there (or in the future's `poll`) gives the slot back as
-/// the stack unwinds.
-pub(crate) struct Guard<C> {
-    cell: Handle<Cell<C>>,
-    permit: Permit,
-    start: Option<Instant>,
-    done: bool,
-}
-
-impl<C> Guard<C> {
-    pub(crate) fn new(cell: Handle<Cell<C>>, permit: Permit, start: Option<Instant>) -> Self {
-        Guard {
-            cell,
-            permit,
-            start,
-            done: false,
-        }
-    }
-}
-
-impl<C> Drop for Guard<C> {
-    fn drop(&mut self) {
-        if !self.done {
-            self.cell.release(self.permit);
-        }
-    }
-}
-
 impl<F, C> ResponseFuture<F, C> {
+    #[inline]
     pub(crate) fn called(future: F, guard: Guard<C>) -> Self {
         ResponseFuture {
             state: State::Called { future },
@@ -95,10 +63,7 @@ impl<F, C> fmt::Debug for ResponseFuture<F, C> {
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)
-            .field(
-                "probe",
-                &self.guard.as_ref().is_some_and(|g| g.permit.is_probe()),
-            )
+            .field("probe", &self.guard.as_ref().is_some_and(Guard::is_probe))
             .finish()
     }
 }
@@ -107,47 +72,42 @@ impl<F, C, B, E> Future for ResponseFuture<F, C>
 where
     F: Future<Output = Result<Response<B>, E>>,
     E: Into<BoxError>,
+    B: Body,
     C: Classifier,
 {
-    type Output = Result<Response<B>, Error>;
+    type Output = Result<Response<ResponseBody<B, C>>, Error>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        match this.state.project() {
-            StateProj::Rejected { error } => Poll::Ready(Err(error
-                .take()
-                .expect("ResponseFuture polled after completion"))),
-            StateProj::Called { future } => {
-                let result = ready!(future.poll(cx));
-                let Some(mut guard) = this.guard.take() else {
-                    panic!("ResponseFuture polled after completion");
-                };
-                let context = &guard.cell.context;
-                let elapsed = guard.start.map_or(Duration::ZERO, |s| s.elapsed());
-                // Each arm moves the response once (a response is a few
-                // hundred bytes: every move is a copy).
-                match result {
-                    Ok(response) => {
-                        // The rule every layer shares: a success scans no
-                        // header (the breaker needs nothing else from them).
-                        let outcome = match context.classifier.failure_of(&response) {
-                            None => CallOutcome::success(elapsed),
-                            Some(c) => context.config.outcome(&c, elapsed),
-                        };
-                        guard.cell.record(guard.permit, outcome);
-                        guard.done = true;
-                        Poll::Ready(Ok(response))
-                    }
-                    Err(e) => {
-                        let error =
-                            Error::from_transport(e, |e| context.classifier.classify_error(e));
-                        let outcome = context.config.outcome(error.classification(), elapsed);
-                        guard.cell.record(guard.permit, outcome);
-                        guard.done = true;
-                        Poll::Ready(Err(error))
-                    }
+        let result = match this.state.project() {
+            StateProj::Called { future } => ready!(future.poll(cx)),
+            StateProj::Rejected { error } => return Poll::Ready(Err(take(error))),
+        };
+        let Some(mut guard) = this.guard.take() else {
+            panic!("ResponseFuture polled after completion")
+        };
+        match result {
+            Ok(response) => {
+                // The rule every layer shares: a success scans no header
+                // (the breaker needs nothing else from them).
+                match guard.classifier().failure_of(&response) {
+                    // A stream is judged at its end (see `ResponseBody`).
+                    None if is_stream(&response) => guard.stream(),
+                    None => guard.succeed(),
+                    Some(c) => guard.fail(&c),
                 }
+                Poll::Ready(Ok(response.map(|body| ResponseBody::new(body, guard))))
             }
+            Err(e) => Poll::Ready(Err(guard.fail_with(e))),
         }
     }
+}
+
+/// The refusal of a rejected future (it completes at its first poll).
+#[cold]
+fn take(error: &mut Option<Error>) -> Error {
+    error
+        .take()
+        .expect("ResponseFuture polled after completion")
 }

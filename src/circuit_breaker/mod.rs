@@ -45,7 +45,7 @@
 //! outcome per logical call: a provider that is down fails fast before
 //! retries burn time. It also works alone over a raw HTTP client that
 //! returns a 500 as `Ok`: every `Ok` response is classified too, and passed
-//! on unchanged.
+//! on with its body in a [`ResponseBody`] (see [Streams](#streams)).
 //!
 //! ```
 //! use std::time::Duration;
@@ -79,6 +79,19 @@
 //! # }
 //! ```
 //!
+//! # Streams
+//!
+//! A 2xx stream (`text/event-stream`, as every provider streams a
+//! completion) is judged at the end of its body, not at its headers: the
+//! breaker's responses carry a [`ResponseBody`], which records a success
+//! when the body ends (or is dropped: the caller stopped reading) and a
+//! failure when it yields an error item that is a provider fault (a reset,
+//! or a mid-stream `error` event such as Anthropic's `overloaded_error`,
+//! as the crate's stream watcher reports it). A half-open probe keeps its
+//! slot until its stream ends. Every other response is judged at its
+//! headers, so a caller that holds a plain answer unread holds no probe
+//! slot. See [`ResponseBody`] for the details.
+//!
 //! # Readiness
 //!
 //! An open breaker does not make the service unready: `poll_ready` only
@@ -93,7 +106,8 @@
 //! success in a healthy count window is recorded with one more load, and
 //! any other outcome under a short `std::sync::Mutex` (no async mutex, no
 //! lock across `.await`, no allocation per call for a known key). A count
-//! window with no slow-call rate reads no clock at all. Whether a response
+//! window with no slow-call rate reads no clock at all; a stream's body
+//! costs one branch per frame. Whether a response
 //! failed is [`Classifier::failure_of`](crate::classify::Classifier::failure_of),
 //! the rule the retry layer and the rate limiter follow too.
 //!
@@ -109,15 +123,18 @@
 //! [`Circuit`] is the breaker without tower: driven by an explicit `now`,
 //! usable around anything that is not a tower service.
 
+mod body;
 mod circuit;
 mod config;
 mod future;
+mod guard;
 mod layer;
 mod outcome;
 mod service;
 mod shared;
 mod window;
 
+pub use self::body::ResponseBody;
 pub use self::circuit::{Circuit, Permit, Rejected, Transition};
 pub use self::config::{Config, FailureWindow};
 pub use self::future::ResponseFuture;

@@ -2,10 +2,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::Response;
-use tokio::time::Instant;
+use http_body::Body;
 use tower::Service;
 
-use super::future::{Guard, ResponseFuture};
+use super::body::ResponseBody;
+use super::future::ResponseFuture;
+use super::guard::Guard;
 use super::shared::{Breakers, Cell};
 use crate::classify::{Classifier, Provider};
 use crate::events::CircuitState;
@@ -24,6 +26,11 @@ use crate::{BoxError, Error};
 /// [`retry_after`](crate::Error::retry_after) says when it lets a probe
 /// through. The breaker is keyed, so readiness could not know the key
 /// anyway.
+///
+/// Its responses carry their body in a [`ResponseBody`], which judges a
+/// 2xx stream at the end of its body rather than at its headers (a stream
+/// that breaks midway is a failure); the body's error items become this
+/// crate's [`Error`].
 ///
 /// Each clone remembers the breaker of the last key it called, so that a
 /// stack with one key (or a run of calls with the same key) skips the map;
@@ -110,10 +117,11 @@ impl<S, K, C, Req, B> Service<Req> for CircuitBreaker<S, K, C>
 where
     S: Service<Req, Response = Response<B>>,
     S::Error: Into<BoxError>,
+    B: Body,
     K: KeyFn<Req>,
     C: Classifier,
 {
-    type Response = Response<B>;
+    type Response = Response<ResponseBody<B, C>>;
     type Error = Error;
     type Future = ResponseFuture<S::Future, C>;
 
@@ -124,33 +132,40 @@ where
             .map_err(|e| Error::from_transport(e, |e| classifier.classify_error(e)))
     }
 
+    #[inline]
     fn call(&mut self, request: Req) -> Self::Future {
         let key = self.key_fn.key(&request);
         let cell = match &mut self.last {
             Some(cell) if *cell.key() == key => cell.handle(),
-            _ => {
-                let (cell, kept) = self.breakers.cell(&key);
-                if kept {
-                    let mut cached = PerClone::new(cell);
-                    let cell = cached.handle();
-                    self.last = Some(cached);
-                    cell
-                } else {
-                    self.last = None;
-                    Handle::Shared(cell)
-                }
-            }
+            _ => self.cell_of(key),
         };
         match cell.acquire() {
             Ok(permit) => {
-                let start = cell.context.config.slow_calls_enabled().then(Instant::now);
                 // The guard holds the permit before the inner call: if that
                 // call panics, unwinding drops the guard, which gives a
                 // half-open probe slot back.
-                let guard = Guard::new(cell, permit, start);
+                let guard = Guard::new(cell, permit);
                 ResponseFuture::called(self.inner.call(request), guard)
             }
             Err(error) => ResponseFuture::rejected(error),
+        }
+    }
+}
+
+impl<S, K, C> CircuitBreaker<S, K, C> {
+    /// The breaker of a key this clone did not call last: from the shared
+    /// map, remembered for the next call when the map keeps it.
+    #[inline(never)]
+    fn cell_of(&mut self, key: Key) -> Handle<Cell<C>> {
+        let (cell, kept) = self.breakers.cell(&key);
+        if kept {
+            let mut cached = PerClone::new(cell);
+            let cell = cached.handle();
+            self.last = Some(cached);
+            cell
+        } else {
+            self.last = None;
+            Handle::Shared(cell)
         }
     }
 }

@@ -120,11 +120,18 @@ impl<C> Cell<C> {
         self.emit(transition);
     }
 
-    /// Gives back a probe slot whose call was dropped.
+    /// Gives back a probe slot whose call was dropped (nothing to do for
+    /// any other permit).
+    #[inline]
     pub(crate) fn release(&self, permit: Permit) {
         if permit.is_probe() {
-            self.lock().release(permit);
+            self.release_locked(permit);
         }
+    }
+
+    #[inline(never)]
+    fn release_locked(&self, permit: Permit) {
+        self.lock().release(permit);
     }
 
     fn emit(&self, transition: Option<Transition>) {

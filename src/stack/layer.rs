@@ -5,7 +5,7 @@ use std::time::Duration;
 use tower::timeout::Timeout;
 use tower::Layer;
 
-use crate::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
+use crate::circuit_breaker::{self, CircuitBreaker, CircuitBreakerLayer};
 use crate::classify::{Classify, ClassifyLayer, PeekedBody, Provider};
 use crate::events::Events;
 use crate::key::SingleKey;
@@ -24,12 +24,15 @@ pub type LlmService<S, K = SingleKey, C = Provider, St = MemoryStore> = CircuitB
 
 /// The body of a response from [`LlmService`]: the HTTP client's body `B`,
 /// frame by frame, behind the stack's watchers (the idle timeout, the
-/// limiter's usage and mid-stream failure watch). Its error is the crate's
+/// limiter's usage and mid-stream failure watch, the breaker's verdict at
+/// the body's end). Its error is the crate's
 /// [`Error`](crate::Error): a stream that fails midway
 /// ([`is_stream_failure`](crate::Error::is_stream_failure)) says how much
 /// it had delivered.
-pub type LlmBody<B, K = SingleKey, C = Provider, St = MemoryStore> =
-    ResponseBody<IdleTimeoutBody<PeekedBody<B>>, K, C, JsonEstimator, St>;
+pub type LlmBody<B, K = SingleKey, C = Provider, St = MemoryStore> = circuit_breaker::ResponseBody<
+    ResponseBody<IdleTimeoutBody<PeekedBody<B>>, K, C, JsonEstimator, St>,
+    C,
+>;
 
 /// How long one attempt may wait for the provider's response headers by
 /// default: ten minutes, as the OpenAI and Anthropic SDKs allow (a long
