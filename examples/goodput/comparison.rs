@@ -256,8 +256,9 @@ fn request(i: usize, job: &Job, ask: Ask) -> Request<String> {
         .header("content-type", "application/json")
         .body(body.to_string())
         .expect("a valid request");
-    req.extensions_mut()
-        .insert(TokenEstimate::total(job.cost.saturating_mul(ask.estimate_factor)));
+    req.extensions_mut().insert(TokenEstimate::total(
+        job.cost.saturating_mul(ask.estimate_factor),
+    ));
     req
 }
 
