@@ -16,7 +16,7 @@ use super::layout::{cost_of, groups, tag};
 use super::scripts::{self, Call};
 use super::store::ServerDecision;
 use crate::key::Key;
-use crate::rate_limit::{Costs, Decision, Dimension, Limit, Limits, Reservation, UsedAtAdmission};
+use crate::rate_limit::{Costs, Decision, Limit, Limits, Reservation, UsedAtAdmission};
 use crate::Error;
 
 /// Numbers above this lose precision in Lua's doubles: costs, limits and
