@@ -16,9 +16,11 @@ fn anthropic() -> impl Service<Request<String>, Response = Response<impl Sized>,
     let limits = Limits::new()
         .input_tokens_per_minute(10_000)
         .output_tokens_per_minute(1_000);
-    RateLimitLayer::new(limits).layer(tower::service_fn(|_: Request<String>| async {
-        Ok::<_, Infallible>(Response::new(String::new()))
-    }))
+    RateLimitLayer::new(limits)
+        .arrival_margin(Duration::ZERO)
+        .layer(tower::service_fn(|_: Request<String>| async {
+            Ok::<_, Infallible>(Response::new(String::new()))
+        }))
 }
 
 fn with(estimate: TokenEstimate) -> Request<String> {
