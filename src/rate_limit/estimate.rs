@@ -31,7 +31,7 @@ pub use self::tiktoken::TiktokenEstimator;
 /// // Anthropic limits input and output tokens per minute separately.
 /// let limits = Limits::new().input_tokens_per_minute(30_000).output_tokens_per_minute(8_000);
 /// let mut svc = RateLimitLayer::new(limits).layer(tower::service_fn(|_req: http::Request<String>| async {
-///     Ok::<_, std::convert::Infallible>(http::Response::new(()))
+///     Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
 /// }));
 /// let request = |estimate: TokenEstimate| {
 ///     let mut req = http::Request::new(String::from("{}"));

@@ -44,7 +44,7 @@ use crate::key::{Key, SingleKey};
 /// )
 /// .max_wait(Duration::from_secs(30));
 /// let mut svc = ServiceBuilder::new().layer(limiter).service(tower::service_fn(
-///     |_req: http::Request<String>| async { Ok::<_, std::convert::Infallible>(http::Response::new(())) },
+///     |_req: http::Request<String>| async { Ok::<_, std::convert::Infallible>(http::Response::new(String::new())) },
 /// ));
 /// let request = || http::Request::new(String::from(r#"{"messages":[]}"#));
 /// svc.ready().await.unwrap().call(request()).await.unwrap();
@@ -193,7 +193,7 @@ impl<K, C, E> RateLimitLayer<K, C, E, MemoryStore> {
     /// let limiter = RateLimitLayer::new(Limits::new().window(Dimension::Requests, second, 1))
     ///     .arrival_margin(margin);
     /// let mut svc = ServiceBuilder::new().layer(limiter).service(tower::service_fn(
-    ///     |_req: http::Request<String>| async { Ok::<_, std::convert::Infallible>(http::Response::new(())) },
+    ///     |_req: http::Request<String>| async { Ok::<_, std::convert::Infallible>(http::Response::new(String::new())) },
     /// ));
     /// let start = tokio::time::Instant::now();
     /// for _ in 0..2 {
