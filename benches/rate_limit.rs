@@ -27,7 +27,7 @@ use support::{allocations, contended, rt, Counting};
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-type Noop = support::Noop<()>;
+type Noop = support::Noop<http_body_util::Empty<bytes::Bytes>>;
 const NOOP: Noop = Noop::new();
 
 /// Limits high enough that nothing waits. A 10 ms window keeps the log
@@ -50,14 +50,14 @@ fn json() -> String {
 }
 
 /// `ready().await` + `call().await` for `iters` requests.
-fn run<S, E>(
+fn run<S, RB, E>(
     rt: &tokio::runtime::Runtime,
     svc: &mut S,
     iters: u64,
     make: fn() -> String,
 ) -> Duration
 where
-    S: Service<Request<String>, Response = Response<()>, Error = E>,
+    S: Service<Request<String>, Response = Response<RB>, Error = E>,
     E: std::fmt::Debug,
 {
     rt.block_on(async {
@@ -72,9 +72,9 @@ where
 
 /// Allocations per request beyond the baseline's (the request body),
 /// after a warm-up.
-fn allocs_per_request<S, E>(name: &str, mut svc: S, make: fn() -> String)
+fn allocs_per_request<S, RB, E>(name: &str, mut svc: S, make: fn() -> String)
 where
-    S: Service<Request<String>, Response = Response<()>, Error = E>,
+    S: Service<Request<String>, Response = Response<RB>, Error = E>,
     E: std::fmt::Debug,
 {
     let rt = rt();
@@ -236,14 +236,79 @@ fn threads(c: &mut Criterion) {
     g.finish();
 }
 
+/// What the JSON estimator cost before issue #13 counted text by its
+/// characters: bytes / 4, and one `memmem` pass for `max_tokens` anywhere
+/// in the body. The baseline of the estimator rows.
+fn bytes_over_four(body: &[u8]) -> Costs {
+    static SUFFIX: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"tokens\""));
+    const NAMES: [&[u8]; 3] = [b"\"max_completion_", b"\"max_", b"\"max_output_"];
+    let mut first: [Option<usize>; 3] = [None; 3];
+    for hit in SUFFIX.find_iter(body) {
+        for (slot, name) in first.iter_mut().zip(NAMES) {
+            if slot.is_none() && body[..hit].ends_with(name) {
+                *slot = Some(hit + b"tokens\"".len());
+            }
+        }
+        if first.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    let output = first.iter().find_map(|at| {
+        let rest = &body[(*at)?..];
+        let rest = rest
+            .trim_ascii_start()
+            .strip_prefix(b":")?
+            .trim_ascii_start();
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
+    });
+    Costs::new((body.len() as u64).div_ceil(4), output.unwrap_or(1024))
+}
+
+/// The estimators on the 1 KiB chat body (the old rule as the baseline,
+/// in the same run), and the JSON estimator on a body with a 100 KB image.
 fn estimator(c: &mut Criterion) {
     use tower_llm_resilience::rate_limit::JsonEstimator;
     let body = support::chat_body();
+    let image = format!(
+        r#"{{"model":"claude-sonnet-4-5","max_tokens":300,"messages":[{{"role":"user","content":[
+            {{"type":"image","source":{{"type":"base64","media_type":"image/png","data":"{}"}}}},
+            {{"type":"text","text":"What is in this picture?"}}]}}]}}"#,
+        "iVBORw0KGgoAAAANSUhEUgAA".repeat(4_200)
+    );
     let estimator = JsonEstimator::new();
+    let before = allocations();
+    black_box(estimator.estimate_bytes(Some(black_box(body.as_bytes()))));
+    println!(
+        "JsonEstimator: {} allocations per estimate",
+        allocations() - before
+    );
     let mut g = c.benchmark_group("estimator");
+    g.bench_function(
+        format!("bytes / 4 (before #13), {} B chat body", body.len()),
+        |b| b.iter(|| black_box(bytes_over_four(black_box(body.as_bytes())))),
+    );
     g.bench_function(format!("JsonEstimator, {} B chat body", body.len()), |b| {
         b.iter(|| black_box(estimator.estimate_bytes(Some(black_box(body.as_bytes())))))
     });
+    g.bench_function(
+        format!(
+            "JsonEstimator, {} KB body with an image",
+            image.len() / 1000
+        ),
+        |b| b.iter(|| black_box(estimator.estimate_bytes(Some(black_box(image.as_bytes()))))),
+    );
+    #[cfg(feature = "tiktoken")]
+    {
+        use tower_llm_resilience::rate_limit::TiktokenEstimator;
+        let tiktoken = TiktokenEstimator::new();
+        tiktoken.preload();
+        g.bench_function(
+            format!("TiktokenEstimator, {} B chat body", body.len()),
+            |b| b.iter(|| black_box(tiktoken.estimate_bytes(Some(black_box(body.as_bytes()))))),
+        );
+    }
     g.finish();
 }
 

@@ -3,15 +3,19 @@
 //!
 //! 1. Redis's own time per decision (the script's run inside Redis's one
 //!    thread, from `SLOWLOG` with `slowlog-log-slower-than 0`: Redis times
-//!    each `EVALSHA` itself, so the client, the network and the machine's
-//!    other load do not enter), for acquire, cancel, learn and correct,
+//!    each `FCALL` itself, so the client and the network do not enter;
+//!    the machine's other load still stretches it), for acquire, cancel,
+//!    learn and correct,
 //!    with 100, 10,000 and 100,000 entries in a per-day window. Each
 //!    acquire is cancelled, so the window holds the same entries
 //!    throughout a row; each correction hits a random reservation of the
 //!    window. Median and mean over `M` calls each.
 //! 2. Decisions per second from this one process, 1 task and 16 tasks (one
 //!    multiplexed connection: the calls of the 16 pipeline), next to the
-//!    in-memory store for scale.
+//!    in-memory store for scale, with the CPU each side spent per decision
+//!    (Redis's main thread from `INFO cpu`, this process from
+//!    `/proc/self/task/*/schedstat`): what each side's ceiling is, however
+//!    busy the machine, whose load average is printed too.
 //!
 //! `cargo bench --features redis --bench redis_store`
 
@@ -49,10 +53,9 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p) as usize]
 }
 
-/// The durations (µs) of the `EVALSHA`s in the slow log, by script. The
-/// scripts are told apart by their number of keys and arguments (two
-/// limits): acquire 6 keys, learn 3 keys and 8 arguments, cancel 4 keys
-/// and 6, correct 4 keys and 8.
+/// The durations (µs) of the script calls in the slow log, by script:
+/// `FCALL`s by their function's name, `EVALSHA`s (older layouts, and the
+/// no-op) by their number of keys and arguments.
 async fn slowlog(con: &mut redis::aio::MultiplexedConnection) -> BTreeMap<&'static str, Vec<u64>> {
     let v: Value = redis::cmd("SLOWLOG")
         .arg("GET")
@@ -73,24 +76,37 @@ async fn slowlog(con: &mut redis::aio::MultiplexedConnection) -> BTreeMap<&'stat
             Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
             _ => String::new(),
         };
-        if !text(0).eq_ignore_ascii_case("evalsha") {
+        let name = if text(0).eq_ignore_ascii_case("fcall") {
+            // Layout 3: a function of the library, `tlr3_<hash>_<script>`.
+            match text(1).splitn(3, '_').nth(2).unwrap_or("") {
+                "acquire" => "acquire",
+                "learn" => "learn",
+                "cancel" => "cancel",
+                "correct" => "correct",
+                _ => "other",
+            }
+        } else if text(0).eq_ignore_ascii_case("evalsha") {
+            let keys: usize = text(2).parse().unwrap_or(0);
+            let argv = args.len().saturating_sub(3 + keys);
+            match (keys, argv) {
+                (0, 0) => "noop",
+                // Older layouts' scripts, told apart by their number of
+                // keys and arguments (two limits of one window), so that
+                // this bench can compare them in the same conditions:
+                // layout 2 (`:s2`)
+                (6, _) => "acquire",
+                (3, 8) => "learn",
+                (4, 6) => "cancel",
+                (4, 8) => "correct",
+                // layout 1 (`:s`, list logs)
+                (4, 11) => "acquire",
+                (3, 4) => "cancel",
+                (2, 8) => "learn",
+                (3, 6) => "correct",
+                _ => "other",
+            }
+        } else {
             continue;
-        }
-        let keys: usize = text(2).parse().unwrap_or(0);
-        let argv = args.len().saturating_sub(3 + keys);
-        let name = match (keys, argv) {
-            (6, _) => "acquire",
-            (3, 8) => "learn",
-            (4, 6) => "cancel",
-            (4, 8) => "correct",
-            (0, 0) => "noop",
-            // The scripts of key layout 1 (an older checkout), so that
-            // this bench can compare the two in the same conditions.
-            (4, 11) => "acquire",
-            (3, 4) => "cancel",
-            (2, 8) => "learn",
-            (3, 6) => "correct",
-            _ => "other",
         };
         by.entry(name).or_default().push(*us as u64);
     }
@@ -165,7 +181,8 @@ async fn time_per_decision(server: &RedisServer) {
     let key = Key::new("day");
     let mut rs: Vec<Reservation> = Vec::new();
     println!(
-        "Redis time per decision, per-day window (inside Redis: SLOWLOG median / mean µs over {M} calls; cpu: Redis CPU µs per call, INFO cpu)"
+        "Redis time per decision, per-day window (inside Redis: SLOWLOG median / mean µs over {M} calls; cpu: Redis CPU µs per call, INFO cpu; load average {})",
+        load_average()
     );
     println!(
         "{:>9} | {:>14} | {:>14} | {:>14} | {:>14} | {:>16} | {:>16} | {:>16}",
@@ -200,6 +217,7 @@ async fn time_per_decision(server: &RedisServer) {
                 Dimension::Tokens,
                 DAY,
                 ReportedLimit::new(Some(1_000_000_000_000), Some(1_000_000_000_000), None),
+                None,
                 Instant::now(),
             );
             async {}
@@ -264,13 +282,58 @@ async fn time_per_decision(server: &RedisServer) {
     println!();
 }
 
-async fn sequential<S: Store>(name: &str, s: &S, key: &Key) {
+/// The CPU time this process has used, in µs (every thread, from
+/// `/proc/self/task/*/schedstat`: nanoseconds on a CPU).
+fn client_cpu_us() -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .sum::<f64>()
+        / 1e3
+}
+
+/// CPU per decision on both sides of a run: what each side's ceiling is,
+/// whatever else the machine runs (a busy machine stretches the wall
+/// time, not these).
+struct Cpu<'a> {
+    server: Option<&'a RedisServer>,
+    redis: f64,
+    client: f64,
+}
+
+impl<'a> Cpu<'a> {
+    fn start(server: Option<&'a RedisServer>) -> Self {
+        Cpu {
+            server,
+            redis: server.map_or(0.0, redis_cpu_us),
+            client: client_cpu_us(),
+        }
+    }
+
+    fn per(&self, n: usize) -> String {
+        let client = (client_cpu_us() - self.client) / n as f64;
+        match self.server {
+            Some(s) => format!(
+                "  cpu/decision: redis {:>5.1} µs, client {:>5.1} µs",
+                (redis_cpu_us(s) - self.redis) / n as f64,
+                client
+            ),
+            None => format!("  cpu/decision: client {client:>5.1} µs"),
+        }
+    }
+}
+
+async fn sequential<S: Store>(name: &str, s: &S, key: &Key, server: Option<&RedisServer>) {
     let costs = Costs::new(500, 200);
     // Warm up (script load, connection).
     for _ in 0..500 {
         s.acquire(key, &costs, Instant::now(), None).await.unwrap();
     }
     let mut lat = Vec::with_capacity(N);
+    let cpu = Cpu::start(server);
     let start = Instant::now();
     for _ in 0..N {
         let t = Instant::now();
@@ -279,17 +342,31 @@ async fn sequential<S: Store>(name: &str, s: &S, key: &Key) {
         assert!(matches!(d, Decision::Admitted(_)));
     }
     let total = start.elapsed();
+    let cpu = cpu.per(N);
     lat.sort_unstable();
     println!(
-        "{name:<28}  1 task : {:>9.0} decisions/s  p50 {:>8.1?}  p99 {:>8.1?}",
+        "{name:<28}  1 task : {:>9.0} decisions/s  p50 {:>8.1?}  p99 {:>8.1?}{cpu}",
         N as f64 / total.as_secs_f64(),
         pct(&lat, 0.50),
         pct(&lat, 0.99)
     );
 }
 
-async fn concurrent<S: Store + Clone>(name: &str, s: &S, keys: &[Key], tasks: usize) {
+async fn concurrent<S: Store + Clone>(
+    name: &str,
+    s: &S,
+    keys: &[Key],
+    tasks: usize,
+    server: Option<&RedisServer>,
+) {
     let per = N / tasks;
+    // Warm up: every key's state exists before the run.
+    for k in keys {
+        s.acquire(k, &Costs::new(500, 200), Instant::now(), None)
+            .await
+            .unwrap();
+    }
+    let cpu = Cpu::start(server);
     let start = Instant::now();
     let mut handles = Vec::new();
     for t in 0..tasks {
@@ -312,9 +389,10 @@ async fn concurrent<S: Store + Clone>(name: &str, s: &S, keys: &[Key], tasks: us
         lat.extend(h.await.unwrap());
     }
     let total = start.elapsed();
+    let cpu = cpu.per(per * tasks);
     lat.sort_unstable();
     println!(
-        "{name:<28} {tasks:>2} tasks: {:>9.0} decisions/s  p50 {:>8.1?}  p99 {:>8.1?}",
+        "{name:<28} {tasks:>2} tasks: {:>9.0} decisions/s  p50 {:>8.1?}  p99 {:>8.1?}{cpu}",
         (per * tasks) as f64 / total.as_secs_f64(),
         pct(&lat, 0.50),
         pct(&lat, 0.99)
@@ -328,15 +406,26 @@ async fn throughput(server: &RedisServer) {
         .build(&server.url())
         .unwrap();
     let memory = MemoryStore::new(limits(minute));
-    println!("Decisions per second from one process (acquire, admitted at once)");
-    sequential("memory", &memory, &Key::new("m1")).await;
-    sequential("redis", &redis, &Key::new("r1")).await;
-    concurrent("memory", &memory, &[Key::new("m2")], 16).await;
-    concurrent("redis (one key)", &redis, &[Key::new("r2")], 16).await;
+    println!(
+        "Decisions per second from one process (acquire, admitted at once; load average {})",
+        load_average()
+    );
+    sequential("memory", &memory, &Key::new("m1"), None).await;
+    sequential("redis", &redis, &Key::new("r1"), Some(server)).await;
+    concurrent("memory", &memory, &[Key::new("m2")], 16, None).await;
+    concurrent(
+        "redis (one key)",
+        &redis,
+        &[Key::new("r2")],
+        16,
+        Some(server),
+    )
+    .await;
     let keys: Vec<Key> = (0..16).map(|i| Key::new(format!("k{i}"))).collect();
-    concurrent("redis (16 keys)", &redis, &keys, 16).await;
+    concurrent("redis (16 keys)", &redis, &keys, 16, Some(server)).await;
     // With a correction per request (as when responses carry usage): the
     // corrections run in the background, one script each.
+    let cpu = Cpu::start(Some(server));
     let start = Instant::now();
     let key = Key::new("r3");
     for _ in 0..N {
@@ -348,10 +437,19 @@ async fn throughput(server: &RedisServer) {
     }
     redis.flush().await;
     println!(
-        "{:<28}  1 task : {:>9.0} decisions/s (each corrected in the background)",
+        "{:<28}  1 task : {:>9.0} decisions/s (each corrected in the background){}",
         "redis + correct",
-        N as f64 / start.elapsed().as_secs_f64()
+        N as f64 / start.elapsed().as_secs_f64(),
+        cpu.per(N)
     );
+    println!("load average at the end: {}", load_average());
+}
+
+/// `/proc/loadavg`'s first three fields: how busy the machine was.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".to_owned())
 }
 
 fn main() {

@@ -33,7 +33,7 @@ const Noop: support::Noop<String> = support::Noop::new();
 /// sends it.
 fn request() -> Request<String> {
     let mut request = Request::new(String::new());
-    request.extensions_mut().insert(TokenEstimate(100));
+    request.extensions_mut().insert(TokenEstimate::total(100));
     request
 }
 

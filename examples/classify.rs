@@ -9,7 +9,10 @@
 //! sliding-window limits over a 2 s window, a realistic fault mix) and
 //! classifies the bundled sample of 300 texts. With `--base-url`, the same
 //! program runs against any OpenAI-compatible server; the API key comes from
-//! `OPENAI_API_KEY` and is never printed.
+//! `OPENAI_API_KEY` and is never printed. With `--stream`, every request
+//! asks for a streamed answer (server-sent events, with the usage chunk)
+//! and the label is read from the stream as it arrives; a stream that
+//! fails midway (an error event, a cut connection) is sent again.
 //!
 //! Output: one JSON object per input line, in input order, to `--out`, or to
 //! stdout when it is not a terminal (else to `classify-results.jsonl`). A
@@ -17,28 +20,34 @@
 //! when some failed, 2 on bad arguments or unreadable input.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::fs::File;
 use std::io::{self, BufWriter, IsTerminal, Write};
 use std::path::PathBuf;
+use std::pin::pin;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use bytes::Buf;
 use clap::Parser;
 use futures::StreamExt;
 use http::{header, Request, Response};
+use http_body::Body;
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
+use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 use tower_llm_resilience::batch::{Batch, Patience, Progress};
+use tower_llm_resilience::classify::parse_error_body;
 use tower_llm_resilience::key::SingleKey;
 use tower_llm_resilience::rate_limit::{Dimension, Limits, Store, TokenEstimate};
-use tower_llm_resilience::sim::{Fault, SimProvider, SimStats};
-use tower_llm_resilience::{BoxError, LlmLayer, Provider};
+use tower_llm_resilience::sim::{Fault, SimProvider, SimServer, SimStats};
+use tower_llm_resilience::{BoxError, Classification, ErrorClass, LlmLayer, Provider};
 
 const SAMPLE: &str = include_str!("data/reviews.txt");
 
@@ -46,7 +55,7 @@ const SAMPLE: &str = include_str!("data/reviews.txt");
 /// tower-llm-resilience stack.
 #[derive(Debug, Parser)]
 #[command(about)]
-struct Args {
+pub(crate) struct Args {
     /// e.g. https://api.openai.com/v1 or http://127.0.0.1:8080/v1; without
     /// it, the embedded simulated provider is used.
     #[arg(long, value_name = "URL")]
@@ -94,6 +103,10 @@ struct Args {
     /// redis://127.0.0.1:6379/); needs `--features redis`.
     #[arg(long, value_name = "URL")]
     redis: Option<String>,
+    /// Ask for streamed answers (server-sent events, with
+    /// `stream_options.include_usage`) and read each label from its stream.
+    #[arg(long)]
+    stream: bool,
 }
 
 const SYSTEM: &str = "You label the sentiment of short texts. Answer with exactly one word: positive, negative or neutral.";
@@ -102,11 +115,11 @@ const SYSTEM_BATCH: &str = "You label the sentiment of short texts. Answer with 
 /// The chat completion for a group of texts, and what it will cost in
 /// tokens (characters / 4 of the messages plus `max_tokens`).
 fn chat_request(
-    base_url: &str,
+    setup: &Setup,
     model: &str,
-    api_key: &str,
     texts: &[&str],
     index: usize,
+    stream: bool,
 ) -> (Request<String>, u64) {
     let (system, user) = if texts.len() == 1 {
         (SYSTEM, format!("Text: {}", texts[0]))
@@ -120,7 +133,7 @@ fn chat_request(
         (SYSTEM_BATCH, format!("{ask}\n{}", numbered.join("\n")))
     };
     let max_tokens = 4 + 6 * texts.len() as u64;
-    let body = json!({
+    let mut body = json!({
         "model": model,
         "messages": [
             {"role": "system", "content": system},
@@ -129,31 +142,40 @@ fn chat_request(
         "max_tokens": max_tokens,
         "temperature": 0,
     });
+    if stream {
+        body["stream"] = json!(true);
+        body["stream_options"] = json!({"include_usage": true});
+    }
     let chars = system.chars().count() + user.chars().count();
     let tokens = (chars as u64).div_ceil(4) + max_tokens;
     let mut request = Request::post(format!(
         "{}/chat/completions",
-        base_url.trim_end_matches('/')
+        setup.base_url.trim_end_matches('/')
     ))
     .header(header::CONTENT_TYPE, "application/json")
-    .header(header::AUTHORIZATION, format!("Bearer {api_key}"))
+    .header(header::AUTHORIZATION, format!("Bearer {}", setup.api_key))
     .header("x-request-id", index.to_string())
     .body(body.to_string())
     .expect("a valid request");
     request
         .extensions_mut()
-        .insert(TokenEstimate(u32::try_from(tokens).unwrap_or(u32::MAX)));
+        .insert(TokenEstimate::total(tokens));
     (request, tokens)
 }
 
-/// The labels in a chat completion, one per text.
-fn labels(body: &[u8], count: usize) -> Result<Vec<String>, String> {
+/// The answer's text in a chat completion.
+fn content_of(body: &[u8]) -> Result<String, String> {
     let v: Value =
         serde_json::from_slice(body).map_err(|e| format!("the response is not JSON: {e}"))?;
-    let content = v["choices"][0]["message"]["content"]
+    v["choices"][0]["message"]["content"]
         .as_str()
-        .ok_or("the response has no choices[0].message.content")?
-        .trim();
+        .map(str::to_owned)
+        .ok_or_else(|| "the response has no choices[0].message.content".to_owned())
+}
+
+/// The labels in an answer's text, one per text.
+fn labels(content: &str, count: usize) -> Result<Vec<String>, String> {
+    let content = content.trim();
     if count == 1 {
         let word = content
             .trim_matches(|c: char| !c.is_alphanumeric())
@@ -172,20 +194,57 @@ fn labels(body: &[u8], count: usize) -> Result<Vec<String>, String> {
     Ok(array.into_iter().map(|s| s.trim().to_lowercase()).collect())
 }
 
-/// Counts what goes over the wire: requests sent and 429s received.
+/// Counts what goes over the wire: requests sent, 429s received, and
+/// streams that failed after their 200.
 #[derive(Default)]
-struct Wire {
-    sent: AtomicU64,
-    rate_limited: AtomicU64,
+pub(crate) struct Wire {
+    pub(crate) sent: AtomicU64,
+    pub(crate) rate_limited: AtomicU64,
+    pub(crate) stream_failures: AtomicU64,
 }
 
-struct Setup {
+pub(crate) struct Setup {
     base_url: String,
     api_key: String,
     window: Duration,
     rpm: u64,
     tpm: u64,
-    sim: Option<(SimProvider, tower_llm_resilience::sim::SimServer)>,
+    pub(crate) sim: Option<SimProvider>,
+    server: Option<SimServer>,
+}
+
+/// The simulated provider (real sliding-window limits, a realistic fault
+/// mix), not yet served. The stream faults touch streamed requests only,
+/// so a run without `--stream` meets exactly the faults it met before.
+pub(crate) fn simulated(args: &Args) -> Setup {
+    let window = Duration::from_secs_f64(args.window_secs.unwrap_or(2.0));
+    let (rpm, tpm) = (args.rpm.unwrap_or(40), args.tpm.unwrap_or(1_500));
+    let mut sim = SimProvider::builder()
+        .rpm(rpm)
+        .tpm(tpm)
+        .window(window)
+        .seed(2026)
+        .latency(Duration::from_millis(150))
+        .fault(Fault::ServerError, 0.02)
+        .fault(Fault::ServiceUnavailable, 0.01)
+        .fault(Fault::ConnectionReset, 0.01)
+        .fault(Fault::Slow(Duration::from_secs(1)), 0.01)
+        .fault(Fault::MidStreamError, 0.01)
+        .fault(Fault::Truncate, 0.01);
+    if let Some(length) = args.outage {
+        let start = Duration::from_secs_f64(args.outage_at);
+        sim = sim.outage(start, start + Duration::from_secs_f64(length));
+    }
+    Setup {
+        // in process, only the path matters; `setup` puts the server's here
+        base_url: "http://sim.invalid/v1".to_owned(),
+        api_key: "sk-simulated".to_string(),
+        window,
+        rpm,
+        tpm,
+        sim: Some(sim.build()),
+        server: None,
+    }
 }
 
 async fn setup(args: &Args) -> io::Result<Setup> {
@@ -197,39 +256,21 @@ async fn setup(args: &Args) -> io::Result<Setup> {
             rpm: args.rpm.unwrap_or(500),
             tpm: args.tpm.unwrap_or(200_000),
             sim: None,
+            server: None,
         }),
         None => {
-            let window = Duration::from_secs_f64(args.window_secs.unwrap_or(2.0));
-            let (rpm, tpm) = (args.rpm.unwrap_or(40), args.tpm.unwrap_or(1_500));
-            let mut sim = SimProvider::builder()
-                .rpm(rpm)
-                .tpm(tpm)
-                .window(window)
-                .seed(2026)
-                .latency(Duration::from_millis(150))
-                .fault(Fault::ServerError, 0.02)
-                .fault(Fault::ServiceUnavailable, 0.01)
-                .fault(Fault::ConnectionReset, 0.01)
-                .fault(Fault::Slow(Duration::from_secs(1)), 0.01);
-            if let Some(length) = args.outage {
-                let start = Duration::from_secs_f64(args.outage_at);
-                sim = sim.outage(start, start + Duration::from_secs_f64(length));
+            let mut setup = simulated(args);
+            if let Some(sim) = &setup.sim {
+                let server = sim.serve().await?;
+                setup.base_url = server.base_url();
+                setup.server = Some(server);
             }
-            let sim = sim.build();
-            let server = sim.serve().await?;
-            Ok(Setup {
-                base_url: server.base_url(),
-                api_key: "sk-simulated".to_string(),
-                window,
-                rpm,
-                tpm,
-                sim: Some((sim, server)),
-            })
+            Ok(setup)
         }
     }
 }
 
-fn read_texts(args: &Args) -> io::Result<Vec<String>> {
+pub(crate) fn read_texts(args: &Args) -> io::Result<Vec<String>> {
     let text = match &args.input {
         Some(path) => std::fs::read_to_string(path)?,
         None => SAMPLE.to_string(),
@@ -315,13 +356,23 @@ async fn main() -> ExitCode {
     };
     let limits = limits(&setup);
     let layer = LlmLayer::new(Provider::Auto).limits(limits.clone());
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .build();
+    let client = Client::builder(TokioExecutor::new()).build::<_, String>(https);
     let result = match &args.redis {
-        None => run(&args, &setup, &texts, &mut out, layer).await,
+        None => run(&args, &setup, &texts, &mut out, layer, client).await,
         #[cfg(feature = "redis")]
         Some(url) => {
             use tower_llm_resilience::redis_store::RedisStore;
             match RedisStore::builder(limits).build(url) {
-                Ok(store) => run(&args, &setup, &texts, &mut out, layer.store(store)).await,
+                Ok(store) => {
+                    let layer = layer.store(store);
+                    run(&args, &setup, &texts, &mut out, layer, client).await
+                }
                 Err(e) => {
                     eprintln!("error: cannot use Redis at the given URL: {e}");
                     return ExitCode::from(2);
@@ -341,7 +392,7 @@ async fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
             report.print(&setup, &out_name);
-            if let Some((_, server)) = setup.sim {
+            if let Some(server) = setup.server {
                 server.shutdown().await;
             }
             if report.failed.is_empty() {
@@ -357,48 +408,48 @@ async fn main() -> ExitCode {
     }
 }
 
-struct Report {
-    items: usize,
-    succeeded: usize,
-    failed: BTreeMap<String, usize>,
+pub(crate) struct Report {
+    pub(crate) items: usize,
+    pub(crate) succeeded: usize,
+    pub(crate) failed: BTreeMap<String, usize>,
     requests: usize,
     tokens: u64,
-    wire: Arc<Wire>,
+    pub(crate) wire: Arc<Wire>,
     summary: tower_llm_resilience::events::Summary,
-    elapsed: Duration,
+    pub(crate) elapsed: Duration,
     resent: u64,
     sim: Option<SimStats>,
+    stream: bool,
 }
 
-/// The provider's limits over its window, as the limiter keeps them.
-///
-/// The provider counts a request when it arrives, the limiter when it sends
-/// it: a slightly longer window absorbs the latency between them.
-fn limits(setup: &Setup) -> Limits {
-    let margin = (setup.window / 20).min(Duration::from_millis(250));
-    let window = setup.window + margin;
+/// The provider's limits over its window (the limiter holds each
+/// admission a little longer on its own: its arrival margin).
+pub(crate) fn limits(setup: &Setup) -> Limits {
     Limits::new()
-        .window(Dimension::Requests, window, setup.rpm)
-        .window(Dimension::Tokens, window, setup.tpm)
+        .window(Dimension::Requests, setup.window, setup.rpm)
+        .window(Dimension::Tokens, setup.window, setup.tpm)
 }
 
-async fn run<St>(
+/// Classifies `texts` through the whole stack over `client` (hyper-util's
+/// client, or in tests the simulated provider itself), writes one line per
+/// text to `out`, and reports.
+pub(crate) async fn run<St, T, B>(
     args: &Args,
     setup: &Setup,
     texts: &[String],
     out: &mut dyn Write,
     layer: LlmLayer<SingleKey, Provider, St>,
+    client: T,
 ) -> io::Result<Report>
 where
     St: Store + Clone,
+    T: Service<Request<String>, Response = Response<B>> + Clone + Send + 'static,
+    T::Error: Into<BoxError>,
+    T::Future: Send,
+    B: Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
 {
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_webpki_roots()
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .build();
-    let client = Client::builder(TokioExecutor::new()).build::<_, String>(https);
     let wire = Arc::new(Wire::default());
     let counted = {
         let wire = wire.clone();
@@ -407,7 +458,13 @@ where
             let wire = wire.clone();
             async move {
                 wire.sent.fetch_add(1, Ordering::Relaxed);
-                let response = client.ready().await?.call(request).await?;
+                let response = client
+                    .ready()
+                    .await
+                    .map_err(Into::into)?
+                    .call(request)
+                    .await
+                    .map_err(Into::into)?;
                 if response.status() == http::StatusCode::TOO_MANY_REQUESTS {
                     wire.rate_limited.fetch_add(1, Ordering::Relaxed);
                 }
@@ -417,7 +474,14 @@ where
     };
 
     let events = layer.events_handle().clone();
-    let stack = layer.layer(counted);
+    // the answer is read inside the batch's call, so that a stream that
+    // fails midway is held and sent again like any transient failure
+    let stack = {
+        let (wire, stream) = (wire.clone(), args.stream);
+        layer
+            .layer(counted)
+            .and_then(move |response| read_answer(response, stream, wire))
+    };
 
     let k = args.batch_size as usize;
     let groups: Vec<&[String]> = texts.chunks(k).collect();
@@ -427,8 +491,7 @@ where
         .enumerate()
         .map(|(i, group)| {
             let refs: Vec<&str> = group.iter().map(String::as_str).collect();
-            let (request, cost) =
-                chat_request(&setup.base_url, &args.model, &setup.api_key, &refs, i);
+            let (request, cost) = chat_request(setup, &args.model, &refs, i, args.stream);
             tokens += cost;
             request
         })
@@ -459,14 +522,15 @@ where
         elapsed: Duration::ZERO,
         resent: 0,
         sim: None,
+        stream: args.stream,
     };
     let mut index = 0;
     for group in &groups {
         let result = results.next().await.expect("one result per request");
         let outcome: Result<Vec<String>, (String, String)> = match result {
-            Ok(response) => read_labels(response, group.len()).await,
-            Err(e) if e.is_gave_up() => Err((format!("gave up ({})", e.class()), e.to_string())),
-            Err(e) => Err((e.class().as_str().to_string(), e.to_string())),
+            Ok(content) => labels(&content, group.len()).map_err(|e| ("other".to_string(), e)),
+            Err(e) if e.is_gave_up() => Err((format!("gave up ({})", e.class()), message(&e))),
+            Err(e) => Err((e.class().as_str().to_string(), message(&e))),
         };
         for (j, text) in group.iter().enumerate() {
             let line = match &outcome {
@@ -488,7 +552,7 @@ where
     report.elapsed = started.elapsed();
     report.resent = results.progress().resent;
     report.summary = events.counters().snapshot();
-    report.sim = setup.sim.as_ref().map(|(sim, _)| sim.stats());
+    report.sim = setup.sim.as_ref().map(SimProvider::stats);
     Ok(report)
 }
 
@@ -509,36 +573,239 @@ fn state(p: &Progress) -> String {
     message
 }
 
-async fn read_labels<B>(
+/// An error and its causes, for the results file.
+fn message(e: &tower_llm_resilience::Error) -> String {
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}
+
+/// What went wrong in an answer's body after its 200.
+#[derive(Debug)]
+struct BodyFailure(String);
+
+impl fmt::Display for BodyFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BodyFailure {}
+
+/// A failure of the answer's body as the crate's error, with `class`: a
+/// transient class (an error event's server error or overload, a cut body)
+/// makes the batch hold the item and send it again.
+fn body_failure(class: ErrorClass, message: String) -> tower_llm_resilience::Error {
+    tower_llm_resilience::Error::from_transport(BodyFailure(message), |_| {
+        Classification::failure(class)
+    })
+}
+
+/// The answer's text: the whole body's `choices[0].message.content`, or,
+/// when it asked for a stream and got one (`text/event-stream`), the
+/// content deltas of its events up to the end of the stream.
+async fn read_answer<B>(
     response: Response<B>,
-    count: usize,
-) -> Result<Vec<String>, (String, String)>
+    stream: bool,
+    wire: Arc<Wire>,
+) -> Result<String, tower_llm_resilience::Error>
 where
-    B: http_body::Body,
-    B::Error: std::fmt::Display,
+    B: Body,
+    B::Error: Into<BoxError>,
 {
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| {
-            (
-                "connect".to_string(),
-                format!("the response body broke: {e}"),
+    // a server that does not stream answers with a whole JSON body
+    let stream = stream
+        && response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+    let body = response.into_body();
+    if !stream {
+        let body = body.collect().await.map_err(|e| {
+            let e: BoxError = e.into();
+            body_failure(ErrorClass::Connect, format!("the response body broke: {e}"))
+        })?;
+        return content_of(&body.to_bytes()).map_err(|e| body_failure(ErrorClass::Other, e));
+    }
+    let read = read_stream(body).await;
+    if read.is_err() {
+        wire.stream_failures.fetch_add(1, Ordering::Relaxed);
+    }
+    read
+}
+
+/// The content of an OpenAI chat completion stream: the `delta.content`
+/// of every `chat.completion.chunk`, until `data: [DONE]`. An error event
+/// (`data: {"error": ...}`), a body that breaks, or one that ends before
+/// the answer is finished is a failure, classified from the event's code
+/// (or as a connection failure).
+async fn read_stream<B>(body: B) -> Result<String, tower_llm_resilience::Error>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    let mut body = pin!(body);
+    let mut events = Sse::default();
+    let mut answer = StreamedAnswer::default();
+    let mut received = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            let e: BoxError = e.into();
+            body_failure(
+                ErrorClass::Connect,
+                format!("the stream broke after {received} bytes: {e}"),
             )
-        })?
-        .to_bytes();
-    labels(&body, count).map_err(|e| ("other".to_string(), e))
+        })?;
+        let Ok(mut data) = frame.into_data() else {
+            continue; // trailers
+        };
+        while data.has_remaining() {
+            let chunk = data.chunk();
+            received += chunk.len();
+            events
+                .feed(chunk, |event| answer.event(event))
+                .map_err(|e| body_failure(ErrorClass::Other, e))?;
+            let n = chunk.len();
+            data.advance(n);
+        }
+        if let Some(failure) = answer.failure.take() {
+            return Err(failure);
+        }
+        if answer.done {
+            return Ok(answer.content);
+        }
+    }
+    if answer.finished {
+        // a server that sends no `[DONE]` after the finish reason
+        return Ok(answer.content);
+    }
+    Err(body_failure(
+        ErrorClass::Connect,
+        format!("the stream ended after {received} bytes, before its answer was finished"),
+    ))
+}
+
+/// What the events of a chat completion stream said so far.
+#[derive(Default)]
+struct StreamedAnswer {
+    content: String,
+    /// A choice's `finish_reason` was seen.
+    finished: bool,
+    /// `[DONE]` was seen.
+    done: bool,
+    failure: Option<tower_llm_resilience::Error>,
+}
+
+impl StreamedAnswer {
+    fn event(&mut self, data: &str) {
+        if data == "[DONE]" {
+            self.done = true;
+            return;
+        }
+        let Ok(v) = serde_json::from_str::<Value>(data) else {
+            self.failure = Some(body_failure(
+                ErrorClass::Other,
+                format!("an event is not JSON: {data:.200}"),
+            ));
+            return;
+        };
+        if let Some(error) = v.get("error") {
+            let class = parse_error_body(data.as_bytes())
+                .class
+                .unwrap_or(ErrorClass::ServerError);
+            let message = error["message"].as_str().unwrap_or("no message");
+            self.failure = Some(body_failure(
+                class,
+                format!("the stream sent an error after its 200: {message}"),
+            ));
+            return;
+        }
+        let Some(choice) = v["choices"].get(0) else {
+            return; // the usage chunk
+        };
+        if let Some(piece) = choice["delta"]["content"].as_str() {
+            self.content.push_str(piece);
+        }
+        self.finished |= !choice["finish_reason"].is_null();
+    }
+}
+
+/// The longest event the reader keeps (a server that never ends a line
+/// must not grow it without bound).
+pub(crate) const MAX_EVENT: usize = 1 << 20;
+
+/// A small reader of server-sent events: lines end with `\n` or `\r\n`,
+/// a blank line ends an event, its `data:` lines are joined with `\n`;
+/// comments (`:`), `event:`, `id:` and `retry:` are not needed here.
+#[derive(Default)]
+pub(crate) struct Sse {
+    /// The start of a line not yet ended.
+    line: Vec<u8>,
+    /// The data of the event being read.
+    data: String,
+}
+
+impl Sse {
+    /// Reads `bytes`, calling `event` with the data of every event they
+    /// end.
+    pub(crate) fn feed(&mut self, bytes: &[u8], mut event: impl FnMut(&str)) -> Result<(), String> {
+        let mut rest = bytes;
+        while let Some(end) = rest.iter().position(|&b| b == b'\n') {
+            let (line, after) = rest.split_at(end);
+            rest = &after[1..];
+            if self.line.is_empty() {
+                self.line_done(line, &mut event);
+            } else {
+                let mut whole = std::mem::take(&mut self.line);
+                whole.extend_from_slice(line);
+                self.line_done(&whole, &mut event);
+            }
+        }
+        self.line.extend_from_slice(rest);
+        if self.line.len() + self.data.len() > MAX_EVENT {
+            return Err(format!("an event longer than {MAX_EVENT} bytes"));
+        }
+        Ok(())
+    }
+
+    fn line_done(&mut self, line: &[u8], event: &mut impl FnMut(&str)) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            if !self.data.is_empty() {
+                event(&self.data);
+                self.data.clear();
+            }
+            return;
+        }
+        if let Some(value) = line.strip_prefix(b"data:") {
+            let value = value.strip_prefix(b" ").unwrap_or(value);
+            if !self.data.is_empty() {
+                self.data.push('\n');
+            }
+            self.data.push_str(&String::from_utf8_lossy(value));
+        }
+    }
 }
 
 impl Report {
-    fn print(&self, setup: &Setup, out_name: &str) {
-        let w = setup.window.as_secs_f64();
+    /// The theoretical minimum: `W * (max(ceil(N/R), ceil(tokens/T)) - 1)`.
+    pub(crate) fn minimum(&self, setup: &Setup) -> Duration {
         let windows = (self.requests as u64)
             .div_ceil(setup.rpm)
             .max(self.tokens.div_ceil(setup.tpm))
             .saturating_sub(1);
-        let minimum = w * windows as f64;
+        setup.window.mul_f64(windows as f64)
+    }
+
+    fn print(&self, setup: &Setup, out_name: &str) {
+        let w = setup.window.as_secs_f64();
+        let minimum = self.minimum(setup).as_secs_f64();
         let elapsed = self.elapsed.as_secs_f64();
         let failed: u64 = self.failed.values().map(|&n| n as u64).sum();
         let mut rows: Vec<(String, String)> = vec![
@@ -551,6 +818,7 @@ impl Report {
         }
         let sent = self.wire.sent.load(Ordering::Relaxed);
         let limited = self.wire.rate_limited.load(Ordering::Relaxed);
+        let stream_failures = self.wire.stream_failures.load(Ordering::Relaxed);
         rows.extend([
             ("requests needed".into(), self.requests.to_string()),
             ("requests sent".into(), sent.to_string()),
@@ -586,6 +854,19 @@ impl Report {
                 format!("{minimum:.1} s  (W * (max(ceil(N/R), ceil(tokens/T)) - 1))"),
             ),
         ]);
+        if self.stream || stream_failures > 0 {
+            let at = rows
+                .iter()
+                .position(|(k, _)| k == "held and sent again")
+                .map_or(rows.len(), |i| i + 1);
+            rows.insert(
+                at,
+                (
+                    "stream failures".into(),
+                    format!("{stream_failures} (failed after their 200, sent again)"),
+                ),
+            );
+        }
         if minimum > 0.0 {
             rows.push((
                 "elapsed / minimum".into(),
@@ -600,7 +881,11 @@ impl Report {
                     sim.requests,
                     sim.completed,
                     sim.rate_limited(),
-                    sim.server_errors + sim.unavailable + sim.overloaded + sim.resets,
+                    sim.server_errors
+                        + sim.unavailable
+                        + sim.overloaded
+                        + sim.resets
+                        + sim.failed_streams(),
                     sim.outage
                 ),
             ));

@@ -21,8 +21,12 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Two families of errors share the type:
 ///
 /// - **The provider's**: it answered with an error status
-///   ([`is_response`](Self::is_response)) or the transport failed
-///   ([`is_transport`](Self::is_transport)); the class says what that means.
+///   ([`is_response`](Self::is_response)), the transport failed
+///   ([`is_transport`](Self::is_transport)), or a response body failed
+///   after the response began ([`is_stream_failure`](Self::is_stream_failure):
+///   an error event, a truncated, broken or stalled stream, with the bytes
+///   [`delivered`](Self::delivered) before it); the class says what that
+///   means.
 /// - **A layer's own decision**: the rate limiter cannot admit the request
 ///   ([`is_over_capacity`](Self::is_over_capacity),
 ///   [`is_rate_limit_timeout`](Self::is_rate_limit_timeout)), the retry
@@ -81,6 +85,23 @@ enum Kind {
     /// The limiter's in-memory store holds as many keys as it may, all of
     /// them still counting usage: a new key cannot be admitted.
     TooManyKeys { max: usize },
+    /// A response body failed after the response began: `delivered` bytes
+    /// of it had reached the caller.
+    Stream { delivered: u64, cause: StreamCause },
+}
+
+/// What ended a response body early.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StreamCause {
+    /// The provider sent an error event (or an error object) in the body.
+    ErrorEvent,
+    /// The body ended without its format's terminator.
+    Truncated,
+    /// Reading the body failed (a reset, a broken connection); the inner
+    /// error is the source.
+    Body,
+    /// No frame came for this long.
+    Idle { idle: Duration },
 }
 
 impl Error {
@@ -219,6 +240,74 @@ impl Error {
         Error::new(Kind::GaveUp { patience }, last)
     }
 
+    /// The provider reported an error inside a successful response's body
+    /// (see [`stream`](crate::stream)).
+    pub(crate) fn stream_error_event(
+        failure: crate::stream::StreamFailure,
+        delivered: u64,
+    ) -> Self {
+        let mut c = Classification::failure(failure.class);
+        c.code = failure.code;
+        Error::new(
+            Kind::Stream {
+                delivered,
+                cause: StreamCause::ErrorEvent,
+            },
+            c,
+        )
+    }
+
+    /// An event stream ended without its terminator.
+    pub(crate) fn stream_truncated(delivered: u64) -> Self {
+        Error::new(
+            Kind::Stream {
+                delivered,
+                cause: StreamCause::Truncated,
+            },
+            Classification::failure(ErrorClass::ServerError),
+        )
+    }
+
+    /// Reading a response body failed: `source` is the body's error, with
+    /// its classification (a crate error that is already a stream failure
+    /// is returned as it is).
+    pub(crate) fn stream_broken(
+        source: BoxError,
+        delivered: u64,
+        classify: impl FnOnce(&BoxError) -> Classification,
+    ) -> Self {
+        let classification = match source.downcast_ref::<Error>() {
+            Some(ours) if ours.is_stream_failure() => {
+                return *source
+                    .downcast::<Error>()
+                    .unwrap_or_else(|_| unreachable!())
+            }
+            Some(ours) => *ours.classification(),
+            None => classify(&source),
+        };
+        let mut c = classification;
+        c.class.get_or_insert(ErrorClass::Other);
+        Error::new(
+            Kind::Stream {
+                delivered,
+                cause: StreamCause::Body,
+            },
+            c,
+        )
+        .with_source(source)
+    }
+
+    /// No frame of a response body came for `idle`.
+    pub(crate) fn stream_idle(idle: Duration, delivered: u64) -> Self {
+        Error::new(
+            Kind::Stream {
+                delivered,
+                cause: StreamCause::Idle { idle },
+            },
+            Classification::failure(ErrorClass::Timeout),
+        )
+    }
+
     pub(crate) fn too_many_keys(max: usize, retry_after: Duration) -> Self {
         Error::new(
             Kind::TooManyKeys { max },
@@ -271,7 +360,8 @@ impl Error {
             | Kind::StoreUnavailable
             | Kind::Cancelled
             | Kind::GaveUp { .. }
-            | Kind::TooManyKeys { .. } => self.class().is_retryable(),
+            | Kind::TooManyKeys { .. }
+            | Kind::Stream { .. } => self.class().is_retryable(),
             Kind::Response | Kind::Transport => self.inner.classification.is_retryable(),
         }
     }
@@ -403,6 +493,26 @@ impl Error {
     pub fn is_too_many_keys(&self) -> bool {
         matches!(self.inner.kind, Kind::TooManyKeys { .. })
     }
+
+    /// A response body failed after the response began (its status and
+    /// headers had arrived): the provider sent an error event, the stream
+    /// was truncated, broke or stalled. [`class`](Self::class) says which
+    /// failure it was (`overloaded`, `server_error`, `connect`,
+    /// `timeout`...) and [`delivered`](Self::delivered) how much of the
+    /// body the caller had received. See [`stream`](crate::stream).
+    pub fn is_stream_failure(&self) -> bool {
+        matches!(self.inner.kind, Kind::Stream { .. })
+    }
+
+    /// For a [stream failure](Self::is_stream_failure): how many bytes of
+    /// the body reached the caller before it failed. Retrying is safe for
+    /// the caller only when this is 0 (nothing was shown yet).
+    pub fn delivered(&self) -> Option<u64> {
+        match self.inner.kind {
+            Kind::Stream { delivered, .. } => Some(delivered),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Debug for Error {
@@ -486,6 +596,24 @@ impl fmt::Display for Error {
                     Secs(c.retry_after.unwrap_or_default())
                 )
             }
+            Kind::Stream { delivered, cause } => match cause {
+                StreamCause::ErrorEvent => write!(
+                    f,
+                    "stream failed after {delivered} bytes: the provider sent an error event ({class}"
+                )?,
+                StreamCause::Truncated => write!(
+                    f,
+                    "stream truncated after {delivered} bytes: it ended without its terminator ({class}"
+                )?,
+                StreamCause::Body => {
+                    write!(f, "stream broke after {delivered} bytes ({class}")?
+                }
+                StreamCause::Idle { idle } => write!(
+                    f,
+                    "stream idle for {} after {delivered} bytes ({class}",
+                    Secs(idle)
+                )?,
+            },
         }
         if let Some(code) = c.code {
             write!(f, ": {code}")?;

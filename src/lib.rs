@@ -195,6 +195,7 @@ pub mod retry;
 #[cfg_attr(docsrs, doc(cfg(feature = "sim")))]
 pub mod sim;
 pub mod stack;
+pub mod stream;
 
 pub use self::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
 pub use self::classify::{Classification, Classifier, ErrorClass, Provider};
@@ -202,7 +203,7 @@ pub use self::error::{BoxError, Error};
 pub use self::key::{Key, KeyFn};
 pub use self::rate_limit::{Limits, RateLimitLayer};
 pub use self::retry::{RetryLayer, RetryPolicy};
-pub use self::stack::{LlmLayer, LlmService};
+pub use self::stack::{LlmBody, LlmLayer, LlmService};
 
 /// The README's code blocks, compiled and run as doctests.
 #[cfg(doctest)]

@@ -14,7 +14,9 @@ use tower::{Layer, Service, ServiceExt};
 use tower_llm_resilience::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
 use tower_llm_resilience::classify::{Classification, Classify, ClassifyLayer};
 use tower_llm_resilience::events::{CircuitState, Event, Events};
-use tower_llm_resilience::rate_limit::{Limits, MemoryStore, RateLimit, RateLimitLayer};
+use tower_llm_resilience::rate_limit::{
+    Limits, MemoryStore, RateLimit, RateLimitLayer, DEFAULT_ARRIVAL_MARGIN,
+};
 use tower_llm_resilience::retry::{Retry, RetryBudget, RetryLayer};
 use tower_llm_resilience::{BoxError, Classifier, Error, ErrorClass, Key, LlmLayer, Provider};
 
@@ -218,12 +220,16 @@ async fn every_layer_takes_its_classifier_and_events_by_the_same_setters() {
 
 #[tokio::test(start_paused = true)]
 async fn every_service_has_a_new_with_its_layers_defaults() {
-    // RateLimit::new: one request per minute, the second waits it out.
+    // RateLimit::new: one request per minute, the second waits it out
+    // (and the default arrival margin).
     let mut limited = RateLimit::new(Answer(StatusCode::OK), Limits::new().requests_per_minute(1));
     let started = Instant::now();
     send(&mut limited).await.unwrap();
     send(&mut limited).await.unwrap();
-    assert_eq!(started.elapsed(), Duration::from_secs(60));
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_secs(60) + DEFAULT_ARRIVAL_MARGIN
+    );
 
     // CircuitBreaker::new: an invalid key opens it.
     let mut breaker = CircuitBreaker::new(Answer(StatusCode::UNAUTHORIZED));

@@ -30,10 +30,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tower::{Layer, Service, ServiceExt};
 use tower_llm_resilience::batch::{Batch, Patience};
-use tower_llm_resilience::circuit_breaker::ResponseBody;
-use tower_llm_resilience::classify::PeekedBody;
 use tower_llm_resilience::retry::Backoff;
-use tower_llm_resilience::{Error, ErrorClass, LlmLayer, LlmService, Provider};
+use tower_llm_resilience::{Error, ErrorClass, LlmBody, LlmLayer, LlmService, Provider};
 
 mod support;
 
@@ -271,7 +269,7 @@ async fn raw(mut stream: TcpStream, bytes: &[u8], pause: Duration, end: End) {
 // ---------------------------------------------------------------------------
 
 type Stack = LlmService<Client<HttpConnector, String>>;
-type Reply = Result<Response<ResponseBody<PeekedBody<Incoming>>>, Error>;
+type Reply = Result<Response<LlmBody<Incoming>>, Error>;
 
 const ATTEMPTS: u32 = 3;
 const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(300);

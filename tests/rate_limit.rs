@@ -1,4 +1,6 @@
 //! Behaviour of the rate limiter under paused time, with `tower_test::mock`.
+//! The tests check exact instants: each limiter counts an admission for
+//! exactly its window (`arrival_margin(Duration::ZERO)`).
 
 use std::time::Duration;
 
@@ -30,7 +32,10 @@ fn keyed(key: &'static str, tokens: u32) -> Req {
 async fn serve_ok(mut handle: mock::Handle<Req, Resp>, t0: Instant) -> Vec<(Duration, u32)> {
     let mut seen = Vec::new();
     while let Some((r, send)) = handle.next_request().await {
-        let tag = r.extensions().get::<TokenEstimate>().map_or(0, |e| e.0);
+        let tag = r
+            .extensions()
+            .get::<TokenEstimate>()
+            .map_or(0, |e| u32::try_from(e.total_tokens()).unwrap());
         seen.push((t0.elapsed(), tag));
         send.send_response(Response::new(String::new()));
     }
@@ -42,8 +47,9 @@ async fn admits_at_exactly_the_instant_the_window_frees() {
     let (mock, handle) = mock::pair::<Req, Resp>();
     let t0 = Instant::now();
     let server = tokio::spawn(serve_ok(handle, t0));
-    let svc =
-        RateLimitLayer::new(Limits::new().window(Dimension::Requests, ms(1000), 2)).layer(mock);
+    let svc = RateLimitLayer::new(Limits::new().window(Dimension::Requests, ms(1000), 2))
+        .arrival_margin(Duration::ZERO)
+        .layer(mock);
     let mut calls = Vec::new();
     for i in 0..5 {
         calls.push(tokio::spawn(svc.clone().oneshot(req(i))));
@@ -72,8 +78,9 @@ async fn waiters_are_served_in_arrival_order() {
     let (mock, handle) = mock::pair::<Req, Resp>();
     let t0 = Instant::now();
     let server = tokio::spawn(serve_ok(handle, t0));
-    let svc =
-        RateLimitLayer::new(Limits::new().window(Dimension::Tokens, ms(1000), 100)).layer(mock);
+    let svc = RateLimitLayer::new(Limits::new().window(Dimension::Tokens, ms(1000), 100))
+        .arrival_margin(Duration::ZERO)
+        .layer(mock);
     let a = tokio::spawn(svc.clone().oneshot(req(90)));
     tokio::task::yield_now().await;
     // Big: must wait for the whole window.
@@ -94,6 +101,7 @@ async fn a_429_with_retry_after_gates_every_request_of_the_key() {
     let (mock, mut handle) = mock::pair::<Req, Resp>();
     let events = Events::new();
     let svc = RateLimitLayer::new(Limits::new().requests_per_minute(1000))
+        .arrival_margin(Duration::ZERO)
         .events(events.clone())
         .layer(mock);
     let t0 = Instant::now();
@@ -132,6 +140,7 @@ async fn remaining_headers_tighten_the_window() {
             .requests_per_minute(100)
             .tokens_per_minute(10_000),
     )
+    .arrival_margin(Duration::ZERO)
     .events(events.clone())
     .layer(mock);
     let t0 = Instant::now();
@@ -168,6 +177,7 @@ async fn headers_never_loosen_unless_asked() {
     for (learn, expected) in [(false, 10), (true, 500)] {
         let (mock, mut handle) = mock::pair::<Req, Resp>();
         let svc = RateLimitLayer::new(Limits::new().requests_per_minute(10))
+            .arrival_margin(Duration::ZERO)
             .learn_limits(learn)
             .layer(mock);
         let call = tokio::spawn(svc.clone().oneshot(req(0)));
@@ -192,8 +202,9 @@ async fn headers_never_loosen_unless_asked() {
 #[tokio::test(start_paused = true)]
 async fn usage_in_the_response_corrects_the_charge() {
     let (mock, mut handle) = mock::pair::<Req, Resp>();
-    let svc =
-        RateLimitLayer::new(Limits::new().window(Dimension::Tokens, ms(1000), 100)).layer(mock);
+    let svc = RateLimitLayer::new(Limits::new().window(Dimension::Tokens, ms(1000), 100))
+        .arrival_margin(Duration::ZERO)
+        .layer(mock);
     let t0 = Instant::now();
     let first = tokio::spawn(svc.clone().oneshot(req(90)));
     let (_, send) = handle.next_request().await.unwrap();
@@ -222,8 +233,9 @@ async fn usage_in_the_response_corrects_the_charge() {
 #[tokio::test(start_paused = true)]
 async fn a_dropped_waiter_gives_its_reservation_back() {
     let (mock, mut handle) = mock::pair::<Req, Resp>();
-    let mut svc =
-        RateLimitLayer::new(Limits::new().window(Dimension::Requests, ms(1000), 1)).layer(mock);
+    let mut svc = RateLimitLayer::new(Limits::new().window(Dimension::Requests, ms(1000), 1))
+        .arrival_margin(Duration::ZERO)
+        .layer(mock);
     let t0 = Instant::now();
     let first = tokio::spawn(svc.clone().oneshot(req(1)));
     let (_, send) = handle.next_request().await.unwrap();
@@ -248,7 +260,7 @@ async fn a_dropped_waiter_gives_its_reservation_back() {
     let (r, send) = handle.next_request().await.unwrap();
     assert_eq!(
         r.extensions().get::<TokenEstimate>(),
-        Some(&TokenEstimate(3))
+        Some(&TokenEstimate::total(3))
     );
     assert_eq!(t0.elapsed(), ms(1000));
     send.send_response(Response::new(String::new()));
@@ -260,8 +272,9 @@ async fn waiters_behind_a_dropped_one_move_up() {
     let (mock, handle) = mock::pair::<Req, Resp>();
     let t0 = Instant::now();
     let server = tokio::spawn(serve_ok(handle, t0));
-    let mut svc =
-        RateLimitLayer::new(Limits::new().window(Dimension::Requests, ms(1000), 1)).layer(mock);
+    let mut svc = RateLimitLayer::new(Limits::new().window(Dimension::Requests, ms(1000), 1))
+        .arrival_margin(Duration::ZERO)
+        .layer(mock);
     svc.clone().oneshot(req(1)).await.unwrap(); // sent at 0
     svc.ready().await.unwrap();
     let mut second = tokio_test::task::spawn(svc.call(req(2))); // booked at 1 s
@@ -279,7 +292,9 @@ async fn waiters_behind_a_dropped_one_move_up() {
 #[tokio::test(start_paused = true)]
 async fn a_request_larger_than_the_window_fails_at_once() {
     let (mock, _handle) = mock::pair::<Req, Resp>();
-    let svc = RateLimitLayer::new(Limits::new().tokens_per_minute(1000)).layer(mock);
+    let svc = RateLimitLayer::new(Limits::new().tokens_per_minute(1000))
+        .arrival_margin(Duration::ZERO)
+        .layer(mock);
     let t0 = Instant::now();
     let err = svc.oneshot(req(1001)).await.unwrap_err();
     assert!(err.is_over_capacity(), "{err}");
@@ -290,6 +305,7 @@ async fn a_request_larger_than_the_window_fails_at_once() {
 async fn a_wait_past_max_wait_fails_at_once_and_reserves_nothing() {
     let (mock, mut handle) = mock::pair::<Req, Resp>();
     let svc = RateLimitLayer::new(Limits::new().window(Dimension::Requests, ms(1000), 1))
+        .arrival_margin(Duration::ZERO)
         .max_wait(ms(500))
         .layer(mock);
     let t0 = Instant::now();
@@ -321,6 +337,7 @@ async fn keys_do_not_share_a_window_and_may_differ_in_limits() {
     let t0 = Instant::now();
     let server = tokio::spawn(serve_ok(handle, t0));
     let svc = RateLimitLayer::new(Limits::new().window(Dimension::Requests, ms(1000), 1))
+        .arrival_margin(Duration::ZERO)
         .key_limits(|k| {
             let n = if k.as_str() == Some("b") { 2 } else { 1 };
             Limits::new().window(Dimension::Requests, ms(1000), n)
@@ -344,6 +361,7 @@ async fn keys_do_not_share_a_window_and_may_differ_in_limits() {
 #[tokio::test(start_paused = true)]
 async fn the_key_map_stays_bounded() {
     let svc = RateLimitLayer::new(Limits::new().window(Dimension::Requests, ms(100), 1))
+        .arrival_margin(Duration::ZERO)
         .max_keys(10)
         .key_fn(by_header)
         .layer(tower::service_fn(|_: Req| async {
@@ -375,7 +393,8 @@ async fn clones_are_the_same_limiter() {
     let ok = tower::service_fn(|_: Req| async {
         Ok::<_, std::convert::Infallible>(Response::new(String::new()))
     });
-    let layer = RateLimitLayer::new(Limits::new().window(Dimension::Requests, ms(1000), 1));
+    let layer = RateLimitLayer::new(Limits::new().window(Dimension::Requests, ms(1000), 1))
+        .arrival_margin(Duration::ZERO);
     let a = layer.layer(ok);
     let b = a.clone();
     let t0 = Instant::now();
@@ -390,7 +409,11 @@ async fn the_service_and_its_future_are_send() {
         t
     }
     let (mock, mut handle) = mock::pair::<Req, Resp>();
-    let mut svc = send(RateLimitLayer::new(Limits::new().requests_per_minute(10)).layer(mock));
+    let mut svc = send(
+        RateLimitLayer::new(Limits::new().requests_per_minute(10))
+            .arrival_margin(Duration::ZERO)
+            .layer(mock),
+    );
     svc.ready().await.unwrap();
     let fut = send(svc.call(req(1)));
     let call = tokio::spawn(fut);
@@ -433,6 +456,7 @@ async fn failed_attempts_give_their_charge_back() {
         let arrivals = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let limits = Limits::new().window(Dimension::Requests, ms(10_000), 1);
         let mut svc = RateLimitLayer::new(limits)
+            .arrival_margin(Duration::ZERO)
             .refund_failed(refund)
             .layer(failing_first(status, arrivals.clone(), t0));
         let first = svc.ready().await.unwrap().call(req(1)).await.unwrap();
@@ -466,7 +490,9 @@ async fn a_connection_failure_gives_its_charge_back() {
         }
     });
     let limits = Limits::new().window(Dimension::Requests, ms(10_000), 1);
-    let mut svc = RateLimitLayer::new(limits).layer(inner);
+    let mut svc = RateLimitLayer::new(limits)
+        .arrival_margin(Duration::ZERO)
+        .layer(inner);
     let err = svc.ready().await.unwrap().call(req(1)).await.unwrap_err();
     assert!(err.is_connect());
     svc.ready().await.unwrap().call(req(1)).await.unwrap();

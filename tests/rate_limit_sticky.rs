@@ -1,7 +1,9 @@
 //! Issue #11, "nothing sticky": whatever the limiter learns from a provider
 //! (limits, gates) has a floor, a bound and an expiry, and the store's own
 //! bookkeeping (ids, eviction) never admits more than the limits. One test
-//! per finding, named after it, under paused time.
+//! per finding, named after it, under paused time. The tests check exact
+//! instants: each limiter counts an admission for exactly its window
+//! (`arrival_margin(Duration::ZERO)`).
 
 use std::time::Duration;
 
@@ -56,6 +58,7 @@ async fn one_odd_header_shuts_a_key_for_good() {
                 .requests_per_minute(100)
                 .tokens_per_minute(10_000),
         )
+        .arrival_margin(Duration::ZERO)
         .layer(mock);
         let t0 = Instant::now();
         let first = tokio::spawn(svc.clone().oneshot(req(10)));
@@ -99,6 +102,7 @@ async fn a_learned_limit_has_a_floor_a_bound_and_an_expiry() {
     ] {
         let (mock, mut handle) = mock::pair::<Req, Resp>();
         let svc = RateLimitLayer::new(Limits::new().requests_per_minute(100))
+            .arrival_margin(Duration::ZERO)
             .learn_limits(learn)
             .layer(mock);
         let t0 = Instant::now();
@@ -130,7 +134,9 @@ async fn a_learned_limit_has_a_floor_a_bound_and_an_expiry() {
 #[tokio::test(start_paused = true)]
 async fn a_request_that_fits_the_configured_limit_waits_out_a_learned_one() {
     let (mock, mut handle) = mock::pair::<Req, Resp>();
-    let svc = RateLimitLayer::new(Limits::new().tokens_per_minute(10_000)).layer(mock);
+    let svc = RateLimitLayer::new(Limits::new().tokens_per_minute(10_000))
+        .arrival_margin(Duration::ZERO)
+        .layer(mock);
     let t0 = Instant::now();
     let first = tokio::spawn(svc.clone().oneshot(req(10)));
     let (_, send) = provider_sees(&mut handle).await;
@@ -161,7 +167,9 @@ async fn absurd_remaining_values_lock_nothing() {
         ("0", "1000000s", MINUTE),
     ] {
         let (mock, mut handle) = mock::pair::<Req, Resp>();
-        let svc = RateLimitLayer::new(Limits::new().requests_per_minute(100)).layer(mock);
+        let svc = RateLimitLayer::new(Limits::new().requests_per_minute(100))
+            .arrival_margin(Duration::ZERO)
+            .layer(mock);
         let t0 = Instant::now();
         let first = tokio::spawn(svc.clone().oneshot(req(0)));
         let (_, send) = provider_sees(&mut handle).await;
@@ -199,6 +207,7 @@ async fn a_long_retry_after_hangs_the_other_requests_silently() {
         _ => {}
     });
     let svc = RateLimitLayer::new(Limits::new().requests_per_minute(1000))
+        .arrival_margin(Duration::ZERO)
         .events(events.clone())
         .layer(mock);
     let t0 = Instant::now();
@@ -234,6 +243,7 @@ async fn a_long_retry_after_hangs_the_other_requests_silently() {
     assert_eq!((s.gates_closed, s.gate_waits_refused), (1, 1));
     // A bound of a day (or `Duration::MAX`) waits it out.
     let svc = RateLimitLayer::new(Limits::new().requests_per_minute(1000))
+        .arrival_margin(Duration::ZERO)
         .max_gate_wait(Duration::MAX)
         .layer(tower::service_fn(|_: Req| async {
             Ok::<_, std::convert::Infallible>(response(
@@ -252,8 +262,9 @@ async fn a_long_retry_after_hangs_the_other_requests_silently() {
 #[tokio::test(start_paused = true)]
 async fn waiters_already_queued_ignore_a_gate_closed_after_they_were_booked() {
     let (mock, mut handle) = mock::pair::<Req, Resp>();
-    let svc =
-        RateLimitLayer::new(Limits::new().window(Dimension::Requests, ms(1000), 1)).layer(mock);
+    let svc = RateLimitLayer::new(Limits::new().window(Dimension::Requests, ms(1000), 1))
+        .arrival_margin(Duration::ZERO)
+        .layer(mock);
     let t0 = Instant::now();
     let first = tokio::spawn(svc.clone().oneshot(req(1)));
     let (_, send_first) = provider_sees(&mut handle).await;
@@ -269,7 +280,7 @@ async fn waiters_already_queued_ignore_a_gate_closed_after_they_were_booked() {
     let (r, send) = provider_sees(&mut handle).await;
     assert_eq!(
         r.extensions().get::<TokenEstimate>(),
-        Some(&TokenEstimate(2))
+        Some(&TokenEstimate::total(2))
     );
     assert_eq!(t0.elapsed(), ms(5100), "sent when the gate opened");
     send.send_response(Response::new(String::new()));
@@ -283,6 +294,7 @@ async fn a_queued_waiter_moved_past_the_gate_bound_fails_and_gives_back_its_slot
     let (mock, mut handle) = mock::pair::<Req, Resp>();
     let events = Events::new();
     let svc = RateLimitLayer::new(Limits::new().window(Dimension::Requests, ms(1000), 1))
+        .arrival_margin(Duration::ZERO)
         .events(events.clone())
         .layer(mock);
     let t0 = Instant::now();
@@ -318,7 +330,8 @@ async fn a_queued_waiter_moved_past_the_gate_bound_fails_and_gives_back_its_slot
 #[tokio::test(start_paused = true)]
 async fn a_store_may_report_a_later_instant_from_watch() {
     for (later, sent_at) in [(secs(10), Some(secs(11))), (secs(90), None)] {
-        let inner = MemoryStore::new(Limits::new().window(Dimension::Requests, ms(1000), 1));
+        let inner = MemoryStore::new(Limits::new().window(Dimension::Requests, ms(1000), 1))
+            .arrival_margin(Duration::ZERO);
         let store = LateWatch {
             inner: inner.clone(),
             later,
@@ -326,7 +339,10 @@ async fn a_store_may_report_a_later_instant_from_watch() {
         };
         let cancelled = store.cancelled.clone();
         let (mock, mut handle) = mock::pair::<Req, Resp>();
-        let svc = RateLimitLayer::new(Limits::new()).store(store).layer(mock);
+        let svc = RateLimitLayer::new(Limits::new())
+            .arrival_margin(Duration::ZERO)
+            .store(store)
+            .layer(mock);
         let t0 = Instant::now();
         let first = tokio::spawn(svc.clone().oneshot(req(1)));
         let (_, send) = provider_sees(&mut handle).await;
@@ -411,9 +427,11 @@ impl Store for LateWatch {
         dimension: Dimension,
         window: Duration,
         state: tower_llm_resilience::classify::ReportedLimit,
+        reservation: Option<&tower_llm_resilience::rate_limit::Reservation>,
         now: Instant,
     ) -> Option<u64> {
-        self.inner.learn(key, dimension, window, state, now)
+        self.inner
+            .learn(key, dimension, window, state, reservation, now)
     }
 }
 
@@ -422,7 +440,9 @@ impl Store for LateWatch {
 #[tokio::test(start_paused = true)]
 async fn the_memory_store_reuses_reservation_ids_after_eviction() {
     let limits = Limits::new().window(Dimension::Requests, ms(100), 1);
-    let store = MemoryStore::new(limits).max_keys(1);
+    let store = MemoryStore::new(limits)
+        .arrival_margin(Duration::ZERO)
+        .max_keys(1);
     let (a, b) = (Key::from_static("a"), Key::from_static("b"));
     let one = Costs::new(0, 0);
     let t0 = Instant::now();
@@ -447,7 +467,9 @@ async fn the_memory_store_reuses_reservation_ids_after_eviction() {
 #[tokio::test(start_paused = true)]
 async fn evicting_a_live_key_forgets_its_in_flight_usage() {
     let limits = Limits::new().requests_per_minute(1);
-    let store = MemoryStore::new(limits).max_keys(2);
+    let store = MemoryStore::new(limits)
+        .arrival_margin(Duration::ZERO)
+        .max_keys(2);
     let one = Costs::new(0, 0);
     let a = Key::from_static("a");
     let t0 = Instant::now();
@@ -469,7 +491,9 @@ async fn evicting_a_live_key_forgets_its_in_flight_usage() {
 #[tokio::test(start_paused = true)]
 async fn a_flood_past_the_hard_bound_fails_with_a_typed_error() {
     let limits = Limits::new().requests_per_minute(1);
-    let store = MemoryStore::new(limits).max_keys(2);
+    let store = MemoryStore::new(limits)
+        .arrival_margin(Duration::ZERO)
+        .max_keys(2);
     let one = Costs::new(0, 0);
     let t0 = Instant::now();
     for i in 0..8 {
@@ -513,6 +537,7 @@ async fn a_flood_past_the_hard_bound_fails_with_a_typed_error() {
 async fn idle_timeout_max_panics() {
     let limits = Limits::new().requests_per_minute(1);
     let store = MemoryStore::new(limits)
+        .arrival_margin(Duration::ZERO)
         .max_keys(1)
         .idle_timeout(Duration::MAX);
     let one = Costs::new(0, 0);
@@ -540,6 +565,7 @@ async fn costs_default_counts_0_requests() {
             .window(Dimension::Requests, ms(1000), 1)
             .tokens_per_minute(10_000),
     )
+    .arrival_margin(Duration::ZERO)
     .estimator(estimator)
     .layer(ok);
     let t0 = Instant::now();
@@ -556,7 +582,7 @@ async fn costs_default_counts_0_requests() {
 #[tokio::test(start_paused = true)]
 async fn max_keys_on_a_clone_forks_the_store() {
     let limits = Limits::new().requests_per_minute(1);
-    let store = MemoryStore::new(limits);
+    let store = MemoryStore::new(limits).arrival_margin(Duration::ZERO);
     let one = Costs::new(0, 0);
     let a = Key::from_static("a");
     let now = Instant::now();
@@ -590,7 +616,7 @@ async fn max_keys_on_a_clone_forks_the_store() {
 #[test]
 fn two_threads_on_one_key_admit_exactly_the_limit() {
     let limits = Limits::new().requests_per_minute(1_000);
-    let store = MemoryStore::new(limits);
+    let store = MemoryStore::new(limits).arrival_margin(Duration::ZERO);
     let now = Instant::now();
     let one = Costs::new(0, 0);
     let keys = [Key::DEFAULT, Key::from_static("b"), Key::new("c")];

@@ -134,6 +134,9 @@ proptest! {
         let mut log: Vec<Admitted> = Vec::new();
         let mut gate: Option<Instant> = None;
         let mut corrected = false;
+        // The latest `now` a decision saw: the window dropped what left
+        // by then, so it books nothing earlier (a late caller waits).
+        let mut seen = t0;
         for op in ops {
             let (arrival, tokens) = match op {
                 Op::Arrive { gap, tokens } => {
@@ -148,10 +151,11 @@ proptest! {
             };
             match op {
                 Op::Arrive { .. } | Op::Late { .. } => {
-                    let now = arrival.expect("an arrival");
+                    let now = arrival.expect("an arrival").max(seen);
+                    seen = now;
                     let costs = Costs::tokens(tokens);
                     match window.acquire(&costs, now, None) {
-                        Decision::Admitted(Booking { id, at }) => {
+                        Decision::Admitted(Booking { id, at, .. }) => {
                             prop_assert!(at >= now);
                             // Earliest: one nanosecond earlier (but not before
                             // `now` or an earlier live reservation) it must not fit.

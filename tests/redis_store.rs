@@ -178,7 +178,7 @@ async fn behaviour<S: Settle>(s: S) {
     let k = Key::new("learn");
     let state = ReportedLimit::new(Some(100), Some(1), Some(Duration::from_millis(500)));
     let start = Instant::now();
-    let _ = s.learn(&k, Dimension::Requests, W, state, start);
+    let _ = s.learn(&k, Dimension::Requests, W, state, None, start);
     s.settle().await;
     let first = acquire(&s, &k, one).await;
     let second = acquire(&s, &k, one).await;
@@ -208,10 +208,15 @@ async fn redis_store_behaviour() {
     behaviour(store).await;
 }
 
+/// The tests' own connection, patient (a PING behind a `CLIENT PAUSE` on
+/// a busy machine outlasts the client's default response timeout).
 async fn client(server: &RedisServer) -> redis::aio::MultiplexedConnection {
     redis::Client::open(server.url())
         .unwrap()
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(
+            &redis::AsyncConnectionConfig::new()
+                .set_response_timeout(Some(Duration::from_secs(10))),
+        )
         .await
         .unwrap()
 }
@@ -237,13 +242,13 @@ async fn keys_are_namespaced_tagged_and_expire() {
     let mut con = client(&server).await;
     let mut keys: Vec<String> = con.keys("*").await.unwrap();
     keys.sort();
-    let (tokens, state): (Vec<_>, Vec<_>) = keys.iter().partition(|k| k.starts_with("{ns:k1}:k:"));
+    // Requests and tokens per 200 ms are one group: one entries hash; the
+    // acquire's token is in the current token generation.
     assert_eq!(
-        state,
-        ["{ns:k1}:e:r:200000", "{ns:k1}:e:t:200000", "{ns:k1}:s2"],
+        keys,
+        ["{ns:k1}:3:e:rt:200000", "{ns:k1}:3:s", "{ns:k1}:3:t0"],
         "one hash tag per limiter key, under the prefix"
     );
-    assert_eq!(tokens.len(), 1, "the acquire's token: {tokens:?}");
     for k in &keys {
         let ttl: i64 = con.pttl(k).await.unwrap();
         assert!(ttl > 0 && ttl <= 1_400, "{k} expires (ttl {ttl} ms)");
@@ -661,7 +666,7 @@ mod differential {
                     let expected = w.acquire(&costs, t, wd);
                     let offset = |at: Instant| (at - base).as_micros() as u64 + *s0;
                     match (d.decision, expected) {
-                        (Decision::Admitted(r), Decision::Admitted(Booking { id, at })) => {
+                        (Decision::Admitted(r), Decision::Admitted(Booking { id, at, .. })) => {
                             prop_assert_eq!(d.server_at_us, Some(offset(at)));
                             granted.push((r, id));
                         }
@@ -733,9 +738,9 @@ async fn cancel_and_correct_deep_in_a_long_log() {
     // 30,000 - 100 + 500 - 100 = 30,300 used.
     assert!(fits_now(&store, &key, Costs::tokens(69_700)).await);
     assert!(!fits_now(&store, &key, Costs::tokens(69_701)).await);
-    // Requests: 299 remain after the cancel.
+    // One entry per reservation (for both limits): 299 remain.
     let mut con = client(&server).await;
-    let n: usize = con.hlen("{tlr:long}:e:r:60000000").await.unwrap();
+    let n: usize = con.hlen("{tlr:long}:3:e:rt:60000000").await.unwrap();
     assert_eq!(n, 299);
 }
 
@@ -778,8 +783,15 @@ mod learned {
         };
         let s = store(&server, "zero", requests_and_tokens(MINUTE), false).await;
         let k = Key::new("k");
-        let _ = s.learn(&k, Dimension::Requests, MINUTE, said(0), Instant::now());
-        let _ = s.learn(&k, Dimension::Tokens, MINUTE, said(0), Instant::now());
+        let _ = s.learn(
+            &k,
+            Dimension::Requests,
+            MINUTE,
+            said(0),
+            None,
+            Instant::now(),
+        );
+        let _ = s.learn(&k, Dimension::Tokens, MINUTE, said(0), None, Instant::now());
         s.flush().await;
         let d = s
             .acquire(&k, &Costs::tokens(100), Instant::now(), None)
@@ -799,7 +811,7 @@ mod learned {
         // Floor: configured 100 tokens, the provider says 1: 10 in force.
         let s = store(&server, "floor", requests_and_tokens(MINUTE), false).await;
         let k = Key::new("k");
-        let _ = s.learn(&k, Dimension::Tokens, MINUTE, said(1), Instant::now());
+        let _ = s.learn(&k, Dimension::Tokens, MINUTE, said(1), None, Instant::now());
         s.flush().await;
         assert!(fits_now(&s, &k, Costs::tokens(10)).await, "floor of 10");
         acquire(&s, &k, Costs::tokens(10)).await;
@@ -818,6 +830,7 @@ mod learned {
             Dimension::Requests,
             MINUTE,
             said(1_000_000),
+            None,
             Instant::now(),
         );
         s.flush().await;
@@ -840,7 +853,7 @@ mod learned {
         let s = store(&server, "over", requests_and_tokens(MINUTE), false).await;
         let k = Key::new("k");
         let start = Instant::now();
-        let _ = s.learn(&k, Dimension::Tokens, MINUTE, said(10), start);
+        let _ = s.learn(&k, Dimension::Tokens, MINUTE, said(10), None, start);
         s.flush().await;
         let now = Instant::now();
         match s
@@ -878,11 +891,11 @@ mod learned {
         let s = store(&server, "expiry", requests_and_tokens(w), false).await;
         let k = Key::new("k");
         let start = Instant::now();
-        let _ = s.learn(&k, Dimension::Tokens, w, said(10), start);
+        let _ = s.learn(&k, Dimension::Tokens, w, said(10), None, start);
         s.flush().await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         let again = Instant::now();
-        let _ = s.learn(&k, Dimension::Tokens, w, said(10), again);
+        let _ = s.learn(&k, Dimension::Tokens, w, said(10), None, again);
         s.flush().await;
         let first = acquire(&s, &k, Costs::tokens(50)).await;
         assert!(
@@ -911,18 +924,18 @@ mod learned {
         )
         .await;
         let k = Key::new("k");
-        let _ = s.learn(&k, Dimension::Tokens, hour, said(500), Instant::now());
+        let _ = s.learn(&k, Dimension::Tokens, hour, said(500), None, Instant::now());
         s.flush().await;
         let mut con = client(&server).await;
         let now = server_now_us(&mut con).await;
-        let lu: Option<u64> = con.hget("{ttl:k}:s2", "lu:t:3600000000").await.unwrap();
+        let lu: Option<u64> = con.hget("{ttl:k}:3:s", "lu:t:3600000000").await.unwrap();
         let lu = lu.expect("the learned limit's expiry is stored");
         let left = Duration::from_micros(lu.saturating_sub(now));
         assert!(
             left <= Duration::from_secs(600) && left > Duration::from_secs(590),
             "{left:?}"
         );
-        let ttl: i64 = con.pttl("{ttl:k}:s2").await.unwrap();
+        let ttl: i64 = con.pttl("{ttl:k}:3:s").await.unwrap();
         assert!(
             ttl >= 600_000,
             "the hash outlives the learned limit: {ttl} ms"
@@ -943,11 +956,11 @@ mod learned {
             .build(&server.url())
             .unwrap();
         let k = Key::new("k");
-        let _ = s.learn(&k, Dimension::Tokens, hour, said(500), Instant::now());
+        let _ = s.learn(&k, Dimension::Tokens, hour, said(500), None, Instant::now());
         s.flush().await;
         let mut con = client(&server).await;
         let now = server_now_us(&mut con).await;
-        let lu: Option<u64> = con.hget("{ttl5:k}:s2", "lu:t:3600000000").await.unwrap();
+        let lu: Option<u64> = con.hget("{ttl5:k}:3:s", "lu:t:3600000000").await.unwrap();
         let left = Duration::from_micros(lu.expect("stored").saturating_sub(now));
         assert!(
             left <= Duration::from_secs(5) && left > Duration::from_secs(4),
@@ -959,9 +972,9 @@ mod learned {
             .learned_ttl(Duration::ZERO)
             .build(&server.url())
             .unwrap();
-        let _ = s.learn(&k, Dimension::Tokens, hour, said(500), Instant::now());
+        let _ = s.learn(&k, Dimension::Tokens, hour, said(500), None, Instant::now());
         s.flush().await;
-        let lim: Option<u64> = con.hget("{ttl0:k}:s2", "lim:t:3600000000").await.unwrap();
+        let lim: Option<u64> = con.hget("{ttl0:k}:3:s", "lim:t:3600000000").await.unwrap();
         assert_eq!(lim, None);
         assert!(fits_now(&s, &k, Costs::tokens(1_000)).await);
     }
@@ -992,7 +1005,7 @@ mod abandoned {
     }
 
     async fn used(con: &mut redis::aio::MultiplexedConnection, prefix: &str) -> usize {
-        con.hlen(format!("{{{prefix}:k}}:e:r:60000000"))
+        con.hlen(format!("{{{prefix}:k}}:3:e:r:60000000"))
             .await
             .unwrap()
     }
@@ -1117,7 +1130,7 @@ async fn cancels_are_not_dropped_when_the_operation_queue_is_full() {
     }
     store.flush().await;
     let mut con = client(&server).await;
-    let n: usize = con.hlen("{full:k}:e:r:60000000").await.unwrap();
+    let n: usize = con.hlen("{full:k}:3:e:r:60000000").await.unwrap();
     assert_eq!(n, 0, "every cancel ran");
     for _ in 0..50 {
         let now = Instant::now();
@@ -1238,7 +1251,7 @@ async fn a_cancel_that_cannot_reach_redis_runs_once_it_is_back() {
     let k = Key::new("k");
     let r = acquire(&store, &k, Costs::new(0, 0)).await;
     let mut con = client(&server).await;
-    let log = "{partition:k}:e:r:60000000";
+    let log = "{partition:k}:3:e:r:60000000";
     proxy.cut();
     store.cancel(&r);
     store.flush().await;
@@ -1305,6 +1318,8 @@ mod at_scale {
             .into_iter()
             .filter(|(name, ..)| {
                 !(name.starts_with("eval")
+                    || name.starts_with("fcall")
+                    || name.starts_with("function")
                     || name.starts_with("script")
                     || name.starts_with("config")
                     || name == "info")
@@ -1388,6 +1403,7 @@ mod at_scale {
                     Dimension::Tokens,
                     DAY,
                     ReportedLimit::new(Some(1_000_000_000_000), Some(1_000_000_000_000), None),
+                    None,
                     Instant::now(),
                 );
             })
@@ -1498,10 +1514,11 @@ mod at_scale {
     }
 }
 
-/// Issue #12 changed the key layout: a process of the older version (list
-/// logs under `:s`) and one of this version never read or write each
-/// other's keys (neither can corrupt the other's counts), and the new one
-/// says so, once, when it finds the old one's state on a key.
+/// Issue #12 changed the key layout twice: a process of an older version
+/// (list logs under `:s`, or one entries hash per limit under `:s2`) and
+/// one of this version never read or write each other's keys (neither can
+/// corrupt the other's counts), and the new one says so, once per store,
+/// when it finds the old one's state on a key.
 #[tokio::test]
 async fn an_old_layout_process_is_left_alone_and_warned_about() {
     use std::io::Write;
@@ -1558,6 +1575,24 @@ async fn an_old_layout_process_is_left_alone_and_warned_about() {
     let sum: String = con.hget("{up:k}:s", "sum:r:60000000").await.unwrap();
     let entries: Vec<String> = con.lrange("{up:k}:l:r:60000000", 0, -1).await.unwrap();
     assert_eq!((sum.as_str(), entries), ("1", vec!["1,7,1".to_owned()]));
+
+    // The same with a process of layout 2 (`:s2`, one entries hash per
+    // limit), seen by another store.
+    let () = con.hset("{up2:k}:s2", "k", vec![0u8; 40]).await.unwrap();
+    let () = con.hset("{up2:k}:e:r:60000000", "7", "x").await.unwrap();
+    let store =
+        RedisStore::builder(Limits::new().window(Dimension::Requests, Duration::from_secs(60), 2))
+            .prefix("up2")
+            .build(&server.url())
+            .unwrap();
+    let a = acquire(&store, &k, Costs::new(0, 0)).await;
+    let b = acquire(&store, &k, Costs::new(0, 0)).await;
+    assert!(a.at <= Instant::now() && b.at <= Instant::now());
+    let log = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    assert_eq!(log.matches("older version").count(), 2, "{log}");
+    let old: Vec<u8> = con.hget("{up2:k}:s2", "k").await.unwrap();
+    let entry: String = con.hget("{up2:k}:e:r:60000000", "7").await.unwrap();
+    assert_eq!((old, entry.as_str()), (vec![0u8; 40], "x"), "untouched");
 }
 
 /// The state hash of a key lost on its own (evicted under memory
@@ -1583,7 +1618,7 @@ async fn a_lost_state_hash_is_recounted_from_the_entries() {
         rs.push(acquire(&store, &k, Costs::tokens(100)).await);
     }
     let mut con = client(&server).await;
-    let n: usize = con.del("{lost:k}:s2").await.unwrap();
+    let n: usize = con.del("{lost:k}:3:s").await.unwrap();
     assert_eq!(n, 1);
     // 400 tokens and 4 requests still count.
     assert!(fits_now(&store, &k, Costs::tokens(600)).await);

@@ -125,7 +125,7 @@ fn request(i: u64) -> Request<String> {
         .header("x-request-id", i.to_string())
         .body(String::from(r#"{"max_tokens":4,"messages":[]}"#))
         .unwrap();
-    request.extensions_mut().insert(TokenEstimate(20));
+    request.extensions_mut().insert(TokenEstimate::total(20));
     request
 }
 

@@ -6,17 +6,21 @@
 //! curve) and by `tests/goodput.rs` (which runs a smaller version and
 //! asserts the stack's properties).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, UNIX_EPOCH};
 
 use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use rand::rngs::{SmallRng, StdRng};
 use rand::{RngExt, SeedableRng};
 use tokio::time::Instant;
 use tower::retry::backoff::{
     Backoff as _, ExponentialBackoff, ExponentialBackoffMaker, MakeBackoff,
 };
-use tower::{Layer, Service, ServiceBuilder};
+use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 use tower_llm_resilience::batch::{Batch, Patience};
 use tower_llm_resilience::classify::ReportedLimits;
 use tower_llm_resilience::key::SingleKey;
@@ -43,6 +47,10 @@ pub struct Setup {
     pub slow: Duration,
     /// Seeds the workload, the provider's faults and every jitter.
     pub seed: u64,
+    /// How long a request takes to reach the provider.
+    pub network: Network,
+    /// The stack's arrival margin (`None`: its default).
+    pub margin: Option<Duration>,
 }
 
 impl Setup {
@@ -59,22 +67,28 @@ impl Setup {
             latency: Duration::from_millis(800),
             slow: Duration::from_secs(10),
             seed: 7,
+            network: Network::NONE,
+            margin: None,
         }
     }
 
     /// A smaller run for CI (`tests/goodput.rs`): 400 requests, limits
-    /// scaled down to a 10 s window, the same fault mix.
+    /// scaled down (100 requests and 40,000 tokens per 60 s: a 60 s window,
+    /// so that the stack learns from the provider's headers, which do not
+    /// say their window), the same fault mix.
     #[allow(dead_code)] // used by the test, not by the example
     pub const fn small() -> Self {
         Setup {
             requests: 400,
-            window: Duration::from_secs(10),
+            window: Duration::from_secs(60),
             rpm: 100,
             tpm: 40_000,
             concurrency: 16,
             latency: Duration::from_millis(800),
             slow: Duration::from_secs(5),
             seed: 11,
+            network: Network::NONE,
+            margin: None,
         }
     }
 
@@ -95,6 +109,77 @@ impl Setup {
             // a fixed wall clock: every header is the same on every run
             .wall_clock(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
             .build()
+    }
+}
+
+/// How long each request takes to reach the provider (which counts it when
+/// it arrives): `base`, plus a uniform draw in `[0, jitter)`, plus `spike`
+/// for a share `spikes` of the requests (a retransmitted packet, a new
+/// connection). Seeded. The answer comes back at once after the provider's
+/// latency (the way back changes nothing the provider counts).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Network {
+    /// The delay every request has.
+    pub base: Duration,
+    /// The width of the uniform jitter on top.
+    pub jitter: Duration,
+    /// The share of requests delayed by `spike` more.
+    pub spikes: f64,
+    /// The extra delay of a spike.
+    pub spike: Duration,
+}
+
+impl Network {
+    /// In process: the provider counts a request the instant it is sent.
+    pub const NONE: Network = Network {
+        base: Duration::ZERO,
+        jitter: Duration::ZERO,
+        spikes: 0.0,
+        spike: Duration::ZERO,
+    };
+
+    fn is_none(&self) -> bool {
+        *self == Network::NONE
+    }
+
+    fn draw(&self, rng: &mut StdRng) -> Duration {
+        let jitter = self.jitter.mul_f64(rng.random::<f64>());
+        let spike = if rng.random::<f64>() < self.spikes {
+            self.spike
+        } else {
+            Duration::ZERO
+        };
+        self.base + jitter + spike
+    }
+}
+
+/// The simulated provider behind a [`Network`]: each request reaches it
+/// after its draw.
+#[derive(Clone)]
+struct OnTheWay {
+    sim: SimProvider,
+    network: Network,
+    rng: Arc<Mutex<StdRng>>,
+}
+
+impl Service<Request<String>> for OnTheWay {
+    type Response = <SimProvider as Service<Request<String>>>::Response;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<String>) -> Self::Future {
+        let delay = self
+            .network
+            .draw(&mut self.rng.lock().expect("not poisoned"));
+        let sim = self.sim.clone();
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            sim.oneshot(request).await
+        })
     }
 }
 
@@ -138,21 +223,42 @@ pub fn workload(setup: &Setup) -> Vec<Job> {
         .collect()
 }
 
-/// The request for job `i`, its exact cost attached as a [`TokenEstimate`]
-/// (only this crate's limiter reads it).
-fn request(i: usize, job: &Job) -> Request<String> {
-    let body = serde_json::json!({
+/// How the requests of a run are made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Ask {
+    /// Asks for a stream of server-sent events with its usage at the end.
+    stream: bool,
+    /// The token estimate attached, as a multiple of the exact cost.
+    estimate_factor: u64,
+}
+
+impl Ask {
+    const PLAIN: Ask = Ask {
+        stream: false,
+        estimate_factor: 1,
+    };
+}
+
+/// The request for job `i`, its cost (times the run's factor) attached as
+/// a [`TokenEstimate`] (only this crate's limiter reads it).
+fn request(i: usize, job: &Job, ask: Ask) -> Request<String> {
+    let mut body = serde_json::json!({
         "model": "gpt-4o-mini",
         "max_tokens": job.max_tokens,
         "messages": [{"role": "user", "content": job.prompt}]
     });
+    if ask.stream {
+        body["stream"] = true.into();
+        body["stream_options"] = serde_json::json!({"include_usage": true});
+    }
     let mut req = Request::post("/v1/chat/completions")
         .header("x-request-id", i.to_string())
         .header("content-type", "application/json")
         .body(body.to_string())
         .expect("a valid request");
-    let cost = u32::try_from(job.cost).unwrap_or(u32::MAX);
-    req.extensions_mut().insert(TokenEstimate(cost));
+    req.extensions_mut().insert(TokenEstimate::total(
+        job.cost.saturating_mul(ask.estimate_factor),
+    ));
     req
 }
 
@@ -174,6 +280,12 @@ pub enum Contender {
     /// token-aware sliding-window limiter, classify) given the provider's
     /// limits and each request's token count.
     Stack,
+    /// The same stack, every request streamed (server-sent events, the
+    /// usage in the last chunk).
+    StackStreaming,
+    /// The same stack given estimates 3x too high: the usage each response
+    /// reports must give the quota back.
+    StackEstimate3x,
     /// A diagnostic, not a client to copy: the same stack with the
     /// provider's rate-limit headers hidden from it, to measure what
     /// learning from them costs here.
@@ -193,8 +305,10 @@ pub enum Contender {
 
 impl Contender {
     /// Every contender, in table order.
-    pub const ALL: [Contender; 5] = [
+    pub const ALL: [Contender; 7] = [
         Contender::Stack,
+        Contender::StackStreaming,
+        Contender::StackEstimate3x,
         Contender::StackWithoutHeaders,
         Contender::TowerStock,
         Contender::OpenAiPython,
@@ -205,6 +319,8 @@ impl Contender {
     pub const fn name(self) -> &'static str {
         match self {
             Contender::Stack => "(a) this crate's LlmLayer",
+            Contender::StackStreaming => "(a) same, streamed",
+            Contender::StackEstimate3x => "(a) same, estimates 3x too high",
             Contender::StackWithoutHeaders => "(a') same, limit headers hidden (diagnostic)",
             Contender::TowerStock => "(b) tower RateLimit (RPM) + Retry",
             Contender::OpenAiPython => "(c) openai-python-like retry",
@@ -274,26 +390,35 @@ pub fn run(setup: &Setup, jobs: &[Job], contender: Contender) -> Outcome {
         .expect("a runtime");
     runtime.block_on(async {
         let sim = setup.provider();
+        let ask = match contender {
+            Contender::StackStreaming => Ask {
+                stream: true,
+                ..Ask::PLAIN
+            },
+            Contender::StackEstimate3x => Ask {
+                estimate_factor: 3,
+                ..Ask::PLAIN
+            },
+            _ => Ask::PLAIN,
+        };
         let requests: Vec<_> = jobs
             .iter()
             .enumerate()
-            .map(|(i, j)| request(i, j))
+            .map(|(i, j)| request(i, j, ask))
             .collect();
         let start = Instant::now();
         let mut retries = None;
         let lost = match contender {
-            Contender::Stack => {
+            Contender::Stack | Contender::StackStreaming | Contender::StackEstimate3x => {
                 let layer = stack(setup, Provider::OpenAi);
-                let events = layer.events_handle().clone();
-                let lost = drive(layer.layer(sim.clone()), requests, setup).await;
-                retries = Some(events.counters().snapshot().retries);
+                let (lost, r) = run_stack(layer, &sim, requests, setup).await;
+                retries = Some(r);
                 lost
             }
             Contender::StackWithoutHeaders => {
                 let layer = stack(setup, HideLimitHeaders(Provider::OpenAi));
-                let events = layer.events_handle().clone();
-                let lost = drive(layer.layer(sim.clone()), requests, setup).await;
-                retries = Some(events.counters().snapshot().retries);
+                let (lost, r) = run_stack(layer, &sim, requests, setup).await;
+                retries = Some(r);
                 lost
             }
             Contender::TowerStock => drive(tower_stock(setup, sim.clone()), requests, setup).await,
@@ -317,8 +442,37 @@ pub fn run(setup: &Setup, jobs: &[Job], contender: Contender) -> Outcome {
     })
 }
 
+/// Drives the requests through `layer` over the provider (behind the
+/// setup's network); the items lost and the retries scheduled.
+async fn run_stack<C>(
+    layer: LlmLayer<SingleKey, C>,
+    sim: &SimProvider,
+    requests: Vec<Request<String>>,
+    setup: &Setup,
+) -> (u64, u64)
+where
+    C: Classifier + Clone + Send + Sync + 'static,
+{
+    let events = layer.events_handle().clone();
+    let lost = if setup.network.is_none() {
+        drive(layer.layer(sim.clone()), requests, setup).await
+    } else {
+        let network = OnTheWay {
+            sim: sim.clone(),
+            network: setup.network,
+            rng: Arc::new(Mutex::new(StdRng::seed_from_u64(setup.seed))),
+        };
+        drive(layer.layer(network), requests, setup).await
+    };
+    (lost, events.counters().snapshot().retries)
+}
+
 /// Sends every request through `client` with the shared concurrency and
-/// counts the items whose final result is not a 2xx response.
+/// counts the items whose final result is not a 2xx response read to its
+/// end.
+///
+/// Each body is read as soon as its response arrives, as a real caller
+/// does: the usage at its end reaches the limiter while the batch runs.
 ///
 /// The batch is fail-fast: what is compared is each client's own
 /// handling of the faults, not the batch's patience (which would send the
@@ -331,7 +485,17 @@ async fn drive<S, RB>(client: S, requests: Vec<Request<String>>, setup: &Setup) 
 where
     S: Service<Request<String>, Response = Response<RB>>,
     S::Error: Into<BoxError>,
+    RB: http_body::Body,
+    RB::Error: Into<BoxError>,
 {
+    let client =
+        client
+            .map_err(Into::<BoxError>::into)
+            .and_then(|response: Response<RB>| async move {
+                let (parts, body) = response.into_parts();
+                let bytes = body.collect().await.map_err(Into::into)?.to_bytes();
+                Ok::<_, BoxError>(Response::from_parts(parts, bytes))
+            });
     let results = Batch::new(client)
         .concurrency(setup.concurrency)
         .reorder_window(setup.requests)
@@ -344,17 +508,22 @@ where
         .count() as u64
 }
 
-/// (a) The crate's stack: the provider's two limits over its window, and
-/// a seeded retry jitter so that the run is reproducible.
+/// (a) The crate's stack: the provider's two limits over its own window
+/// (the limiter adds its arrival margin), and a seeded retry jitter so
+/// that the run is reproducible.
 fn stack<C: Clone>(setup: &Setup, classifier: C) -> LlmLayer<SingleKey, C> {
-    LlmLayer::new(Provider::Auto)
+    let layer = LlmLayer::new(Provider::Auto)
         .classifier(classifier)
         .limits(
             Limits::new()
                 .window(Dimension::Requests, setup.window, setup.rpm)
                 .window(Dimension::Tokens, setup.window, setup.tpm),
         )
-        .retry(|retry| retry.seed(setup.seed))
+        .retry(|retry| retry.seed(setup.seed));
+    match setup.margin {
+        Some(margin) => layer.arrival_margin(margin),
+        None => layer,
+    }
 }
 
 /// (a') A classifier that reports no rate-limit headers, so that the
@@ -380,7 +549,11 @@ impl Classifier for HideLimitHeaders {
 fn tower_stock(
     setup: &Setup,
     sim: SimProvider,
-) -> impl Service<Request<String>, Response = Response<impl Sized>, Error = BoxError> {
+) -> impl Service<
+    Request<String>,
+    Response = Response<impl http_body::Body<Error: Into<BoxError>>>,
+    Error = BoxError,
+> {
     let backoff = ExponentialBackoffMaker::new(
         Duration::from_millis(500),
         Duration::from_secs(8),

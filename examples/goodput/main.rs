@@ -18,13 +18,20 @@
 //! the limit to `docs/goodput.svg`. The table has one diagnostic row, (a'):
 //! the same stack with the provider's rate-limit headers hidden from it, to
 //! show what learning from them costs in this run.
+//!
+//! A second table runs the stack (a) again with each request delayed on
+//! its way to the provider (a seeded network: the provider counts a request
+//! when it arrives), over a few arrival margins: the measurement behind the
+//! limiter's default margin.
 
 mod comparison;
 mod plot;
 
 use std::path::Path;
 
-use comparison::{run, theoretical_minimum, workload, Contender, Outcome, Setup};
+use std::time::Duration;
+
+use comparison::{run, theoretical_minimum, workload, Contender, Network, Outcome, Setup};
 use plotters::style::RGBColor;
 
 fn main() {
@@ -47,6 +54,7 @@ fn main() {
         .map(|&c| run(&setup, &jobs, c))
         .collect();
     print_table(&setup, minimum, &outcomes);
+    print_margins(&setup, &jobs, minimum);
 
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/goodput.svg");
     let curves = [
@@ -61,6 +69,58 @@ fn main() {
         std::process::exit(1);
     }
     println!("\nadmitted tokens vs the limit: {}", path.display());
+}
+
+/// The networks of the margin table.
+const NETWORKS: [(&str, Network); 3] = [
+    ("in process", Network::NONE),
+    (
+        "20 ms + U(0, 50 ms)",
+        Network {
+            base: Duration::from_millis(20),
+            jitter: Duration::from_millis(50),
+            spikes: 0.0,
+            spike: Duration::ZERO,
+        },
+    ),
+    (
+        "same, 1 % +200 ms",
+        Network {
+            base: Duration::from_millis(20),
+            jitter: Duration::from_millis(50),
+            spikes: 0.01,
+            spike: Duration::from_millis(200),
+        },
+    ),
+];
+
+/// The margins of the margin table.
+const MARGINS: [u64; 6] = [0, 50, 100, 250, 500, 1000];
+
+/// Stack (a) over each network and margin, in Markdown.
+fn print_margins(setup: &Setup, jobs: &[comparison::Job], minimum: Duration) {
+    println!("\n| network to the provider | arrival margin | x minimum | 429s | items lost | quota used |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (name, network) in NETWORKS {
+        for ms in MARGINS {
+            let setup = Setup {
+                network,
+                margin: Some(Duration::from_millis(ms)),
+                ..*setup
+            };
+            let o = run(&setup, jobs, Contender::Stack);
+            let quota = o
+                .quota_used(&setup)
+                .map_or_else(|| "-".to_owned(), |q| format!("{:.1} %", q * 100.0));
+            println!(
+                "| {name} | {ms} ms | {:.3} | {} ({:.2} %) | {} | {quota} |",
+                o.elapsed.as_secs_f64() / minimum.as_secs_f64(),
+                o.rate_limited,
+                o.rate_limited_share() * 100.0,
+                o.lost,
+            );
+        }
+    }
 }
 
 /// The one table, in Markdown.

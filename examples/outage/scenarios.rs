@@ -79,8 +79,7 @@ fn request(i: usize) -> Request<String> {
         .body(body.to_string())
         .expect("a valid request");
     let tokens = count_tokens(prompt.chars().count()) + MAX_TOKENS;
-    req.extensions_mut()
-        .insert(TokenEstimate(u32::try_from(tokens).unwrap_or(u32::MAX)));
+    req.extensions_mut().insert(TokenEstimate::total(tokens));
     req
 }
 

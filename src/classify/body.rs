@@ -137,6 +137,16 @@ fn lookup(word: &str) -> Option<(&'static str, ErrorClass, u8)> {
     CODES.iter().copied().find(|(code, _, _)| *code == word)
 }
 
+/// The class a bare error code names (`"server_error"`,
+/// `"overloaded_error"`...), for an error that carries its code outside an
+/// error object (OpenAI Responses' `error` stream event).
+pub(crate) fn code_class(word: &[u8]) -> Option<(&'static str, ErrorClass)> {
+    CODES
+        .iter()
+        .find(|(code, _, _)| code.as_bytes() == word)
+        .map(|&(code, class, _)| (code, class))
+}
+
 fn from_json(value: &Value) -> ErrorBody {
     // Gemini sometimes wraps the body in an array.
     let value = match value {

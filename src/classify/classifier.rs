@@ -3,6 +3,7 @@ use std::time::SystemTime;
 use http::{HeaderMap, Response, StatusCode};
 
 use super::{Classification, ErrorClass};
+use crate::rate_limit::OutputCharge;
 
 /// Decides what a provider's response or a transport error means.
 ///
@@ -52,6 +53,16 @@ pub trait Classifier: Send + Sync {
     /// hyper-util's errors (with the `hyper` feature).
     fn classify_error(&self, error: &(dyn std::error::Error + 'static)) -> Classification {
         classify_transport_error(error)
+    }
+
+    /// How the provider charges output tokens against its token limits,
+    /// so that the rate limiter corrects its estimate from a response's
+    /// reported usage the way the provider counts (see [`OutputCharge`]).
+    /// The default, [`OutputCharge::Declared`], never charges less than
+    /// the provider: override it for a provider that counts real output.
+    fn output_charge(&self, headers: &HeaderMap) -> OutputCharge {
+        let _ = headers;
+        OutputCharge::Declared
     }
 
     /// Whether `response` is a failure, and which: the one rule the retry
@@ -123,6 +134,10 @@ impl<C: Classifier + ?Sized> Classifier for std::sync::Arc<C> {
         (**self).is_error_status(status)
     }
 
+    fn output_charge(&self, headers: &HeaderMap) -> OutputCharge {
+        (**self).output_charge(headers)
+    }
+
     fn classify_error(&self, error: &(dyn std::error::Error + 'static)) -> Classification {
         (**self).classify_error(error)
     }
@@ -140,6 +155,10 @@ impl<C: Classifier + ?Sized> Classifier for &C {
 
     fn is_error_status(&self, status: StatusCode) -> bool {
         (**self).is_error_status(status)
+    }
+
+    fn output_charge(&self, headers: &HeaderMap) -> OutputCharge {
+        (**self).output_charge(headers)
     }
 
     fn classify_error(&self, error: &(dyn std::error::Error + 'static)) -> Classification {

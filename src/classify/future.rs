@@ -12,6 +12,7 @@ use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 
 use super::{BodyPrefix, Classifier, PeekedBody};
+use crate::stream::{BodyShape, StreamWatcher};
 
 pin_project! {
     /// The response future of [`Classify`](super::Classify).
@@ -39,6 +40,14 @@ pin_project! {
             read: VecDeque<Frame<B::Data>>,
             prefix: BytesMut,
         },
+        Peeking {
+            #[pin]
+            deadline: Sleep,
+            parts: Option<Parts>,
+            body: Option<B>,
+            peek: Box<Peek<B::Data>>,
+            read: VecDeque<Frame<B::Data>>,
+        },
         Done,
     }
 }
@@ -59,6 +68,7 @@ impl<F, C, B: Body + std::fmt::Debug> std::fmt::Debug for ResponseFuture<F, C, B
         let state = match self.state {
             State::Calling { .. } => "calling",
             State::Reading { .. } => "reading error body",
+            State::Peeking { .. } => "waiting for the first event",
             State::Done => "done",
         };
         f.debug_struct("ResponseFuture")
@@ -67,7 +77,16 @@ impl<F, C, B: Body + std::fmt::Debug> std::fmt::Debug for ResponseFuture<F, C, B
     }
 }
 
-/// The most frames read from one error body, whatever their size.
+/// What an event stream's first frames said, boxed so that the future of
+/// every other response stays small: one allocation per event-stream
+/// response, none per frame.
+struct Peek<D> {
+    watcher: StreamWatcher,
+    first: Option<Frame<D>>,
+}
+
+/// The most frames read from one error body (or from an event stream before
+/// its first event), whatever their size.
 const MAX_FRAMES: usize = 64;
 
 fn copy_prefix<D: Buf>(data: &D, prefix: &mut BytesMut, max: usize) {
@@ -94,6 +113,25 @@ where
                 StateProj::Calling { future } => {
                     let response = ready!(future.poll(cx))?;
                     if !this.classifier.is_error_status(response.status()) {
+                        if *this.max_body > 0
+                            && BodyShape::of(response.headers()) == BodyShape::EventStream
+                        {
+                            // A stream is not a success yet: hold it until
+                            // its first event says what it is.
+                            let (parts, body) = response.into_parts();
+                            this.state.set(State::Peeking {
+                                deadline: tokio::time::sleep(*this.read_timeout),
+                                parts: Some(parts),
+                                body: Some(body),
+                                peek: Box::new(Peek {
+                                    watcher: StreamWatcher::new(BodyShape::EventStream)
+                                        .without_usage(),
+                                    first: None,
+                                }),
+                                read: VecDeque::new(),
+                            });
+                            continue;
+                        }
                         // Success: nothing to read, nothing stored (an
                         // extension costs allocations on every response);
                         // layers classify it from its headers.
@@ -175,7 +213,84 @@ where
                     } else {
                         body.take()
                     };
-                    let body = PeekedBody::from_parts(std::mem::take(read), error, rest);
+                    let body = PeekedBody::from_parts(None, std::mem::take(read), error, rest);
+                    this.state.set(State::Done);
+                    return Poll::Ready(Ok(Response::from_parts(parts, body)));
+                }
+                StateProj::Peeking {
+                    mut deadline,
+                    parts,
+                    body,
+                    peek,
+                    read,
+                } => {
+                    let Peek { watcher, first } = &mut **peek;
+                    let mut error = None;
+                    let mut ended = false;
+                    let max = *this.max_body as u64;
+                    // Bounded in bytes, frames and time (the read timeout):
+                    // a stream that sends nothing, or only comments, is
+                    // passed on as it is.
+                    while let Some(b) = body.as_mut().filter(|_| {
+                        watcher.delivered() < max
+                            && read.len() + usize::from(first.is_some()) < MAX_FRAMES
+                            && watcher.events() == 0
+                            && watcher.failure().is_none()
+                    }) {
+                        if b.is_end_stream() {
+                            ended = true;
+                            break;
+                        }
+                        match Pin::new(b).poll_frame(cx) {
+                            Poll::Ready(Some(Ok(frame))) => {
+                                if let Some(data) = frame.data_ref() {
+                                    watcher.feed_buf(data);
+                                }
+                                match first {
+                                    None => *first = Some(frame),
+                                    Some(_) => read.push_back(frame),
+                                }
+                            }
+                            Poll::Ready(Some(Err(e))) => {
+                                error = Some(e);
+                                break;
+                            }
+                            Poll::Ready(None) => {
+                                ended = true;
+                                break;
+                            }
+                            Poll::Pending => {
+                                ready!(deadline.as_mut().poll(cx));
+                                break;
+                            }
+                        }
+                    }
+                    let Some(mut parts) = parts.take() else {
+                        unreachable!("parts are taken once, as the state ends");
+                    };
+                    if let Some(failure) = watcher.failure() {
+                        // An error before anything reached the caller: the
+                        // response is that error, which every layer sees
+                        // (and the retry layer may retry).
+                        let mut c = this.classifier.classify(parts.status, &parts.headers, None);
+                        c.class = Some(failure.class);
+                        c.code = failure.code;
+                        parts.extensions.insert(c);
+                        let mut prefix = BytesMut::new();
+                        for frame in first.iter().chain(read.iter()) {
+                            if let Some(data) = frame.data_ref() {
+                                copy_prefix(data, &mut prefix, *this.max_body);
+                            }
+                        }
+                        parts.extensions.insert(BodyPrefix(prefix.freeze()));
+                    }
+                    let rest = if ended || error.is_some() {
+                        None
+                    } else {
+                        body.take()
+                    };
+                    let body =
+                        PeekedBody::from_parts(first.take(), std::mem::take(read), error, rest);
                     this.state.set(State::Done);
                     return Poll::Ready(Ok(Response::from_parts(parts, body)));
                 }

@@ -7,11 +7,14 @@ use super::{Classify, Provider, DEFAULT_BODY_PREFIX};
 /// Classifies every error response next to the wire, reading a bounded
 /// prefix of its body, and stores the [`Classification`](super::Classification)
 /// and the [`BodyPrefix`](super::BodyPrefix) in its extensions (see the
-/// [module docs](super)). Successful responses pass through untouched, with
-/// no allocation; layers classify them from their headers.
+/// [module docs](super)). A successful event stream is held until its
+/// first event, which may make it a failure (an error event before any
+/// token). Other successful responses pass through untouched, with no
+/// allocation; layers classify them from their headers.
 ///
 /// Defaults: the [`Provider::Auto`] classifier, a body prefix of
-/// [`DEFAULT_BODY_PREFIX`] (8 KiB), and 5 s to read it.
+/// [`DEFAULT_BODY_PREFIX`] (8 KiB), and 5 s to read it (or to wait for a
+/// stream's first event).
 #[derive(Clone, Debug)]
 pub struct ClassifyLayer<C = Provider> {
     classifier: C,
@@ -50,14 +53,18 @@ impl<C> ClassifyLayer<C> {
         }
     }
 
-    /// How many bytes of an error body to read at most (default 8 KiB;
-    /// 0 reads none and classifies from the status and headers).
+    /// How many bytes of an error body, or of an event stream before its
+    /// first event, to read at most (default 8 KiB; 0 reads none,
+    /// classifies from the status and headers, and passes streams on
+    /// unread).
     pub const fn max_body(mut self, bytes: usize) -> Self {
         self.max_body = bytes;
         self
     }
 
-    /// How long to wait for an error body's prefix (default 5 s).
+    /// How long to wait for an error body's prefix, or for an event
+    /// stream's first event (default 5 s); past it the response is
+    /// classified from what arrived.
     pub const fn read_timeout(mut self, timeout: Duration) -> Self {
         self.read_timeout = timeout;
         self

@@ -36,9 +36,21 @@
 //! [`DEFAULT_BODY_PREFIX`] bytes of the body, classifies, stores the
 //! [`Classification`] in the response's extensions and hands the body on
 //! whole: the bytes it read are replayed first, then the rest of the stream.
-//! Successful responses, streamed or not, pass through untouched. Every
-//! layer's [`Classifier::classify_response`] reuses that stored
+//! Every layer's [`Classifier::classify_response`] reuses that stored
 //! classification.
+//!
+//! A successful `text/event-stream` response is held until its first
+//! event has arrived (at most the same prefix of bytes, 64 frames and the
+//! read timeout, after which it passes on as it is): when that event is an
+//! error (Anthropic's `event: error` with `overloaded_error`, OpenAI's
+//! `data: {"error": ...}`), the response is classified as that error, so
+//! that every layer counts it as a failure and the retry layer may retry
+//! it, since nothing reached the caller yet. A normal first event is
+//! replayed and the stream passes on at once; errors later in the stream
+//! are [`stream`](crate::stream)'s to report. The stack's attempt timeout
+//! sits outside this layer; the read timeout is what bounds the wait for a
+//! silent stream here. Other successful responses pass through untouched,
+//! with no allocation.
 //!
 //! # One rule for "is this a failure?"
 //!
@@ -74,6 +86,7 @@ mod service;
 mod tower_http;
 mod values;
 
+pub(crate) use self::body::code_class;
 pub use self::body::{parse_error_body, ErrorBody, DEFAULT_BODY_PREFIX};
 pub use self::class::{ErrorClass, UnknownClass};
 pub use self::classification::{Classification, ReportedLimit, ReportedLimits};

@@ -15,12 +15,15 @@ use pin_project_lite::pin_project;
 pub struct BodyPrefix(pub bytes::Bytes);
 
 pin_project! {
-    /// A response body whose first frames were read to classify an error
-    /// response; it replays them, then streams the rest.
+    /// A response body whose first frames were read to classify it (an
+    /// error response's prefix, an event stream's first event); it replays
+    /// them, then streams the rest.
     ///
     /// For a successful response nothing was read and it is the inner body
-    /// as it was, with no allocation.
+    /// as it was, with no allocation; an event stream whose first event
+    /// came in one frame keeps that frame inline, with no allocation either.
     pub struct PeekedBody<B: Body> {
+        first: Option<Frame<B::Data>>,
         read: VecDeque<Frame<B::Data>>,
         error: Option<B::Error>,
         #[pin]
@@ -32,25 +35,36 @@ impl<B: Body> PeekedBody<B> {
     /// The body untouched.
     pub fn new(body: B) -> Self {
         PeekedBody {
+            first: None,
             read: VecDeque::new(),
             error: None,
             rest: Some(body),
         }
     }
 
+    /// `first`, then `read`, then `error` or `rest`.
     pub(crate) fn from_parts(
+        first: Option<Frame<B::Data>>,
         read: VecDeque<Frame<B::Data>>,
         error: Option<B::Error>,
         rest: Option<B>,
     ) -> Self {
-        PeekedBody { read, error, rest }
+        PeekedBody {
+            first,
+            read,
+            error,
+            rest,
+        }
     }
 }
 
 impl<B: Body + fmt::Debug> fmt::Debug for PeekedBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PeekedBody")
-            .field("frames_read", &self.read.len())
+            .field(
+                "frames_read",
+                &(usize::from(self.first.is_some()) + self.read.len()),
+            )
             .field("failed", &self.error.is_some())
             .field("rest", &self.rest)
             .finish()
@@ -66,7 +80,7 @@ impl<B: Body> Body for PeekedBody<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
-        if let Some(frame) = this.read.pop_front() {
+        if let Some(frame) = this.first.take().or_else(|| this.read.pop_front()) {
             return Poll::Ready(Some(Ok(frame)));
         }
         if let Some(error) = this.error.take() {
@@ -80,15 +94,17 @@ impl<B: Body> Body for PeekedBody<B> {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.read.is_empty()
+        self.first.is_none()
+            && self.read.is_empty()
             && self.error.is_none()
             && self.rest.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
         let read: u64 = self
-            .read
+            .first
             .iter()
+            .chain(&self.read)
             .filter_map(|f| f.data_ref())
             .map(|d| bytes::Buf::remaining(d) as u64)
             .sum();

@@ -8,6 +8,7 @@ use super::body::parse_error_body;
 use super::classifier::wall_clock;
 use super::scan::Scan;
 use super::{Classification, Classifier, ErrorClass, ReportedLimit};
+use crate::rate_limit::OutputCharge;
 
 /// The AI providers whose signals this crate knows, as a [`Classifier`].
 ///
@@ -183,5 +184,21 @@ impl Classifier for Provider {
         body: Option<&[u8]>,
     ) -> Classification {
         self.classify_with(status, headers, body, &wall_clock)
+    }
+
+    /// Anthropic and Gemini count the real output tokens
+    /// ([`OutputCharge::Actual`]); OpenAI and the OpenAI-style providers
+    /// charge the declared `max_tokens` ([`OutputCharge::Declared`]);
+    /// [`Provider::Auto`] asks the headers ([`Provider::detect`]) and
+    /// otherwise takes the safe side, `Declared`.
+    fn output_charge(&self, headers: &HeaderMap) -> OutputCharge {
+        let provider = match self {
+            Provider::Auto => Provider::detect(headers),
+            named => Some(*named),
+        };
+        match provider {
+            Some(Provider::Anthropic | Provider::Gemini) => OutputCharge::Actual,
+            _ => OutputCharge::Declared,
+        }
     }
 }

@@ -16,9 +16,11 @@ use super::limits::Costs;
 use super::policy::{after_response, refund};
 use super::service::Shared;
 use super::store::{Decision, Reservation, Store};
+use super::usage::{ResponseBody, UsageHook};
 use crate::classify::Classifier;
 use crate::events::Event;
 use crate::key::Key;
+use crate::stream::{StreamWatcher, WatchedBody};
 use crate::{BoxError, Error};
 
 /// Gives a reservation back if the request was never sent.
@@ -52,6 +54,8 @@ pin_project! {
         key: Key,
         started: Instant,
         reservation: Option<Reservation>,
+        // The body's `max_tokens`, for the correction from usage.
+        declared: Option<u64>,
         shared: Arc<Shared<K, C, E, St>>,
     }
 }
@@ -81,6 +85,7 @@ where
         request: Req,
         key: Key,
         costs: Costs,
+        declared: Option<u64>,
         shared: &Arc<Shared<K, C, E, St>>,
     ) -> Self
     where
@@ -103,6 +108,7 @@ where
                     key,
                     started: now,
                     reservation: Some(r),
+                    declared,
                     shared: shared.clone(),
                 };
             }
@@ -115,6 +121,7 @@ where
                     key,
                     started: now,
                     reservation: None,
+                    declared,
                     shared: shared.clone(),
                 };
             }
@@ -129,6 +136,7 @@ where
             key,
             started: now,
             reservation: None,
+            declared,
             shared: shared.clone(),
         }
     }
@@ -210,10 +218,14 @@ impl<S, B, RB, K, C, E, St> Future for ResponseFuture<S, Request<B>, K, C, E, St
 where
     S: Service<Request<B>, Response = Response<RB>>,
     S::Error: Into<BoxError>,
+    RB: http_body::Body,
+    RB::Error: Into<BoxError>,
+    K: Send + Sync,
     C: Classifier,
+    E: Send + Sync,
     St: Store,
 {
-    type Output = Result<Response<RB>, Error>;
+    type Output = Result<Response<ResponseBody<RB, K, C, E, St>>, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
@@ -297,10 +309,22 @@ where
                                 shared,
                                 this.key,
                                 this.reservation.as_ref(),
+                                *this.declared,
                                 &response,
                             );
                             refund(shared, this.reservation.as_ref(), class);
-                            Ok(response)
+                            // A success's charge is settled when its body
+                            // ends, from the usage the body reports.
+                            let reservation = this.reservation.take().filter(|_| class.is_none());
+                            let rule = shared.classifier.output_charge(response.headers());
+                            let watcher = StreamWatcher::for_response(response.headers());
+                            let hook = UsageHook::new(
+                                this.shared.clone(),
+                                reservation,
+                                *this.declared,
+                                rule,
+                            );
+                            Ok(response.map(|body| WatchedBody::new(body, watcher, hook)))
                         }
                         Err(e) => {
                             let error =

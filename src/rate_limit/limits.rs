@@ -150,6 +150,27 @@ pub(crate) const MAX_WINDOW: Duration = Duration::from_secs(366 * 24 * 60 * 60);
 /// response does not hold for a day. See [`default_learned_ttl`].
 pub const DEFAULT_LEARNED_TTL_CAP: Duration = Duration::from_secs(10 * 60);
 
+/// The most an admission counts past its window by default: see
+/// [`default_arrival_margin`].
+pub const DEFAULT_ARRIVAL_MARGIN: Duration = Duration::from_millis(250);
+
+/// How much longer than its window an admission counts by default (see
+/// [`RateLimitLayer::arrival_margin`](super::RateLimitLayer::arrival_margin)):
+/// [`DEFAULT_ARRIVAL_MARGIN`] (250 ms), at most a twentieth of the window
+/// (100 ms on a 2 s window), so that a short window does not pay more than
+/// 5 % of its throughput for it.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_llm_resilience::rate_limit::default_arrival_margin;
+///
+/// assert_eq!(default_arrival_margin(Duration::from_secs(60)), Duration::from_millis(250));
+/// assert_eq!(default_arrival_margin(Duration::from_secs(2)), Duration::from_millis(100));
+/// ```
+pub fn default_arrival_margin(window: Duration) -> Duration {
+    DEFAULT_ARRIVAL_MARGIN.min(window / 20)
+}
+
 /// How long a limit learned for a limit of this window holds by default:
 /// the window, at most [`DEFAULT_LEARNED_TTL_CAP`] (60 s for a per-minute
 /// limit, 10 minutes for a per-day one).

@@ -28,7 +28,7 @@ use std::time::Duration;
 use foldhash::fast::RandomState;
 use tokio::time::Instant;
 
-use super::limits::{Costs, Dimension, Limits};
+use super::limits::{default_arrival_margin, Costs, Dimension, Limits};
 use super::store::{Decision, Reservation, Store};
 use super::window::{Booking, SlidingWindow};
 use crate::classify::ReportedLimit;
@@ -154,6 +154,8 @@ struct Params {
     max_keys: AtomicUsize,
     /// Nanoseconds; `u64::MAX`: never.
     idle_timeout: AtomicU64,
+    /// Nanoseconds; `u64::MAX`: the default.
+    arrival_margin: AtomicU64,
 }
 
 const UNSET: u64 = u64::MAX;
@@ -175,6 +177,7 @@ impl MemoryStore {
                     learned_ttl: AtomicU64::new(UNSET),
                     max_keys: AtomicUsize::new(DEFAULT_MAX_KEYS),
                     idle_timeout: AtomicU64::new(UNSET),
+                    arrival_margin: AtomicU64::new(UNSET),
                 },
                 first: OnceLock::new(),
                 shards: std::array::from_fn(|_| RwLock::new(Map::default())),
@@ -208,6 +211,8 @@ impl MemoryStore {
             q.learned_ttl.store(p.learned_ttl.load(Relaxed), Relaxed);
             q.max_keys.store(p.max_keys.load(Relaxed), Relaxed);
             q.idle_timeout.store(p.idle_timeout.load(Relaxed), Relaxed);
+            q.arrival_margin
+                .store(p.arrival_margin.load(Relaxed), Relaxed);
         }
         store
     }
@@ -248,6 +253,22 @@ impl MemoryStore {
         self
     }
 
+    /// How much longer than its window each admission counts (default
+    /// [`default_arrival_margin`]: 250 ms, at most a twentieth of the
+    /// window). The provider counts a request when it arrives, the limiter
+    /// when it sends it: a request slower on its way than one sent a
+    /// window after it would otherwise meet it in the provider's window
+    /// (see [`SlidingWindow::arrival_margin`]). It costs `margin / window`
+    /// of the throughput. Applies to the keys made after this call, in
+    /// every clone.
+    pub fn arrival_margin(self, margin: Duration) -> Self {
+        self.inner
+            .params
+            .arrival_margin
+            .store(to_nanos(margin), Relaxed);
+        self
+    }
+
     /// Keys unused for this long may be dropped when the map is full even
     /// if their windows still count something (default: never). Changes
     /// every clone.
@@ -281,9 +302,7 @@ impl MemoryStore {
             s.window.earliest(costs, now).ok()
         }) {
             Some(at) => at,
-            None => SlidingWindow::new(&self.limits_of(key), now)
-                .earliest(costs, now)
-                .ok(),
+            None => self.new_window(key, now).earliest(costs, now).ok(),
         }
     }
 
@@ -298,6 +317,15 @@ impl MemoryStore {
                 .iter()
                 .find(|l| l.dimension == dimension && l.window == window)
                 .map(|l| l.limit),
+        }
+    }
+
+    /// A fresh window for `key`, with the store's margin.
+    fn new_window(&self, key: &Key, now: Instant) -> SlidingWindow {
+        let window = SlidingWindow::new(&self.limits_of(key), now);
+        match self.inner.params.arrival_margin.load(Relaxed) {
+            UNSET => window.arrival_margins(default_arrival_margin),
+            n => window.arrival_margin(Duration::from_nanos(n)),
         }
     }
 
@@ -388,7 +416,7 @@ impl MemoryStore {
         let slot = Arc::new(Slot {
             key: key.clone(),
             state: Mutex::new(SlotState {
-                window: SlidingWindow::new(&self.limits_of(key), now),
+                window: self.new_window(key, now),
                 watchers: Vec::new(),
                 next_id: 0,
                 id_end: 0,
@@ -483,11 +511,12 @@ impl MemoryStore {
             admission
         })?;
         Ok(match admission {
-            Decision::Admitted(Booking { id, at }) => Decision::Admitted(Reservation {
+            Decision::Admitted(Booking { id, at, used }) => Decision::Admitted(Reservation {
                 key: key.clone(),
                 id,
                 at,
                 costs: *costs,
+                used,
             }),
             Decision::TooLate(at) => Decision::TooLate(at),
             Decision::Never { cost, capacity } => Decision::Never { cost, capacity },
@@ -522,6 +551,7 @@ impl fmt::Debug for MemoryStore {
             .field("learned_ttl", &nanos(p.learned_ttl.load(Relaxed)))
             .field("max_keys", &p.max_keys.load(Relaxed))
             .field("idle_timeout", &nanos(p.idle_timeout.load(Relaxed)))
+            .field("arrival_margin", &nanos(p.arrival_margin.load(Relaxed)))
             .finish_non_exhaustive()
     }
 }
@@ -618,15 +648,29 @@ impl Store for MemoryStore {
         dimension: Dimension,
         window: Duration,
         state: ReportedLimit,
+        reservation: Option<&Reservation>,
         now: Instant,
     ) -> Option<u64> {
         let p = &self.inner.params;
         let learn_limits = p.learn_limits.load(Relaxed);
         let ttl = p.learned_ttl.load(Relaxed);
         let ttl = (ttl != UNSET).then(|| Duration::from_nanos(ttl));
+        // A reservation of another key says nothing of this one's window.
+        let booking = reservation.filter(|r| r.key == *key).map(|r| Booking {
+            id: r.id,
+            at: r.at,
+            used: r.used,
+        });
         self.with_slot(key, now, |s| {
-            s.window
-                .learn(dimension, window, state, learn_limits, ttl, now)
+            s.window.learn(
+                dimension,
+                window,
+                state,
+                booking.as_ref(),
+                learn_limits,
+                ttl,
+                now,
+            )
         })
         .ok()
         .flatten()

@@ -25,28 +25,53 @@
 //!
 //! # Costs and corrections
 //!
-//! A request's token cost is its [`TokenEstimate`] extension when set, else
-//! the [`Estimator`]'s guess ([`JsonEstimator`] reads a JSON body's size and
-//! `max_tokens`). Two things correct it after the response:
+//! A request's token cost is its [`TokenEstimate`] extension when set
+//! (input and output apart, or a total counted as input), else the
+//! [`Estimator`]'s guess ([`JsonEstimator`] counts a JSON body's text by its
+//! characters, its images at a fixed price and its top-level `max_tokens`
+//! as output; with the `tiktoken` feature, `TiktokenEstimator` counts
+//! OpenAI chat bodies exactly). Two things correct it after the response:
 //!
-//! - a [`TokenUsage`] response extension (set by whoever parsed the body's
-//!   `usage`) replaces the charge with the real figure;
-//! - the provider's `remaining` headers: when the provider says less
-//!   remains than the window thinks, the difference counts until the
-//!   header's reset. Headers only tighten unless
-//!   [`learn_limits(true)`](RateLimitLayer::learn_limits).
+//! - the usage the response reports: the limiter's response body
+//!   ([`ResponseBody`]) watches the frames go by (whole JSON or streamed:
+//!   see [`crate::stream`]) and, when the body ends, replaces the estimate
+//!   by the provider's rule ([`OutputCharge`]): the real input, and the
+//!   real output for a provider that counts it (Anthropic, Gemini) or never
+//!   less than the declared `max_tokens` for one that charges it at
+//!   admission (OpenAI, the default). A body dropped early only raises the
+//!   charge; a body without usage keeps the estimate. A [`TokenUsage`]
+//!   response extension (set by whoever parsed the body themselves) counts
+//!   the same way at once;
+//! - the provider's `remaining` headers, compared with the window **as of
+//!   the request's admission** (the provider computed them when the
+//!   request arrived; the reservation records what the window held then):
+//!   when the provider says less remained, the difference is usage the
+//!   limiter did not see, and counts until the header's reset. Headers
+//!   only tighten unless [`learn_limits(true)`](RateLimitLayer::learn_limits).
+//!   See [`SlidingWindow::learn`] for the whole rule.
+//!
+//! # The arrival margin
+//!
+//! The provider counts a request when it arrives, the limiter when it
+//! sends it. A request slower on its way than one sent a window after it
+//! would meet it in the provider's window, so each admission counts a
+//! little longer than its window: [`default_arrival_margin`] (250 ms, at
+//! most a twentieth of the window; 0.4 % of a minute's throughput), set
+//! with [`arrival_margin`](RateLimitLayer::arrival_margin). Give the
+//! provider's own windows to [`Limits`]: the margin is the limiter's.
 //!
 //! # What is learned, and for how long
 //!
 //! Nothing learned from a provider is sticky: one odd response must never
 //! shut a key, since a key that sends nothing hears nothing that could
 //! correct it. Every part has a floor, a bound and an expiry (the rule is
-//! [`SlidingWindow::learn`]'s; the Redis store applies the same one):
+//! [`SlidingWindow::learn`]'s; the Redis store applies the same one, but
+//! compares `remaining` with its usage as of the response for now):
 //!
 //! | learned from | floor | bound | expires |
 //! | --- | --- | --- | --- |
 //! | a `limit` header (`x-ratelimit-limit-*`, `RateLimit-Policy` `q=`) | `max(1, configured / 10)`; a limit of 0 is ignored | the configured limit; with [`learn_limits(true)`](RateLimitLayer::learn_limits) `configured * 100` | [`learned_ttl`](RateLimitLayer::learned_ttl) after the provider last said it (default: the window, at most 10 min); then the configured limit is back |
-//! | a `remaining` header (usage we did not see) | 0 (a higher `remaining` never loosens; `-1` is ignored) | what the limit leaves | at the header's reset, at most one window |
+//! | a `remaining` header (usage we did not see) | 0 (`-1` is ignored) | what the limit leaves | at the header's reset measured from the request's admission, at most one window (plus the arrival margin); a newer admission's header replaces it |
 //! | a `Retry-After` (the gate, below) | 0 | a wait is at most [`MAX_SERVER_WAIT`](crate::classify::MAX_SERVER_WAIT); the limiter waits on it at most [`max_gate_wait`](RateLimitLayer::max_gate_wait) (60 s) | when it opens |
 //!
 //! Only the configured capacity decides that a request "never fits": a
@@ -96,12 +121,13 @@
 //! let start = tokio::time::Instant::now();
 //! for _ in 0..3 {
 //!     let mut req = http::Request::new(String::from(r#"{"messages":[]}"#));
-//!     req.extensions_mut().insert(TokenEstimate(500));
+//!     req.extensions_mut().insert(TokenEstimate::total(500));
 //!     svc.ready().await.unwrap().call(req).await.unwrap();
 //! }
 //! // Two requests of 500 tokens fill the minute's 1,000; the third waited
-//! // until the first left the window, exactly 60 s after it entered.
-//! assert_eq!(start.elapsed(), Duration::from_secs(60));
+//! // until the first left the window, 60 s after it entered, and the
+//! // arrival margin.
+//! assert_eq!(start.elapsed(), Duration::from_millis(60_250));
 //! # }
 //! ```
 
@@ -113,15 +139,23 @@ mod memory;
 mod policy;
 mod service;
 mod store;
+mod usage;
 mod window;
 
-pub use self::estimate::{BodyBytes, Estimator, JsonEstimator, TokenEstimate, TokenUsage};
+#[cfg(feature = "tiktoken")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tiktoken")))]
+pub use self::estimate::TiktokenEstimator;
+pub use self::estimate::{
+    BodyBytes, Estimator, JsonEstimator, TokenEstimate, TokenUsage, DEFAULT_IMAGE_TOKENS,
+};
 pub use self::future::ResponseFuture;
 pub use self::layer::{RateLimitLayer, DEFAULT_MAX_GATE_WAIT};
 pub use self::limits::{
-    default_learned_ttl, Costs, Dimension, Limit, Limits, DEFAULT_LEARNED_TTL_CAP,
+    default_arrival_margin, default_learned_ttl, Costs, Dimension, Limit, Limits,
+    DEFAULT_ARRIVAL_MARGIN, DEFAULT_LEARNED_TTL_CAP,
 };
 pub use self::memory::{MemoryStore, DEFAULT_MAX_KEYS, HARD_KEYS_FACTOR};
 pub use self::service::RateLimit;
-pub use self::store::{Decision, Reservation, Store};
+pub use self::store::{Decision, Reservation, Store, UsedAtAdmission};
+pub use self::usage::{OutputCharge, ResponseBody, UsageHook};
 pub use self::window::{Booking, SlidingWindow};

@@ -10,9 +10,10 @@ use http::Response;
 use tokio::time::Instant;
 
 use super::estimate::TokenUsage;
-use super::limits::{Costs, Dimension, MINUTE};
+use super::limits::{Dimension, MINUTE};
 use super::service::Shared;
 use super::store::{Reservation, Store};
+use super::usage::{corrected, Seen};
 use crate::classify::{Classifier, ErrorClass, ReportedLimit};
 use crate::events::Event;
 use crate::key::Key;
@@ -82,14 +83,16 @@ pub(super) fn after_response<K, C, E, St, RB>(
     shared: &Shared<K, C, E, St>,
     key: &Key,
     reservation: Option<&Reservation>,
+    declared: Option<u64>,
     response: &Response<RB>,
 ) -> Option<ErrorClass>
 where
     C: Classifier,
     St: Store,
 {
-    if let (Some(r), Some(usage)) = (reservation, response.extensions().get::<TokenUsage>()) {
-        let actual = Costs::new(usage.input_tokens, usage.output_tokens);
+    if let (Some(r), Some(&usage)) = (reservation, response.extensions().get::<TokenUsage>()) {
+        let rule = shared.classifier.output_charge(response.headers());
+        let actual = corrected(&r.costs, declared, usage, rule, Seen::Whole);
         if actual != r.costs {
             shared.store.correct(r, &actual, Instant::now());
         }
@@ -121,7 +124,10 @@ where
     for (dimension, state, default_window) in dims {
         let Some(state) = state else { continue };
         let window = state.window.unwrap_or(default_window);
-        if let Some(limit) = shared.store.learn(key, dimension, window, state, now) {
+        if let Some(limit) = shared
+            .store
+            .learn(key, dimension, window, state, reservation, now)
+        {
             shared.events.emit(Event::LimitLearned {
                 key,
                 dimension: dimension.as_str(),

@@ -13,6 +13,7 @@ use super::future::ResponseFuture;
 use super::limits::{Costs, Limits};
 use super::memory::MemoryStore;
 use super::store::Store;
+use super::usage::ResponseBody;
 use crate::classify::{Classifier, Provider};
 use crate::events::Events;
 use crate::key::{KeyFn, SingleKey};
@@ -102,12 +103,14 @@ impl<S, B, RB, K, C, E, St> Service<Request<B>> for RateLimit<S, K, C, E, St>
 where
     S: Service<Request<B>, Response = Response<RB>> + Clone,
     S::Error: Into<BoxError>,
-    K: KeyFn<Request<B>>,
+    RB: http_body::Body,
+    RB::Error: Into<BoxError>,
+    K: KeyFn<Request<B>> + Send + Sync,
     C: Classifier,
     E: Estimator<Request<B>>,
     St: Store,
 {
-    type Response = Response<RB>;
+    type Response = Response<ResponseBody<RB, K, C, E, St>>;
     type Error = Error;
     type Future = ResponseFuture<S, Request<B>, K, C, E, St>;
 
@@ -121,11 +124,14 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let shared = &self.shared;
         let key = shared.key_fn.key(&request);
-        let costs = match request.extensions().get::<TokenEstimate>() {
-            Some(&TokenEstimate(n)) => Costs::tokens(n.into()),
-            None if shared.estimate => shared.estimator.estimate(&request),
-            None => Costs::new(0, 0),
+        let (costs, declared) = match request.extensions().get::<TokenEstimate>() {
+            Some(&estimate) => (
+                Costs::from(estimate),
+                shared.estimator.declared_output(&request),
+            ),
+            None if shared.estimate => shared.estimator.estimate_declared(&request),
+            None => (Costs::new(0, 0), None),
         };
-        ResponseFuture::start(&mut self.inner, request, key, costs, shared)
+        ResponseFuture::start(&mut self.inner, request, key, costs, declared, shared)
     }
 }

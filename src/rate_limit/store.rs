@@ -12,8 +12,10 @@ use crate::classify::ReportedLimit;
 use crate::key::Key;
 use crate::Error;
 
-/// A granted reservation: what was charged, to which key, when. Give it
-/// back to the store to cancel or correct the charge.
+/// A granted reservation: what was charged, to which key, when, and what
+/// the key's limits held then. Give it back to the store to cancel or
+/// correct the charge, and to [`Store::learn`] with the headers of its
+/// response.
 #[derive(Clone, Debug)]
 pub struct Reservation {
     /// The key charged.
@@ -27,6 +29,93 @@ pub struct Reservation {
     pub at: Instant,
     /// What was charged.
     pub costs: Costs,
+    /// What each limit of the key held as of `at`, this request included:
+    /// what the provider's `remaining` headers are compared with. A store
+    /// that keeps no such figure gives [`UsedAtAdmission::UNKNOWN`].
+    pub used: UsedAtAdmission,
+}
+
+/// What each limit of a key held as of a request's admission: the
+/// request's own cost and every reservation booked ahead of it that was
+/// still in the window, in the order of the key's
+/// [`Limits`](super::Limits).
+///
+/// The provider computes its `remaining` headers when the request arrives,
+/// not when the response comes back: by then more requests were admitted
+/// (which the provider had not counted) and older ones left the window.
+/// So this, not the window's usage at the response, is what `remaining` is
+/// compared with (see [`SlidingWindow::learn`](super::SlidingWindow::learn)).
+///
+/// Inline, with no allocation: the first [`CAPACITY`](Self::CAPACITY)
+/// (4) limits of a key, enough for requests and tokens per minute and per
+/// day, or Anthropic's requests, input and output tokens. For a limit past
+/// them [`get`](Self::get) answers `None` (so does a usage of `u64::MAX`,
+/// a saturated sum): the in-memory store then reads the snapshot its own
+/// log keeps with the request's entry, and a store with neither does not
+/// compare that limit's `remaining`.
+///
+/// ```
+/// use tower_llm_resilience::rate_limit::UsedAtAdmission;
+///
+/// let used = UsedAtAdmission::from_slice(&[3, 12_000]);
+/// assert_eq!((used.get(0), used.get(1), used.get(2)), (Some(3), Some(12_000), None));
+/// assert_eq!(UsedAtAdmission::UNKNOWN.get(0), None);
+/// // Past the capacity, limits have no snapshot.
+/// assert_eq!(UsedAtAdmission::from_slice(&[1, 2, 3, 4, 5]).get(4), None);
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct UsedAtAdmission([u64; UsedAtAdmission::CAPACITY]);
+
+/// A limit with no snapshot.
+const NONE: u64 = u64::MAX;
+
+impl UsedAtAdmission {
+    /// How many limits a snapshot holds.
+    pub const CAPACITY: usize = 4;
+
+    /// No snapshot: no limit's `remaining` is compared as of the
+    /// admission.
+    pub const UNKNOWN: UsedAtAdmission = UsedAtAdmission([NONE; UsedAtAdmission::CAPACITY]);
+
+    /// The usage of each limit, in the key's order; limits past
+    /// [`CAPACITY`](Self::CAPACITY) are left out.
+    pub fn from_slice(used: &[u64]) -> Self {
+        let mut s = UsedAtAdmission::UNKNOWN;
+        for (slot, &u) in s.0.iter_mut().zip(used) {
+            *slot = u;
+        }
+        s
+    }
+
+    /// Sets the usage of the key's `index`-th limit (nothing past the
+    /// capacity).
+    #[inline]
+    pub(crate) fn set(&mut self, index: usize, used: u64) {
+        if let Some(slot) = self.0.get_mut(index) {
+            *slot = used;
+        }
+    }
+
+    /// What the key's `index`-th limit held as of the admission, if the
+    /// snapshot holds it.
+    pub fn get(&self, index: usize) -> Option<u64> {
+        self.0.get(index).copied().filter(|&u| u != NONE)
+    }
+}
+
+impl Default for UsedAtAdmission {
+    /// [`UNKNOWN`](Self::UNKNOWN).
+    fn default() -> Self {
+        UsedAtAdmission::UNKNOWN
+    }
+}
+
+impl std::fmt::Debug for UsedAtAdmission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|&u| (u != NONE).then_some(u)))
+            .finish()
+    }
 }
 
 /// The answer to a request for admission: a store's to [`Store::acquire`]
@@ -160,15 +249,26 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// Takes in what the provider reported for one dimension of `key`
-    /// over `window`, by the rule of [`SlidingWindow::learn`](super::SlidingWindow::learn) (a limit of 0 is
-    /// ignored; a learned limit has a floor, a bound and an expiry).
+    /// over `window`, by the rule of
+    /// [`SlidingWindow::learn`](super::SlidingWindow::learn) (a limit of 0
+    /// is ignored; a learned limit has a floor, a bound and an expiry).
     /// Returns the limit in force when the state changed.
+    ///
+    /// `reservation` is the reservation of the request whose response
+    /// carried the headers: the provider computed `remaining` at that
+    /// request's admission, so it is compared with the key's usage as of
+    /// then ([`Reservation::used`]). `None` (a caller that has no
+    /// reservation) compares it with the usage as of `now`.
+    ///
+    /// The Redis store compares as of now for the time being, whatever
+    /// `reservation` says.
     fn learn(
         &self,
         key: &Key,
         dimension: Dimension,
         window: Duration,
         state: ReportedLimit,
+        reservation: Option<&Reservation>,
         now: Instant,
     ) -> Option<u64>;
 }

@@ -7,16 +7,16 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::limits::{default_learned_ttl, Costs, Dimension, Limit, Limits, MAX_WINDOW};
-use super::store::Decision;
+use super::store::{Decision, UsedAtAdmission};
 use crate::classify::ReportedLimit;
 
 #[cfg(test)]
 use super::limits::MINUTE;
 
 /// What a [`SlidingWindow`] reserved: the request may start at `at` (`now`
-/// or later); `id` names the reservation for [`SlidingWindow::cancel`] and
-/// [`SlidingWindow::correct`]. A store turns it into a [`Reservation`] (which
-/// adds the key and the costs).
+/// or later); `id` names the reservation for [`SlidingWindow::cancel`],
+/// [`SlidingWindow::correct`] and [`SlidingWindow::learn`]. A store turns
+/// it into a [`Reservation`] (which adds the key and the costs).
 ///
 /// [`Reservation`]: super::Reservation
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,6 +25,8 @@ pub struct Booking {
     pub id: u64,
     /// The admission instant.
     pub at: Instant,
+    /// What each limit held as of `at`, this reservation included.
+    pub used: UsedAtAdmission,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -32,11 +34,14 @@ struct Entry {
     at: Instant,
     id: u64,
     cost: u64,
+    /// What the limit held as of `at`, this entry included (kept up to
+    /// date when the entry is booked again).
+    used: u64,
 }
 
 /// Usage the provider reported that we did not see (another process on the
 /// same key, or estimates that were low): it counts until `until`.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct External {
     cost: u64,
     until: Instant,
@@ -75,11 +80,18 @@ struct Cursor {
 struct DimState {
     /// The configured limit (`limit.limit` is the configured capacity).
     limit: Limit,
+    /// How long an entry counts: the window plus the arrival margin.
+    hold: Duration,
+    /// The arrival margin.
+    margin: Duration,
     /// Admitted entries in admission order (times never decrease).
     log: VecDeque<Entry>,
     /// Sum of `log`'s costs.
     sum: u64,
     external: Option<External>,
+    /// The newest reservation whose `remaining` was compared as of its
+    /// admission: an older one's view is stale.
+    heard: Option<u64>,
     learned: Option<Learned>,
     /// Where a search that starts at or after `skip_from` may start: the
     /// entries before `skip.index` are out of the window from `skip_from`
@@ -99,7 +111,7 @@ const MIN_LOG_CAPACITY: usize = 4;
 impl DimState {
     fn prune(&mut self, now: Instant) {
         while let Some(e) = self.log.front() {
-            if e.at + self.limit.window <= now {
+            if e.at + self.hold <= now {
                 self.sum = self.sum.saturating_sub(e.cost);
                 self.log.pop_front();
                 self.skip.index = self.skip.index.saturating_sub(1);
@@ -124,6 +136,53 @@ impl DimState {
         if self.learned.is_some_and(|l| l.until <= now) {
             self.learned = None;
         }
+    }
+
+    /// `remaining` as of the admission of reservation `id` at `at`, when
+    /// the limit held `used` (see [`SlidingWindow::learn`]): the external
+    /// usage is replaced by what the provider counted beyond `used`, until
+    /// `at + reset` plus the margin. Returns whether it changed.
+    fn learn_as_of(
+        &mut self,
+        id: u64,
+        at: Instant,
+        used: u64,
+        remaining: u64,
+        reset: Duration,
+        now: Instant,
+    ) -> bool {
+        let Some(until) = at.checked_add(reset.saturating_add(self.margin)) else {
+            return false;
+        };
+        if until <= now || self.heard.is_some_and(|newest| id < newest) {
+            return false;
+        }
+        self.heard = Some(id);
+        let ours = self.limit_at(now).saturating_sub(used);
+        let external = ours
+            .checked_sub(remaining)
+            .filter(|&cost| cost > 0)
+            .map(|cost| External { cost, until });
+        let changed = external != self.external;
+        self.external = external;
+        changed
+    }
+
+    /// `remaining` as of `now` (no admission to compare with): a lower one
+    /// than the limit leaves adds the difference to the external usage,
+    /// until `now + reset`. Returns whether it changed.
+    fn learn_as_of_now(&mut self, remaining: u64, reset: Duration, now: Instant) -> bool {
+        let ours = self.limit_at(now).saturating_sub(self.used_at(now));
+        if remaining >= ours {
+            return false;
+        }
+        let until = now + reset;
+        let old = self.external.map_or(0, |x| x.cost);
+        self.external = Some(External {
+            cost: old.saturating_add(ours - remaining),
+            until: self.external.map_or(until, |x| x.until.max(until)),
+        });
+        true
     }
 
     /// The limit in force at `t` (learned or configured), before external
@@ -230,7 +289,7 @@ impl DimState {
                         return Some(t);
                     };
                     step();
-                    let out = e.at + self.limit.window;
+                    let out = e.at + self.hold;
                     if end.is_some_and(|end| out >= end) {
                         break;
                     }
@@ -251,7 +310,7 @@ impl DimState {
     /// Moves `c` past the entries out of the window at `t`.
     fn advance(&self, c: &mut Cursor, t: Instant) {
         while let Some(e) = self.log.get(c.index) {
-            if e.at + self.limit.window > t {
+            if e.at + self.hold > t {
                 break;
             }
             step();
@@ -286,7 +345,7 @@ impl DimState {
 /// [`SlidingWindow::correct`] changes a charge after the fact). Admission is
 /// first-come first-served: a request is admitted at the earliest instant,
 /// not before any earlier reservation of this key, at which it fits in
-/// every limit. Memory: one 24-byte entry per admitted request still inside
+/// every limit. Memory: one 32-byte entry per admitted request still inside
 /// a window, pruned on every decision.
 ///
 /// See [`SlidingWindow::learn`] for what is learned from a provider, and for how
@@ -299,21 +358,30 @@ pub struct SlidingWindow {
     /// The latest reservation's admission instant (FIFO: nobody overtakes,
     /// not even a caller with an older `now`).
     last: Option<Instant>,
+    /// The latest instant pruned to: the entries that left by then are
+    /// gone, so nothing is booked before it (a caller whose `now` is
+    /// older would otherwise be admitted beside an entry it no longer
+    /// sees).
+    pruned: Instant,
     next_id: u64,
     last_used: Instant,
 }
 
 impl SlidingWindow {
-    /// A fresh window for `limits`.
+    /// A fresh window for `limits`, with no arrival margin (each entry
+    /// counts for exactly its window).
     pub fn new(limits: &Limits, now: Instant) -> Self {
         SlidingWindow {
             dims: limits
                 .iter()
                 .map(|&limit| DimState {
                     limit,
+                    hold: limit.window,
+                    margin: Duration::ZERO,
                     log: VecDeque::new(),
                     sum: 0,
                     external: None,
+                    heard: None,
                     learned: None,
                     skip: Cursor { index: 0, sum: 0 },
                     skip_from: now,
@@ -321,14 +389,54 @@ impl SlidingWindow {
                 .collect(),
             gate: None,
             last: None,
+            pruned: now,
             next_id: 0,
             last_used: now,
         }
     }
 
+    /// Holds every entry `margin` longer than its window (at most a year
+    /// longer). The provider counts a request when it arrives, the limiter
+    /// when it sends it: a request slower to reach the provider than one
+    /// sent a window after it would otherwise be counted with it there. It
+    /// costs `margin / window` of the throughput. External usage learned
+    /// from a `remaining` header counts `margin` longer too (see
+    /// [`learn`](Self::learn)).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tokio::time::Instant;
+    /// use tower_llm_resilience::rate_limit::{Costs, Dimension, Limits, SlidingWindow};
+    ///
+    /// let t0 = Instant::now();
+    /// let second = Duration::from_secs(1);
+    /// let limits = Limits::new().window(Dimension::Requests, second, 1);
+    /// let margin = Duration::from_millis(50);
+    /// let mut w = SlidingWindow::new(&limits, t0).arrival_margin(margin);
+    /// let one = Costs::new(0, 0);
+    /// w.acquire(&one, t0, None);
+    /// // The next request fits 1.05 s later, not 1 s.
+    /// assert_eq!(w.earliest(&one, t0), Ok(t0 + second + margin));
+    /// ```
+    pub fn arrival_margin(self, margin: Duration) -> Self {
+        self.arrival_margins(|_| margin)
+    }
+
+    /// [`arrival_margin`](Self::arrival_margin) by window length.
+    pub(crate) fn arrival_margins(mut self, margin_of: impl Fn(Duration) -> Duration) -> Self {
+        for d in &mut self.dims {
+            d.margin = margin_of(d.limit.window).min(MAX_WINDOW);
+            d.hold = d.limit.window + d.margin;
+        }
+        self
+    }
+
     /// Drops everything that no longer counts at `now`, including learned
     /// limits and external usage that expired.
     pub fn prune(&mut self, now: Instant) {
+        if now > self.pruned {
+            self.pruned = now;
+        }
         for d in &mut self.dims {
             d.prune(now);
         }
@@ -427,6 +535,8 @@ impl SlidingWindow {
         now: Instant,
         deadline: Option<Instant>,
     ) -> Decision<Booking> {
+        // Not before what a prune already dropped (see `pruned`).
+        let now = now.max(self.pruned);
         self.prune(now);
         self.last_used = now;
         let at = match self.fits_now(costs, now) {
@@ -440,21 +550,38 @@ impl SlidingWindow {
         if deadline.is_some_and(|d| at > d) {
             return Decision::TooLate(at);
         }
-        for d in &mut self.dims {
+        let mut used = UsedAtAdmission::UNKNOWN;
+        let later = at > now;
+        for (k, d) in self.dims.iter_mut().enumerate() {
             let cost = d.limit.dimension.cost(costs);
-            if cost == 0 {
-                continue;
-            }
-            d.push(Entry { at, id, cost });
-            if at > now {
+            if later {
+                // Searches never start before `at` again (FIFO).
                 d.skip_to(at);
             }
+            // What the limit holds as of `at` with this request: admitted
+            // now, the running sum (nothing is booked later than now);
+            // booked later, the sum from the cursor at `at`. O(1).
+            let before = if later && d.skip.index > 0 {
+                d.skip.sum
+            } else {
+                d.sum
+            };
+            let held = before.saturating_add(cost);
+            if cost > 0 {
+                d.push(Entry {
+                    at,
+                    id,
+                    cost,
+                    used: held,
+                });
+            }
+            used.set(k, held);
         }
         // Kept even when `at` is `now`: a caller whose `now` is older (it
         // read the clock before another caller that locked first) is
         // admitted at or after it, so that the log stays in time order.
         self.last = Some(at);
-        Decision::Admitted(Booking { id, at })
+        Decision::Admitted(Booking { id, at, used })
     }
 
     /// Takes back reservation `id` entirely (a request that was never sent:
@@ -488,6 +615,7 @@ impl SlidingWindow {
     /// `never_later`, at most its old instant). One forward sweep: each
     /// log has one cursor that only moves forward.
     fn rebook(&mut self, now: Instant, after: Option<u64>, never_later: bool) -> bool {
+        let now = now.max(self.pruned);
         // The waiting reservations sit at the logs' tails, in id order.
         let mut tails: Vec<VecDeque<Entry>> = Vec::with_capacity(self.dims.len());
         for d in &mut self.dims {
@@ -530,8 +658,12 @@ impl SlidingWindow {
                     cursors[k].sum = cursors[k].sum.saturating_add(e.cost);
                 }
             }
-            for (k, d) in self.dims.iter().enumerate() {
+            for (k, d) in self.dims.iter_mut().enumerate() {
                 d.advance(&mut cursors[k], at);
+                // Its snapshot as of where it now stands.
+                if let Some(e) = d.log.back_mut().filter(|e| e.id == id) {
+                    e.used = cursors[k].sum;
+                }
             }
             self.last = Some(self.last.map_or(at, |l| l.max(at)));
             moved |= at != old;
@@ -604,8 +736,51 @@ impl SlidingWindow {
 
     /// Takes in what the provider said about one dimension over `window`:
     /// `state.remaining` units left until `state.reset`, out of
-    /// `state.limit`. Returns the limit now in force when it changed or
-    /// usage was added.
+    /// `state.limit`, in the response to the request booked as `admission`
+    /// (`None`: a caller that has no booking). Returns the limit now in
+    /// force when it changed or the external usage did.
+    ///
+    /// # What `remaining` is compared with
+    ///
+    /// The provider computed `remaining` when the request arrived, the
+    /// request itself counted. So it is compared with what the limit held
+    /// **as of the request's admission**, the request and every reservation
+    /// booked ahead of it included: its log entry's snapshot (which follows
+    /// the entry when a cancellation ahead of it or a gate books it again),
+    /// else the booking's [`UsedAtAdmission`]. The requests admitted since,
+    /// and the entries that left the window since, are not in it. When the
+    /// provider says less remains than `limit − used as of admission` (the
+    /// limit in force), the difference is **external usage** the provider
+    /// counted in its window then (another process on the key, or
+    /// estimates below the provider's count). It counts until the
+    /// provider's reset measured from the admission (at most one window),
+    /// plus the [arrival margin](Self::arrival_margin).
+    ///
+    /// - It is all the external usage as of that admission, not an
+    ///   increment: it **replaces** what an earlier admission's response
+    ///   taught (the newer view covers whatever of it still counts), higher
+    ///   or lower, so usage that two responses report counts once.
+    /// - A response whose admission is older than one already compared
+    ///   (responses come back out of order) is **stale**: its `remaining`
+    ///   is ignored.
+    /// - A response admitted longer ago than that reset teaches nothing:
+    ///   what the provider counted then has left its window.
+    /// - A correction made after the admission (a lower actual usage that
+    ///   freed room meanwhile) is not in the comparison, as it was not in
+    ///   the provider's count: the freed room stays free, and whatever of
+    ///   it the provider still counts shows in the next responses. (The
+    ///   snapshot of a request that waited is taken when it was booked, or
+    ///   booked again: a correction made while it waited is not in it.)
+    /// - A booking the window can no longer place teaches nothing from
+    ///   `remaining`: its entries have all left the log (it left the
+    ///   window, perhaps after a move), or it has no entry in this limit (it
+    ///   cost nothing here) and either moved or holds no snapshot of it (a
+    ///   limit past [`UsedAtAdmission::CAPACITY`]).
+    ///
+    /// Without a booking (`None`), `remaining` is compared with the usage
+    /// **as of `now`**, external usage included: a lower one adds the
+    /// difference, counting until `now` plus the reset (at most one
+    /// window); a higher one never loosens.
     ///
     /// # What is learned, and for how long
     ///
@@ -629,24 +804,29 @@ impl SlidingWindow {
     /// - A request whose cost exceeds the limit in force but not the
     ///   configured one is not "never fits": it waits until the learned
     ///   limit expires or room frees (so at most `learned_ttl`).
-    /// - **Remaining**: when the provider says less remains than we think,
-    ///   the difference counts as external usage until the reset, capped at
-    ///   the window (so at most one window); a higher `remaining` never
-    ///   loosens.
+    /// - **Remaining**: external usage is at least 0 and at most what the
+    ///   limit in force leaves (a capacity never goes below 0), and it
+    ///   expires at the provider's reset, at most one window (plus the
+    ///   arrival margin) after the admission it was computed at, or after
+    ///   `now` without a booking.
+    #[allow(clippy::too_many_arguments)] // the response's four facts, the store's two rules, the clock
     pub fn learn(
         &mut self,
         dimension: Dimension,
         window: Duration,
         state: ReportedLimit,
+        admission: Option<&Booking>,
         learn_limits: bool,
         learned_ttl: Option<Duration>,
         now: Instant,
     ) -> Option<u64> {
         self.prune(now);
-        let d = self
+        let k = self
             .dims
-            .iter_mut()
-            .find(|d| d.limit.dimension == dimension && d.limit.window == window)?;
+            .iter()
+            .position(|d| d.limit.dimension == dimension && d.limit.window == window)?;
+        let admitted = admission.map(|b| (b.id, self.admitted(k, b)));
+        let d = &mut self.dims[k];
         let before = d.limit_at(now);
         let mut changed = false;
         let configured = d.limit.limit;
@@ -672,20 +852,32 @@ impl SlidingWindow {
             changed = d.limit_at(now) != before;
         }
         if let Some(r) = state.remaining {
-            let used = d.used_at(now);
-            let ours = d.limit_at(now).saturating_sub(used);
-            if r < ours {
-                let extra = ours - r;
-                let until = now + state.reset.unwrap_or(d.limit.window).min(d.limit.window);
-                let old = d.external.map_or(0, |x| x.cost);
-                d.external = Some(External {
-                    cost: old.saturating_add(extra),
-                    until: d.external.map_or(until, |x| x.until.max(until)),
-                });
-                changed = true;
-            }
+            let reset = state.reset.unwrap_or(d.limit.window).min(d.limit.window);
+            changed |= match admitted {
+                None => d.learn_as_of_now(r, reset, now),
+                Some((id, Some((at, used)))) => d.learn_as_of(id, at, used, r, reset, now),
+                Some((_, None)) => false,
+            };
         }
         changed.then_some(d.limit_at(now))
+    }
+
+    /// Where booking `b` stands and what limit `k` held as of then: its
+    /// log entry's own record (which follows a re-booking), else (it cost
+    /// nothing in this limit) the booking's snapshot if its entries in the
+    /// other limits show it where it was booked. `None` when neither can
+    /// be trusted: its entries are gone (left the window, or moved there
+    /// first), or it moved and this limit has no entry of it.
+    fn admitted(&self, k: usize, b: &Booking) -> Option<(Instant, u64)> {
+        let d = &self.dims[k];
+        if let Some(i) = find(&d.log, b.id) {
+            let e = &d.log[i];
+            return Some((e.at, e.used));
+        }
+        if self.booked_at(b.id)? != b.at {
+            return None;
+        }
+        Some((b.at, b.used.get(k)?))
     }
 
     /// The limit in force at `now` for `dimension` over `window`: a
@@ -708,7 +900,7 @@ impl SlidingWindow {
         }
         for d in &self.dims {
             if let Some(e) = d.log.back() {
-                t = t.max(e.at + d.limit.window);
+                t = t.max(e.at + d.hold);
             }
             if let Some(x) = d.external {
                 t = t.max(x.until);
@@ -724,7 +916,7 @@ impl SlidingWindow {
     pub fn is_idle(&self, now: Instant) -> bool {
         self.gate.is_none_or(|g| g <= now)
             && self.dims.iter().all(|d| {
-                d.log.back().is_none_or(|e| e.at + d.limit.window <= now)
+                d.log.back().is_none_or(|e| e.at + d.hold <= now)
                     && d.external.is_none_or(|x| x.until <= now)
             })
     }
@@ -835,7 +1027,7 @@ mod tests {
         let r = Dimension::Requests;
         // Provider says only 1 remains, resetting in 10 s.
         let state = said(Some(100), Some(1), Some(Duration::from_secs(10)));
-        assert_eq!(w.learn(r, MINUTE, state, false, None, t0), Some(100));
+        assert_eq!(w.learn(r, MINUTE, state, None, false, None, t0), Some(100));
         assert!(
             matches!(w.acquire(&Costs::new(0, 0), t0, None), Decision::Admitted(Booking { at, .. }) if at == t0)
         );
@@ -843,11 +1035,27 @@ mod tests {
             matches!(w.acquire(&Costs::new(0, 0), t0, None), Decision::Admitted(Booking { at, .. }) if at == t0 + Duration::from_secs(10))
         );
         // A higher provider limit does not loosen without opt-in.
-        w.learn(r, MINUTE, said(Some(1000), None, None), false, None, t0);
+        w.learn(
+            r,
+            MINUTE,
+            said(Some(1000), None, None),
+            None,
+            false,
+            None,
+            t0,
+        );
         assert_eq!(w.limit_of(r, MINUTE, t0), Some(100));
-        w.learn(r, MINUTE, said(Some(1000), None, None), true, None, t0);
+        w.learn(
+            r,
+            MINUTE,
+            said(Some(1000), None, None),
+            None,
+            true,
+            None,
+            t0,
+        );
         assert_eq!(w.limit_of(r, MINUTE, t0), Some(1000));
-        w.learn(r, MINUTE, said(Some(10), None, None), false, None, t0);
+        w.learn(r, MINUTE, said(Some(10), None, None), None, false, None, t0);
         assert_eq!(w.limit_of(r, MINUTE, t0), Some(10));
     }
 
@@ -864,11 +1072,14 @@ mod tests {
         let mut w = SlidingWindow::new(&limits, t0);
         let limit = |l| said(Some(l), None, None);
         // 0 is ignored.
-        assert_eq!(w.learn(r, MINUTE, limit(0), true, None, t0), None);
+        assert_eq!(w.learn(r, MINUTE, limit(0), None, true, None, t0), None);
         assert_eq!(w.limit_of(r, MINUTE, t0), Some(100));
         // Floor: 100 / 10; 1000 / 10 for the per-day limit.
-        assert_eq!(w.learn(r, MINUTE, limit(1), false, None, t0), Some(10));
-        assert_eq!(w.learn(r, day, limit(3), false, None, t0), Some(100));
+        assert_eq!(
+            w.learn(r, MINUTE, limit(1), None, false, None, t0),
+            Some(10)
+        );
+        assert_eq!(w.learn(r, day, limit(3), None, false, None, t0), Some(100));
         // Expiry: the window (60 s), at most 10 min (per day).
         assert_eq!(w.limit_of(r, MINUTE, t0 + ms(59_999)), Some(10));
         assert_eq!(w.limit_of(r, MINUTE, t0 + MINUTE), Some(100));
@@ -893,22 +1104,28 @@ mod tests {
         // A repeated header refreshes it.
         let t1 = t0 + Duration::from_secs(30);
         assert_eq!(
-            w.learn(r, MINUTE, limit(1), false, None, t1),
+            w.learn(r, MINUTE, limit(1), None, false, None, t1),
             None,
             "no change"
         );
         assert_eq!(w.limit_of(r, MINUTE, t0 + ms(89_999)), Some(10));
         assert_eq!(w.limit_of(r, MINUTE, t0 + ms(90_000)), Some(100));
         // The configured limit said again ends it at once.
-        assert_eq!(w.learn(r, MINUTE, limit(100), false, None, t1), Some(100));
+        assert_eq!(
+            w.learn(r, MINUTE, limit(100), None, false, None, t1),
+            Some(100)
+        );
         // Bound: at most 100 times the configured limit.
         assert_eq!(
-            w.learn(r, MINUTE, limit(u64::MAX), true, None, t1),
+            w.learn(r, MINUTE, limit(u64::MAX), None, true, None, t1),
             Some(10_000)
         );
         // A chosen ttl.
         let ttl = Some(Duration::from_secs(5));
-        assert_eq!(w.learn(r, MINUTE, limit(20), false, ttl, t1), Some(20));
+        assert_eq!(
+            w.learn(r, MINUTE, limit(20), None, false, ttl, t1),
+            Some(20)
+        );
         assert_eq!(
             w.limit_of(r, MINUTE, t1 + Duration::from_secs(5)),
             Some(100)
@@ -919,7 +1136,7 @@ mod tests {
         let mut w = SlidingWindow::new(&limits, t0);
         let tk = Dimension::Tokens;
         assert_eq!(
-            w.learn(tk, MINUTE, limit(2_000), false, None, t0),
+            w.learn(tk, MINUTE, limit(2_000), None, false, None, t0),
             Some(2_000)
         );
         assert_eq!(w.earliest(&Costs::tokens(5_000), t0), Ok(t0 + MINUTE));
@@ -930,7 +1147,7 @@ mod tests {
         );
         // A configured limit of 0 learns nothing (and cannot panic).
         let mut w = SlidingWindow::new(&Limits::new().requests_per_minute(0), t0);
-        assert_eq!(w.learn(r, MINUTE, limit(5), true, None, t0), None);
+        assert_eq!(w.learn(r, MINUTE, limit(5), None, true, None, t0), None);
         assert_eq!(w.limit_of(r, MINUTE, t0), Some(0));
     }
 
@@ -946,7 +1163,7 @@ mod tests {
         let ttl = Some(ms(500));
         let state = said(Some(3), None, None);
         assert_eq!(
-            w.learn(Dimension::Requests, ms(2000), state, true, ttl, t0),
+            w.learn(Dimension::Requests, ms(2000), state, None, true, ttl, t0),
             Some(3)
         );
         let at = |w: &mut SlidingWindow, tokens| match w.acquire(&Costs::tokens(tokens), t0, None) {
@@ -985,6 +1202,7 @@ mod tests {
             Dimension::Tokens,
             MAX_WINDOW,
             said(Some(0), Some(0), Some(Duration::MAX)),
+            None,
             true,
             Some(Duration::MAX),
             t0,
@@ -993,6 +1211,7 @@ mod tests {
             Dimension::Tokens,
             MAX_WINDOW,
             said(Some(u64::MAX), Some(u64::MAX), Some(Duration::MAX)),
+            None,
             true,
             Some(Duration::MAX),
             t0,
@@ -1131,6 +1350,286 @@ mod tests {
             "admitted at {:?}, before {:?}",
             second - t0,
             first - t0
+        );
+    }
+
+    fn booked(d: Decision<Booking>) -> Booking {
+        match d {
+            Decision::Admitted(b) => b,
+            other => panic!("not admitted: {other:?}"),
+        }
+    }
+
+    /// `remaining` out of `limit` tokens, with a reset.
+    fn tokens_left(limit: u64, remaining: u64, reset: Duration) -> ReportedLimit {
+        said(Some(limit), Some(remaining), Some(reset))
+    }
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    /// The snapshot a booking carries: from the running sums (admitted
+    /// now) or the cursor at its instant (booked later), its own cost and
+    /// every booking ahead of it included, for a limit it costs nothing in
+    /// too.
+    #[test]
+    fn a_booking_records_what_each_limit_held_as_of_its_admission() {
+        let t0 = Instant::now();
+        let limits = Limits::new()
+            .window(Dimension::Requests, ms(1000), 3)
+            .window(Dimension::Tokens, ms(1000), 100);
+        let mut w = SlidingWindow::new(&limits, t0);
+        let b1 = booked(w.acquire(&Costs::tokens(40), t0, None));
+        assert_eq!(b1.used, UsedAtAdmission::from_slice(&[1, 40]));
+        let b2 = booked(w.acquire(&Costs::tokens(50), t0 + ms(100), None));
+        assert_eq!(b2.used, UsedAtAdmission::from_slice(&[2, 90]));
+        // Fits when the first leaves, at 1 s: the second and itself.
+        let b3 = booked(w.acquire(&Costs::tokens(30), t0 + ms(200), None));
+        assert_eq!(b3.at, t0 + ms(1000));
+        assert_eq!(b3.used, UsedAtAdmission::from_slice(&[2, 80]));
+        // No tokens: the token window as of its instant, without it.
+        let b4 = booked(w.acquire(&Costs::new(0, 0), t0 + ms(300), None));
+        assert_eq!(b4.at, t0 + ms(1000));
+        assert_eq!(b4.used, UsedAtAdmission::from_slice(&[3, 80]));
+    }
+
+    /// The two ways the window at the response differs from the window
+    /// at the admission, neither of which the provider had counted: old
+    /// entries left since (which made phantom external usage), and
+    /// requests admitted since (which hid real external usage).
+    #[test]
+    fn remaining_is_compared_as_of_the_admission_not_the_response() {
+        let t0 = Instant::now();
+        let tk = Dimension::Tokens;
+        let window = secs(10);
+        let limits = Limits::new().window(tk, window, 1000);
+
+        // Left since: the first leaves at 10 s, the response of the second
+        // (admitted at 5 s, when 500 were used) comes back at 11 s.
+        let mut w = SlidingWindow::new(&limits, t0);
+        booked(w.acquire(&Costs::tokens(300), t0, None));
+        let b = booked(w.acquire(&Costs::tokens(200), t0 + secs(5), None));
+        let honest = tokens_left(1000, 500, window);
+        let late = t0 + secs(11);
+        let mut as_of_now = w.clone();
+        assert_eq!(
+            as_of_now.learn(tk, window, honest, None, false, None, late),
+            Some(1000),
+            "the rule as of now sees 300 phantom tokens"
+        );
+        assert_eq!(
+            w.learn(tk, window, honest, Some(&b), false, None, late),
+            None
+        );
+        assert_eq!(w.earliest(&Costs::tokens(800), late), Ok(late));
+        assert!(as_of_now.earliest(&Costs::tokens(800), late).unwrap() > late);
+
+        // Admitted since: another process used 100 tokens; the provider
+        // said so at the first admission, the response comes back after
+        // 500 more tokens were admitted.
+        let mut w = SlidingWindow::new(&limits, t0);
+        let b = booked(w.acquire(&Costs::tokens(200), t0, None));
+        booked(w.acquire(&Costs::tokens(500), t0 + secs(1), None));
+        let said = tokens_left(1000, 700, window);
+        let now = t0 + secs(2);
+        assert_eq!(
+            w.clone().learn(tk, window, said, None, false, None, now),
+            None,
+            "the rule as of now misses them"
+        );
+        assert_eq!(
+            w.learn(tk, window, said, Some(&b), false, None, now),
+            Some(1000)
+        );
+        // 700 of ours and 100 of theirs: 200 left.
+        assert_eq!(w.earliest(&Costs::tokens(200), now), Ok(now));
+        // Theirs counts until the reset from the admission, 10 s, when the
+        // first of ours leaves too.
+        assert_eq!(w.earliest(&Costs::tokens(201), now), Ok(t0 + window));
+    }
+
+    /// The same external usage reported by two responses counts once; a
+    /// response older than one already heard is stale.
+    #[test]
+    fn a_stale_or_repeated_header_does_not_count_external_usage_twice() {
+        let t0 = Instant::now();
+        let tk = Dimension::Tokens;
+        let window = secs(10);
+        let mut w = SlidingWindow::new(&Limits::new().window(tk, window, 1000), t0);
+        // Another process holds 100 all along.
+        let b1 = booked(w.acquire(&Costs::tokens(100), t0, None));
+        let b2 = booked(w.acquire(&Costs::tokens(100), t0 + secs(1), None));
+        let now = t0 + secs(2);
+        let learn = |w: &mut SlidingWindow, b: &Booking, remaining| {
+            w.learn(
+                tk,
+                window,
+                tokens_left(1000, remaining, window),
+                Some(b),
+                false,
+                None,
+                now,
+            )
+        };
+        // The newer response comes back first.
+        assert_eq!(learn(&mut w, &b2, 700), Some(1000));
+        assert_eq!(learn(&mut w, &b2, 700), None, "the same again");
+        // The older one's view (it saw 100 external too) is stale, and so
+        // is a bogus one.
+        assert_eq!(learn(&mut w, &b1, 800), None);
+        assert_eq!(learn(&mut w, &b1, 0), None);
+        // Ours 200, theirs 100: 700 left, not 600.
+        assert_eq!(w.earliest(&Costs::tokens(700), now), Ok(now));
+        assert!(w.earliest(&Costs::tokens(701), now).unwrap() > now);
+        // Two bookings at one instant: the later one's view replaces.
+        let b3 = booked(w.acquire(&Costs::tokens(100), now, None));
+        let b4 = booked(w.acquire(&Costs::tokens(100), now, None));
+        assert_eq!(b3.at, b4.at);
+        // Still 100 external (now until 10 s after its admission).
+        assert_eq!(learn(&mut w, &b4, 500), Some(1000));
+        assert_eq!(learn(&mut w, &b3, 0), None, "stale");
+        assert_eq!(w.earliest(&Costs::tokens(500), now), Ok(now));
+        assert!(w.earliest(&Costs::tokens(501), now).unwrap() > now);
+        // A newer view with less external usage lowers it (it left).
+        let b5 = booked(w.acquire(&Costs::tokens(100), now, None));
+        assert_eq!(learn(&mut w, &b5, 500), Some(1000), "none left");
+        assert_eq!(w.earliest(&Costs::tokens(500), now), Ok(now));
+    }
+
+    /// External usage counts until the provider's reset measured from the
+    /// admission, at most one window, plus the margin; a response admitted
+    /// longer ago teaches nothing.
+    #[test]
+    fn external_usage_expires_at_the_reset_measured_from_the_admission() {
+        let t0 = Instant::now();
+        let tk = Dimension::Tokens;
+        let window = secs(10);
+        let limits = Limits::new().window(tk, window, 1000);
+        for margin in [Duration::ZERO, ms(50)] {
+            let mut w = SlidingWindow::new(&limits, t0).arrival_margin(margin);
+            let b = booked(w.acquire(&Costs::tokens(100), t0, None));
+            let now = t0 + secs(4);
+            // 400 external, until 6 s after the admission (not the response).
+            let said = tokens_left(1000, 500, secs(6));
+            assert_eq!(
+                w.learn(tk, window, said, Some(&b), false, None, now),
+                Some(1000)
+            );
+            assert_eq!(w.earliest(&Costs::tokens(500), now), Ok(now));
+            assert_eq!(
+                w.earliest(&Costs::tokens(501), now),
+                Ok(t0 + secs(6) + margin)
+            );
+            // Expired: the key can be dropped once its entry leaves.
+            assert!(!w.is_idle(t0 + secs(6) + margin));
+            assert!(w.is_idle(t0 + window + margin));
+            // A reset past the window is cut to one window.
+            let mut w2 = SlidingWindow::new(&limits, t0).arrival_margin(margin);
+            let b = booked(w2.acquire(&Costs::tokens(100), t0, None));
+            let said = tokens_left(1000, 500, secs(60));
+            assert_eq!(
+                w2.learn(tk, window, said, Some(&b), false, None, now),
+                Some(1000)
+            );
+            assert_eq!(w2.idle_at(), t0 + window + margin);
+            // Past the reset from its admission, a response teaches nothing.
+            let mut w3 = SlidingWindow::new(&limits, t0).arrival_margin(margin);
+            let b = booked(w3.acquire(&Costs::tokens(100), t0, None));
+            let said = tokens_left(1000, 0, secs(6));
+            let late = t0 + secs(6) + margin;
+            assert_eq!(
+                w3.learn(tk, window, said, Some(&b), false, None, late),
+                None
+            );
+            assert_eq!(w3.earliest(&Costs::tokens(900), late), Ok(late));
+        }
+    }
+
+    /// A correction made after the admission (a lower actual usage) is not
+    /// in the provider's count as of then: the room it freed stays free.
+    /// What the provider still counts of it (it charges its estimate)
+    /// shows in a later admission's response.
+    #[test]
+    fn a_correction_after_the_admission_is_not_external_usage() {
+        let t0 = Instant::now();
+        let tk = Dimension::Tokens;
+        let window = secs(10);
+        let mut w = SlidingWindow::new(&Limits::new().window(tk, window, 1000), t0);
+        let b1 = booked(w.acquire(&Costs::tokens(600), t0, None));
+        let b2 = booked(w.acquire(&Costs::tokens(300), t0 + secs(1), None));
+        // The first used 100 of its 600.
+        w.correct(b1.id, &Costs::tokens(100));
+        let now = t0 + secs(3);
+        let said = tokens_left(1000, 100, window);
+        assert_eq!(
+            w.clone().learn(tk, window, said, None, false, None, now),
+            Some(1000),
+            "the rule as of now sees the 500 freed as external"
+        );
+        assert_eq!(w.learn(tk, window, said, Some(&b2), false, None, now), None);
+        assert_eq!(w.earliest(&Costs::tokens(600), now), Ok(now), "freed");
+        // Admitted after the correction: we count 100 + 300 + 100, a
+        // provider that charges its estimates 600 + 300 + 100.
+        let b3 = booked(w.acquire(&Costs::tokens(100), now, None));
+        assert_eq!(b3.used, UsedAtAdmission::from_slice(&[500]));
+        let said = tokens_left(1000, 0, window);
+        assert_eq!(
+            w.learn(tk, window, said, Some(&b3), false, None, now),
+            Some(1000)
+        );
+        assert_eq!(w.earliest(&Costs::tokens(1), now), Ok(t0 + window));
+    }
+
+    /// A booking moved earlier by a cancellation ahead of it is compared
+    /// as of where it went (its entry's snapshot), not where it was first
+    /// booked.
+    #[test]
+    fn a_booking_moved_by_a_cancellation_is_compared_where_it_went() {
+        let t0 = Instant::now();
+        let r = Dimension::Requests;
+        let window = ms(1000);
+        let mut w = SlidingWindow::new(&Limits::new().window(r, window, 2), t0);
+        let one = Costs::new(0, 0);
+        booked(w.acquire(&one, t0, None));
+        let b2 = booked(w.acquire(&one, t0, None));
+        let b3 = booked(w.acquire(&one, t0, None));
+        assert_eq!((b3.at, b3.used.get(0)), (t0 + window, Some(1)));
+        // The second is refunded (the provider refused it): the third
+        // moves to 100 ms, beside the first.
+        assert!(w.cancel(b2.id, t0 + ms(100)));
+        assert_eq!(w.booked_at(b3.id), Some(t0 + ms(100)));
+        // The provider counted the first and the third: nothing remains.
+        let now = t0 + ms(200);
+        let said = said(Some(2), Some(0), Some(window));
+        assert_eq!(w.learn(r, window, said, Some(&b3), false, None, now), None);
+        assert_eq!(w.earliest(&one, now), Ok(t0 + window));
+    }
+
+    /// Each entry counts its window plus the margin; so does what a
+    /// search walks over, and the key's idle instant.
+    #[test]
+    fn an_arrival_margin_holds_each_admission_longer() {
+        let t0 = Instant::now();
+        let limits = Limits::new()
+            .window(Dimension::Requests, ms(1000), 1)
+            .window(Dimension::Tokens, secs(60), 1_000);
+        let m = ms(250);
+        let mut w = SlidingWindow::new(&limits, t0).arrival_margin(m);
+        let b1 = booked(w.acquire(&Costs::tokens(600), t0, None));
+        let b2 = booked(w.acquire(&Costs::tokens(400), t0, None));
+        assert_eq!((b1.at, b2.at), (t0, t0 + ms(1250)));
+        let b3 = booked(w.acquire(&Costs::tokens(600), t0, None));
+        assert_eq!(b3.at, t0 + secs(60) + m);
+        assert_eq!(b3.used, UsedAtAdmission::from_slice(&[1, 1_000]));
+        assert_eq!(w.idle_at(), t0 + secs(120) + m * 2);
+        assert!(!w.is_idle(t0 + secs(120) + m));
+        // An absurd margin is cut to the longest window, and cannot panic.
+        let mut w = SlidingWindow::new(&limits, t0).arrival_margin(Duration::MAX);
+        booked(w.acquire(&Costs::tokens(600), t0, None));
+        assert_eq!(
+            w.earliest(&Costs::tokens(600), t0),
+            Ok(t0 + secs(60) + MAX_WINDOW)
         );
     }
 }

@@ -166,6 +166,7 @@ impl RedisStoreBuilder {
             retry_interval: self.retry_interval,
             epoch: Instant::now(),
             down_until: AtomicU64::new(0),
+            no_functions: AtomicBool::new(false),
             warned_old_layout: AtomicBool::new(false),
         });
         let (tx, rx) = mpsc::channel(QUEUE);

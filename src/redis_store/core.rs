@@ -1,20 +1,22 @@
-//! [`Core`]: what talks to Redis. The connection, the key names of layout
-//! 2, the health of the server (down for a retry interval after a
-//! failure) and the acquire script's invocation and answer. Shared by the
-//! store's handles and its background task, so it holds no queue.
+//! [`Core`]: what talks to Redis. The connection, the health of the
+//! server (down for a retry interval after a failure), how a script is
+//! called (`FCALL`, or `EVALSHA` on a server without functions) and the
+//! acquire script's invocation and answer. Shared by the store's handles
+//! and its background task, so it holds no queue.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
-use redis::{FromRedisValue, ScriptInvocation};
+use redis::FromRedisValue;
 use tokio::time::Instant;
 
-use super::scripts;
+use super::layout::{cost_of, groups, tag};
+use super::scripts::{self, Call};
 use super::store::ServerDecision;
 use crate::key::Key;
-use crate::rate_limit::{Costs, Decision, Dimension, Limit, Limits, Reservation};
+use crate::rate_limit::{Costs, Decision, Limit, Limits, Reservation, UsedAtAdmission};
 use crate::Error;
 
 /// Numbers above this lose precision in Lua's doubles: costs, limits and
@@ -46,9 +48,32 @@ pub(super) struct Core {
     pub(super) epoch: Instant,
     /// Milliseconds after `epoch` until which Redis is not asked (0: up).
     pub(super) down_until: AtomicU64,
+    /// Whether the server refused the function library (or has no
+    /// functions): scripts then go as `EVALSHA`.
+    pub(super) no_functions: AtomicBool,
     /// Whether the warning about a process of the old key layout on the
     /// same prefix was logged (once per store).
     pub(super) warned_old_layout: AtomicBool,
+}
+
+/// Whether a server error says `what` (case aside).
+fn says(e: &redis::RedisError, what: &str) -> bool {
+    e.to_string().to_ascii_lowercase().contains(what)
+}
+
+/// Loads the function library; one that another process loaded first is
+/// as good.
+async fn load_library(conn: &mut ConnectionManager) -> redis::RedisResult<()> {
+    let lib = scripts::library();
+    match redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg(&lib.code)
+        .query_async::<String>(conn)
+        .await
+    {
+        Err(e) if says(&e, "already exists") => Ok(()),
+        r => r.map(drop),
+    }
 }
 
 pub(super) fn micros(d: Duration) -> u64 {
@@ -59,28 +84,6 @@ pub(super) fn micros(d: Duration) -> u64 {
 
 pub(super) fn safe(n: u64) -> u64 {
     n.min(MAX_SAFE)
-}
-
-fn code(d: Dimension) -> char {
-    match d {
-        Dimension::Requests => 'r',
-        Dimension::Tokens => 't',
-        Dimension::InputTokens => 'i',
-        Dimension::OutputTokens => 'o',
-    }
-}
-
-fn cost_of(d: Dimension, c: &Costs) -> u64 {
-    match d {
-        Dimension::Requests => c.requests,
-        Dimension::Tokens => c.total_tokens(),
-        Dimension::InputTokens => c.input_tokens,
-        Dimension::OutputTokens => c.output_tokens,
-    }
-}
-
-pub(super) fn tag(l: &Limit) -> String {
-    format!("{}:{}", code(l.dimension), micros(l.window))
 }
 
 impl Core {
@@ -95,41 +98,6 @@ impl Core {
     pub(super) fn learned_ttl(&self, limit: &Limit) -> Duration {
         self.learned_ttl
             .unwrap_or_else(|| limit.window.min(DEFAULT_LEARNED_TTL_MAX))
-    }
-
-    /// The state hash of layout 2 (`:s2`: a process of layout 1 used `:s`
-    /// and list logs, and must not read or write this state).
-    pub(super) fn hash_key(&self, key: &Key) -> String {
-        format!("{{{}:{}}}:s2", self.prefix, key)
-    }
-
-    /// The state hash of layout 1, only ever tested for existence.
-    fn old_hash_key(&self, key: &Key) -> String {
-        format!("{{{}:{}}}:s", self.prefix, key)
-    }
-
-    pub(super) fn queue_key(&self, key: &Key) -> String {
-        format!("{{{}:{}}}:q", self.prefix, key)
-    }
-
-    pub(super) fn entries_key(&self, key: &Key, tag: &str) -> String {
-        format!("{{{}:{}}}:e:{}", self.prefix, key, tag)
-    }
-
-    pub(super) fn token_key(&self, key: &Key, token: u64) -> String {
-        format!("{{{}:{}}}:k:{:016x}", self.prefix, key, token)
-    }
-
-    /// The hash and queue of `key`, then per limit its entries key (and,
-    /// in the arguments, its tag and window): the common head of the
-    /// cancel and correct scripts' keys.
-    pub(super) fn add_dims(&self, inv: &mut ScriptInvocation<'_>, key: &Key, limits: &Limits) {
-        inv.key(self.hash_key(key)).key(self.queue_key(key));
-        for l in limits.iter() {
-            let t = tag(l);
-            inv.key(self.entries_key(key, &t));
-            inv.arg(t).arg(micros(l.window));
-        }
     }
 
     /// When Redis is asked again after a failure (`None`: it is up).
@@ -175,14 +143,10 @@ impl Core {
         }
     }
 
-    /// Runs one script invocation under the timeout; a failure marks Redis
-    /// down for the retry interval.
-    pub(super) async fn run<T: FromRedisValue>(
-        &self,
-        invocation: &ScriptInvocation<'_>,
-    ) -> Result<T, Error> {
-        let mut conn = self.conn.clone();
-        match tokio::time::timeout(self.timeout, invocation.invoke_async::<T>(&mut conn)).await {
+    /// Runs one script call under the timeout; a failure marks Redis down
+    /// for the retry interval.
+    pub(super) async fn run<T: FromRedisValue>(&self, call: &Call) -> Result<T, Error> {
+        match tokio::time::timeout(self.timeout, self.invoke::<T>(call)).await {
             Ok(Ok(v)) => {
                 self.mark_up();
                 Ok(v)
@@ -201,6 +165,39 @@ impl Core {
         }
     }
 
+    /// `FCALL` of the library's function, loading the library when the
+    /// server lacks it; `EVALSHA` on a server without functions (or that
+    /// refuses the library), from then on.
+    async fn invoke<T: FromRedisValue>(&self, call: &Call) -> redis::RedisResult<T> {
+        let mut conn = self.conn.clone();
+        if !self.no_functions.load(Ordering::Relaxed) {
+            match call.fcall().query_async::<T>(&mut conn).await {
+                Err(e) if says(&e, "function not found") => match load_library(&mut conn).await {
+                    Ok(()) => return call.fcall().query_async(&mut conn).await,
+                    // The server is unreachable: a fault like any other.
+                    Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => {
+                        return Err(e)
+                    }
+                    // It answered no (an old server, an ACL without
+                    // FUNCTION): scripts it is.
+                    Err(e) => self.without_functions(&e),
+                },
+                Err(e) if says(&e, "unknown command") => self.without_functions(&e),
+                other => return other,
+            }
+        }
+        call.script().invoke_async(&mut conn).await
+    }
+
+    fn without_functions(&self, why: &redis::RedisError) {
+        if !self.no_functions.swap(true, Ordering::Relaxed) {
+            tracing::info!(
+                target: "tower_llm_resilience",
+                "redis store: the server takes no function library ({why}); scripts go as EVALSHA"
+            );
+        }
+    }
+
     /// One acquire script call: the decision on the caller's clock, the
     /// server's instants beside it.
     pub(super) async fn acquire(
@@ -212,22 +209,39 @@ impl Core {
         token: u64,
     ) -> Result<ServerDecision, Error> {
         let limits = self.limits_of(key);
-        let mut inv = scripts::acquire().prepare_invoke();
-        inv.key(self.hash_key(key)).key(self.queue_key(key));
-        let rel = deadline.map_or(-1, |d| micros(d.saturating_duration_since(now)) as i64);
-        inv.arg(rel).arg(limits.iter().count());
-        for l in limits.iter() {
-            let tag = tag(l);
-            inv.key(self.entries_key(key, &tag));
-            inv.arg(tag)
-                .arg(micros(l.window))
-                .arg(safe(l.limit))
-                .arg(safe(cost_of(l.dimension, costs)));
+        let groups = groups(&limits);
+        let mut call = Call::new(scripts::acquire());
+        call.key(self.hash_key(key)).key(self.queue_key(key));
+        for g in &groups {
+            call.key(self.entries_key(key, g));
         }
-        inv.key(self.token_key(key, token));
-        inv.key(self.old_hash_key(key));
-        inv.arg(TOKEN_TTL.as_millis() as u64);
-        let r: Vec<i64> = self.run(&inv).await?;
+        call.key(&self.token_keys(key)[..])
+            .key(self.tombstone_key(key, token))
+            .key(&self.old_hash_keys(key)[..]);
+        // The numbers go packed (as the script's doubles: every one is
+        // below 2^53, exact), the names after them.
+        let rel = deadline.map_or(-1.0, |d| micros(d.saturating_duration_since(now)) as f64);
+        let mut nums = Vec::with_capacity(8 * (3 + 2 * groups.len() + 2 * limits.iter().count()));
+        let mut num = |x: f64| nums.extend_from_slice(&x.to_le_bytes());
+        num(rel);
+        num(groups.len() as f64);
+        num(TOKEN_TTL.as_millis() as f64);
+        for g in &groups {
+            num(g.window_us as f64);
+            num(g.limits.len() as f64);
+            for l in &g.limits {
+                num(safe(l.limit) as f64);
+                num(safe(cost_of(l.dimension, costs)) as f64);
+            }
+        }
+        call.arg(nums).arg(&token.to_le_bytes()[..]);
+        for g in &groups {
+            call.arg(g.field());
+            for l in &g.limits {
+                call.arg(tag(l));
+            }
+        }
+        let r: Vec<i64> = self.run(&call).await?;
         // Waits count from when the answer arrived: never early.
         let received = Instant::now();
         let get = |i: usize| {
@@ -238,7 +252,7 @@ impl Core {
         if get(5) == 1 && !self.warned_old_layout.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 target: "tower_llm_resilience",
-                "redis store: a process of an older version (key layout 1) keeps state for the key {key} under the prefix {:?}; the two versions count separately and together may exceed the quota: stop the older processes (see the redis_store docs, \"Upgrading\")",
+                "redis store: a process of an older version (key layout 1 or 2) keeps state for the key {key} under the prefix {:?}; the two versions count separately and together may exceed the quota: stop the older processes (see the redis_store docs, \"Upgrading\")",
                 self.prefix
             );
         }
@@ -254,6 +268,8 @@ impl Core {
                     id: get(1),
                     at: if get(2) == 0 { now } else { after(get(2)) },
                     costs: *costs,
+                    // Not kept yet: `learn` compares as of now.
+                    used: UsedAtAdmission::UNKNOWN,
                 }),
                 Some(get(3)),
             ),
@@ -282,20 +298,6 @@ impl Core {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tags_name_dimension_and_window_in_microseconds() {
-        let l = Limits::new()
-            .requests_per_minute(1)
-            .input_tokens_per_minute(1)
-            .window(Dimension::OutputTokens, Duration::from_millis(1_500), 1)
-            .tokens_per_day(1);
-        let tags: Vec<_> = l.iter().map(tag).collect();
-        assert_eq!(
-            tags,
-            ["r:60000000", "i:60000000", "o:1500000", "t:86400000000"]
-        );
-    }
 
     #[test]
     fn numbers_are_clamped_for_lua() {

@@ -12,8 +12,10 @@
 //! sliding window per limit, first-come first-served reservations at the
 //! earliest instant that fits, cost correction, the shared Retry-After
 //! gate, learning from the provider's headers, oversize requests refused at
-//! once. Every decision is **one atomic Lua script** (`EVALSHA`, with a
-//! fallback to `EVAL` after a restart) and its time is the Redis server's
+//! once. Every decision is **one atomic Lua script** (a function of one
+//! library, `FCALL`, which the store loads on first use and after a
+//! restart; `EVALSHA` on a server without functions, before Redis 7) and
+//! its time is the Redis server's
 //! (`TIME`): processes with skewed clocks cannot over-admit. The script
 //! answers "admitted now" or "admitted in *wait*", and the caller sleeps
 //! exactly that long instead of polling Redis. The wait is counted from
@@ -66,19 +68,26 @@
 //!
 //! Every key of one limiter key shares one hash tag, `{<prefix>:<key>}`, so
 //! that a Redis Cluster keeps them in one slot (one script touches them
-//! all):
+//! all), and the prefix `:3:` of this key layout (no name is one of an
+//! older layout's):
 //!
-//! - `{<prefix>:<key>}:s2`: a hash with the gate, the FIFO tail, the next
-//!   reservation id, and per limit its running sum, two cursors (below),
-//!   learned limit (with its expiry) and external usage (numbers packed
-//!   as binary doubles, which Lua reads far faster than decimal text);
-//! - `{<prefix>:<key>}:e:<dim>:<window µs>`: one hash per limit, the
+//! - `{<prefix>:<key>}:3:s`: a hash with the gate, the FIFO tail, the next
+//!   reservation id, per group of limits (the limits of one window:
+//!   requests and tokens per minute are one group) its running sums and
+//!   cursors (below), and per limit its learned limit (with its expiry)
+//!   and external usage (numbers packed as binary doubles, which Lua reads
+//!   far faster than decimal text);
+//! - `{<prefix>:<key>}:3:e:<limits>:<window µs>`: one hash per group, the
 //!   admissions still inside the window, by reservation id (their instant
-//!   and cost);
-//! - `{<prefix>:<key>}:q`: a sorted set of the reservations booked ahead
+//!   and cost in each limit of the group): one entry per reservation, for
+//!   all the limits of its window;
+//! - `{<prefix>:<key>}:3:q`: a sorted set of the reservations booked ahead
 //!   of their acquire (the FIFO queue), to find the tail after a cancel;
-//! - `{<prefix>:<key>}:k:<token>`: one small string per recent acquire,
-//!   the reservation id it made (see below).
+//! - `{<prefix>:<key>}:3:t0` and `:3:t1`: two generations of acquire tokens
+//!   (see below), each a hash token -> reservation id;
+//! - `{<prefix>:<key>}:3:k:<token>`: a tombstone left by a cancel by token
+//!   that arrived before its acquire (or the record of an acquire booked
+//!   further ahead than a token generation lasts).
 //!
 //! A limiter key made by [`ByHeader`](crate::key::ByHeader) is a keyed
 //! fingerprint of the API key, under a secret that is random per process
@@ -101,11 +110,14 @@
 //! per-day limit holds a day of entries): the work per decision does not
 //! grow with the window's traffic.
 //!
+//! - An acquire that fits runs 5 Redis commands (read the state, the
+//!   time, write the entry, the token and the state) and no more for a
+//!   second limit of the same window. Expired entries are dropped oldest
+//!   first, each once: amortised O(1).
 //! - Reservation ids are consecutive per key and their instants never
 //!   decrease with the id, so an entry is read by its id in O(1): a
 //!   correction or a cancel changes its entry and the running sums by the
 //!   difference.
-//! - Expired entries are dropped oldest first, each once: amortised O(1).
 //! - An acquire that fits by the running sum (the common case) reads no
 //!   entry. One that waits starts from a "free" cursor (the entries that
 //!   no longer count at the queue's tail, with their sum) and reads only
@@ -122,16 +134,21 @@
 //!
 //! # Upgrading from an older version
 //!
-//! Versions before this one kept each window as a list (`:l:` keys) under
-//! a state hash named `:s`. This version's keys (layout 2) have other
-//! names: old and new processes never read or write each other's keys,
-//! so neither can corrupt the other's counts, but **they also do not see
-//! each other's admissions**: while both run on one quota, each admits
-//! the whole of it. Stop the old processes before starting new ones (or
-//! give each version its share of the limits while both run). A new
-//! process that creates a key's state while an old process holds state
-//! for the same key logs a warning once (`tracing`, target
-//! `tower_llm_resilience`). The old keys expire on their own.
+//! The key layout changed twice: versions before issue #12 kept each
+//! window as a list (`:l:` keys) under a state hash named `:s`; the
+//! previous version (layout 2) kept one entries hash per limit under
+//! `:s2`. This version's keys (layout 3) have other names: processes of
+//! different layouts never read or write each other's keys, so none can
+//! corrupt another's counts, but **they also do not see each other's
+//! admissions**: while two versions run on one quota, each admits the
+//! whole of it. Stop the old processes before starting new ones (or give
+//! each version its share of the limits while both run). A new process
+//! that creates a key's state while an old process holds state for the
+//! same key logs a warning once (`tracing`, target
+//! `tower_llm_resilience`). The old keys expire on their own. The function
+//! library is named after a hash of its code (`tlr3_<hash>`), so versions
+//! never replace each other's; an old library stays on the server (a few
+//! kilobytes) until `FUNCTION DELETE`.
 //!
 //! # Faults
 //!
@@ -188,14 +205,16 @@
 //! is in flight never sees its answer: either way, a reservation may exist
 //! that nobody will use or cancel. So each acquire carries a token, unique
 //! to it (64 random bits per store, then a counter, mixed), and the script
-//! records token -> reservation id under `{<prefix>:<key>}:k:<token>` for
-//! as long as the reservation counts (at most 10 minutes). When the call
-//! fails or times out, or its future is dropped, before its decision
-//! reached the caller, the store cancels by token: it gives the
-//! reservation back if the script ran, and otherwise leaves a marker (10
-//! minutes) so that the script, should it still arrive, reserves nothing.
-//! A cancel by token is a cancel: never dropped for room, retried while
-//! Redis is down (for up to 10 minutes).
+//! records token -> reservation id in the key's current token generation.
+//! A generation lasts the key's longest window (at most 10 minutes) and
+//! is dropped whole two generations later, so a record lasts as long as
+//! its reservation counts, at most 10 minutes, without a key (and an
+//! expiry) per acquire. When the call fails or times out, or its future is
+//! dropped, before its decision reached the caller, the store cancels by
+//! token: it gives the reservation back if the script ran, and otherwise
+//! leaves a tombstone (10 minutes) so that the script, should it still
+//! arrive, reserves nothing. A cancel by token is a cancel: never dropped
+//! for room, retried while Redis is down (for up to 10 minutes).
 //!
 //! # Example
 //!
@@ -214,15 +233,18 @@
 //! ```
 
 // One job per file: `builder` (settings, defaults, build), `store` (the
-// handle and its `Store` impl), `core` (the connection, key names, health,
-// the acquire call), `fault` (the fault policy and its local store),
-// `ops` (the background task: cancels, corrections, gates, learns),
-// `token` (acquire tokens, the cancel-by-token guard), `gates` (the local
-// record of gates for `watch`), `scripts` (the Lua, in `lua/`).
+// handle and its `Store` impl), `core` (the connection, health, the
+// acquire call), `layout` (key names, limits grouped by window), `fault`
+// (the fault policy and its local store), `ops` (the background task:
+// cancels, corrections, gates, learns), `token` (acquire tokens, the
+// cancel-by-token guard), `gates` (the local record of gates for
+// `watch`), `scripts` (the Lua of `lua/`, as a function library or as
+// scripts).
 mod builder;
 mod core;
 mod fault;
 mod gates;
+mod layout;
 mod ops;
 mod scripts;
 mod store;

@@ -20,8 +20,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, Sleep};
 
-use super::core::{micros as to_micros, safe as clamp, tag, Core, TOKEN_TTL};
-use super::scripts;
+use super::core::{micros as to_micros, safe as clamp, Core, TOKEN_TTL};
+use super::layout::{add_group_args, groups};
+use super::scripts::{self, Call};
 use crate::classify::ReportedLimit;
 use crate::key::Key;
 use crate::rate_limit::{Costs, Dimension, Reservation};
@@ -226,19 +227,20 @@ pub(super) async fn cancel(core: &Core, c: &Cancel) -> Result<(), crate::Error> 
     match c {
         Cancel::Reservation(r) => {
             let limits = core.limits_of(&r.key);
-            let mut inv = scripts::cancel().prepare_invoke();
-            inv.arg(r.id).arg(limits.iter().count());
-            core.add_dims(&mut inv, &r.key, &limits);
-            core.run::<i64>(&inv).await.map(drop)
+            let mut call = Call::new(scripts::cancel());
+            call.arg(r.id);
+            core.add_groups(&mut call, &r.key, &groups(&limits));
+            core.run::<i64>(&call).await.map(drop)
         }
         Cancel::Token { key, token, .. } => {
             let limits = core.limits_of(key);
-            let mut inv = scripts::cancel_token().prepare_invoke();
-            inv.arg(limits.iter().count());
-            core.add_dims(&mut inv, key, &limits);
-            inv.key(core.token_key(key, *token));
-            inv.arg(TOKEN_TTL.as_millis() as u64);
-            core.run::<i64>(&inv).await.map(drop)
+            let mut call = Call::new(scripts::cancel_token());
+            call.arg(&token.to_le_bytes()[..])
+                .arg(TOKEN_TTL.as_millis() as u64);
+            core.add_groups(&mut call, key, &groups(&limits));
+            call.key(&core.token_keys(key)[..])
+                .key(core.tombstone_key(key, *token));
+            core.run::<i64>(&call).await.map(drop)
         }
     }
 }
@@ -249,22 +251,21 @@ async fn apply(core: &Core, op: Op) -> Result<(), crate::Error> {
         _ if !core.available() => Err(crate::Error::store_unavailable("redis store degraded")),
         Op::Correct(r, actual) => {
             let limits = core.limits_of(&r.key);
-            let mut inv = scripts::correct().prepare_invoke();
-            inv.arg(r.id)
+            let mut call = Call::new(scripts::correct());
+            call.arg(r.id)
                 .arg(clamp(actual.input_tokens))
-                .arg(clamp(actual.output_tokens))
-                .arg(limits.iter().count());
-            core.add_dims(&mut inv, &r.key, &limits);
-            core.run::<i64>(&inv).await.map(drop)
+                .arg(clamp(actual.output_tokens));
+            core.add_groups(&mut call, &r.key, &groups(&limits));
+            core.run::<i64>(&call).await.map(drop)
         }
         Op::Gate(key, until) => {
             let rel = until.saturating_duration_since(Instant::now());
             if rel.is_zero() {
                 return Ok(());
             }
-            let mut inv = scripts::gate().prepare_invoke();
-            inv.key(core.hash_key(&key)).arg(to_micros(rel));
-            core.run::<i64>(&inv).await.map(drop)
+            let mut call = Call::new(scripts::gate());
+            call.key(core.hash_key(&key)).arg(to_micros(rel));
+            core.run::<i64>(&call).await.map(drop)
         }
         Op::Learn {
             key,
@@ -274,23 +275,26 @@ async fn apply(core: &Core, op: Op) -> Result<(), crate::Error> {
             now,
         } => {
             let limits = core.limits_of(&key);
-            let Some(l) = limits
-                .iter()
-                .find(|l| l.dimension == dimension && l.window == window)
-            else {
+            let groups = groups(&limits);
+            let Some((g, j, l)) = groups.iter().find_map(|g| {
+                let j = g
+                    .limits
+                    .iter()
+                    .position(|l| l.dimension == dimension && l.window == window)?;
+                Some((g, j, g.limits[j]))
+            }) else {
                 return Ok(());
             };
             // The report is `now`-relative; time spent in the queue has
             // already passed on the provider's side too.
             let queued = Instant::now().saturating_duration_since(now);
-            let t = tag(l);
             let opt = |v: Option<u64>| v.map_or(-1, |v| clamp(v) as i64);
-            let mut inv = scripts::learn().prepare_invoke();
-            inv.key(core.hash_key(&key))
+            let mut call = Call::new(scripts::learn());
+            call.key(core.hash_key(&key))
                 .key(core.queue_key(&key))
-                .key(core.entries_key(&key, &t));
-            inv.arg(t)
-                .arg(to_micros(l.window))
+                .key(core.entries_key(&key, g));
+            add_group_args(&mut call, std::slice::from_ref(g));
+            call.arg(j + 1)
                 .arg(clamp(l.limit))
                 .arg(opt(state.limit))
                 .arg(opt(state.remaining))
@@ -301,7 +305,7 @@ async fn apply(core: &Core, op: Op) -> Result<(), crate::Error> {
                 )
                 .arg(if core.learn_limits { 1 } else { 0 })
                 .arg(to_micros(core.learned_ttl(l)));
-            core.run::<i64>(&inv).await.map(drop)
+            core.run::<i64>(&call).await.map(drop)
         }
     }
 }

@@ -231,8 +231,12 @@ impl Store for RedisStore {
         dimension: Dimension,
         window: Duration,
         state: ReportedLimit,
+        reservation: Option<&Reservation>,
         now: Instant,
     ) -> Option<u64> {
+        // Compared as of `now` for the time being: the scripts keep no
+        // usage as of a reservation's admission yet.
+        let _ = reservation;
         self.enqueue(Op::Learn {
             key: key.clone(),
             dimension,
@@ -254,6 +258,116 @@ mod tests {
     use super::super::ops;
     use super::*;
     use crate::rate_limit::{Dimension, Limits};
+
+    fn calls(server: &test_server::RedisServer, name: &str) -> u64 {
+        server
+            .command_stats()
+            .into_iter()
+            .find(|(n, ..)| n == name)
+            .map_or(0, |(_, calls, _)| calls)
+    }
+
+    /// Whether a decision with `tokens` fits at once on `key`.
+    async fn fits(store: &RedisStore, key: &Key, tokens: u64) -> bool {
+        let now = Instant::now();
+        let d = store
+            .acquire(key, &Costs::tokens(tokens), now, Some(now))
+            .await;
+        match d.unwrap() {
+            Decision::Admitted(r) => {
+                store.cancel(&r);
+                store.flush().await;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The scripts run as functions of one library (`FCALL`), which the
+    /// store loads again when the server lost it (a restart without
+    /// persistence, a `FUNCTION FLUSH`).
+    #[tokio::test]
+    async fn scripts_run_as_functions_and_the_library_is_loaded_again_when_lost() {
+        let Some(server) = test_server::RedisServer::start(
+            "scripts_run_as_functions_and_the_library_is_loaded_again_when_lost",
+        ) else {
+            return;
+        };
+        let limits = Limits::new().window(Dimension::Tokens, Duration::from_secs(60), 100);
+        let store = RedisStore::builder(limits)
+            .prefix("fn")
+            .build(&server.url())
+            .unwrap();
+        let key = Key::new("k");
+        let d = store.acquire(&key, &Costs::tokens(60), Instant::now(), None);
+        assert!(matches!(d.await.unwrap(), Decision::Admitted(_)));
+        assert_eq!(server.command(&["FUNCTION", "FLUSH"]), "OK");
+        assert!(fits(&store, &key, 40).await, "the library is back");
+        assert!(!fits(&store, &key, 41).await, "and the count was kept");
+        assert!(calls(&server, "fcall") >= 5);
+        assert_eq!(calls(&server, "function|load"), 2);
+        assert_eq!(calls(&server, "evalsha") + calls(&server, "eval"), 0);
+    }
+
+    /// On a server without functions (Redis 6), or one that refuses the
+    /// library, every script goes as `EVALSHA`, with the same decisions.
+    #[tokio::test]
+    async fn without_functions_every_script_runs_as_evalsha() {
+        let Some(server) =
+            test_server::RedisServer::start("without_functions_every_script_runs_as_evalsha")
+        else {
+            return;
+        };
+        let limits = Limits::new()
+            .window(Dimension::Requests, Duration::from_secs(60), 3)
+            .window(Dimension::Tokens, Duration::from_secs(60), 100);
+        let store = RedisStore::builder(limits)
+            .prefix("eval")
+            .build(&server.url())
+            .unwrap();
+        store
+            .inner
+            .core
+            .no_functions
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let key = Key::new("k");
+        let one = |d: Result<Decision, Error>| match d.unwrap() {
+            Decision::Admitted(r) => r,
+            other => panic!("{other:?}"),
+        };
+        let a = one(store
+            .acquire(&key, &Costs::tokens(50), Instant::now(), None)
+            .await);
+        let b = one(store
+            .acquire(&key, &Costs::tokens(30), Instant::now(), None)
+            .await);
+        assert!(!fits(&store, &key, 21).await);
+        store.correct(&b, &Costs::tokens(10), Instant::now());
+        store.flush().await;
+        assert!(fits(&store, &key, 40).await, "corrected: 60 used");
+        store.cancel(&a);
+        store.flush().await;
+        assert!(fits(&store, &key, 90).await, "cancelled: 10 used");
+        // A cancel by token before its acquire: the acquire reserves nothing.
+        let token = store.inner.token();
+        let cancel = Cancel::Token {
+            key: key.clone(),
+            token,
+            issued: Instant::now(),
+        };
+        ops::cancel(&store.inner.core, &cancel).await.unwrap();
+        let late = store
+            .inner
+            .core
+            .acquire(&key, &Costs::tokens(1), Instant::now(), None, token)
+            .await;
+        assert!(late.is_err(), "{late:?}");
+        store.gate(&key, Instant::now() + Duration::from_secs(30));
+        store.flush().await;
+        assert!(!fits(&store, &key, 1).await, "gated");
+        assert!(calls(&server, "evalsha") >= 10);
+        assert_eq!(calls(&server, "fcall") + calls(&server, "function|load"), 0);
+    }
 
     /// A cancel by token may reach the server before its acquire does (a
     /// reconnect after a timeout: the two travel on different

@@ -199,10 +199,16 @@ pub(super) fn quota_exhausted(style: Style) -> Reply {
 }
 
 /// The error reply of an injected fault; `None` for the faults that send
-/// no error ([`Fault::Slow`], [`Fault::ConnectionReset`]).
+/// no error status ([`Fault::ConnectionReset`], and those that alter an
+/// admitted answer: [`Fault::Slow`] and the stream faults).
 pub(super) fn fault(style: Style, fault: Fault) -> Option<Reply> {
     Some(match fault {
-        Fault::Slow(_) | Fault::ConnectionReset => return None,
+        Fault::Slow(_)
+        | Fault::ConnectionReset
+        | Fault::MidStreamError
+        | Fault::Stall(_)
+        | Fault::Truncate
+        | Fault::OverloadedFirstEvent => return None,
         Fault::ServerError => error(
             style,
             StatusCode::INTERNAL_SERVER_ERROR,

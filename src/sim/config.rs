@@ -18,6 +18,12 @@ pub enum Style {
 
 /// A fault the simulated provider injects with a seeded probability
 /// ([`SimProviderBuilder::fault`]).
+///
+/// The faults that answer with an error status or a reset are decided
+/// before admission and consume no quota. [`Slow`](Self::Slow) and the
+/// stream faults ([`is_stream_fault`](Self::is_stream_fault)) alter an
+/// admitted answer instead, which is charged as any other (a request that
+/// does not fit the windows gets its 429 and no fault).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Fault {
@@ -37,6 +43,25 @@ pub enum Fault {
     Slow(Duration),
     /// 401 `invalid_api_key` (Anthropic: `authentication_error`).
     InvalidApiKey,
+    /// Streamed requests: after the first content delta, the stream sends
+    /// its endpoint's error event (OpenAI: a `data: {"error": ...}` chunk
+    /// of type `server_error`; Anthropic: `event: error` with an
+    /// `overloaded_error`) and ends, with no usage and no terminator.
+    MidStreamError,
+    /// Streamed requests: after the first content delta, the stream sends
+    /// nothing for this long, then goes on as normal (a long one tests an
+    /// idle timeout between chunks).
+    Stall(Duration),
+    /// Streamed requests: after the first content delta and half of the
+    /// next event, the body ends with an `io::Error` of kind
+    /// `UnexpectedEof`; over HTTP the connection is cut mid-body, with no
+    /// terminator.
+    Truncate,
+    /// Streamed requests: the 200 stream's first and only event is an
+    /// overload error (Anthropic: `event: error` with `overloaded_error`,
+    /// as Anthropic sends when it is overloaded after accepting a stream;
+    /// OpenAI: an error chunk with code `server_is_overloaded`).
+    OverloadedFirstEvent,
 }
 
 impl Fault {
@@ -49,7 +74,22 @@ impl Fault {
             Fault::ConnectionReset => "connection_reset",
             Fault::Slow(_) => "slow",
             Fault::InvalidApiKey => "invalid_api_key",
+            Fault::MidStreamError => "mid_stream_error",
+            Fault::Stall(_) => "stall",
+            Fault::Truncate => "truncate",
+            Fault::OverloadedFirstEvent => "overloaded_first_event",
         }
+    }
+
+    /// Whether the fault alters a stream, and so applies to streamed
+    /// requests only: a request that is not streamed and draws it gets its
+    /// normal answer, so adding these faults to a mix leaves the runs that
+    /// do not stream exactly as they were.
+    pub const fn is_stream_fault(self) -> bool {
+        matches!(
+            self,
+            Fault::MidStreamError | Fault::Stall(_) | Fault::Truncate | Fault::OverloadedFirstEvent
+        )
     }
 }
 
@@ -153,7 +193,9 @@ impl SimProviderBuilder {
     }
 
     /// How long a successful completion takes (default zero). Errors are
-    /// answered at once, as providers answer 429s.
+    /// answered at once, as providers answer 429s. A streamed completion
+    /// sends its head at once and spreads its events over this time (see
+    /// the [module docs](super#streams)).
     pub fn latency(mut self, latency: Duration) -> Self {
         self.config.latency = latency;
         self

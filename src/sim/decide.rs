@@ -4,27 +4,35 @@
 //! answers' shapes are [`super::answer`]'s.
 
 use std::io;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Response, StatusCode};
-use http_body_util::Full;
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 use rand::RngExt;
 use tokio::time::Instant;
 
 use super::answer::{self, Completion, Endpoint, OverLimit, Reply, Room};
+use super::body::SimBody;
 use super::config::{Config, Fault};
 use super::model::label;
 use super::prompt::{self, count_tokens};
 use super::provider::State;
-use super::served::{Served, Verdict};
+use super::served::{Served, Streamed, Verdict};
+use super::sse::{self, Plan};
 use super::window::Window;
 use crate::BoxError;
 
 /// What to send, decided under the lock, sent after it.
 pub(super) struct Decision {
     pub(super) delay: Duration,
-    pub(super) answer: Result<Response<Full<Bytes>>, io::Error>,
+    pub(super) answer: Result<Response<SimBody>, io::Error>,
+}
+
+/// An admitted completion: a whole JSON body, or a stream.
+enum Answer {
+    Json(Reply),
+    Stream(Plan),
 }
 
 /// Why a request ended before a completion: a step answered it (invalid,
@@ -38,6 +46,8 @@ enum Stop {
 struct Turn<'a> {
     cfg: &'a Config,
     st: &'a mut State,
+    /// The lock `st` came from, for a stream to record its progress.
+    shared: &'a Arc<Mutex<State>>,
     now: Instant,
     /// The provider's wall clock at `now`.
     wall: SystemTime,
@@ -56,19 +66,25 @@ struct Call {
     /// Charged at admission: prompt tokens plus `max_tokens`.
     cost: u64,
     model: String,
+    /// `"stream": true`.
+    stream: bool,
+    /// OpenAI's `stream_options.include_usage`.
+    include_usage: bool,
 }
 
 /// Decides the answer to a request that arrived at `now` (the provider
-/// was built at `epoch`), records it in `st` and returns what to send.
+/// was built at `epoch`), records it in `st` (locked from `shared`) and
+/// returns what to send.
 pub(super) fn decide(
     cfg: &Config,
     st: &mut State,
+    shared: &Arc<Mutex<State>>,
     epoch: Instant,
     now: Instant,
     parts: &http::request::Parts,
     body: Result<Bytes, BoxError>,
 ) -> Decision {
-    let mut turn = Turn::arrive(cfg, st, epoch, now, parts);
+    let mut turn = Turn::arrive(cfg, st, shared, epoch, now, parts);
     let end = turn.steps(parts, body);
     turn.finish(end)
 }
@@ -79,6 +95,7 @@ impl<'a> Turn<'a> {
     fn arrive(
         cfg: &'a Config,
         st: &'a mut State,
+        shared: &'a Arc<Mutex<State>>,
         epoch: Instant,
         now: Instant,
         parts: &http::request::Parts,
@@ -106,11 +123,13 @@ impl<'a> Turn<'a> {
             labels: Vec::new(),
             client_request_id,
             text: String::new(),
+            stream: None,
         };
         let wall = cfg.wall_clock + since_epoch;
         Turn {
             cfg,
             st,
+            shared,
             now,
             wall,
             draw,
@@ -125,32 +144,54 @@ impl<'a> Turn<'a> {
         &mut self,
         parts: &http::request::Parts,
         body: Result<Bytes, BoxError>,
-    ) -> Result<Reply, Stop> {
+    ) -> Result<Answer, Stop> {
         let call = self.read(parts, body)?;
         self.outage()?;
         self.quota()?;
-        let slow = self.fault()?;
+        let alter = self.fault()?;
         self.limits(&call)?;
-        self.admit(&call, slow);
-        Ok(self.complete(&call, slow))
+        self.admit(&call, alter);
+        Ok(self.complete(&call, alter))
     }
 
     /// Logs the request and makes the response.
-    fn finish(self, end: Result<Reply, Stop>) -> Decision {
+    fn finish(self, end: Result<Answer, Stop>) -> Decision {
         let Turn {
             st,
+            shared,
+            now,
             mut served,
-            headers,
+            mut headers,
             ..
         } = self;
         let decision = match end {
-            Ok(reply) | Err(Stop::Reply(reply)) => {
+            Ok(Answer::Json(reply)) | Err(Stop::Reply(reply)) => {
                 served.status = Some(reply.status);
-                let mut response = Response::new(Full::new(Bytes::from(reply.body)));
+                let mut response = Response::new(SimBody::whole(Bytes::from(reply.body)));
                 *response.status_mut() = reply.status;
                 *response.headers_mut() = headers;
                 Decision {
                     delay: reply.delay,
+                    answer: Ok(response),
+                }
+            }
+            Ok(Answer::Stream(plan)) => {
+                served.status = Some(StatusCode::OK);
+                served.stream = Some(Streamed {
+                    events_planned: plan.events,
+                    events_sent: 0,
+                    end: None,
+                });
+                headers.insert(
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/event-stream; charset=utf-8"),
+                );
+                let body = SimBody::stream(plan, now, shared.clone(), served.seq);
+                let mut response = Response::new(body);
+                *response.headers_mut() = headers;
+                // the head at once; the events come when they are due
+                Decision {
+                    delay: Duration::ZERO,
                     answer: Ok(response),
                 }
             }
@@ -219,6 +260,8 @@ impl<'a> Turn<'a> {
             max_tokens,
             cost: prompt_tokens.saturating_add(max_tokens),
             model,
+            stream: parsed.stream,
+            include_usage: parsed.include_usage,
         })
     }
 
@@ -249,10 +292,11 @@ impl<'a> Turn<'a> {
         Err(Stop::Reply(answer::quota_exhausted(self.cfg.style)))
     }
 
-    /// Step 4: the fault the draw picks, if any. A slow answer goes on
-    /// (`Ok` with its extra delay; zero when no fault is drawn); every
-    /// other fault stops the request before admission, consuming nothing.
-    fn fault(&mut self) -> Result<Duration, Stop> {
+    /// Step 4: the fault the draw picks, if any. A slow answer and the
+    /// stream faults go on (`Ok` with the fault, which alters the admitted
+    /// answer; `None` when no fault is drawn); every other fault stops the
+    /// request before admission, consuming nothing.
+    fn fault(&mut self) -> Result<Option<Fault>, Stop> {
         let draw = self.draw;
         let mut acc = 0.0;
         let drawn = self.cfg.faults.iter().find_map(|&(f, p)| {
@@ -260,11 +304,15 @@ impl<'a> Turn<'a> {
             (draw < acc).then_some(f)
         });
         let Some(fault) = drawn else {
-            return Ok(Duration::ZERO);
+            return Ok(None);
         };
         let stats = &mut self.st.stats;
         let counter = match fault {
-            Fault::Slow(d) => return Ok(d),
+            Fault::Slow(_)
+            | Fault::MidStreamError
+            | Fault::Stall(_)
+            | Fault::Truncate
+            | Fault::OverloadedFirstEvent => return Ok(Some(fault)),
             Fault::ConnectionReset => &mut stats.resets,
             Fault::ServerError => &mut stats.server_errors,
             Fault::ServiceUnavailable => &mut stats.unavailable,
@@ -328,22 +376,22 @@ impl<'a> Turn<'a> {
     }
 
     /// Step 6: the request is admitted into both windows.
-    fn admit(&mut self, call: &Call, slow: Duration) {
+    fn admit(&mut self, call: &Call, alter: Option<Fault>) {
         let (st, now) = (&mut *self.st, self.now);
         st.requests.admit(now, 1);
         st.tokens.admit(now, call.cost);
         st.stats.tokens_admitted = st.stats.tokens_admitted.saturating_add(call.cost);
         st.series.push((self.served.at, call.cost));
         self.limit_headers();
-        if !slow.is_zero() {
+        if matches!(alter, Some(Fault::Slow(d)) if !d.is_zero()) {
             self.st.stats.slow += 1;
         }
-        self.st.stats.completed += 1;
     }
 
     /// Step 7: the completion: the label (or labels) of the prompt's text,
-    /// after the latency and a slow fault's delay.
-    fn complete(&mut self, call: &Call, slow: Duration) -> Reply {
+    /// after the latency and a slow fault's delay; streamed, as a stream
+    /// fault alters it (a request that is not streamed ignores those).
+    fn complete(&mut self, call: &Call, alter: Option<Fault>) -> Answer {
         let (content, labels) = match prompt::batched_texts(&call.last_user) {
             Some(texts) => {
                 let labels: Vec<&'static str> = texts.into_iter().map(label).collect();
@@ -355,12 +403,35 @@ impl<'a> Turn<'a> {
             }
         };
         let completion_tokens = count_tokens(content.len()).min(call.max_tokens);
+        let slow = match alter {
+            Some(Fault::Slow(d)) => d,
+            _ => Duration::ZERO,
+        };
+        let latency = self.cfg.latency.saturating_add(slow);
+        let stream_fault = alter.filter(|f| call.stream && f.is_stream_fault());
+        let stats = &mut self.st.stats;
         let served = &mut self.served;
-        served.outcome = Verdict::Completed;
-        served.label = labels.first().copied();
-        served.labels = labels;
         served.charged_tokens = call.cost;
-        served.completion_tokens = completion_tokens;
+        let failed = match stream_fault {
+            Some(Fault::MidStreamError) => Some(&mut stats.mid_stream_errors),
+            Some(Fault::Truncate) => Some(&mut stats.truncated),
+            Some(Fault::OverloadedFirstEvent) => Some(&mut stats.overloaded_first_events),
+            _ => None,
+        };
+        if let (Some(counter), Some(fault)) = (failed, stream_fault) {
+            // admitted and charged, but the completion never arrives whole
+            *counter += 1;
+            served.outcome = Verdict::Fault(fault);
+        } else {
+            if matches!(stream_fault, Some(Fault::Stall(_))) {
+                stats.stalls += 1;
+            }
+            stats.completed += 1;
+            served.outcome = Verdict::Completed;
+            served.label = labels.first().copied();
+            served.labels = labels;
+            served.completion_tokens = completion_tokens;
+        }
         let completion = Completion {
             seq: served.seq,
             model: &call.model,
@@ -368,11 +439,22 @@ impl<'a> Turn<'a> {
             prompt_tokens: call.prompt_tokens,
             completion_tokens,
         };
-        Reply {
+        if call.stream {
+            stats.streams += 1;
+            return Answer::Stream(sse::plan(
+                call.endpoint,
+                self.wall,
+                &completion,
+                call.include_usage,
+                latency,
+                stream_fault,
+            ));
+        }
+        Answer::Json(Reply {
             status: StatusCode::OK,
             body: answer::completion(call.endpoint, self.wall, &completion),
-            delay: self.cfg.latency + slow,
-        }
+            delay: latency,
+        })
     }
 
     /// The limit headers as the windows stand now.

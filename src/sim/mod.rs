@@ -49,12 +49,68 @@
 //!    `insufficient_quota` (Anthropic: 400 "credit balance is too low");
 //! 4. the seeded fault draw ([`Fault`]); faults are decided before admission
 //!    and consume no quota (except [`Fault::Slow`], which delays a normal
-//!    answer);
+//!    answer, and the stream faults, which alter an admitted stream);
 //! 5. the sliding windows: 429, or admission and a completion after the
 //!    [latency](SimProviderBuilder::latency).
 //!
 //! Exactly one random number is drawn per request, so the same seed and the
 //! same arrival order give the same faults.
+//!
+//! # Streams
+//!
+//! A request whose body has `"stream": true` and that is admitted gets a
+//! 200 with `content-type: text/event-stream; charset=utf-8` and a
+//! [`SimBody`] stream of server-sent events, one per body frame, in the
+//! endpoint's wire format (the same events real SDKs parse):
+//!
+//! - `…/chat/completions`: `data: {"object":"chat.completion.chunk",…}`
+//!   chunks (the first with `delta.role`, then one per piece of the
+//!   content, then one with `finish_reason`), with
+//!   `stream_options.include_usage` a last chunk with `"choices":[]` and
+//!   the `usage` (every other chunk then has `"usage":null`), then
+//!   `data: [DONE]`;
+//! - `…/messages`: `message_start` (with `usage.input_tokens` and
+//!   `output_tokens: 1`), `content_block_start`, `ping`,
+//!   `content_block_delta`s (`text_delta`), `content_block_stop`,
+//!   `message_delta` (`stop_reason`, the cumulative `usage.output_tokens`),
+//!   `message_stop`, each as `event: NAME` and `data: {…}`.
+//!
+//! The usage a stream reports is the one its request's whole answer would
+//! report (and [`Served`] logs). The head comes at once; the first content
+//! piece half the [latency](SimProviderBuilder::latency) (plus a
+//! [`Fault::Slow`]) later, the others evenly after it, the finish and what
+//! follows at the full latency, all on tokio's clock. A stream fault
+//! ([`Fault::is_stream_fault`]) strikes after the first content piece;
+//! a request that is not streamed ignores it and gets its normal answer,
+//! so adding stream faults to a mix leaves runs that do not stream
+//! unchanged. A streamed request that is refused (429, a fault's error
+//! status, the outage) gets the usual JSON error, as from real providers.
+//! Over loopback, hyper sends each event as it comes; a
+//! [`Fault::Truncate`] body's error makes it cut the connection mid-body.
+//!
+//! ```
+//! use http::Request;
+//! use http_body_util::BodyExt;
+//! use tower::ServiceExt;
+//! use tower_llm_resilience::sim::{SimProvider, StreamEnd};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let sim = SimProvider::builder().build();
+//! let body = r#"{"messages":[{"role":"user","content":"Text: I love it"}],
+//!                "stream":true,"stream_options":{"include_usage":true}}"#;
+//! let request = Request::post("/v1/chat/completions").body(body.to_owned()).unwrap();
+//! let response = sim.clone().oneshot(request).await.unwrap();
+//! assert_eq!(response.headers()["content-type"], "text/event-stream; charset=utf-8");
+//! let text = response.into_body().collect().await.unwrap().to_bytes();
+//! let text = std::str::from_utf8(&text).unwrap();
+//! assert!(text.starts_with(r#"data: {"id":"chatcmpl-sim0","object":"chat.completion.chunk""#));
+//! assert!(text.contains(r#""delta":{"content":"posi"}"#));
+//! assert!(text.contains(r#""usage":{"prompt_tokens":4,"completion_tokens":2,"total_tokens":6}"#));
+//! assert!(text.ends_with("data: [DONE]\n\n"));
+//! assert_eq!(sim.log()[0].stream.unwrap().end, Some(StreamEnd::Done));
+//! # }
+//! ```
 //!
 //! # Headers
 //!
@@ -85,6 +141,7 @@
 //! ```
 
 mod answer;
+mod body;
 mod config;
 mod decide;
 mod format;
@@ -93,12 +150,14 @@ mod prompt;
 mod provider;
 mod served;
 mod server;
+mod sse;
 mod window;
 
+pub use self::body::SimBody;
 pub use self::config::{Fault, SimProviderBuilder, Style};
 pub use self::format::go_duration;
 pub use self::model::label;
 pub use self::prompt::{batched_texts, count_tokens, text_of_prompt};
 pub use self::provider::SimProvider;
-pub use self::served::{Served, SimStats, Verdict};
+pub use self::served::{Served, SimStats, StreamEnd, Streamed, Verdict};
 pub use self::server::SimServer;

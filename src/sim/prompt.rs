@@ -61,6 +61,10 @@ pub(crate) struct Parsed {
     pub(crate) chars: usize,
     pub(crate) max_tokens: Option<u64>,
     pub(crate) last_user: String,
+    /// `"stream": true`.
+    pub(crate) stream: bool,
+    /// `"stream_options": {"include_usage": true}` (OpenAI).
+    pub(crate) include_usage: bool,
 }
 
 fn content_text(content: &Value, out: &mut String) {
@@ -103,6 +107,11 @@ pub(crate) fn parse(body: &[u8]) -> Option<Parsed> {
         chars,
         max_tokens,
         last_user,
+        stream: v.get("stream").and_then(Value::as_bool) == Some(true),
+        include_usage: v
+            .pointer("/stream_options/include_usage")
+            .and_then(Value::as_bool)
+            == Some(true),
     })
 }
 

@@ -9,15 +9,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tokio::time::Instant;
 use tower::Service;
 
+use super::body::SimBody;
 use super::config::{Config, SimProviderBuilder};
 use super::decide::decide;
 use super::served::{Served, SimStats};
@@ -117,7 +117,7 @@ impl SimProvider {
         self.config.window
     }
 
-    async fn handle<B>(self, request: Request<B>) -> Result<Response<Full<Bytes>>, io::Error>
+    async fn handle<B>(self, request: Request<B>) -> Result<Response<SimBody>, io::Error>
     where
         B: Body,
         B::Error: Into<BoxError>,
@@ -131,6 +131,7 @@ impl SimProvider {
         let decision = decide(
             &self.config,
             &mut self.lock(),
+            &self.state,
             self.epoch,
             arrival,
             &parts,
@@ -149,7 +150,7 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    type Response = Response<Full<Bytes>>;
+    type Response = Response<SimBody>;
     type Error = io::Error;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, io::Error>> + Send>>;
 

@@ -16,6 +16,12 @@ use super::SimProvider;
 /// A [`SimProvider`] served over loopback HTTP (HTTP/1.1 and HTTP/2) by
 /// hyper-util's server. Made by [`SimProvider::serve`].
 ///
+/// A streamed answer goes out event by event as each is due (HTTP/1.1
+/// chunks, no buffering of the whole body); the error that ends a
+/// [`Fault::Truncate`](super::Fault::Truncate) stream makes hyper cut the
+/// connection (HTTP/2: reset the stream) mid-body, after what was sent
+/// before it.
+///
 /// Dropping it, or [`shutdown`](Self::shutdown), stops accepting and closes
 /// every open connection at once.
 pub struct SimServer {

@@ -5,22 +5,47 @@ use std::time::Duration;
 use tower::timeout::Timeout;
 use tower::Layer;
 
-use crate::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
-use crate::classify::{Classify, ClassifyLayer, Provider};
+use crate::circuit_breaker::{self, CircuitBreaker, CircuitBreakerLayer};
+use crate::classify::{Classify, ClassifyLayer, PeekedBody, Provider};
 use crate::events::Events;
 use crate::key::SingleKey;
-use crate::rate_limit::{JsonEstimator, Limits, MemoryStore, RateLimit, RateLimitLayer};
+use crate::rate_limit::{
+    JsonEstimator, Limits, MemoryStore, RateLimit, RateLimitLayer, ResponseBody,
+};
 use crate::retry::{Retry, RetryLayer};
+use crate::stream::{IdleTimeout, IdleTimeoutBody};
 
 /// The service [`LlmLayer`] builds around an HTTP client `S`.
-pub type LlmService<S, K = SingleKey, C = Provider, St = MemoryStore> =
-    CircuitBreaker<Retry<RateLimit<Timeout<Classify<S, C>>, K, C, JsonEstimator, St>, C>, K, C>;
+pub type LlmService<S, K = SingleKey, C = Provider, St = MemoryStore> = CircuitBreaker<
+    Retry<RateLimit<Timeout<IdleTimeout<Classify<S, C>>>, K, C, JsonEstimator, St>, C>,
+    K,
+    C,
+>;
+
+/// The body of a response from [`LlmService`]: the HTTP client's body `B`,
+/// frame by frame, behind the stack's watchers (the idle timeout, the
+/// limiter's usage and mid-stream failure watch, the breaker's verdict at
+/// the body's end). Its error is the crate's
+/// [`Error`](crate::Error): a stream that fails midway
+/// ([`is_stream_failure`](crate::Error::is_stream_failure)) says how much
+/// it had delivered.
+pub type LlmBody<B, K = SingleKey, C = Provider, St = MemoryStore> = circuit_breaker::ResponseBody<
+    ResponseBody<IdleTimeoutBody<PeekedBody<B>>, K, C, JsonEstimator, St>,
+    C,
+>;
 
 /// How long one attempt may wait for the provider's response headers by
 /// default: ten minutes, as the OpenAI and Anthropic SDKs allow (a long
 /// completion takes minutes; a provider that never answers must not hold a
 /// request forever).
 pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// How long a response body may go without a frame by default: five
+/// minutes. A streamed completion sends a chunk every few tens of
+/// milliseconds and Anthropic pings an idle stream; a reasoning model may
+/// think for minutes between its headers and its first chunk, so the
+/// default is generous, and half the attempt timeout.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Stacks the crate's layers in the order of its design, from one provider
 /// profile and a few limits: circuit breaker outermost (a dead or unpaid
@@ -42,10 +67,11 @@ pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(600);
 /// 60 s honoured), [`CircuitBreakerLayer`] (opens at 50 % failures over
 /// 20 calls, at once on an exhausted quota or an invalid key, never longer
 /// than an hour on the provider's word), [`RateLimitLayer`] (no max wait,
-/// gate waits bounded at 60 s, headers only tighten and what they teach
-/// expires, failed attempts refunded), an attempt
-/// timeout of [`DEFAULT_ATTEMPT_TIMEOUT`] (10 min), [`ClassifyLayer`]
-/// (8 KiB of error bodies).
+/// gate waits bounded at 60 s, admissions held 250 ms past their window
+/// (at most 5 % of it), headers only tighten and what they teach expires,
+/// failed attempts refunded), an attempt timeout of
+/// [`DEFAULT_ATTEMPT_TIMEOUT`] (10 min), [`ClassifyLayer`] (8 KiB of error
+/// bodies).
 ///
 /// Each call of [`layer`](Layer::layer) makes a new limiter and new
 /// breakers; the clones of the service it returns share them. Layer once,
@@ -64,17 +90,28 @@ pub struct LlmLayer<K = SingleKey, C = Provider, St = MemoryStore> {
     max_gate_wait: Option<Duration>,
     learn_limits: bool,
     learned_ttl: Option<Duration>,
+    arrival_margin: Option<Duration>,
     attempt_timeout: Duration,
+    idle_timeout: Duration,
     make_store: Arc<MakeStore<St>>,
     classify: ClassifyLayer<C>,
     retry: RetryLayer<C>,
     breaker: CircuitBreakerLayer<K, C>,
 }
 
-/// Makes the limiter's store from the limits, `learn_limits` and
-/// `learned_ttl` at [`Layer::layer`] time, so that the setters may come in
-/// any order.
-type MakeStore<St> = dyn Fn(&Limits, bool, Option<Duration>) -> St + Send + Sync;
+/// Makes the limiter's store from the limits and the in-memory store's
+/// settings at [`Layer::layer`] time, so that the setters may come in any
+/// order.
+type MakeStore<St> = dyn Fn(&Limits, &MemorySettings) -> St + Send + Sync;
+
+/// What [`LlmLayer`] sets on its in-memory store (a store given to
+/// [`LlmLayer::store`] keeps its own).
+#[derive(Clone, Copy, Debug)]
+struct MemorySettings {
+    learn_limits: bool,
+    learned_ttl: Option<Duration>,
+    arrival_margin: Option<Duration>,
+}
 
 impl<K: fmt::Debug, C: fmt::Debug, St> fmt::Debug for LlmLayer<K, C, St> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -86,7 +123,9 @@ impl<K: fmt::Debug, C: fmt::Debug, St> fmt::Debug for LlmLayer<K, C, St> {
             .field("max_gate_wait", &self.max_gate_wait)
             .field("learn_limits", &self.learn_limits)
             .field("learned_ttl", &self.learned_ttl)
+            .field("arrival_margin", &self.arrival_margin)
             .field("attempt_timeout", &self.attempt_timeout)
+            .field("idle_timeout", &self.idle_timeout)
             .field("classify", &self.classify)
             .field("retry", &self.retry)
             .field("breaker", &self.breaker)
@@ -109,13 +148,19 @@ impl LlmLayer {
             max_gate_wait: None,
             learn_limits: false,
             learned_ttl: None,
+            arrival_margin: None,
             attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
-            make_store: Arc::new(|limits: &Limits, learn: bool, ttl: Option<Duration>| {
-                let store = MemoryStore::new(limits.clone()).learn_limits(learn);
-                match ttl {
-                    Some(ttl) => store.learned_ttl(ttl),
-                    None => store,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            make_store: Arc::new(|limits: &Limits, settings: &MemorySettings| {
+                let mut store =
+                    MemoryStore::new(limits.clone()).learn_limits(settings.learn_limits);
+                if let Some(ttl) = settings.learned_ttl {
+                    store = store.learned_ttl(ttl);
                 }
+                if let Some(margin) = settings.arrival_margin {
+                    store = store.arrival_margin(margin);
+                }
+                store
             }),
             classify: ClassifyLayer::new().classifier(classifier),
             retry: RetryLayer::new()
@@ -166,12 +211,9 @@ impl<K, C, St> LlmLayer<K, C, St> {
     }
 
     /// Replaces every limit set so far (for windows of any length, see
-    /// [`Limits::window`]).
-    ///
-    /// The provider counts a request when it arrives, the limiter when it
-    /// sends it; a window a little longer than the provider's (say 200 ms
-    /// on a 60 s window) absorbs the difference in latency between
-    /// requests, at the cost of that fraction of throughput.
+    /// [`Limits::window`]). Give the provider's own windows: the limiter
+    /// holds each admission a little longer (see
+    /// [`arrival_margin`](Self::arrival_margin)).
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
         self
@@ -205,12 +247,37 @@ impl<K, C, St> LlmLayer<K, C, St> {
         self
     }
 
+    /// How much longer than its window the limiter counts each admission
+    /// (default
+    /// [`default_arrival_margin`](crate::rate_limit::default_arrival_margin):
+    /// 250 ms, at most a twentieth of the window), so that a request slower
+    /// on its way to the provider than one sent a window later does not
+    /// meet it there; see [`RateLimitLayer::arrival_margin`]. Configures
+    /// the in-memory store only: a store given to [`store`](Self::store)
+    /// has its own.
+    pub fn arrival_margin(mut self, margin: Duration) -> Self {
+        self.arrival_margin = Some(margin);
+        self
+    }
+
     /// How long one attempt may wait for the provider's response headers
     /// (default [`DEFAULT_ATTEMPT_TIMEOUT`], 10 min). Past it the attempt
     /// fails as [`ErrorClass::Timeout`](crate::ErrorClass::Timeout), which
     /// the retry layer retries; waiting for the rate limiter does not count.
     pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
         self.attempt_timeout = timeout;
+        self
+    }
+
+    /// How long a response body may go without a frame once its headers
+    /// arrived (default [`DEFAULT_IDLE_TIMEOUT`], 5 min). Past it the body
+    /// ends with an [`Error`](crate::Error) that
+    /// [`is_timeout`](crate::Error::is_timeout) and says how much was
+    /// delivered: a stalled stream is a timeout, not a hang. It is not
+    /// retried (the caller already holds the response), and the breaker
+    /// counts it as a failure.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
         self
     }
 
@@ -271,7 +338,9 @@ impl<K, C, St> LlmLayer<K, C, St> {
             max_gate_wait: self.max_gate_wait,
             learn_limits: self.learn_limits,
             learned_ttl: self.learned_ttl,
+            arrival_margin: self.arrival_margin,
             attempt_timeout: self.attempt_timeout,
+            idle_timeout: self.idle_timeout,
             make_store: self.make_store,
             classify: self.classify.classifier(classifier.clone()),
             retry: self.retry.classifier(classifier.clone()),
@@ -291,7 +360,9 @@ impl<K, C, St> LlmLayer<K, C, St> {
             max_gate_wait: self.max_gate_wait,
             learn_limits: self.learn_limits,
             learned_ttl: self.learned_ttl,
+            arrival_margin: self.arrival_margin,
             attempt_timeout: self.attempt_timeout,
+            idle_timeout: self.idle_timeout,
             make_store: self.make_store,
             classify: self.classify,
             retry: self.retry,
@@ -318,8 +389,10 @@ impl<K, C, St> LlmLayer<K, C, St> {
             max_gate_wait: self.max_gate_wait,
             learn_limits: self.learn_limits,
             learned_ttl: self.learned_ttl,
+            arrival_margin: self.arrival_margin,
             attempt_timeout: self.attempt_timeout,
-            make_store: Arc::new(move |_: &Limits, _: bool, _: Option<Duration>| store.clone()),
+            idle_timeout: self.idle_timeout,
+            make_store: Arc::new(move |_: &Limits, _: &MemorySettings| store.clone()),
             classify: self.classify,
             retry: self.retry,
             breaker: self.breaker,
@@ -336,7 +409,12 @@ where
     type Service = LlmService<S, K, C, St>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        let store = (self.make_store)(&self.limits, self.learn_limits, self.learned_ttl);
+        let settings = MemorySettings {
+            learn_limits: self.learn_limits,
+            learned_ttl: self.learned_ttl,
+            arrival_margin: self.arrival_margin,
+        };
+        let store = (self.make_store)(&self.limits, &settings);
         let mut rate_limit = RateLimitLayer::new(self.limits.clone())
             .store(store)
             .key_fn(self.key_fn.clone())
@@ -349,7 +427,8 @@ where
             rate_limit = rate_limit.max_gate_wait(wait);
         }
         let classified = self.classify.layer(inner);
-        let timed = Timeout::new(classified, self.attempt_timeout);
+        let idle = IdleTimeout::new(classified, self.idle_timeout);
+        let timed = Timeout::new(idle, self.attempt_timeout);
         let limited = rate_limit.layer(timed);
         let retried = self.retry.layer(limited);
         self.breaker.layer(retried)

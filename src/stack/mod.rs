@@ -1,7 +1,7 @@
 //! The whole stack in one layer: [`LlmLayer`].
 //!
 //! ```text
-//! request ─▶ CircuitBreaker ─▶ Retry ─▶ RateLimit ─▶ Timeout ─▶ Classify ─▶ HTTP client ─▶ provider
+//! request ─▶ CircuitBreaker ─▶ Retry ─▶ RateLimit ─▶ Timeout ─▶ IdleTimeout ─▶ Classify ─▶ HTTP client ─▶ provider
 //! ```
 //!
 //! The timeout bounds each attempt
@@ -49,10 +49,32 @@
 //! [`Error::is_retryable`](crate::Error::is_retryable) and
 //! [`Error::retry_after`](crate::Error::retry_after) instead of matching
 //! statuses or strings. A successful response arrives as
-//! `Response<ResponseBody<PeekedBody<B>>>`: its frames untouched, and a
-//! stream judged by the breaker at its end (see
-//! [`circuit_breaker::ResponseBody`](crate::circuit_breaker::ResponseBody)).
+//! `Response<`[`LlmBody<B>`]`>`: the client's body, frame by frame.
+//!
+//! # Streams
+//!
+//! A streamed answer (server-sent events) is not yet a success when its
+//! headers arrive; its verdict and its real usage come at its end, and the
+//! stack reads them as the frames pass, without buffering:
+//!
+//! - an error as the stream's first event (Anthropic's `overloaded_error`
+//!   in a 200) is held back and classified like an error response, so it
+//!   is retried: nothing reached the caller;
+//! - after the first byte nothing is retried (the caller holds the bytes):
+//!   an error event, a reset, a truncated stream or an idle stream
+//!   ([`idle_timeout`](LlmLayer::idle_timeout), default
+//!   [`DEFAULT_IDLE_TIMEOUT`]) ends the body with an
+//!   [`Error`](crate::Error) that
+//!   [`is_stream_failure`](crate::Error::is_stream_failure), has the
+//!   failure's class and says how much was
+//!   [`delivered`](crate::Error::delivered); the circuit breaker counts it
+//!   as the failure it is;
+//! - the usage at the end (OpenAI's `include_usage` chunk, Anthropic's
+//!   `message_delta`, Gemini's `usageMetadata`) corrects the limiter's
+//!   charge (see [`rate_limit`](crate::rate_limit#costs-and-corrections)).
 
 mod layer;
 
-pub use self::layer::{LlmLayer, LlmService, DEFAULT_ATTEMPT_TIMEOUT};
+pub use self::layer::{
+    LlmBody, LlmLayer, LlmService, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+};

@@ -112,7 +112,8 @@ pub const fn secs(n: u64) -> Duration {
 /// [`TokenEstimate`]).
 pub fn req(tokens: u32) -> Request<String> {
     let mut r = Request::new(String::new());
-    r.extensions_mut().insert(TokenEstimate(tokens));
+    r.extensions_mut()
+        .insert(TokenEstimate::total(tokens.into()));
     r
 }
 
