@@ -143,8 +143,9 @@ fn reset() -> Item {
     Err(io::Error::new(io::ErrorKind::ConnectionReset, "reset by peer").into())
 }
 
-/// What the crate's stream watcher reports for Anthropic's mid-stream
-/// `event: error` with `overloaded_error`: an `Error` of this crate.
+/// A stand-in for what `WatchedBody` reports for Anthropic's mid-stream
+/// `event: error` with `overloaded_error` (the real one is tested below):
+/// an `Error` of this crate with that class.
 fn overloaded() -> Item {
     Err(Error::from_response(Classification::failure(ErrorClass::Overloaded)).into())
 }
@@ -381,4 +382,54 @@ async fn into_inner_counts_as_the_end() {
     tx.send(chunk()).unwrap();
     let frame = inner.frame().await.unwrap().unwrap();
     assert_eq!(frame.into_data().unwrap(), chunk().unwrap());
+}
+
+/// The real thing end to end: the crate's `WatchedBody` inside the breaker
+/// turns Anthropic's mid-stream `event: error` into a stream-failure
+/// `Error` of class overloaded, which the breaker counts.
+#[tokio::test(start_paused = true)]
+async fn a_watched_stream_s_error_event_is_a_failure() {
+    use tower_llm_resilience::stream::{BodyShape, StreamWatcher, WatchedBody};
+    let provider = Provider::new();
+    let watched = provider.service().map_response(|r: Response<ChannelBody>| {
+        r.map(|body| WatchedBody::new(body, StreamWatcher::new(BodyShape::EventStream), ()))
+    });
+    let mut svc = small().layer(watched);
+    provider.set(|a| a.status = 503);
+    for _ in 0..5 {
+        let r = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(Request::new(String::new()))
+            .await;
+        assert_eq!(r.unwrap().status(), 503);
+    }
+    advance(Duration::from_secs(10)).await;
+    provider.set(|a| a.status = 200);
+
+    let probe = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(Request::new(String::new()))
+        .await;
+    let mut body = probe.unwrap().into_body();
+    let tx = provider.last();
+    let delta = "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"text\":\"Hel\"}}\n\n";
+    let error = "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n";
+    tx.send(Ok(Bytes::from_static(delta.as_bytes()))).unwrap();
+    tx.send(Ok(Bytes::from_static(error.as_bytes()))).unwrap();
+    drop(tx);
+    provider.end_all();
+    let mut delivered = 0;
+    let err = loop {
+        match body.frame().await.unwrap() {
+            Ok(frame) => delivered += frame.into_data().unwrap().len(),
+            Err(e) => break e,
+        }
+    };
+    assert!(err.is_stream_failure() && err.is_overloaded(), "{err:?}");
+    assert!(delivered >= delta.len());
+    assert_eq!(svc.state(&Key::DEFAULT), CircuitState::Open);
 }

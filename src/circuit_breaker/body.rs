@@ -24,8 +24,9 @@ pin_project! {
     /// ends:
     ///
     /// - **the end of the body** (the last frame, or `None`) is a success;
-    /// - **an error item** (a reset connection, or what the crate's
-    ///   `stream` watcher reports as a mid-stream failure: an SSE `error`
+    /// - **an error item** (a reset connection, or what
+    ///   [`WatchedBody`](crate::stream::WatchedBody) reports as a
+    ///   [stream failure](crate::Error::is_stream_failure): an SSE `error`
     ///   event such as Anthropic's `overloaded_error`, a truncated stream,
     ///   an idle timeout) is classified as an error before the headers is,
     ///   by the same rule: an [`Error`] of this crate keeps its class, any

@@ -87,7 +87,7 @@
 //! when the body ends (or is dropped: the caller stopped reading) and a
 //! failure when it yields an error item that is a provider fault (a reset,
 //! or a mid-stream `error` event such as Anthropic's `overloaded_error`,
-//! as the crate's stream watcher reports it). A half-open probe keeps its
+//! as [`stream`](crate::stream) reports it). A half-open probe keeps its
 //! slot until its stream ends. Every other response is judged at its
 //! headers, so a caller that holds a plain answer unread holds no probe
 //! slot. See [`ResponseBody`] for the details.
