@@ -82,16 +82,14 @@ struct DimState {
     limit: Limit,
     /// How long an entry counts: the window plus the arrival margin.
     hold: Duration,
-    /// The arrival margin.
-    margin: Duration,
     /// Admitted entries in admission order (times never decrease).
     log: VecDeque<Entry>,
     /// Sum of `log`'s costs.
     sum: u64,
     external: Option<External>,
     /// The newest reservation whose `remaining` was compared as of its
-    /// admission: an older one's view is stale.
-    heard: Option<u64>,
+    /// admission (0 before any): an older one's view is stale.
+    heard: u64,
     learned: Option<Learned>,
     /// Where a search that starts at or after `skip_from` may start: the
     /// entries before `skip.index` are out of the window from `skip_from`
@@ -151,13 +149,14 @@ impl DimState {
         reset: Duration,
         now: Instant,
     ) -> bool {
-        let Some(until) = at.checked_add(reset.saturating_add(self.margin)) else {
+        let margin = self.hold.saturating_sub(self.limit.window);
+        let Some(until) = at.checked_add(reset.saturating_add(margin)) else {
             return false;
         };
-        if until <= now || self.heard.is_some_and(|newest| id < newest) {
+        if until <= now || id < self.heard {
             return false;
         }
-        self.heard = Some(id);
+        self.heard = id;
         let ours = self.limit_at(now).saturating_sub(used);
         let external = ours
             .checked_sub(remaining)
@@ -345,7 +344,7 @@ impl DimState {
 /// [`SlidingWindow::correct`] changes a charge after the fact). Admission is
 /// first-come first-served: a request is admitted at the earliest instant,
 /// not before any earlier reservation of this key, at which it fits in
-/// every limit. Memory: one 32-byte entry per admitted request still inside
+/// every limit. Memory: one 40-byte entry per admitted request still inside
 /// a window, pruned on every decision.
 ///
 /// See [`SlidingWindow::learn`] for what is learned from a provider, and for how
@@ -377,11 +376,10 @@ impl SlidingWindow {
                 .map(|&limit| DimState {
                     limit,
                     hold: limit.window,
-                    margin: Duration::ZERO,
                     log: VecDeque::new(),
                     sum: 0,
                     external: None,
-                    heard: None,
+                    heard: 0,
                     learned: None,
                     skip: Cursor { index: 0, sum: 0 },
                     skip_from: now,
@@ -425,8 +423,7 @@ impl SlidingWindow {
     /// [`arrival_margin`](Self::arrival_margin) by window length.
     pub(crate) fn arrival_margins(mut self, margin_of: impl Fn(Duration) -> Duration) -> Self {
         for d in &mut self.dims {
-            d.margin = margin_of(d.limit.window).min(MAX_WINDOW);
-            d.hold = d.limit.window + d.margin;
+            d.hold = d.limit.window + margin_of(d.limit.window).min(MAX_WINDOW);
         }
         self
     }
