@@ -154,9 +154,9 @@ mod store;
 mod usage;
 mod window;
 
+pub use self::calibrate::{ESTIMATE_FACTOR_TTL, MIN_ESTIMATE_FACTOR};
 #[cfg(feature = "tiktoken")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tiktoken")))]
-pub use self::calibrate::{ESTIMATE_FACTOR_TTL, MIN_ESTIMATE_FACTOR};
 pub use self::estimate::TiktokenEstimator;
 pub use self::estimate::{
     BodyBytes, Estimator, JsonEstimator, TokenEstimate, TokenUsage, DEFAULT_IMAGE_TOKENS,
