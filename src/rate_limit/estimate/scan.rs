@@ -87,26 +87,76 @@ impl Key {
     }
 }
 
+/// What the scan finds rarely, kept out of its hot loop (so that the
+/// loop's state fits in registers).
+#[derive(Default)]
+struct Rare {
+    /// Image, file or audio parts so far.
+    attachments: u64,
+    /// The first occurrence of each output-maximum name: its value, if a
+    /// number.
+    max: [Option<Option<u64>>; 3],
+    /// Whether the payload of the current image (or file) part was seen
+    /// (so that it is not counted twice).
+    part_paid: bool,
+    /// The last top-level key was Gemini's `generationConfig`.
+    in_generation_config: bool,
+    /// The last payload ran to the end of the body.
+    cut_in_payload: bool,
+}
+
+impl Rare {
+    /// A key the scan reads (not [`Key::Other`]) at `depth`; `rest` is the
+    /// body after it.
+    #[inline(never)]
+    fn key(&mut self, key: Key, depth: usize, rest: &[u8], part_depth: &mut usize) {
+        if depth == 1 {
+            self.in_generation_config = key == Key::GenerationConfig;
+            if let Key::Max(slot) = key {
+                self.max[slot].get_or_insert_with(|| value_u64(rest));
+            }
+        } else if depth == 2
+            && self.in_generation_config
+            && matches!(key, Key::Max(2) | Key::MaxOutputTokens)
+        {
+            self.max[2].get_or_insert_with(|| value_u64(rest));
+        }
+        if *part_depth == 0 && key == Key::Part {
+            self.open_part(depth, part_depth);
+        }
+    }
+
+    /// An image or file part opens in the object at `depth`.
+    fn open_part(&mut self, depth: usize, part_depth: &mut usize) {
+        self.attachments += 1;
+        (*part_depth, self.part_paid) = (depth, false);
+    }
+
+    /// A base64 payload; `cut` if the body ended inside it.
+    #[inline(never)]
+    fn payload(&mut self, part_depth: usize, cut: bool) {
+        if part_depth != 0 && !self.part_paid {
+            self.part_paid = true;
+        } else {
+            self.attachments += 1;
+        }
+        self.cut_in_payload = cut;
+    }
+}
+
 /// One pass over `body`; see the module docs.
 pub(super) fn scan(body: &[u8]) -> Scan {
+    let mut rare = Rare::default();
     let mut text_units = 0u64;
     // bytes of value strings: text, and base64 payloads (which cost nothing)
     let mut value_bytes = 0usize;
-    let mut attachments = 0u64;
-    // the first occurrence of each output-maximum name: its value, if a number
-    let mut max: [Option<Option<u64>>; 3] = [None; 3];
     // nesting of objects and arrays around the current byte
     let mut depth = 0usize;
-    // the depth of the object that is an image (or file) part, 0 if none,
-    // and whether its payload was seen (so that it is not counted twice)
+    // the depth of the object that is an image (or file) part, 0 if none
     let mut part_depth = 0usize;
-    let mut part_paid = false;
     // the last key was `type` and its value comes next (a string value
     // may name an image part)
     let mut after_type = false;
-    // the last top-level key was Gemini's `generationConfig`
-    let mut in_generation_config = false;
-    let mut cut_in_payload = false;
 
     let mut pos = 0;
     'strings: loop {
@@ -138,23 +188,12 @@ pub(super) fn scan(body: &[u8]) -> Scan {
         pos = (end + 1).min(body.len());
 
         if let Some(colon) = colon_at(body, pos) {
-            let rest = &body[pos..];
             let key = Key::of(string);
             after_type = key == Key::Type;
-            if depth == 1 {
-                in_generation_config = key == Key::GenerationConfig;
-                if let Key::Max(slot) = key {
-                    max[slot].get_or_insert_with(|| value_u64(rest));
-                }
-            } else if depth == 2
-                && in_generation_config
-                && matches!(key, Key::Max(2) | Key::MaxOutputTokens)
-            {
-                max[2].get_or_insert_with(|| value_u64(rest));
-            }
-            if part_depth == 0 && key == Key::Part {
-                attachments += 1;
-                (part_depth, part_paid) = (depth, false);
+            if key != Key::Other {
+                rare.key(key, depth, &body[pos..], &mut part_depth);
+            } else if depth == 1 {
+                rare.in_generation_config = false;
             }
             // the blanks and the colon change nothing
             pos = colon + 1;
@@ -162,18 +201,12 @@ pub(super) fn scan(body: &[u8]) -> Scan {
         }
 
         if after_type && part_depth == 0 && is_attachment_type(string) {
-            attachments += 1;
-            (part_depth, part_paid) = (depth, false);
+            rare.open_part(depth, &mut part_depth);
         }
         after_type = false;
         value_bytes += string.len();
         if is_payload(string) {
-            if part_depth != 0 && !part_paid {
-                part_paid = true;
-            } else {
-                attachments += 1;
-            }
-            cut_in_payload = end == body.len();
+            rare.payload(part_depth, end == body.len());
         } else {
             let counts = match short_counts(body, start, end) {
                 Some(counts) => counts,
@@ -185,9 +218,9 @@ pub(super) fn scan(body: &[u8]) -> Scan {
     let around = (body.len() - value_bytes) as u64;
     Scan {
         units: text_units.saturating_add(around * LIGHT),
-        attachments,
-        max_tokens: max.iter().find_map(|found| found.flatten()),
-        cut_in_payload,
+        attachments: rare.attachments,
+        max_tokens: rare.max.iter().find_map(|found| found.flatten()),
+        cut_in_payload: rare.cut_in_payload,
     }
 }
 
