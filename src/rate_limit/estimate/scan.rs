@@ -244,6 +244,12 @@ fn is_attachment_type(value: &[u8]) -> bool {
 /// that is not blank is one (the string before was a key).
 #[inline(always)]
 fn colon_at(body: &[u8], at: usize) -> Option<usize> {
+    // most JSON has no blank there
+    match body.get(at) {
+        Some(b':') => return Some(at),
+        Some(b) if !b.is_ascii_whitespace() => return None,
+        _ => {}
+    }
     let rest = body.get(at..)?;
     let i = rest.iter().position(|b| !b.is_ascii_whitespace())?;
     (rest[i] == b':').then_some(at + i)
