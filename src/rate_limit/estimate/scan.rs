@@ -20,7 +20,8 @@
 //! A single pass that reads quotes, backslashes and classes from the same
 //! 64-byte blocks as bitmasks would do better, but safe portable Rust has
 //! no way to ask for a SIMD compare as a bitmask (`std::simd` is not
-//! stable, and LLVM does not turn a loop of compares into one).
+//! stable, and LLVM turns a loop of compares into one only to test or
+//! count them).
 //!
 //! The answers are the same, on every input, as the scan's before it
 //! (`reference.rs`, which a property test compares with this one).
