@@ -7,6 +7,10 @@
 //! allocations per request, counted before the timed runs.
 //!
 //! `cargo bench --bench rate_limit -- --warm-up-time 1 --measurement-time 3`
+//!
+//! The estimators' instructions under callgrind: `CALLGRIND_CASE` names
+//! one (see `estimator_instructions`); per estimate, the count of a run
+//! with `CALLGRIND_ITERS=2000` less one with 1000, divided by 1000.
 
 use std::hint::black_box;
 use std::num::NonZeroU32;
@@ -96,6 +100,7 @@ where
 }
 
 fn per_request(c: &mut Criterion) {
+    estimator_instructions();
     allocs_per_request(
         "ours_requests",
         RateLimitLayer::new(no_wait_limits()).layer(NOOP),
@@ -266,17 +271,58 @@ fn bytes_over_four(body: &[u8]) -> Costs {
     Costs::new((body.len() as u64).div_ceil(4), output.unwrap_or(1024))
 }
 
+/// A body with a 100 KB base64 image and a line of text.
+fn image_body() -> String {
+    format!(
+        r#"{{"model":"claude-sonnet-4-5","max_tokens":300,"messages":[{{"role":"user","content":[
+            {{"type":"image","source":{{"type":"base64","media_type":"image/png","data":"{}"}}}},
+            {{"type":"text","text":"What is in this picture?"}}]}}]}}"#,
+        "iVBORw0KGgoAAAANSUhEUgAA".repeat(4_200)
+    )
+}
+
+/// `CALLGRIND_CASE=estimator:bytes4` (the old rule), `estimator:json`
+/// (the chat body) or `estimator:image` runs that estimate
+/// `CALLGRIND_ITERS` times (default 10,000) inside
+/// `count_instructions_estimate` and exits, for
+/// `valgrind --tool=callgrind --toggle-collect='*count_instructions*'`;
+/// does nothing when it is not set.
+fn estimator_instructions() {
+    let Some((case, iters)) = support::callgrind_case() else {
+        return;
+    };
+    let estimator = tower_llm_resilience::rate_limit::JsonEstimator::new();
+    let (chat, image) = (support::chat_body(), image_body());
+    match case.as_str() {
+        "estimator:bytes4" => {
+            count_instructions_estimate(|| bytes_over_four(black_box(chat.as_bytes())), iters)
+        }
+        "estimator:json" => count_instructions_estimate(
+            || estimator.estimate_bytes(Some(black_box(chat.as_bytes()))),
+            iters,
+        ),
+        "estimator:image" => count_instructions_estimate(
+            || estimator.estimate_bytes(Some(black_box(image.as_bytes()))),
+            iters,
+        ),
+        other => panic!("unknown case {other}"),
+    }
+    std::process::exit(0);
+}
+
+#[inline(never)]
+fn count_instructions_estimate(estimate: impl Fn() -> Costs, iters: u64) {
+    for _ in 0..iters {
+        black_box(estimate());
+    }
+}
+
 /// The estimators on the 1 KiB chat body (the old rule as the baseline,
 /// in the same run), and the JSON estimator on a body with a 100 KB image.
 fn estimator(c: &mut Criterion) {
     use tower_llm_resilience::rate_limit::JsonEstimator;
     let body = support::chat_body();
-    let image = format!(
-        r#"{{"model":"claude-sonnet-4-5","max_tokens":300,"messages":[{{"role":"user","content":[
-            {{"type":"image","source":{{"type":"base64","media_type":"image/png","data":"{}"}}}},
-            {{"type":"text","text":"What is in this picture?"}}]}}]}}"#,
-        "iVBORw0KGgoAAAANSUhEUgAA".repeat(4_200)
-    );
+    let image = image_body();
     let estimator = JsonEstimator::new();
     let before = allocations();
     black_box(estimator.estimate_bytes(Some(black_box(body.as_bytes()))));

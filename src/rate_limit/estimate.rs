@@ -5,6 +5,8 @@ use http::Request;
 
 use super::limits::Costs;
 
+#[cfg(test)]
+mod reference;
 mod scan;
 #[cfg(feature = "tiktoken")]
 mod tiktoken;

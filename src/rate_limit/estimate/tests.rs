@@ -1,7 +1,8 @@
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 
-use super::scan::{scan, text_units_of, Scan, UNITS_PER_TOKEN};
+use super::reference::{scan as reference_scan, text_units_of as reference_text_units};
+use super::scan::{scan, text_units_in, text_units_of, Scan, UNITS_PER_TOKEN};
 use super::*;
 
 fn input(body: &str) -> u64 {
@@ -325,6 +326,69 @@ proptest! {
         let (a, b) = (scan(body.as_bytes()), scan(pretty.as_bytes()));
         prop_assert_eq!((a.attachments, a.max_tokens), (b.attachments, b.max_tokens));
     }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(4_000))]
+
+    /// The fast scan gives what the scan before it gave, on any body and
+    /// on any prefix of it (what a scan limit leaves).
+    #[test]
+    fn the_scan_agrees_with_the_one_before(body in json_ish_body(), cut in any::<prop::sample::Index>()) {
+        prop_assert_eq!(scan(&body), reference_scan(&body), "{:?}", String::from_utf8_lossy(&body));
+        let prefix = &body[..cut.index(body.len() + 1)];
+        prop_assert_eq!(scan(prefix), reference_scan(prefix), "{:?}", String::from_utf8_lossy(prefix));
+    }
+
+    /// Text is counted as before, alone and where it sits in a body (the
+    /// count may load bytes around the string and mask them).
+    #[test]
+    fn text_counts_as_before(body in json_ish_body(), a in any::<prop::sample::Index>(), b in any::<prop::sample::Index>()) {
+        prop_assert_eq!(text_units_of(&body), reference_text_units(&body));
+        let (a, b) = (a.index(body.len() + 1), b.index(body.len() + 1));
+        let (start, end) = (a.min(b), a.max(b));
+        prop_assert_eq!(text_units_in(&body, start, end), reference_text_units(&body[start..end]));
+    }
+
+    #[test]
+    fn text_of_any_bytes_counts_as_before(bytes in proptest::collection::vec(any::<u8>(), 0..700)) {
+        prop_assert_eq!(text_units_of(&bytes), reference_text_units(&bytes));
+    }
+}
+
+/// Pieces the scan reacts to, for bodies that are JSON, nearly JSON or
+/// garbage.
+#[rustfmt::skip]
+const FRAGMENTS: &[&str] = &[
+    "{", "}", "[", "]", "\"", "\\", "\\\"", "\\\\", ":", ",", " ", "\n", "\t", "\r", "\u{c}", "\u{0}", "\u{7f}",
+    "type", "image", "image_url", "input_image", "document", "file", "text", "content", "messages",
+    "max_tokens", "max_completion_tokens", "max_output_tokens", "generationConfig",
+    "generation_config", "maxOutputTokens", "inline_data", "fileData",
+    "\"type\":\"image\"", "\"max_tokens\": 12", "\"max_tokens\":1.5", "\"max_tokens\":1e3",
+    "\"max_tokens\":99999999999999999999999", "\"generationConfig\":{\"maxOutputTokens\":7}",
+    "0", "12", "-3", "1.5", "true", "null", "data:image/png;base64,", "data:text/plain,",
+    "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo=", "iVBORw0KGgo", "\\/", "Hello world. ", "The quick brown fox ",
+    "fn main() { x += 1; }", "é", "包裹", "😀", "Привет",
+];
+
+/// Bodies shaped like requests, nearly JSON or garbage: the fragments the
+/// scan reacts to (quotes, escapes, brackets, the names it reads, numbers,
+/// unicode, `data:` URLs), long runs of one (base64 payloads, long text),
+/// random bytes and random text among them; and serialised JSON cut
+/// anywhere.
+fn json_ish_body() -> impl Strategy<Value = Vec<u8>> {
+    let fragment = prop_oneof![
+        12 => proptest::sample::select(FRAGMENTS).prop_map(|f| f.as_bytes().to_vec()),
+        2 => (proptest::sample::select(FRAGMENTS), 1usize..150).prop_map(|(f, n)| f.repeat(n).into_bytes()),
+        2 => any::<u8>().prop_map(|b| vec![b]),
+        1 => "\\PC{0,40}".prop_map(String::into_bytes),
+    ];
+    let pieces = proptest::collection::vec(fragment, 0..60).prop_map(|pieces| pieces.concat());
+    let cut_json = (json_value(), any::<prop::sample::Index>()).prop_map(|(value, cut)| {
+        let body = value.to_string().into_bytes();
+        body[..cut.index(body.len() + 1)].to_vec()
+    });
+    prop_oneof![3 => pieces, 1 => cut_json]
 }
 
 /// Random JSON shaped like request bodies: the keys and values the scan
