@@ -170,6 +170,8 @@
 //!   with sliding-window limits and seeded faults, in process or on loopback.
 //! - `redis` (off): `redis_store::RedisStore`, the rate limiter's windows in
 //!   Redis, so that many processes share one provider quota.
+//! - `reqwest` (off): `reqwest_client::ReqwestService`, the stack on a
+//!   `reqwest::Client`, with reqwest's errors classified from their chain.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![warn(
