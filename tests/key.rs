@@ -259,3 +259,32 @@ mod model_scan {
         }
     }
 }
+
+/// The configuration's per-model tables reach the stack: with `ByModel`
+/// as the key function, `[models."o3"]` holds o3 alone.
+#[cfg(feature = "config")]
+#[tokio::test(start_paused = true)]
+async fn per_model_tables_from_the_configuration() {
+    use std::time::Duration;
+    use tokio::time::Instant;
+    use tower::{Layer, Service, ServiceExt};
+    use tower_llm_resilience::config::LlmConfig;
+    use tower_llm_resilience::key::ByModel;
+    use tower_llm_resilience::{LlmLayer, Provider};
+
+    let file = "[limits]\nrpm = 500\n[models.\"o3\"]\nrpm = 1\n";
+    let config = LlmConfig::from_toml(file).unwrap();
+    let provider = tower::service_fn(|_req: Request<String>| async {
+        Ok::<_, std::convert::Infallible>(http::Response::new(String::from("{}")))
+    });
+    let layer = LlmLayer::new(Provider::OpenAi).key_fn((ByModel::new(), ByHeader::api_key()));
+    let mut client = config.apply(layer).layer(provider);
+    let start = Instant::now();
+    for model in ["o3", "gpt-4o-mini", "gpt-4o-mini"] {
+        let response = client.ready().await.unwrap().call(chat(model, "k")).await;
+        assert_eq!(response.unwrap().status(), 200);
+    }
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    client.ready().await.unwrap().call(chat("o3", "k")).await.unwrap();
+    assert!(start.elapsed() >= Duration::from_secs(60), "o3 has rpm 1");
+}
