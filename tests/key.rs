@@ -285,6 +285,12 @@ async fn per_model_tables_from_the_configuration() {
         assert_eq!(response.unwrap().status(), 200);
     }
     assert_eq!(start.elapsed(), Duration::ZERO);
-    client.ready().await.unwrap().call(chat("o3", "k")).await.unwrap();
+    client
+        .ready()
+        .await
+        .unwrap()
+        .call(chat("o3", "k"))
+        .await
+        .unwrap();
     assert!(start.elapsed() >= Duration::from_secs(60), "o3 has rpm 1");
 }
