@@ -20,6 +20,9 @@ pub const DEFAULT_MODEL_SCAN_LIMIT: usize = 1 << 20;
 /// request counts under [`Key::DEFAULT`] (so that a hostile body cannot
 /// make a key of a megabyte).
 const MAX_MODEL_LEN: usize = 256;
+/// The longest JSON string that can decode to [`MAX_MODEL_LEN`] bytes
+/// (`\uXXXX` is six bytes for one), so that no longer one is decoded.
+const MAX_ESCAPED_LEN: usize = 6 * MAX_MODEL_LEN;
 
 /// One bucket per model, as providers count their limits: each model gets
 /// its own windows, gate and breaker, so that a model at its limit (or
@@ -105,8 +108,7 @@ impl ByModel {
     }
 
     /// Reads the model from the header `name` first (default: no header),
-    /// for a gateway whose callers name the model there (`x-model`), or
-    /// bodies that are not held in memory.
+    /// for a gateway whose callers name the model there (`x-model`).
     pub fn header(mut self, name: HeaderName) -> Self {
         self.header = Some(name);
         self
@@ -145,6 +147,9 @@ impl ByModel {
         }
         let body = request.body().body_bytes()?;
         let raw = top_level_string(&body[..body.len().min(self.scan_limit)], b"model")?;
+        if raw.len() > MAX_ESCAPED_LEN {
+            return None; // too long even if every character were escaped
+        }
         let model = if memchr(b'\\', raw).is_none() {
             Cow::Borrowed(std::str::from_utf8(raw).ok()?)
         } else {
@@ -313,6 +318,13 @@ mod tests {
         assert_eq!(model(&long), None);
         let longest = "m".repeat(MAX_MODEL_LEN);
         assert_eq!(model(&format!(r#"{{"model":"{longest}"}}"#)), Some(longest));
+        // escapes: the longest string that can decode to a name is read
+        let escaped = "\\u0041".repeat(MAX_MODEL_LEN);
+        assert_eq!(escaped.len(), MAX_ESCAPED_LEN);
+        let decoded = model(&format!(r#"{{"model":"{escaped}"}}"#));
+        assert_eq!(decoded, Some("A".repeat(MAX_MODEL_LEN)));
+        let longer = format!(r#"{{"model":"{escaped}\u0041"}}"#);
+        assert_eq!(model(&longer), None);
         let not_utf8 = Request::new(b"{\"model\":\"\xff\xfe\"}".to_vec());
         assert_eq!(ByModel::new().model_of(&not_utf8), None);
     }
