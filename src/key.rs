@@ -5,6 +5,17 @@
 //! The rate limiter and the circuit breaker take the same `KeyFn`, so that
 //! they agree on what "one provider" is.
 //!
+//! # Keys the way providers count
+//!
+//! Providers count their limits per model (OpenAI, Anthropic, Gemini),
+//! per deployment (Azure) and per API key: [`ByModel`] reads a request's
+//! model (a header, Gemini's path, Azure's deployment, or the body's
+//! top-level `"model"`), and a tuple of key functions keys by all of them
+//! at once, `(ByModel::new(), ByHeader::api_key())`, into one [`Key`] of
+//! several [`parts`](Key::parts). Each key gets its own windows, gate and
+//! breaker; [`LlmLayer::key_limits`](crate::LlmLayer::key_limits) gives
+//! each its own limits (see [`ByModel`] for an example).
+//!
 //! # Fingerprints of secrets
 //!
 //! A key that stands for an API key ([`ByHeader`], [`Key::fingerprint`])
@@ -30,6 +41,10 @@ use http::header::{HeaderName, AUTHORIZATION};
 use http::Request;
 use sha2::Sha256;
 
+mod model;
+
+pub use self::model::{ByModel, DEFAULT_MODEL_SCAN_LIMIT};
+
 /// The name of one quota bucket: cheap to clone, hashable, and never the
 /// secret itself (see [`Key::fingerprint`]).
 #[derive(Clone)]
@@ -40,6 +55,8 @@ enum Repr {
     Static(&'static str),
     Shared(Arc<str>),
     Fingerprint([u8; FINGERPRINT_LEN]),
+    /// A key made of several (a tuple of key functions).
+    Parts(Arc<[Key]>),
 }
 
 /// How many bytes of the HMAC-SHA256 a fingerprint keeps: 128 bits, so
@@ -102,12 +119,41 @@ impl Key {
         Key(Repr::Fingerprint(kept))
     }
 
-    /// The key's name, when it has a readable one (`None` for fingerprints).
+    /// A key made of several, in order: what a tuple of key functions
+    /// gives (`(ByModel::new(), ByHeader::api_key())`). One allocation;
+    /// equal to another joined key of equal parts in the same order, never
+    /// to a key of one part. It shows as its parts separated by `|`.
+    ///
+    /// ```
+    /// use tower_llm_resilience::Key;
+    ///
+    /// let key = Key::join([Key::from_static("gpt-4o"), Key::from_static("api.openai.com")]);
+    /// assert_eq!(key.to_string(), "gpt-4o|api.openai.com");
+    /// assert_eq!(key.parts()[0].as_str(), Some("gpt-4o"));
+    /// assert_ne!(key, Key::from_static("gpt-4o|api.openai.com"));
+    /// ```
+    pub fn join<const N: usize>(parts: [Key; N]) -> Key {
+        Key(Repr::Parts(Arc::from(parts)))
+    }
+
+    /// The key's parts: those given to [`join`](Key::join), or the key
+    /// itself for a key of one part. Per-key limits read them
+    /// ([`MemoryStore::key_limits`](crate::rate_limit::MemoryStore::key_limits)
+    /// gets the whole key).
+    pub fn parts(&self) -> &[Key] {
+        match &self.0 {
+            Repr::Parts(parts) => parts,
+            _ => std::slice::from_ref(self),
+        }
+    }
+
+    /// The key's name, when it has a readable one (`None` for fingerprints
+    /// and for keys of several [parts](Key::parts)).
     pub fn as_str(&self) -> Option<&str> {
         match &self.0 {
             Repr::Static(s) => Some(s),
             Repr::Shared(s) => Some(s),
-            Repr::Fingerprint(_) => None,
+            Repr::Fingerprint(_) | Repr::Parts(_) => None,
         }
     }
 }
@@ -167,7 +213,9 @@ impl PartialEq for Key {
             // comparison on the breaker's per-call cache check.
             (Repr::Static(a), Repr::Static(b)) if std::ptr::eq(*a, *b) => true,
             (Repr::Fingerprint(a), Repr::Fingerprint(b)) => a == b,
-            (Repr::Fingerprint(_), _) | (_, Repr::Fingerprint(_)) => false,
+            (Repr::Parts(a), Repr::Parts(b)) => Arc::ptr_eq(a, b) || a == b,
+            (Repr::Fingerprint(_) | Repr::Parts(_), _)
+            | (_, Repr::Fingerprint(_) | Repr::Parts(_)) => false,
             _ => self.as_str() == other.as_str(),
         }
     }
@@ -181,6 +229,10 @@ impl Hash for Key {
             Repr::Fingerprint(fp) => {
                 state.write_u8(1);
                 fp.hash(state);
+            }
+            Repr::Parts(parts) => {
+                state.write_u8(2);
+                parts.hash(state);
             }
             _ => {
                 state.write_u8(0);
@@ -208,6 +260,15 @@ impl fmt::Display for Key {
                 }
                 Ok(())
             }
+            Repr::Parts(parts) => {
+                for (i, part) in parts.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str("|")?;
+                    }
+                    fmt::Display::fmt(part, f)?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -232,8 +293,9 @@ impl From<String> for Key {
 
 /// Picks the [`Key`] of a request.
 ///
-/// Implemented for every `Fn(&Req) -> Key`, and by [`SingleKey`] (the
-/// default: one bucket), [`ByHost`] and [`ByHeader`].
+/// Implemented for every `Fn(&Req) -> Key`, by [`SingleKey`] (the
+/// default: one bucket), [`ByHost`], [`ByHeader`] and [`ByModel`], and by
+/// pairs and triples of key functions (each combination its own bucket).
 ///
 /// ```
 /// use http::Request;
@@ -254,6 +316,38 @@ pub trait KeyFn<Req> {
 impl<Req, F: Fn(&Req) -> Key> KeyFn<Req> for F {
     fn key(&self, request: &Req) -> Key {
         self(request)
+    }
+}
+
+/// Keys by both: a [`Key::join`] of the two keys, so that each pair
+/// (a model and an API key, say) has its own bucket.
+///
+/// ```
+/// use http::Request;
+/// use tower_llm_resilience::key::{ByHost, ByModel, Key, KeyFn};
+///
+/// let key_fn = (ByModel::new(), ByHost);
+/// let req = Request::post("https://api.openai.com/v1/chat/completions")
+///     .body(String::from(r#"{"model":"gpt-4o-mini","messages":[]}"#))
+///     .unwrap();
+/// let key = key_fn.key(&req);
+/// assert_eq!(key.to_string(), "gpt-4o-mini|api.openai.com");
+/// assert_eq!(key.parts()[0], Key::from_static("gpt-4o-mini"));
+/// ```
+impl<Req, A: KeyFn<Req>, B: KeyFn<Req>> KeyFn<Req> for (A, B) {
+    fn key(&self, request: &Req) -> Key {
+        Key::join([self.0.key(request), self.1.key(request)])
+    }
+}
+
+/// Keys by all three: a [`Key::join`] of the three keys.
+impl<Req, A: KeyFn<Req>, B: KeyFn<Req>, C: KeyFn<Req>> KeyFn<Req> for (A, B, C) {
+    fn key(&self, request: &Req) -> Key {
+        Key::join([
+            self.0.key(request),
+            self.1.key(request),
+            self.2.key(request),
+        ])
     }
 }
 

@@ -170,6 +170,8 @@
 //!   with sliding-window limits and seeded faults, in process or on loopback.
 //! - `redis` (off): `redis_store::RedisStore`, the rate limiter's windows in
 //!   Redis, so that many processes share one provider quota.
+//! - `reqwest` (off): `reqwest_client::ReqwestService`, the stack on a
+//!   `reqwest::Client`, with reqwest's errors classified from their chain.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![warn(
@@ -192,6 +194,9 @@ pub mod rate_limit;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis_store;
+#[cfg(feature = "reqwest")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+pub mod reqwest_client;
 pub mod retry;
 #[cfg(feature = "sim")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sim")))]

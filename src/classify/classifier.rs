@@ -49,8 +49,9 @@ pub trait Classifier: Send + Sync {
     ///
     /// The default walks the error's `source()` chain: this crate's
     /// [`Error`](crate::Error), I/O errors (timed out, refused, reset,
-    /// broken pipe...), tower's and tokio's `Elapsed`, and hyper's and
-    /// hyper-util's errors (with the `hyper` feature).
+    /// broken pipe...), tower's and tokio's `Elapsed`, hyper's and
+    /// hyper-util's errors (with the `hyper` feature) and reqwest's (with
+    /// the `reqwest` feature).
     fn classify_error(&self, error: &(dyn std::error::Error + 'static)) -> Classification {
         classify_transport_error(error)
     }
@@ -176,14 +177,19 @@ impl<C: Classifier + ?Sized> Classifier for &C {
 /// assert_eq!(classify_transport_error(&e).class, Some(ErrorClass::Connect));
 /// ```
 pub fn classify_transport_error(error: &(dyn std::error::Error + 'static)) -> Classification {
+    class_below(error).unwrap_or(Classification::failure(ErrorClass::Other))
+}
+
+/// The first class found down the chain from `error`, if any.
+fn class_below(error: &(dyn std::error::Error + 'static)) -> Option<Classification> {
     let mut next = Some(error);
     while let Some(e) = next {
         if let Some(class) = class_of(e) {
-            return class;
+            return Some(class);
         }
         next = e.source();
     }
-    Classification::failure(ErrorClass::Other)
+    None
 }
 
 fn class_of(e: &(dyn std::error::Error + 'static)) -> Option<Classification> {
@@ -213,6 +219,10 @@ fn class_of(e: &(dyn std::error::Error + 'static)) -> Option<Classification> {
             _ => return None,
         };
         return Some(Classification::failure(class));
+    }
+    #[cfg(feature = "reqwest")]
+    if let Some(r) = e.downcast_ref::<reqwest::Error>() {
+        return Some(Classification::failure(reqwest_class(r)));
     }
     #[cfg(feature = "hyper")]
     {
@@ -245,6 +255,34 @@ fn class_of(e: &(dyn std::error::Error + 'static)) -> Option<Classification> {
         }
     }
     None
+}
+
+/// The class of a reqwest error, from reqwest's predicates (its timeout is
+/// a private type, which only `is_timeout` finds in the chain) and, for a
+/// failed request or body, from what failed underneath.
+#[cfg(feature = "reqwest")]
+fn reqwest_class(e: &reqwest::Error) -> ErrorClass {
+    use std::error::Error as _;
+
+    if e.is_timeout() {
+        ErrorClass::Timeout
+    } else if e.is_connect() {
+        ErrorClass::Connect
+    } else if e.is_body() || e.is_request() || e.is_decode() {
+        // As for hyper's errors: a transport failure that says nothing
+        // more is a connection failure; a body that could not be decoded
+        // is the server's.
+        let below = e.source().and_then(class_below).and_then(|c| c.class);
+        match below {
+            Some(class) => class,
+            None if e.is_decode() => ErrorClass::ServerError,
+            None => ErrorClass::Connect,
+        }
+    } else {
+        // A redirect loop, a URI that is not absolute, an upgrade: retrying
+        // the same request would fail the same way.
+        ErrorClass::Other
+    }
 }
 
 /// The wall clock, read only when a response carries an absolute date and no

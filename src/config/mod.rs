@@ -70,7 +70,7 @@ use serde::Deserialize;
 
 use crate::circuit_breaker::{self, CircuitBreakerLayer, FailureWindow};
 use crate::classify::Provider;
-use crate::key::KeyFn;
+use crate::key::{Key, KeyFn};
 use crate::rate_limit::{Dimension, Limits};
 use crate::retry::{Backoff, Jitter, RetryLayer};
 use crate::stack::LlmLayer;
@@ -135,7 +135,9 @@ pub struct LlmConfig {
     /// The limits of every key (unless `models` names its model).
     #[serde(default)]
     pub limits: LimitsConfig,
-    /// Limits per model name, for a key function that keys by model.
+    /// Limits per model name, for a key function that keys by model
+    /// ([`ByModel`](crate::key::ByModel), or a tuple whose first part it
+    /// is): [`apply`](Self::apply) gives them to the stack.
     #[serde(default)]
     pub models: BTreeMap<String, LimitsConfig>,
     /// The retry layer.
@@ -372,7 +374,11 @@ impl LlmConfig {
     }
 
     /// Applies these settings (all but the provider) to a stack built
-    /// elsewhere, e.g. with its own key function.
+    /// elsewhere, e.g. with its own key function. The per-model tables
+    /// become [`LlmLayer::key_limits`]: a key whose first
+    /// [part](Key::parts) names a model of `models` has that model's
+    /// limits (with [`ByModel`](crate::key::ByModel) as the key function,
+    /// alone or first in a tuple), every other key the file's `[limits]`.
     pub fn apply<K, C, St>(&self, layer: LlmLayer<K, C, St>) -> LlmLayer<K, C, St>
     where
         K: KeyFn<http::Request<String>> + Clone,
@@ -382,6 +388,20 @@ impl LlmConfig {
             .limits(self.limits())
             .retry(|r| self.retry.apply(r))
             .circuit_breaker(|b: CircuitBreakerLayer<K, C>| b.config(self.breaker.to_config()));
+        if !self.models.is_empty() {
+            let default = self.limits();
+            let models: BTreeMap<String, Limits> = self
+                .model_limits()
+                .map(|(name, limits)| (name.to_owned(), limits))
+                .collect();
+            layer = layer.key_limits(move |key| {
+                let model = key.parts().first().and_then(Key::as_str);
+                match model.and_then(|m| models.get(m)) {
+                    Some(limits) => limits.clone(),
+                    None => default.clone(),
+                }
+            });
+        }
         if let Some(d) = s.max_wait {
             layer = layer.max_wait(d);
         }

@@ -8,7 +8,7 @@ use tower::Layer;
 use crate::circuit_breaker::{self, CircuitBreaker, CircuitBreakerLayer};
 use crate::classify::{Classify, ClassifyLayer, PeekedBody, Provider};
 use crate::events::Events;
-use crate::key::SingleKey;
+use crate::key::{Key, SingleKey};
 use crate::rate_limit::{
     JsonEstimator, Limits, MemoryStore, RateLimit, RateLimitLayer, ResponseBody,
 };
@@ -94,6 +94,7 @@ pub struct LlmLayer<K = SingleKey, C = Provider, St = MemoryStore> {
     arrival_margin: Option<Duration>,
     attempt_timeout: Duration,
     idle_timeout: Duration,
+    key_limits: Option<Arc<KeyLimits>>,
     make_store: Arc<MakeStore<St>>,
     classify: ClassifyLayer<C>,
     retry: RetryLayer<C>,
@@ -105,13 +106,16 @@ pub struct LlmLayer<K = SingleKey, C = Provider, St = MemoryStore> {
 /// order.
 type MakeStore<St> = dyn Fn(&Limits, &MemorySettings) -> St + Send + Sync;
 
+/// Each key's limits, from [`LlmLayer::key_limits`].
+type KeyLimits = dyn Fn(&Key) -> Limits + Send + Sync;
+
 /// What [`LlmLayer`] sets on its in-memory store (a store given to
 /// [`LlmLayer::store`] keeps its own).
-#[derive(Clone, Copy, Debug)]
 struct MemorySettings {
     learn_limits: bool,
     learned_ttl: Option<Duration>,
     arrival_margin: Option<Duration>,
+    key_limits: Option<Arc<KeyLimits>>,
 }
 
 impl<K: fmt::Debug, C: fmt::Debug, St> fmt::Debug for LlmLayer<K, C, St> {
@@ -128,6 +132,7 @@ impl<K: fmt::Debug, C: fmt::Debug, St> fmt::Debug for LlmLayer<K, C, St> {
             .field("arrival_margin", &self.arrival_margin)
             .field("attempt_timeout", &self.attempt_timeout)
             .field("idle_timeout", &self.idle_timeout)
+            .field("key_limits", &self.key_limits.is_some())
             .field("classify", &self.classify)
             .field("retry", &self.retry)
             .field("breaker", &self.breaker)
@@ -154,6 +159,7 @@ impl LlmLayer {
             arrival_margin: None,
             attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            key_limits: None,
             make_store: Arc::new(|limits: &Limits, settings: &MemorySettings| {
                 let mut store =
                     MemoryStore::new(limits.clone()).learn_limits(settings.learn_limits);
@@ -162,6 +168,10 @@ impl LlmLayer {
                 }
                 if let Some(margin) = settings.arrival_margin {
                     store = store.arrival_margin(margin);
+                }
+                if let Some(f) = &settings.key_limits {
+                    let f = Arc::clone(f);
+                    store = store.key_limits(move |key| f(key));
                 }
                 store
             }),
@@ -293,6 +303,19 @@ impl<K, C, St> LlmLayer<K, C, St> {
         self
     }
 
+    /// Gives each key its own limits, in place of the ones set on this
+    /// layer (default: every key has those): `f` is called once, when a
+    /// key's windows are made. With [`ByModel`](crate::key::ByModel) as
+    /// the [`key_fn`](Self::key_fn), each model its own RPM and TPM (see
+    /// there for an example); with a tuple of key functions, read the
+    /// model from [`Key::parts`]. Configures the in-memory store only: a
+    /// store given to [`store`](Self::store) has its own
+    /// ([`MemoryStore::key_limits`]).
+    pub fn key_limits(mut self, f: impl Fn(&Key) -> Limits + Send + Sync + 'static) -> Self {
+        self.key_limits = Some(Arc::new(f));
+        self
+    }
+
     /// Whether the provider's limit headers may raise the configured limits
     /// (default `false`: they only tighten).
     pub fn learn_limits(mut self, yes: bool) -> Self {
@@ -354,6 +377,7 @@ impl<K, C, St> LlmLayer<K, C, St> {
             arrival_margin: self.arrival_margin,
             attempt_timeout: self.attempt_timeout,
             idle_timeout: self.idle_timeout,
+            key_limits: self.key_limits,
             make_store: self.make_store,
             classify: self.classify.classifier(classifier.clone()),
             retry: self.retry.classifier(classifier.clone()),
@@ -377,6 +401,7 @@ impl<K, C, St> LlmLayer<K, C, St> {
             arrival_margin: self.arrival_margin,
             attempt_timeout: self.attempt_timeout,
             idle_timeout: self.idle_timeout,
+            key_limits: self.key_limits,
             make_store: self.make_store,
             classify: self.classify,
             retry: self.retry,
@@ -407,6 +432,7 @@ impl<K, C, St> LlmLayer<K, C, St> {
             arrival_margin: self.arrival_margin,
             attempt_timeout: self.attempt_timeout,
             idle_timeout: self.idle_timeout,
+            key_limits: self.key_limits,
             make_store: Arc::new(move |_: &Limits, _: &MemorySettings| store.clone()),
             classify: self.classify,
             retry: self.retry,
@@ -428,6 +454,7 @@ where
             learn_limits: self.learn_limits,
             learned_ttl: self.learned_ttl,
             arrival_margin: self.arrival_margin,
+            key_limits: self.key_limits.clone(),
         };
         let store = (self.make_store)(&self.limits, &settings);
         let mut rate_limit = RateLimitLayer::new(self.limits.clone())
