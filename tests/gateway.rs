@@ -420,32 +420,36 @@ enum Outcome {
     Answered,
     /// A stream that broke after it began.
     Broken,
-    /// An HTTP error answer, by status.
-    Refused(u16),
+    /// An HTTP error answer: its status, and whether it was the gateway's
+    /// open circuit (the others passed on the provider's answer).
+    Refused(u16, bool),
 }
 
 #[tokio::test]
 async fn with_faults_every_call_is_answered_or_refused_in_kind_and_the_upstream_sends_no_429() {
-    // 30 calls, half of them streamed, 15 requests per 4 s window: the
-    // limiter makes the second half wait for the window.
+    // 40 calls, half of them streamed, 20 requests per 4 s window: the
+    // limiter makes the second half wait for the window, and they meet a
+    // 1 s outage. A heavy fault mix besides: about one attempt in five
+    // fails before its response, one stream in five after its 200.
     let window = Duration::from_secs(4);
     let sim = SimProvider::builder()
-        .rpm(15)
+        .rpm(20)
         .tpm(100_000)
         .window(window)
         .seed(7)
-        .fault(Fault::ServerError, 0.05)
-        .fault(Fault::ServiceUnavailable, 0.03)
-        .fault(Fault::ConnectionReset, 0.03)
+        .fault(Fault::ServerError, 0.1)
+        .fault(Fault::ServiceUnavailable, 0.05)
+        .fault(Fault::ConnectionReset, 0.05)
         .fault(Fault::Slow(Duration::from_millis(200)), 0.03)
-        .fault(Fault::MidStreamError, 0.05)
-        .fault(Fault::Truncate, 0.05)
+        .fault(Fault::MidStreamError, 0.1)
+        .fault(Fault::Truncate, 0.1)
+        .outage(Duration::from_millis(4_000), Duration::from_millis(5_000))
         .build();
     let server = sim.serve().await.unwrap();
-    let gateway = Running::start(settings(&server, limits(window, 15, 100_000))).await;
+    let gateway = Running::start(settings(&server, limits(window, 20, 100_000))).await;
     let client = gateway.sdk_once("sk-tenant");
 
-    let texts: Vec<String> = (0..30)
+    let texts: Vec<String> = (0..40)
         .map(|i| match i % 3 {
             0 => format!("I love it, number {i}"),
             1 => format!("I hate it, number {i}"),
@@ -455,7 +459,10 @@ async fn with_faults_every_call_is_answered_or_refused_in_kind_and_the_upstream_
     let calls = texts.iter().enumerate().map(|(i, text)| {
         let client = &client;
         async move {
-            let failed = |e: OpenAIError| Outcome::Refused(api_error(&e).0.as_u16());
+            let failed = |e: OpenAIError| {
+                let (status, code) = api_error(&e);
+                Outcome::Refused(status.as_u16(), code.as_deref() == Some("circuit_open"))
+            };
             if i % 2 == 0 {
                 match client.chat().create(ask(text)).await {
                     Ok(answer) => {
@@ -485,31 +492,31 @@ async fn with_faults_every_call_is_answered_or_refused_in_kind_and_the_upstream_
     let stats = sim.stats();
     let summary = gateway.events.counters().snapshot();
     let count = |o: &Outcome| outcomes.iter().filter(|x| *x == o).count() as u64;
-    let refused: Vec<&Outcome> = outcomes
-        .iter()
-        .filter(|o| matches!(o, Outcome::Refused(_)))
-        .collect();
-    // A refusal is one of the answers SDKs act on: the provider's 5xx
-    // after the retries it deserved, or an open circuit.
-    for o in &refused {
-        assert!(
-            matches!(o, Outcome::Refused(500 | 502 | 503)),
-            "{outcomes:?}"
-        );
+    let (mut passed_on, mut circuit_open) = (0, 0);
+    for o in &outcomes {
+        match o {
+            // the provider's 5xx after the retries it deserved
+            Outcome::Refused(500 | 502 | 503, false) => passed_on += 1,
+            Outcome::Refused(503, true) => circuit_open += 1,
+            Outcome::Refused(..) => panic!("not an answer SDKs act on: {outcomes:?}"),
+            Outcome::Answered | Outcome::Broken => {}
+        }
     }
     assert_eq!(stats.rate_limited(), 0, "{stats:?}");
     assert_eq!(summary.rate_limited_responses, 0);
-    // Every fault before a response was retried or passed on, and every
-    // stream that failed after its 200 reached the client broken.
-    let faults_before = stats.server_errors + stats.unavailable + stats.resets;
+    // Every fault before a response was retried or passed on; every
+    // stream that failed after its 200 reached the client broken; an open
+    // circuit answered only after the breaker opened.
+    let faults_before = stats.server_errors + stats.unavailable + stats.resets + stats.outage;
     assert_eq!(
         faults_before,
-        summary.retries + refused.len() as u64,
+        summary.retries + passed_on,
         "{stats:?} {summary:?} {outcomes:?}"
     );
     assert_eq!(count(&Outcome::Broken), stats.failed_streams(), "{stats:?}");
-    assert!(count(&Outcome::Answered) >= 20, "{outcomes:?}");
-    assert_eq!(outcomes.len(), 30);
+    assert!(circuit_open == 0 || summary.circuit_opened > 0);
+    assert!(count(&Outcome::Answered) > 0, "{outcomes:?}");
+    assert_eq!(outcomes.len(), 40);
     gateway.stop().await;
 }
 
