@@ -20,6 +20,8 @@ mod upstream;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_openai::config::OpenAIConfig;
@@ -53,6 +55,7 @@ struct Running {
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
     events: Events,
+    answers: Arc<app::Answers>,
 }
 
 impl Running {
@@ -73,7 +76,22 @@ impl Running {
             stop: Some(stop),
             task,
             events: gateway.events,
+            answers: gateway.answers,
         }
+    }
+
+    /// How many answers of each kind the gateway gave: upstream, tenant
+    /// quota, provider quota, circuit open, other errors.
+    fn answers(&self) -> [u64; 5] {
+        let a = &*self.answers;
+        [
+            &a.upstream,
+            &a.tenant_quota,
+            &a.provider_quota,
+            &a.circuit_open,
+            &a.other_errors,
+        ]
+        .map(|c| c.load(Ordering::Relaxed))
     }
 
     fn base_url(&self) -> String {
@@ -303,6 +321,7 @@ async fn a_tenant_over_its_quota_gets_a_429_with_retry_after() {
     // Another tenant has its own quota.
     b.chat().create(ask("good")).await.unwrap();
     assert_eq!(sim.stats().requests, 3);
+    assert_eq!(gateway.answers(), [3, 2, 0, 0, 0]);
     gateway.stop().await;
 }
 
@@ -374,6 +393,7 @@ async fn the_provider_quota_is_shared_by_every_tenant() {
     // The upstream saw what its quota admits, and no 429.
     assert_eq!(sim.stats().requests, 2);
     assert_eq!(sim.stats().rate_limited(), 0);
+    assert_eq!(gateway.answers(), [2, 0, 2, 0, 0]);
     gateway.stop().await;
 }
 
@@ -411,6 +431,7 @@ async fn an_open_circuit_answers_503_with_retry_after() {
     assert_eq!(body["error"]["type"], "server_error");
     assert_eq!(sim.stats().requests, 2);
     assert_eq!(gateway.events.counters().snapshot().circuit_opened, 1);
+    assert_eq!(gateway.answers(), [1, 0, 0, 2, 1]);
     gateway.stop().await;
 }
 
@@ -515,6 +536,11 @@ async fn with_faults_every_call_is_answered_or_refused_in_kind_and_the_upstream_
     );
     assert_eq!(count(&Outcome::Broken), stats.failed_streams(), "{stats:?}");
     assert!(circuit_open == 0 || summary.circuit_opened > 0);
+    let answered_or_broken = count(&Outcome::Answered) + count(&Outcome::Broken);
+    assert_eq!(
+        gateway.answers(),
+        [answered_or_broken, 0, 0, circuit_open, passed_on]
+    );
     assert!(count(&Outcome::Answered) > 0, "{outcomes:?}");
     assert_eq!(outcomes.len(), 40);
     gateway.stop().await;

@@ -91,7 +91,7 @@ pub fn from_error(error: &Error, level: Level) -> Response<Body> {
 /// Whether the error is a wait for a quota that the gateway refused to
 /// make: a limiter's refusal, as it is or as the retry layer passed it on
 /// (a wait longer than it sleeps through, with no response behind it).
-fn is_quota_wait(error: &Error) -> bool {
+pub fn is_quota_wait(error: &Error) -> bool {
     error.is_rate_limit_timeout()
         || error.is_too_many_keys()
         || (error.is_retry_after_too_long() && error.status().is_none() && error.is_rate_limited())

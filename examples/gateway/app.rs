@@ -20,6 +20,7 @@
 //!   response body, streamed or not, passes through frame by frame, and
 //!   holds its concurrency slot until it ends.
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -84,13 +85,31 @@ impl Settings {
     }
 }
 
-/// The gateway's router and the events its stack reports to (one summary
-/// for the provider level, one for the tenants').
+/// The gateway's router, the events its stack reports to (one summary
+/// for the provider level, one for the tenants') and its answers so far.
 #[derive(Debug)]
 pub struct Gateway {
     pub router: Router,
     pub events: Events,
     pub tenant_events: Events,
+    pub answers: Arc<Answers>,
+}
+
+/// How the gateway answered the `/v1/...` requests it read, by kind.
+#[derive(Debug, Default)]
+pub struct Answers {
+    /// The upstream's answer (its headers arrived; a stream may still
+    /// have broken after them).
+    pub upstream: AtomicU64,
+    /// 429: a tenant's quota.
+    pub tenant_quota: AtomicU64,
+    /// 429: the provider quota.
+    pub provider_quota: AtomicU64,
+    /// 503: the circuit breaker was open.
+    pub circuit_open: AtomicU64,
+    /// Any other error: the provider's, passed on after the retries it
+    /// deserved, a failure before any response, or a bad request.
+    pub other_errors: AtomicU64,
 }
 
 /// The whole stack, request in, response (or the stack's typed error)
@@ -105,6 +124,7 @@ struct Shared {
     /// `Bearer <key>`, marked sensitive.
     authorization: Option<HeaderValue>,
     max_body: usize,
+    answers: Arc<Answers>,
 }
 
 /// The tenant of a request, as [`forward`] fingerprinted it before it
@@ -201,6 +221,7 @@ pub fn gateway(settings: Settings) -> Result<Gateway, String> {
         Some(name) => ByHeader::new(name.clone()),
         None => ByHeader::api_key(),
     };
+    let answers = Arc::new(Answers::default());
     let shared = Arc::new(Shared {
         stack,
         base,
@@ -208,6 +229,7 @@ pub fn gateway(settings: Settings) -> Result<Gateway, String> {
         tenant_header: settings.tenant_header,
         authorization,
         max_body: settings.max_body,
+        answers: answers.clone(),
     });
     let router = Router::new()
         .route("/v1/{*path}", any(forward))
@@ -217,25 +239,43 @@ pub fn gateway(settings: Settings) -> Result<Gateway, String> {
         router,
         events,
         tenant_events,
+        answers,
     })
 }
 
 /// Sends a client's `/v1/...` request through the stack to the upstream.
 async fn forward(State(gw): State<Arc<Shared>>, request: Request) -> Response<Body> {
+    let (answer, kind) = match send(&gw, request).await {
+        Ok(response) => (response, &gw.answers.upstream),
+        Err(Refused::Quota(answer, Level::Tenant)) => (answer, &gw.answers.tenant_quota),
+        Err(Refused::Quota(answer, Level::Provider)) => (answer, &gw.answers.provider_quota),
+        Err(Refused::CircuitOpen(answer)) => (answer, &gw.answers.circuit_open),
+        Err(Refused::Other(answer)) => (answer, &gw.answers.other_errors),
+    };
+    kind.fetch_add(1, Relaxed);
+    answer
+}
+
+/// The answer to a request that failed, by why.
+enum Refused {
+    Quota(Response<Body>, Level),
+    CircuitOpen(Response<Body>),
+    Other(Response<Body>),
+}
+
+async fn send(gw: &Shared, request: Request) -> Result<Response<Body>, Refused> {
     let (parts, body) = request.into_parts();
     let bytes = match axum::body::to_bytes(body, gw.max_body).await {
         Ok(bytes) => bytes,
-        Err(e) => return unreadable(e, gw.max_body),
+        Err(e) => return Err(Refused::Other(unreadable(e, gw.max_body))),
     };
     let mut request = http::Request::from_parts(parts, RequestBody::new(bytes));
     let tenant = gw.tenant.key(&request);
     let rest = request.uri().path().strip_prefix("/v1").unwrap_or_default();
-    let uri = match gw.base.join(rest, request.uri().query()) {
-        Ok(uri) => uri,
-        Err(_) => {
-            let message = "the request's path cannot continue the upstream's URL";
-            return answer::ours(StatusCode::BAD_REQUEST, "invalid_path", message);
-        }
+    let Ok(uri) = gw.base.join(rest, request.uri().query()) else {
+        let message = "the request's path cannot continue the upstream's URL";
+        let answer = answer::ours(StatusCode::BAD_REQUEST, "invalid_path", message);
+        return Err(Refused::Other(answer));
     };
     *request.uri_mut() = uri;
     upstream_headers(
@@ -244,13 +284,21 @@ async fn forward(State(gw): State<Arc<Shared>>, request: Request) -> Response<Bo
         gw.authorization.as_ref(),
     );
     request.extensions_mut().insert(Tenant(tenant));
-    match gw.stack.clone().oneshot(request).await {
-        Ok(response) => response,
-        Err(e) => match std::error::Error::source(&e).and_then(|s| s.downcast_ref::<Upstream>()) {
-            Some(Upstream(e)) => answer::from_error(e, Level::Provider),
-            None => answer::from_error(&e, Level::Tenant),
-        },
-    }
+    gw.stack.clone().oneshot(request).await.map_err(|e| {
+        let upstream = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<Upstream>());
+        let (error, level) = match upstream {
+            Some(Upstream(inner)) => (inner, Level::Provider),
+            None => (&e, Level::Tenant),
+        };
+        let answer = answer::from_error(error, level);
+        if error.is_circuit_open() {
+            Refused::CircuitOpen(answer)
+        } else if answer::is_quota_wait(error) {
+            Refused::Quota(answer, level)
+        } else {
+            Refused::Other(answer)
+        }
+    })
 }
 
 /// A request body that could not be read: too large, or broken.

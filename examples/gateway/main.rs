@@ -213,6 +213,7 @@ async fn run(args: Args) -> Result<(), String> {
         server.shutdown().await;
     }
     print_summary(
+        &gateway.answers,
         &gateway.events.counters().snapshot(),
         &gateway.tenant_events.counters().snapshot(),
     );
@@ -243,8 +244,23 @@ async fn stop_signal() {
     eprintln!("stopping: finishing the requests in flight");
 }
 
-fn print_summary(provider: &Summary, tenants: &Summary) {
+fn print_summary(answers: &app::Answers, provider: &Summary, tenants: &Summary) {
+    let n = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
     let rows = [
+        ("answered by the upstream", n(&answers.upstream).to_string()),
+        (
+            "refused: 429 tenant quota",
+            n(&answers.tenant_quota).to_string(),
+        ),
+        (
+            "refused: 429 provider quota",
+            n(&answers.provider_quota).to_string(),
+        ),
+        (
+            "refused: 503 circuit open",
+            n(&answers.circuit_open).to_string(),
+        ),
+        ("other errors", n(&answers.other_errors).to_string()),
         (
             "waited on the provider quota",
             format!(
