@@ -11,7 +11,9 @@
 //!   [`ByHeader`] (HMAC under a per-process secret): neither is stored nor
 //!   logged in clear. A request with neither is the anonymous tenant.
 //!   The gateway does not authenticate them: a client that changes its
-//!   key gets a new tenant quota, never more of the provider's.
+//!   key gets a new tenant quota, never more of the provider's (and a
+//!   flood of made-up keys meets the tenant limiter's bound on keys, past
+//!   which a new key is answered 429).
 //! - **One provider quota** in front of the upstream, shared by all.
 //! - **The upstream key** is the gateway's: the clients' credentials never
 //!   cross (see [`upstream_headers`]).
@@ -152,7 +154,7 @@ struct Upstream(Error);
 
 impl std::fmt::Display for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
+        f.write_str("the provider level failed")
     }
 }
 
@@ -272,8 +274,8 @@ async fn send(gw: &Shared, request: Request) -> Result<Response<Body>, Refused> 
     let mut request = http::Request::from_parts(parts, RequestBody::new(bytes));
     let tenant = gw.tenant.key(&request);
     let rest = request.uri().path().strip_prefix("/v1").unwrap_or_default();
-    let Ok(uri) = gw.base.join(rest, request.uri().query()) else {
-        let message = "the request's path cannot continue the upstream's URL";
+    let Some(uri) = gw.base.join(rest, request.uri().query()) else {
+        let message = "the request's path cannot continue the upstream's base URL";
         let answer = answer::ours(StatusCode::BAD_REQUEST, "invalid_path", message);
         return Err(Refused::Other(answer));
     };

@@ -74,8 +74,13 @@ impl Base {
     }
 
     /// The upstream URL for a client's `/v1{rest}` (`rest` starts with `/`
-    /// or is empty) and its query.
-    pub fn join(&self, rest: &str, query: Option<&str>) -> Result<Uri, http::uri::InvalidUri> {
+    /// or is empty) and its query; `None` for a path that would climb out
+    /// of the base (a `.` or `..` segment, plain or percent-encoded), where
+    /// the gateway's key has no business.
+    pub fn join(&self, rest: &str, query: Option<&str>) -> Option<Uri> {
+        if rest.split('/').any(is_dot_segment) {
+            return None;
+        }
         let mut url = String::with_capacity(self.0.len() + rest.len() + 64);
         url.push_str(&self.0);
         url.push_str(rest);
@@ -83,7 +88,21 @@ impl Base {
             url.push('?');
             url.push_str(query);
         }
-        url.parse()
+        url.parse().ok()
+    }
+}
+
+/// A path segment that means "here" or "up": `.` or `..`, each dot plain
+/// or percent-encoded.
+fn is_dot_segment(segment: &str) -> bool {
+    let s = segment.as_bytes();
+    let dot = |b: &[u8]| b == b"." || b.eq_ignore_ascii_case(b"%2e");
+    match s.len() {
+        1 | 3 => dot(s),
+        2 => s == b"..",
+        4 => (dot(&s[..1]) && dot(&s[1..])) || (dot(&s[..3]) && dot(&s[3..])),
+        6 => dot(&s[..3]) && dot(&s[3..]),
+        _ => false,
     }
 }
 
@@ -223,6 +242,12 @@ mod tests {
         assert_eq!(uri, "https://api.openai.com/v1/chat/completions");
         let uri = base.join("/models", Some("limit=2")).unwrap();
         assert_eq!(uri, "https://api.openai.com/v1/models?limit=2");
+        assert_eq!(base.join("/../admin", None), None);
+        assert_eq!(base.join("/files/%2E%2e/keys", None), None);
+        assert_eq!(base.join("/./models", None), None);
+        assert_eq!(base.join("/a/.%2E", None), None);
+        assert!(base.join("/a/.b/...", None).is_some());
+        assert!(base.join("/files/file-abc.jsonl", None).is_some());
         assert!(Base::parse("api.openai.com/v1").is_err());
         assert!(Base::parse("ftp://example.com").is_err());
         assert!(Base::parse("not a url").is_err());
