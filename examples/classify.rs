@@ -44,8 +44,9 @@ use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 use tower_llm_resilience::batch::{Batch, Patience, Progress};
 use tower_llm_resilience::classify::parse_error_body;
+use tower_llm_resilience::config::LlmConfig;
 use tower_llm_resilience::key::SingleKey;
-use tower_llm_resilience::rate_limit::{Dimension, Limits, Store, TokenEstimate};
+use tower_llm_resilience::rate_limit::{Limits, Store, TokenEstimate};
 use tower_llm_resilience::sim::{Fault, SimProvider, SimServer, SimStats};
 use tower_llm_resilience::{BoxError, Classification, ErrorClass, LlmLayer, Provider};
 
@@ -107,6 +108,50 @@ pub(crate) struct Args {
     /// `stream_options.include_usage`) and read each label from its stream.
     #[arg(long)]
     stream: bool,
+    /// The stack's settings from a TOML file (the crate's `config` module:
+    /// provider, limits, retry, breaker, timeouts). `TLR__SECTION__FIELD`
+    /// environment variables override it (`TLR__LIMITS__RPM=600`), with or
+    /// without a file; the flags above override both.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+/// The settings of `--config` with the environment's overrides, and the
+/// file's limits as defaults for `--rpm`, `--tpm` and `--window-secs`.
+pub(crate) fn load_config(args: &mut Args) -> Result<LlmConfig, String> {
+    let text = match &args.config {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+        None => String::new(),
+    };
+    let config = LlmConfig::from_toml_with_env(&text, "TLR", std::env::vars()).map_err(|e| {
+        let file = args.config.as_deref().unwrap_or("the environment".as_ref());
+        format!("{}: {e}", file.display())
+    })?;
+    args.rpm = args.rpm.or(config.limits.rpm);
+    args.tpm = args.tpm.or(config.limits.tpm);
+    args.window_secs = args
+        .window_secs
+        .or(config.limits.window.map(|w| w.as_secs_f64()));
+    Ok(config)
+}
+
+/// The stack: the config's settings, and its limits with the run's own
+/// requests and tokens per window (the flags', or the simulated
+/// provider's).
+pub(crate) fn stack(config: &LlmConfig, setup: &Setup) -> LlmLayer<SingleKey, Provider> {
+    config
+        .apply(LlmLayer::new(config.provider.unwrap_or(Provider::Auto)))
+        .limits(stack_limits(config, setup))
+}
+
+/// The config's limits, with the run's requests and tokens per window.
+fn stack_limits(config: &LlmConfig, setup: &Setup) -> Limits {
+    let mut limits = config.limits.clone();
+    limits.rpm = Some(setup.rpm);
+    limits.tpm = Some(setup.tpm);
+    limits.window = Some(setup.window);
+    limits.to_limits()
 }
 
 const SYSTEM: &str = "You label the sentiment of short texts. Answer with exactly one word: positive, negative or neutral.";
@@ -305,7 +350,14 @@ fn output(args: &Args) -> io::Result<(Box<dyn Write>, String)> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    let config = match load_config(&mut args) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     if args
         .window_secs
         .is_some_and(|w| !(w.is_finite() && w > 0.0 && w <= 86_400.0))
@@ -354,8 +406,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let limits = limits(&setup);
-    let layer = LlmLayer::new(Provider::Auto).limits(limits.clone());
+    let layer = stack(&config, &setup);
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_webpki_roots()
         .https_or_http()
@@ -368,7 +419,7 @@ async fn main() -> ExitCode {
         #[cfg(feature = "redis")]
         Some(url) => {
             use tower_llm_resilience::redis_store::RedisStore;
-            match RedisStore::builder(limits).build(url) {
+            match RedisStore::builder(stack_limits(&config, &setup)).build(url) {
                 Ok(store) => {
                     let layer = layer.store(store);
                     run(&args, &setup, &texts, &mut out, layer, client).await
@@ -420,14 +471,6 @@ pub(crate) struct Report {
     resent: u64,
     sim: Option<SimStats>,
     stream: bool,
-}
-
-/// The provider's limits over its window (the limiter holds each
-/// admission a little longer on its own: its arrival margin).
-pub(crate) fn limits(setup: &Setup) -> Limits {
-    Limits::new()
-        .window(Dimension::Requests, setup.window, setup.rpm)
-        .window(Dimension::Tokens, setup.window, setup.tpm)
 }
 
 /// Classifies `texts` through the whole stack over `client` (hyper-util's

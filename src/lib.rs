@@ -182,6 +182,8 @@
 pub mod batch;
 pub mod circuit_breaker;
 pub mod classify;
+#[cfg(feature = "config")]
+pub mod config;
 mod error;
 pub mod events;
 pub mod key;

@@ -9,16 +9,17 @@ mod classify;
 
 use clap::Parser;
 use tower_llm_resilience::sim::{label, SimProvider};
-use tower_llm_resilience::{LlmLayer, Provider};
 
 /// Runs the job with `flags` over the example's simulated provider, in
 /// process; returns its report, its results and the provider.
 async fn job(flags: &[&str]) -> (classify::Report, Vec<serde_json::Value>, SimProvider) {
-    let args = classify::Args::parse_from(std::iter::once("classify").chain(flags.iter().copied()));
+    let mut args =
+        classify::Args::parse_from(std::iter::once("classify").chain(flags.iter().copied()));
+    let config = classify::load_config(&mut args).unwrap();
     let setup = classify::simulated(&args);
     let sim = setup.sim.clone().unwrap();
     let texts = classify::read_texts(&args).unwrap();
-    let layer = LlmLayer::new(Provider::Auto).limits(classify::limits(&setup));
+    let layer = classify::stack(&config, &setup);
     let mut out = Vec::new();
     let report = classify::run(&args, &setup, &texts, &mut out, layer, sim.clone())
         .await
@@ -93,6 +94,62 @@ async fn without_stream_the_stream_faults_never_strike() {
             .load(std::sync::atomic::Ordering::Relaxed),
         0
     );
+}
+
+/// A file for `--config`, removed when dropped.
+struct ConfigFile(std::path::PathBuf);
+
+impl ConfigFile {
+    fn new(name: &str, text: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("tlr-{}-{name}.toml", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        ConfigFile(path)
+    }
+}
+
+impl Drop for ConfigFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// `--config`: the file's limits drive the simulated provider and the
+/// stack (at half the requests per window, the theoretical minimum goes
+/// from 18 s to 28 s: the run is partly token-bound), and the flags win
+/// over the file.
+#[tokio::test(start_paused = true)]
+async fn config_file_sets_the_limits_and_the_flags_win() {
+    let (fast, _, _) = job(&[]).await;
+    let file = ConfigFile::new(
+        "limits",
+        "provider = \"openai\"\n[limits]\nrpm = 20\ntpm = 1500\nwindow = \"2s\"\n[retry]\nmax_attempts = 6\n",
+    );
+    let path = file.0.to_str().unwrap();
+    let (slow, _, sim) = job(&["--config", path]).await;
+    assert_eq!(slow.succeeded, 300);
+    assert_eq!(sim.stats().rate_limited(), 0);
+    let ratio = slow.elapsed.as_secs_f64() / fast.elapsed.as_secs_f64();
+    assert!(ratio > 1.4, "20 rpm took {ratio:.2}x the time of 40");
+    // --rpm wins over the file: back to the default run's pace.
+    let (flagged, _, _) = job(&["--config", path, "--rpm", "40"]).await;
+    let ratio = flagged.elapsed.as_secs_f64() / fast.elapsed.as_secs_f64();
+    assert!((0.9..1.1).contains(&ratio), "{ratio:.2}");
+}
+
+/// A bad file is a clear error naming the file and the field.
+#[test]
+fn a_bad_config_names_the_file_and_the_field() {
+    let file = ConfigFile::new("bad", "[limits]\nrpm = 0\n");
+    let path = file.0.to_str().unwrap();
+    let mut args = classify::Args::parse_from(["classify", "--config", path]);
+    let error = classify::load_config(&mut args).unwrap_err();
+    assert!(
+        error.contains(path) && error.contains("limits.rpm"),
+        "{error}"
+    );
+    let mut args = classify::Args::parse_from(["classify", "--config", "/nonexistent/x.toml"]);
+    let error = classify::load_config(&mut args).unwrap_err();
+    assert!(error.contains("cannot read /nonexistent/x.toml"), "{error}");
 }
 
 fn events(chunks: &[&[u8]]) -> Result<Vec<String>, String> {

@@ -133,7 +133,6 @@ proptest! {
         let mut now = t0;
         let mut log: Vec<Admitted> = Vec::new();
         let mut gate: Option<Instant> = None;
-        let mut corrected = false;
         // The latest `now` a decision saw: the window dropped what left
         // by then, so it books nothing earlier (a late caller waits).
         let mut seen = t0;
@@ -195,7 +194,7 @@ proptest! {
                             prop_assert!(at <= a.at && at >= now.min(a.at));
                             a.at = at;
                         }
-                        rebooked_earliest(&log, now, gate, w, (rpw, tpw), !corrected)?;
+                        rebooked_earliest(&log, now, gate, w, (rpw, tpw), true)?;
                     }
                 }
                 Op::Gate { gap, len } => {
@@ -212,15 +211,13 @@ proptest! {
                         };
                         if a.at > now {
                             prop_assert!(at >= until, "{:?} not behind the gate", a.id);
-                            // (A correction since may have freed room: the
-                            // re-booking then finds it.)
-                            prop_assert!(corrected || at >= a.at, "{:?} moved earlier", a.id);
+                            prop_assert!(at >= a.at, "{:?} moved earlier", a.id);
                         } else {
                             prop_assert_eq!(at, a.at, "an admitted request moved");
                         }
                         a.at = at;
                     }
-                    rebooked_earliest(&log, now, gate, w, (rpw, tpw), !corrected)?;
+                    rebooked_earliest(&log, now, gate, w, (rpw, tpw), true)?;
                 }
                 Op::Correct { gap, pick, tokens } => {
                     now += Duration::from_millis(gap);
@@ -228,14 +225,25 @@ proptest! {
                     if !live.is_empty() {
                         let i = live[pick % live.len()];
                         let lower = tokens.min(log[i].tokens);
-                        window.correct(log[i].id, &Costs::tokens(lower));
+                        window.correct_and_move_waiters(log[i].id, &Costs::tokens(lower), now);
                         // A reservation already pruned (out of every
                         // window) keeps its old charge in the model: it no
                         // longer counts anywhere.
                         if window.booked_at(log[i].id).is_some() {
-                            corrected |= lower < log[i].tokens;
                             log[i].tokens = lower;
                         }
+                        // The waiters move earlier, never later, each to the
+                        // earliest instant it now fits.
+                        for a in log.iter_mut().filter(|a| a.live) {
+                            let Some(at) = window.booked_at(a.id) else {
+                                prop_assert!(a.at + w <= now, "a held reservation was lost");
+                                continue;
+                            };
+                            prop_assert!(at <= a.at, "{:?} moved later on a lower charge", a.id);
+                            prop_assert!(at >= now.min(a.at), "{:?} moved into the past", a.id);
+                            a.at = at;
+                        }
+                        rebooked_earliest(&log, now, gate, w, (rpw, tpw), true)?;
                     }
                 }
             }

@@ -103,7 +103,15 @@ async fn behaviour<S: Settle>(s: S) {
         c.at - a.at
     );
     assert!(near(d.at, b.at + W), "fourth when the second leaves");
-    assert!(d.at >= c.at, "first come, first served");
+    // Redis answers waits on its own clock, each turned into a local
+    // instant when its reply arrives: two answers' instants carry the
+    // round trips' jitter (a loaded machine showed d a hair before c).
+    assert!(
+        d.at >= c.at || near(d.at, c.at),
+        "first come, first served: {:?} vs {:?}",
+        d.at,
+        c.at
+    );
     assert!(a.id != b.id && b.id != c.id && c.id != d.id);
 
     // Oversize never fits.

@@ -51,6 +51,9 @@ pub struct Setup {
     pub network: Network,
     /// The stack's arrival margin (`None`: its default).
     pub margin: Option<Duration>,
+    /// Whether the provider injects its 5 % fault mix (off: the floor
+    /// that the concurrency and the latency alone leave).
+    pub faults: bool,
 }
 
 impl Setup {
@@ -69,6 +72,7 @@ impl Setup {
             seed: 7,
             network: Network::NONE,
             margin: None,
+            faults: true,
         }
     }
 
@@ -89,6 +93,7 @@ impl Setup {
             seed: 11,
             network: Network::NONE,
             margin: None,
+            faults: true,
         }
     }
 
@@ -96,15 +101,16 @@ impl Setup {
     /// `server_is_overloaded`, 1 % connection resets (none of them charged
     /// against the limits) and 1 % slow completions.
     fn provider(&self) -> SimProvider {
+        let share = if self.faults { 1.0 } else { 0.0 };
         SimProvider::builder()
             .rpm(self.rpm)
             .tpm(self.tpm)
             .window(self.window)
             .seed(self.seed)
-            .fault(Fault::ServerError, 0.015)
-            .fault(Fault::ServiceUnavailable, 0.015)
-            .fault(Fault::ConnectionReset, 0.01)
-            .fault(Fault::Slow(self.slow), 0.01)
+            .fault(Fault::ServerError, 0.015 * share)
+            .fault(Fault::ServiceUnavailable, 0.015 * share)
+            .fault(Fault::ConnectionReset, 0.01 * share)
+            .fault(Fault::Slow(self.slow), 0.01 * share)
             .latency(self.latency)
             // a fixed wall clock: every header is the same on every run
             .wall_clock(UNIX_EPOCH + Duration::from_secs(1_700_000_000))

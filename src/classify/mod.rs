@@ -94,7 +94,7 @@ pub use self::classifier::{classify_transport_error, Classifier};
 pub use self::future::ResponseFuture;
 pub use self::layer::ClassifyLayer;
 pub use self::peek::{BodyPrefix, PeekedBody};
-pub use self::provider::Provider;
+pub use self::provider::{ParseProviderError, Provider};
 pub use self::service::Classify;
 #[cfg(feature = "tower-http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower-http")))]

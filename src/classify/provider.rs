@@ -47,6 +47,53 @@ pub enum Provider {
     Generic,
 }
 
+/// [`Provider`] from its name, case ignored: `auto`, `openai`,
+/// `azure` (or `azure-openai`), `anthropic`, `gemini`, `groq`,
+/// `openrouter`, `generic`; for configuration files and command lines.
+///
+/// ```
+/// use tower_llm_resilience::Provider;
+///
+/// assert_eq!("Anthropic".parse(), Ok(Provider::Anthropic));
+/// assert_eq!("azure-openai".parse(), Ok(Provider::AzureOpenAi));
+/// let error = "open-ai".parse::<Provider>().unwrap_err();
+/// assert!(error.to_string().contains("openai"), "{error}");
+/// ```
+impl std::str::FromStr for Provider {
+    type Err = ParseProviderError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let name = s.trim().to_ascii_lowercase();
+        Ok(match name.as_str() {
+            "auto" => Provider::Auto,
+            "openai" | "openai-compatible" => Provider::OpenAi,
+            "azure" | "azure-openai" | "azureopenai" => Provider::AzureOpenAi,
+            "anthropic" => Provider::Anthropic,
+            "gemini" | "google" => Provider::Gemini,
+            "groq" => Provider::Groq,
+            "openrouter" => Provider::OpenRouter,
+            "generic" => Provider::Generic,
+            _ => return Err(ParseProviderError(s.to_owned())),
+        })
+    }
+}
+
+/// A provider name [`Provider::from_str`](std::str::FromStr) does not know.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParseProviderError(String);
+
+impl std::fmt::Display for ParseProviderError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "`{}` is not a provider: auto, openai, azure, anthropic, gemini, groq, openrouter or generic",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for ParseProviderError {}
+
 impl Provider {
     /// The provider a response's headers name, when they are unambiguous:
     /// `anthropic-*` rate-limit or organisation headers, Azure's `x-ms-*` /

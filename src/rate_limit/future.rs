@@ -56,6 +56,8 @@ pin_project! {
         reservation: Option<Reservation>,
         // The body's `max_tokens`, for the correction from usage.
         declared: Option<u64>,
+        // The input estimate before calibration, to learn from the usage.
+        estimated_input: u64,
         shared: Arc<Shared<K, C, E, St>>,
     }
 }
@@ -92,6 +94,8 @@ where
         S: Clone,
     {
         let now = Instant::now();
+        let estimated_input = costs.input_tokens;
+        let costs = shared.calibration.apply(costs, now);
         let deadline = shared.max_wait.and_then(|d| now.checked_add(d));
         let state = match shared.store.try_acquire(&key, &costs, now, deadline) {
             None => {
@@ -109,6 +113,7 @@ where
                     started: now,
                     reservation: Some(r),
                     declared,
+                    estimated_input,
                     shared: shared.clone(),
                 };
             }
@@ -122,6 +127,7 @@ where
                     started: now,
                     reservation: None,
                     declared,
+                    estimated_input,
                     shared: shared.clone(),
                 };
             }
@@ -137,6 +143,7 @@ where
             started: now,
             reservation: None,
             declared,
+            estimated_input,
             shared: shared.clone(),
         }
     }
@@ -322,6 +329,7 @@ where
                                 this.shared.clone(),
                                 reservation,
                                 *this.declared,
+                                *this.estimated_input,
                                 rule,
                             );
                             Ok(response.map(|body| WatchedBody::new(body, watcher, hook)))

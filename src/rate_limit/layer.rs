@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use tower::Layer;
 
+use super::calibrate::Calibration;
 use super::estimate::JsonEstimator;
 use super::limits::Limits;
 use super::memory::MemoryStore;
@@ -72,6 +73,7 @@ pub struct RateLimitLayer<K = SingleKey, C = Provider, E = JsonEstimator, St = M
     max_gate_wait: Duration,
     estimate: bool,
     refund_failed: bool,
+    calibrate: bool,
 }
 
 impl<K: Clone, C: Clone, E: Clone, St: Clone> Clone for RateLimitLayer<K, C, E, St> {
@@ -88,6 +90,7 @@ impl<K: Clone, C: Clone, E: Clone, St: Clone> Clone for RateLimitLayer<K, C, E, 
             max_gate_wait: self.max_gate_wait,
             estimate: self.estimate,
             refund_failed: self.refund_failed,
+            calibrate: self.calibrate,
         }
     }
 }
@@ -114,6 +117,7 @@ impl RateLimitLayer {
             max_gate_wait: DEFAULT_MAX_GATE_WAIT,
             estimate,
             refund_failed: true,
+            calibrate: true,
         }
     }
 }
@@ -238,6 +242,51 @@ impl<K, C, E, St> RateLimitLayer<K, C, E, St> {
         self
     }
 
+    /// Whether the limiter learns how far its input estimates run above
+    /// the usage responses report, and scales new estimates down by that
+    /// (default `true`). A correction fixes a request's charge when its
+    /// body ends; until then an estimate 3x too high holds room nobody
+    /// uses, and a waiting request needs room for its whole estimate. The
+    /// factor only lowers input estimates, never below a quarter
+    /// ([`MIN_ESTIMATE_FACTOR`](super::MIN_ESTIMATE_FACTOR)), follows the
+    /// largest recent ratio (up at once, down by a sixteenth of the gap
+    /// per response), never touches the output estimate (a declared
+    /// `max_tokens` is charged at admission), and expires
+    /// [`ESTIMATE_FACTOR_TTL`](super::ESTIMATE_FACTOR_TTL) (10 min) after
+    /// the last report. One factor per limiter, across its keys;
+    /// [`RateLimit::estimate_factor`] shows it.
+    ///
+    /// ```
+    /// use tower::{Service, ServiceExt};
+    /// use tower_llm_resilience::rate_limit::{Limits, RateLimitLayer, TokenEstimate};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// // A provider that reports 100 input tokens for what we estimate at 300.
+    /// let provider = tower::service_fn(|_req: http::Request<String>| async {
+    ///     let body = r#"{"usage":{"prompt_tokens":100,"completion_tokens":5}}"#;
+    ///     Ok::<_, std::convert::Infallible>(http::Response::new(body.to_owned()))
+    /// });
+    /// let mut svc = tower::Layer::layer(
+    ///     &RateLimitLayer::new(Limits::new().tokens_per_minute(100_000)),
+    ///     provider,
+    /// );
+    /// for _ in 0..100 {
+    ///     let mut request = http::Request::new(String::new());
+    ///     request.extensions_mut().insert(TokenEstimate::new(300, 5));
+    ///     let response = svc.ready().await.unwrap().call(request).await.unwrap();
+    ///     http_body_util::BodyExt::collect(response.into_body()).await.unwrap();
+    /// }
+    /// // New input estimates count a third.
+    /// assert!((svc.estimate_factor() - 1.0 / 3.0).abs() < 0.01);
+    /// # }
+    /// ```
+    ///
+    /// [`RateLimit::estimate_factor`]: super::RateLimit::estimate_factor
+    pub fn calibrate_estimates(mut self, yes: bool) -> Self {
+        self.calibrate = yes;
+        self
+    }
+
     /// Picks each request's key (default [`SingleKey`]).
     pub fn key_fn<K2>(self, key_fn: K2) -> RateLimitLayer<K2, C, E, St> {
         RateLimitLayer {
@@ -252,6 +301,7 @@ impl<K, C, E, St> RateLimitLayer<K, C, E, St> {
             max_gate_wait: self.max_gate_wait,
             estimate: self.estimate,
             refund_failed: self.refund_failed,
+            calibrate: self.calibrate,
         }
     }
 
@@ -269,6 +319,7 @@ impl<K, C, E, St> RateLimitLayer<K, C, E, St> {
             max_gate_wait: self.max_gate_wait,
             estimate: self.estimate,
             refund_failed: self.refund_failed,
+            calibrate: self.calibrate,
         }
     }
 
@@ -287,6 +338,7 @@ impl<K, C, E, St> RateLimitLayer<K, C, E, St> {
             max_gate_wait: self.max_gate_wait,
             estimate: self.estimate,
             refund_failed: self.refund_failed,
+            calibrate: self.calibrate,
         }
     }
 
@@ -307,6 +359,7 @@ impl<K, C, E, St> RateLimitLayer<K, C, E, St> {
             max_gate_wait: self.max_gate_wait,
             estimate: true,
             refund_failed: self.refund_failed,
+            calibrate: self.calibrate,
         }
     }
 
@@ -367,6 +420,7 @@ where
             max_gate_wait: self.max_gate_wait,
             estimate: self.estimate,
             refund_failed: self.refund_failed,
+            calibration: Calibration::new(self.calibrate),
         });
         RateLimit::from_shared(inner, shared)
     }

@@ -616,10 +616,19 @@ impl Store for MemoryStore {
         });
     }
 
-    fn correct(&self, reservation: &Reservation, actual: &Costs, _now: Instant) {
-        self.existing(&reservation.key, |s| {
-            s.window.correct(reservation.id, actual);
-        });
+    fn correct(&self, reservation: &Reservation, actual: &Costs, now: Instant) {
+        let woken = self
+            .existing(&reservation.key, |s| {
+                if s.window
+                    .correct_and_move_waiters(reservation.id, actual, now)
+                {
+                    std::mem::take(&mut s.watchers)
+                } else {
+                    Vec::new()
+                }
+            })
+            .unwrap_or_default();
+        wake(woken);
     }
 
     fn gate(&self, key: &Key, until: Instant) {

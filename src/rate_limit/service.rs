@@ -8,6 +8,7 @@ use std::time::Duration;
 use http::{Request, Response};
 use tower::Service;
 
+use super::calibrate::Calibration;
 use super::estimate::{Estimator, JsonEstimator, TokenEstimate};
 use super::future::ResponseFuture;
 use super::limits::{Costs, Limits};
@@ -29,6 +30,7 @@ pub(crate) struct Shared<K, C, E, St> {
     pub(crate) max_gate_wait: Duration,
     pub(crate) estimate: bool,
     pub(crate) refund_failed: bool,
+    pub(crate) calibration: Calibration,
 }
 
 /// Holds each request until its key's windows have room, then sends it;
@@ -76,6 +78,15 @@ impl<S, K, C, E, St> RateLimit<S, K, C, E, St> {
     /// The store (to peek at a key's state, or share it).
     pub fn store(&self) -> &St {
         &self.shared.store
+    }
+
+    /// The factor new input estimates are scaled by, as learned from the
+    /// usage responses reported (1.0 when nothing was learned or it
+    /// expired; see [`RateLimitLayer::calibrate_estimates`]).
+    ///
+    /// [`RateLimitLayer::calibrate_estimates`]: super::RateLimitLayer::calibrate_estimates
+    pub fn estimate_factor(&self) -> f64 {
+        self.shared.calibration.factor(tokio::time::Instant::now())
     }
 }
 

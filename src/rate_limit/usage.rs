@@ -30,6 +30,8 @@ pub struct UsageHook<K, C, E, St> {
     /// success (its charge was settled when it arrived).
     reservation: Option<Reservation>,
     declared: Option<u64>,
+    /// The input estimate before the limiter's calibration scaled it.
+    estimated_input: u64,
     rule: OutputCharge,
 }
 
@@ -38,12 +40,14 @@ impl<K, C, E, St> UsageHook<K, C, E, St> {
         shared: Arc<Shared<K, C, E, St>>,
         reservation: Option<Reservation>,
         declared: Option<u64>,
+        estimated_input: u64,
         rule: OutputCharge,
     ) -> Self {
         UsageHook {
             shared,
             reservation,
             declared,
+            estimated_input,
             rule,
         }
     }
@@ -81,8 +85,17 @@ where
             _ => Seen::Whole,
         };
         let actual = corrected(&r.costs, self.declared, usage, self.rule, seen);
+        let now = Instant::now();
+        if seen == Seen::Whole && usage.input_tokens > 0 {
+            self.shared.calibration.learn(
+                self.estimated_input,
+                r.costs.output_tokens,
+                &actual,
+                now,
+            );
+        }
         if actual != r.costs {
-            self.shared.store.correct(&r, &actual, Instant::now());
+            self.shared.store.correct(&r, &actual, now);
         }
     }
 }

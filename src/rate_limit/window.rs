@@ -13,6 +13,16 @@ use crate::classify::ReportedLimit;
 #[cfg(test)]
 use super::limits::MINUTE;
 
+/// What [`SlidingWindow::correct`] changed: whether some token charge went
+/// down, up, or (both false) nothing changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Correction {
+    /// A charge went down: room was freed.
+    pub lowered: bool,
+    /// A charge went up.
+    pub raised: bool,
+}
+
 /// What a [`SlidingWindow`] reserved: the request may start at `at` (`now`
 /// or later); `id` names the reservation for [`SlidingWindow::cancel`],
 /// [`SlidingWindow::correct`] and [`SlidingWindow::learn`]. A store turns
@@ -685,8 +695,12 @@ impl SlidingWindow {
 
     /// Replaces the token charge of reservation `id` with what the request
     /// really used. The request charge stays. A lower charge frees room at
-    /// once; a higher one counts from the original admission instant.
-    pub fn correct(&mut self, id: u64, actual: &Costs) {
+    /// once for a new request; a higher one counts from the original
+    /// admission instant. The reservations already waiting keep their
+    /// instants: [`correct_and_move_waiters`](Self::correct_and_move_waiters)
+    /// books them again. Returns whether a charge changed, and how.
+    pub fn correct(&mut self, id: u64, actual: &Costs) -> Correction {
+        let mut change = Correction::default();
         for d in &mut self.dims {
             if d.limit.dimension == Dimension::Requests {
                 continue;
@@ -694,6 +708,11 @@ impl SlidingWindow {
             let cost = d.limit.dimension.cost(actual);
             if let Some(i) = find(&d.log, id) {
                 let e = &mut d.log[i];
+                if e.cost == cost {
+                    continue;
+                }
+                change.lowered |= cost < e.cost;
+                change.raised |= cost > e.cost;
                 d.sum = d.sum.saturating_sub(e.cost).saturating_add(cost);
                 if d.skip.index > 0 && i >= d.skip.index {
                     d.skip.sum = d.skip.sum.saturating_sub(e.cost).saturating_add(cost);
@@ -701,6 +720,30 @@ impl SlidingWindow {
                 e.cost = cost;
             }
         }
+        change
+    }
+
+    /// [`correct`](Self::correct), then books the reservations waiting at
+    /// `now` again when a charge changed: a lower charge moves them earlier
+    /// (the room it frees is used at once, not when their old instants
+    /// come: an estimate 3x too high would otherwise hold every waiter to
+    /// the instant it was first given), a higher one may move them later
+    /// (the window stays exact). Returns whether any moved, so that their
+    /// waiters can be woken.
+    ///
+    /// Cost: that of `correct` when nothing changed or nothing waits; else
+    /// one sweep over the waiters, as [`cancel`](Self::cancel) makes.
+    pub fn correct_and_move_waiters(&mut self, id: u64, actual: &Costs, now: Instant) -> bool {
+        let change = self.correct(id, actual);
+        if !(change.lowered || change.raised) {
+            return false;
+        }
+        let now = now.max(self.pruned);
+        let waiting = self
+            .dims
+            .iter()
+            .any(|d| d.log.back().is_some_and(|e| e.at > now));
+        waiting && self.rebook(now, None, !change.raised)
     }
 
     /// Closes the gate: nothing is admitted before `until`. A later gate
@@ -1541,6 +1584,35 @@ mod tests {
             );
             assert_eq!(w3.earliest(&Costs::tokens(900), late), Ok(late));
         }
+    }
+
+    /// An estimate far above the real usage: the waiter booked behind it
+    /// moves to the instant the real usage leaves room for, and is told.
+    #[test]
+    fn a_lower_correction_moves_the_waiters_earlier() {
+        let t0 = Instant::now();
+        let limits = Limits::new().tokens_per_minute(100);
+        let mut w = SlidingWindow::new(&limits, t0);
+        let first = booked(w.acquire(&Costs::tokens(90), t0, None));
+        let second = booked(w.acquire(&Costs::tokens(30), t0 + secs(1), None));
+        assert_eq!(second.at, t0 + MINUTE, "waits for the first to leave");
+        let third = booked(w.acquire(&Costs::tokens(30), t0 + secs(1), None));
+        assert_eq!(third.at, t0 + MINUTE);
+        // The first really used 20: both waiters fit at once.
+        let now = t0 + secs(2);
+        assert!(w.correct_and_move_waiters(first.id, &Costs::tokens(20), now));
+        assert_eq!(w.booked_at(second.id), Some(now));
+        assert_eq!(w.booked_at(third.id), Some(now));
+        // The same charge again changes nothing and moves nobody.
+        assert!(!w.correct_and_move_waiters(first.id, &Costs::tokens(20), now));
+        // 20 + 30 + 30 + 30 does not fit: the fourth waits for the first.
+        let fourth = booked(w.acquire(&Costs::tokens(30), now, None));
+        assert_eq!(fourth.at, t0 + MINUTE);
+        // The second used more than its estimate: the fourth moves later,
+        // to when the second leaves (50 + 30 + 30 at t0 + 60 s is over),
+        // keeping the window exact.
+        assert!(w.correct_and_move_waiters(second.id, &Costs::tokens(50), now));
+        assert_eq!(w.booked_at(fourth.id), Some(now + MINUTE));
     }
 
     /// A correction made after the admission (a lower actual usage) is not

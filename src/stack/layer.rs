@@ -88,6 +88,7 @@ pub struct LlmLayer<K = SingleKey, C = Provider, St = MemoryStore> {
     events: Events,
     max_wait: Option<Duration>,
     max_gate_wait: Option<Duration>,
+    calibrate_estimates: bool,
     learn_limits: bool,
     learned_ttl: Option<Duration>,
     arrival_margin: Option<Duration>,
@@ -121,6 +122,7 @@ impl<K: fmt::Debug, C: fmt::Debug, St> fmt::Debug for LlmLayer<K, C, St> {
             .field("limits", &self.limits)
             .field("max_wait", &self.max_wait)
             .field("max_gate_wait", &self.max_gate_wait)
+            .field("calibrate_estimates", &self.calibrate_estimates)
             .field("learn_limits", &self.learn_limits)
             .field("learned_ttl", &self.learned_ttl)
             .field("arrival_margin", &self.arrival_margin)
@@ -146,6 +148,7 @@ impl LlmLayer {
             events: events.clone(),
             max_wait: None,
             max_gate_wait: None,
+            calibrate_estimates: true,
             learn_limits: false,
             learned_ttl: None,
             arrival_margin: None,
@@ -235,6 +238,15 @@ impl<K, C, St> LlmLayer<K, C, St> {
     /// 60 s; see [`RateLimitLayer::max_gate_wait`]).
     pub fn max_gate_wait(mut self, wait: Duration) -> Self {
         self.max_gate_wait = Some(wait);
+        self
+    }
+
+    /// Whether the limiter learns how far its input estimates run above
+    /// the usage responses report and scales new ones down by that
+    /// (default `true`; bounded, expiring: see
+    /// [`RateLimitLayer::calibrate_estimates`]).
+    pub fn calibrate_estimates(mut self, yes: bool) -> Self {
+        self.calibrate_estimates = yes;
         self
     }
 
@@ -336,6 +348,7 @@ impl<K, C, St> LlmLayer<K, C, St> {
             events: self.events,
             max_wait: self.max_wait,
             max_gate_wait: self.max_gate_wait,
+            calibrate_estimates: self.calibrate_estimates,
             learn_limits: self.learn_limits,
             learned_ttl: self.learned_ttl,
             arrival_margin: self.arrival_margin,
@@ -358,6 +371,7 @@ impl<K, C, St> LlmLayer<K, C, St> {
             events: self.events,
             max_wait: self.max_wait,
             max_gate_wait: self.max_gate_wait,
+            calibrate_estimates: self.calibrate_estimates,
             learn_limits: self.learn_limits,
             learned_ttl: self.learned_ttl,
             arrival_margin: self.arrival_margin,
@@ -387,6 +401,7 @@ impl<K, C, St> LlmLayer<K, C, St> {
             events: self.events,
             max_wait: self.max_wait,
             max_gate_wait: self.max_gate_wait,
+            calibrate_estimates: self.calibrate_estimates,
             learn_limits: self.learn_limits,
             learned_ttl: self.learned_ttl,
             arrival_margin: self.arrival_margin,
@@ -419,7 +434,8 @@ where
             .store(store)
             .key_fn(self.key_fn.clone())
             .classifier(self.classifier.clone())
-            .events(self.events.clone());
+            .events(self.events.clone())
+            .calibrate_estimates(self.calibrate_estimates);
         if let Some(wait) = self.max_wait {
             rate_limit = rate_limit.max_wait(wait);
         }
