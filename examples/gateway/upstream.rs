@@ -57,9 +57,14 @@ impl BodyBytes for RequestBody {
 pub struct Base(String);
 
 impl Base {
-    /// Checks that `url` is an absolute http(s) URL; a trailing `/` is
-    /// dropped.
+    /// Checks that `url` is an absolute http(s) URL with no credentials in
+    /// it; a trailing `/` is dropped.
     pub fn parse(url: &str) -> Result<Base, String> {
+        if url.contains('@') {
+            // credentials in the URL would be printed and logged (and are
+            // not how the gateway sends its key): refused without echoing
+            return Err("the upstream URL holds an '@': give the key in OPENAI_API_KEY".into());
+        }
         let uri: Uri = url
             .parse()
             .map_err(|e| format!("the upstream URL {url:?} is not a URL: {e}"))?;
@@ -70,6 +75,7 @@ impl Base {
         if uri.query().is_some() {
             return Err(format!("the upstream URL {url:?} has a query"));
         }
+
         Ok(Base(url.trim_end_matches('/').to_owned()))
     }
 
@@ -250,6 +256,8 @@ mod tests {
         assert!(base.join("/files/file-abc.jsonl", None).is_some());
         assert!(Base::parse("api.openai.com/v1").is_err());
         assert!(Base::parse("ftp://example.com").is_err());
+        let e = Base::parse("https://user:sk-secret@example.com/v1").unwrap_err();
+        assert!(!e.contains("sk-secret"), "{e}");
         assert!(Base::parse("not a url").is_err());
     }
 
