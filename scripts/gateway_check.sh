@@ -25,8 +25,23 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# A bad --config is refused at once, naming the field.
+printf '[limits]\nrpm = 0\n' >"$work/bad.toml"
+if "$bin" --listen 127.0.0.1:0 --config "$work/bad.toml" >"$work/bad.out" 2>"$work/bad.err"; then
+  echo "gateway check: a config with rpm = 0 was accepted" >&2
+  exit 1
+fi
+if ! grep -q 'limits.rpm' "$work/bad.err"; then
+  echo "gateway check: the config error does not name limits.rpm:" >&2
+  cat "$work/bad.err" >&2
+  exit 1
+fi
+echo "gateway check: a bad --config is refused: $(head -n 1 "$work/bad.err")"
+
+# The provider's tokens per window and the retry settings from a file.
+printf 'provider = "openai"\n[limits]\ntpm = 100000\n[retry]\nmax_attempts = 3\n' >"$work/gateway.toml"
 tenant_rpm=5
-"$bin" --listen 127.0.0.1:0 --rpm 100 --tpm 100000 --window-secs 60 --concurrency 8 \
+"$bin" --listen 127.0.0.1:0 --config "$work/gateway.toml" --rpm 100 --window-secs 60 --concurrency 8 \
   --tenant-rpm "$tenant_rpm" --sim-faults false >"$work/out" 2>"$work/err" &
 gateway_pid=$!
 

@@ -37,6 +37,7 @@ use hyper_util::rt::TokioExecutor;
 use tokio::sync::Semaphore;
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, ServiceExt};
+use tower_llm_resilience::config::LlmConfig;
 use tower_llm_resilience::events::Events;
 use tower_llm_resilience::key::{ByHeader, Key, KeyFn};
 use tower_llm_resilience::rate_limit::{Limits, RateLimitLayer};
@@ -67,6 +68,9 @@ pub struct Settings {
     pub concurrency: usize,
     /// The largest request body read.
     pub max_body: usize,
+    /// The stack's other settings (provider, retry, breaker, timeouts,
+    /// per-model tables), from `--config`; `limits` and `max_wait` win.
+    pub config: LlmConfig,
 }
 
 impl Settings {
@@ -83,6 +87,7 @@ impl Settings {
             max_wait: Duration::from_secs(30),
             concurrency: 64,
             max_body: 16 << 20,
+            config: LlmConfig::default(),
         }
     }
 }
@@ -188,7 +193,10 @@ pub fn gateway(settings: Settings) -> Result<Gateway, String> {
     // provider quota's, and the retry layer's (a provider's Retry-After,
     // or the wait of a quota refusal, which it would otherwise sleep
     // through and try again).
-    let layer = LlmLayer::new(Provider::Auto)
+    let provider = settings.config.provider.unwrap_or(Provider::Auto);
+    let layer = settings
+        .config
+        .apply(LlmLayer::new(provider))
         .limits(settings.limits)
         .max_wait(settings.max_wait)
         .retry(|retry| retry.max_retry_after(settings.max_wait));

@@ -33,6 +33,7 @@ use std::time::Duration;
 use clap::Parser;
 use http::header::HeaderName;
 use tokio::net::TcpListener;
+use tower_llm_resilience::config::LlmConfig;
 use tower_llm_resilience::events::Summary;
 use tower_llm_resilience::rate_limit::{Dimension, Limits};
 use tower_llm_resilience::sim::{Fault, SimProvider, SimServer};
@@ -49,15 +50,18 @@ struct Args {
     /// OPENAI_API_KEY); without it, the embedded simulated provider.
     #[arg(long, value_name = "URL")]
     upstream: Option<String>,
-    /// The provider's requests per window, shared by every tenant.
-    #[arg(long, value_name = "N", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
-    rpm: u64,
-    /// The provider's tokens per window, shared by every tenant.
-    #[arg(long, value_name = "N", default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..))]
-    tpm: u64,
-    /// The length of every window, in seconds.
-    #[arg(long, value_name = "S", default_value_t = 60.0)]
-    window_secs: f64,
+    /// The provider's requests per window, shared by every tenant
+    /// (default: the config's, else 500).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    rpm: Option<u64>,
+    /// The provider's tokens per window, shared by every tenant (default:
+    /// the config's, else 200000).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    tpm: Option<u64>,
+    /// The length of every window, in seconds (default: the config's,
+    /// else 60).
+    #[arg(long, value_name = "S")]
+    window_secs: Option<f64>,
     /// Requests sent upstream at once (a stream counts until it ends).
     #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     concurrency: u64,
@@ -72,13 +76,33 @@ struct Args {
     #[arg(long, value_name = "NAME")]
     tenant_header: Option<HeaderName>,
     /// The longest a request waits for a quota before it is answered 429
-    /// with Retry-After, in seconds.
-    #[arg(long, value_name = "S", default_value_t = 30.0)]
-    max_wait_secs: f64,
+    /// with Retry-After, in seconds (default: the config's `max_wait`,
+    /// else 30).
+    #[arg(long, value_name = "S")]
+    max_wait_secs: Option<f64>,
     /// The embedded simulated provider injects faults (server errors,
     /// overloads, resets, slow answers, broken streams).
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     sim_faults: bool,
+    /// The stack's settings from a TOML file (the crate's `config`
+    /// module: provider, limits, retry, breaker, timeouts);
+    /// `TLR__SECTION__FIELD` environment variables override it, with or
+    /// without a file, and the flags override both.
+    #[arg(long, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
+}
+
+/// The settings of `--config` with the environment's overrides.
+fn load_config(args: &Args) -> Result<LlmConfig, String> {
+    let text = match &args.config {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+        None => String::new(),
+    };
+    LlmConfig::from_toml_with_env(&text, "TLR", std::env::vars()).map_err(|e| {
+        let file = args.config.as_deref().unwrap_or("the environment".as_ref());
+        format!("{}: {e}", file.display())
+    })
 }
 
 /// Seconds from the command line, or the message that says which flag is
@@ -106,10 +130,10 @@ fn window_limits(window: Duration, requests: Option<u64>, tokens: Option<u64>) -
 
 /// The simulated provider with the gateway's limits, and with
 /// `faults` a mix of what real providers do.
-fn simulated(args: &Args, window: Duration) -> SimProvider {
+fn simulated(args: &Args, (rpm, tpm): (u64, u64), window: Duration) -> SimProvider {
     let mut sim = SimProvider::builder()
-        .rpm(args.rpm)
-        .tpm(args.tpm)
+        .rpm(rpm)
+        .tpm(tpm)
         .window(window)
         .seed(2026)
         .latency(Duration::from_millis(150));
@@ -138,8 +162,17 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), String> {
-    let window = seconds("window-secs", args.window_secs, 86_400.0)?;
-    let max_wait = seconds("max-wait-secs", args.max_wait_secs, 86_400.0)?;
+    let config = load_config(&args)?;
+    let window = match args.window_secs {
+        Some(s) => seconds("window-secs", s, 86_400.0)?,
+        None => config.limits.window.unwrap_or(Duration::from_secs(60)),
+    };
+    let max_wait = match args.max_wait_secs {
+        Some(s) => seconds("max-wait-secs", s, 86_400.0)?,
+        None => config.stack.max_wait.unwrap_or(Duration::from_secs(30)),
+    };
+    let rpm = args.rpm.or(config.limits.rpm).unwrap_or(500);
+    let tpm = args.tpm.or(config.limits.tpm).unwrap_or(200_000);
     tracing_subscriber::fmt()
         .with_writer(io::stderr)
         .with_max_level(tracing::Level::WARN)
@@ -157,7 +190,7 @@ async fn run(args: Args) -> Result<(), String> {
             (url.clone(), key)
         }
         None => {
-            let sim = simulated(&args, window);
+            let sim = simulated(&args, (rpm, tpm), window);
             let server = sim
                 .serve()
                 .await
@@ -168,10 +201,12 @@ async fn run(args: Args) -> Result<(), String> {
         }
     };
 
-    let mut settings = app::Settings::new(
-        upstream,
-        window_limits(window, Some(args.rpm), Some(args.tpm)),
-    );
+    // The config's limits (a per-day limit, input and output tokens),
+    // with the provider's requests and tokens per window.
+    let mut limits = config.limits.clone();
+    (limits.rpm, limits.tpm, limits.window) = (Some(rpm), Some(tpm), Some(window));
+    let mut settings = app::Settings::new(upstream, limits.to_limits());
+    settings.config = config;
     settings.api_key = api_key;
     settings.tenant_limits = window_limits(window, args.tenant_rpm, args.tenant_tpm);
     settings.tenant_header = args.tenant_header.clone();
