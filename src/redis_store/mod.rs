@@ -240,6 +240,7 @@
 // cancel-by-token guard), `gates` (the local record of gates for
 // `watch`), `scripts` (the Lua of `lua/`, as a function library or as
 // scripts).
+mod batch;
 mod builder;
 mod core;
 mod fault;
