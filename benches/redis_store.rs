@@ -10,14 +10,16 @@
 //!    acquire is cancelled, so the window holds the same entries
 //!    throughout a row; each correction hits a random reservation of the
 //!    window. Median and mean over `M` calls each.
-//! 2. Decisions per second from this one process, 1 task and 16 tasks (one
-//!    multiplexed connection: the calls of the 16 pipeline), next to the
-//!    in-memory store for scale, with the CPU each side spent per decision
-//!    (Redis's main thread from `INFO cpu`, this process from
+//! 2. Decisions per second from this one process, 1 task and 16 tasks (the
+//!    store sends the decisions asked meanwhile in one call; the bench
+//!    prints how many a call carried), next to the in-memory store for
+//!    scale, with the CPU each side spent per decision (Redis's main
+//!    thread from `INFO cpu`, this process from
 //!    `/proc/self/task/*/schedstat`): what each side's ceiling is, however
 //!    busy the machine, whose load average is printed too.
 //!
-//! `cargo bench --features redis --bench redis_store`
+//! `cargo bench --features redis --bench redis_store`; see
+//! `callgrind_driver` for Redis's instructions per acquire.
 
 #[path = "../tests/redis_support/mod.rs"]
 mod support;
@@ -465,11 +467,11 @@ fn load_average() -> String {
 }
 
 /// `REDIS_CALLGRIND=<acquires>` with `REDIS_PORT`: only that many
-/// acquires (16 tasks, `REDIS_KEYS` keys, default 16) against a server
-/// already running there, e.g. under `valgrind --tool=callgrind
-/// redis-server`: two runs of different sizes give the server's
-/// instructions per acquire by their difference (start-up, connection and
-/// the library's load cancel out).
+/// acquires (`REDIS_TASKS` tasks, default 16, on `REDIS_KEYS` keys,
+/// default 16) against a server already running there, e.g. under
+/// `valgrind --tool=callgrind redis-server`: two runs of different sizes
+/// give the server's instructions per acquire by their difference
+/// (start-up, connection and the library's load cancel out).
 async fn callgrind_driver(port: u16, n: usize) {
     let url = format!("redis://127.0.0.1:{port}/");
     let keys: usize = std::env::var("REDIS_KEYS")
@@ -482,7 +484,10 @@ async fn callgrind_driver(port: u16, n: usize) {
         .build(&url)
         .unwrap();
     let keys: Vec<Key> = (0..keys).map(|i| Key::new(format!("k{i}"))).collect();
-    let tasks = 16;
+    let tasks: usize = std::env::var("REDIS_TASKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(16);
     let mut handles = Vec::new();
     for t in 0..tasks {
         let (s, key) = (redis.clone(), keys[t % keys.len()].clone());

@@ -160,6 +160,14 @@ async fn behaviour<S: Settle>(s: S) {
     assert!(fits_now(&s, &k, Costs::tokens(5)).await);
     assert!(!fits_now(&s, &k, Costs::tokens(6)).await);
 
+    // A limit the reservation cost nothing in when it was admitted has no
+    // charge to correct.
+    let k = Key::new("correct-none");
+    let r = acquire(&s, &k, Costs::new(0, 0)).await;
+    s.correct(&r, &Costs::tokens(60), Instant::now());
+    s.settle().await;
+    assert!(fits_now(&s, &k, Costs::tokens(100)).await);
+
     // The gate holds every request of the key, and only of the key.
     let k = Key::new("gate");
     let until = Instant::now() + Duration::from_millis(400);

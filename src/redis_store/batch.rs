@@ -129,9 +129,9 @@ async fn call(core: &Core, batch: Vec<Job>) {
     }
 }
 
-/// The call: each key's state hash once (KEYS), the numbers packed (the
-/// script's doubles: every one is below 2^53, exact), the tokens, the
-/// shapes' group names.
+/// The call: each key's hash once (KEYS), the numbers packed (the
+/// script's doubles: every one is below 2^53, exact), the tokens, each
+/// shape once.
 fn encode(core: &Core, batch: &[Job]) -> Call {
     let mut call = Call::new(scripts::acquire());
     let mut keys: Vec<&Key> = Vec::new();
@@ -156,12 +156,9 @@ fn encode(core: &Core, batch: &[Job]) -> Call {
         };
         index.push((k + 1, s + 1));
     }
-    let mut nums = Vec::with_capacity(16 + shapes.len() * 48 + batch.len() * 48);
+    let mut nums = Vec::with_capacity(16 + batch.len() * 48);
     pack(&mut nums, batch.len() as f64);
     pack(&mut nums, shapes.len() as f64);
-    for s in &shapes {
-        nums.extend_from_slice(s.acquire_nums());
-    }
     let mut tokens = Vec::with_capacity(8 * batch.len());
     for (j, (k, s)) in batch.iter().zip(&index) {
         pack(&mut nums, *k as f64);
@@ -174,9 +171,7 @@ fn encode(core: &Core, batch: &[Job]) -> Call {
     }
     call.arg(nums).arg(tokens);
     for s in &shapes {
-        for n in s.names() {
-            call.arg(n);
-        }
+        call.arg(s.acquire_arg());
     }
     call
 }

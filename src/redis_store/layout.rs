@@ -26,9 +26,10 @@ pub(super) struct Shape {
     sig: String,
     /// The limits in the shape's order.
     limits: Vec<ShapeLimit>,
-    /// What `acquire` takes of the shape: ng, then per group its hold and
-    /// number of limits, then each limit's configured value.
-    acquire_nums: Vec<u8>,
+    /// What `acquire` takes of the shape: the groups' names joined by `,`,
+    /// a zero byte, then ng, per group its hold and number of limits, then
+    /// each limit's configured value.
+    acquire_arg: Vec<u8>,
     /// What the other scripts take: ng, then per group its hold and
     /// number of limits.
     group_nums: Vec<u8>,
@@ -138,11 +139,14 @@ impl Shape {
             .map(|g| g.name.as_str())
             .collect::<Vec<_>>()
             .join(",");
+        let mut acquire_arg = sig.clone().into_bytes();
+        acquire_arg.push(0);
+        acquire_arg.extend_from_slice(&acquire_nums);
         Shape {
             groups,
             sig,
             limits: all,
-            acquire_nums,
+            acquire_arg,
             group_nums,
         }
     }
@@ -159,9 +163,9 @@ impl Shape {
         Duration::from_micros(self.groups.iter().map(|g| g.hold_us).max().unwrap_or(0))
     }
 
-    /// `acquire`'s numbers of the shape.
-    pub(super) fn acquire_nums(&self) -> &[u8] {
-        &self.acquire_nums
+    /// `acquire`'s argument for the shape.
+    pub(super) fn acquire_arg(&self) -> &[u8] {
+        &self.acquire_arg
     }
 
     /// The groups' names, in order.

@@ -2,12 +2,13 @@
 -- at the batch's server time. KEYS = the hashes of the batch's limiter
 -- keys (each once). ARGV[1] = the numbers, packed as little-endian doubles
 -- (a text number costs Redis a strtod each): the number of decisions n
--- and of shapes; per shape (the limits of a key) its number of groups,
--- then per group its hold (window plus arrival margin, us) and number of
--- limits k, then each of its limits' configured value; then per decision
--- its key (index in KEYS), its shape, its deadline (us after now, -1:
--- none) and its cost in each limit of the shape. ARGV[2] = the decisions'
--- tokens, 8 bytes each. ARGV[3 ..] = per shape, the names of its groups.
+-- and of shapes, then per decision its key (index in KEYS), its shape
+-- (index among the shapes), its deadline (us after now, -1: none) and its
+-- cost in each limit of the shape. ARGV[2] = the decisions' tokens, 8
+-- bytes each. ARGV[3 ..] = per shape (the limits of a key): its groups'
+-- names joined by ',', a zero byte, then its numbers (its number of
+-- groups, then per group its hold, the window plus the arrival margin in
+-- us, and number of limits k, then each of its limits' configured value).
 -- Returns {T, then per decision: code, x, y, at, now, old, used...}:
 -- {0, id, wait, at, now, old} | {1, wait, 0, at, now, old} |
 -- {2, cost, capacity, 0, now, old} | {3, 0, 0, 0, now, 0} (cancelled by
@@ -38,6 +39,33 @@ local function zeros(n)
     on = on + 1
     out[on] = 0
   end
+end
+
+-- The shapes seen, by their argument (in a function library they outlive
+-- the call: a shape is parsed once per server, not once per call); at
+-- most 64, then the cache starts again.
+local SHAPES, NSHAPES = {}, 0
+
+-- The shape of an argument: its groups' names joined by ',', a zero byte,
+-- then its packed numbers (see shape_of). A shape is read-only once made
+-- (but for its scratch arrays E and C, and its tags, made on first use).
+local function acquire_shape(s)
+  local sh = SHAPES[s]
+  if sh then return sh end
+  local z = sfind(s, '\0', 1, true)
+  local names, i = {}, 1
+  while i < z do
+    local c = sfind(s, ',', i, true)
+    if not c or c > z then c = z end
+    names[#names + 1] = ssub(s, i, c - 1)
+    i = c + 1
+  end
+  sh = shape_of(s, z + 1, names, true)
+  if NSHAPES >= 64 then
+    SHAPES, NSHAPES = {}, 0
+  end
+  SHAPES[s], NSHAPES = sh, NSHAPES + 1
+  return sh
 end
 
 -- Loads key h of shape sh at the batch's time T0.
@@ -153,6 +181,9 @@ local function decide(st, tok, deadline)
     -- as it counts; the entry carries the token, so that the record goes
     -- with it.
     put_field(st, 't' .. tok, f)
+    for l = 1, nl do
+      if C[l] == 0 then C[l] = NONE end
+    end
     local v = fmt_entry(sh, t, C) .. tok
     put_field(st, f, v)
     st.pend[id] = v
@@ -175,13 +206,7 @@ local function acquire(KEYS, ARGV)
   local toks = ARGV[2]
   local n, nsh, pos = sunpack('<dd', P)
   local shapes = {}
-  local a = 3
-  for si = 1, nsh do
-    local sh
-    sh, pos = shape_of(P, pos, ARGV, a, true)
-    a = a + sh.ng
-    shapes[si] = sh
-  end
+  for si = 1, nsh do shapes[si] = acquire_shape(ARGV[2 + si]) end
   local T0 = now_us()
   local keys = {}
   out, on = {T0}, 1

@@ -4,6 +4,6 @@
 local function cancel(KEYS, ARGV)
   init()
   local id, pos = sunpack('<d', ARGV[1])
-  local sh = shape_of(ARGV[1], pos, ARGV, 2, false)
+  local sh = shape_of(ARGV[1], pos, {unpk(ARGV, 2)}, false)
   return cancel_id(KEYS[1], sh, id)
 end

@@ -14,7 +14,7 @@ local function cancel_token(KEYS, ARGV)
   local h = KEYS[1]
   local tok = ARGV[1]
   local tomb_ms, pos = sunpack('<d', ARGV[2])
-  local sh = shape_of(ARGV[2], pos, ARGV, 3, false)
+  local sh = shape_of(ARGV[2], pos, {unpk(ARGV, 3)}, false)
   local tk = h .. ':k:' .. tok
   if rcall('EXISTS', tk) == 1 then return 0 end
   local v = rcall('HGET', h, 't' .. tok)

@@ -70,12 +70,23 @@
 -- The standard functions, as upvalues. A library's top level cannot
 -- reach them (only `redis`), so each script's entry calls init().
 local rcall, spack, sunpack, ssub, sfind, sfmt, srep, tonum, unpk, floor, ceil, ipr, prs
+-- An entry's cost in a limit where the reservation cost nothing when it
+-- was admitted: -0, which counts as 0 but tells a correction that, as in
+-- the in-memory window (which keeps no entry there), there is nothing to
+-- correct. (Made at run time: the compiler folds -0 into 0.)
+local NONE
 
 local function init()
   if rcall then return end
   rcall, spack, sunpack = redis.call, struct.pack, struct.unpack
   ssub, sfind, sfmt, srep = string.sub, string.find, string.format, string.rep
   tonum, unpk, floor, ceil, ipr, prs = tonumber, unpack, math.floor, math.ceil, ipairs, pairs
+  NONE = -tonum('0')
+end
+
+-- Whether an entry's cost c is NONE.
+local function none(c)
+  return c == 0 and 1 / c < 0
 end
 
 -- The key-wide slots of the state S; -1: none.
@@ -137,12 +148,12 @@ end
 
 -- A key's shape, from the packed numbers P at pos: ng, then per group its
 -- hold and number of limits k (and, with cfg, each limit's configured
--- value); the groups' names from ARGV[a] on. Per limit l (1 .. nl, in the
+-- value); the groups' names in `names`. Per limit l (1 .. nl, in the
 -- shape's order): so[l], the offset of its slots in S; lg[l], its group;
 -- code[l]; cfg[l]. E and C hold an entry's costs and a decision's. The
 -- group with the longest hold (owner) deletes the entries. Returns the
 -- shape and the next position in P.
-local function shape_of(P, pos, ARGV, a, cfg)
+local function shape_of(P, pos, names, cfg)
   local ng
   ng, pos = sunpack('<d', P, pos)
   local sh = {ng = ng, nl = 0, w = {}, k = {}, off = {}, first = {}, names = {},
@@ -152,7 +163,7 @@ local function shape_of(P, pos, ARGV, a, cfg)
   for i = 1, ng do
     local w, k
     w, k, pos = sunpack('<dd', P, pos)
-    local name = ARGV[a + i - 1]
+    local name = names[i]
     sh.w[i], sh.k[i], sh.off[i], sh.first[i], sh.names[i] = w, k, off, l + 1, name
     if w > maxw then sh.owner, maxw = i, w end
     for j = 1, k do
@@ -196,7 +207,8 @@ local function read_entry(sh, v)
   return x[1]
 end
 
--- An entry at t with the costs C.
+-- An entry at t with the costs C (as given: a caller that admits maps a
+-- cost of 0 to NONE first).
 local function fmt_entry(sh, t, C)
   local nl = sh.nl
   if nl == 1 then return spack('<dd', t, C[1]) end
@@ -298,6 +310,30 @@ local function del_field(st, f)
   dl[#dl + 1] = f
 end
 
+-- Entries id .. id + n - 1 (the call's own first): their values (false:
+-- none) and fields, read in one command. The walks read 2, then twice as
+-- many each time up to 16: a walk usually stops at its second entry, and
+-- a long one (the reservations of one batch share their instant) takes a
+-- command per 16.
+local function entries_from(st, id, n)
+  local fs = {}
+  for m = 1, n do fs[m] = idf(id + m - 1) end
+  local vs
+  if n == 1 then
+    vs = {rcall('HGET', st.h, fs[1])}
+  else
+    vs = rcall('HMGET', st.h, unpk(fs))
+  end
+  local p = st.pend
+  if p then
+    for m = 1, n do
+      local v = p[id + m - 1]
+      if v then vs[m] = v end
+    end
+  end
+  return vs, fs
+end
+
 -- Limit l's learned state: a learned limit (with its expiry lu) and
 -- usage we did not see (xc, until xu), and whether their fields exist.
 local function learned_of(st, l)
@@ -391,8 +427,8 @@ local function load_key(h, sh, v, T0)
 end
 
 -- Drops the entries that no longer count at T in group i, oldest first
--- (each entry once in its life: amortised O(1)), reading up to 8 at a
--- time; the group that holds entries longest deletes them (with their
+-- (each entry once in its life: amortised O(1)), a few at a time; the
+-- group that holds entries longest deletes them (with their
 -- token records) at the call's save. HA, the instant of the oldest entry
 -- (or a lower bound: a cancelled oldest entry leaves it), spares the read
 -- while that entry still counts. The cursors that fall behind the oldest
@@ -404,24 +440,13 @@ local function prune(st, i, T)
   local E = sh.E
   if not (S[o + HA] >= 0 and S[o + HA] + w > T) then
     S[o + HA] = -1
+    local chunk = 2
     while S[o + HD] < nextid do
       local hd = S[o + HD]
       local n = nextid - hd
-      if n > 8 then n = 8 end
-      local fs = {}
-      for m = 1, n do fs[m] = idf(hd + m - 1) end
-      local vs
-      if n == 1 then
-        vs = {entry(st, hd)}
-      else
-        vs = rcall('HMGET', st.h, unpk(fs))
-        local p = st.pend
-        if p then
-          for m = 1, n do
-            if p[hd + m - 1] then vs[m] = p[hd + m - 1] end
-          end
-        end
-      end
+      if n > chunk then n = chunk end
+      if chunk < 16 then chunk = 2 * chunk end
+      local vs, fs = entries_from(st, hd, n)
       local live = false
       for m = 1, n do
         local id = hd + m - 1
@@ -478,20 +503,27 @@ local function advance(st, i, ci, ti, ai, pi, theta)
   if theta >= S[o + ti] then
     if not (a >= 0 and a > theta) then
       a = -1
-      while c + 1 < nextid do
-        local v = entry(st, c + 1)
-        if v then
-          local at = read_entry(sh, v)
-          if at > theta then
-            a = at
-            break
+      local chunk, stop = 2, false
+      while not stop and c + 1 < nextid do
+        local n = nextid - c - 1
+        if n > chunk then n = chunk end
+        if chunk < 16 then chunk = 2 * chunk end
+        local vs = entries_from(st, c + 1, n)
+        for m = 1, n do
+          local v = vs[m]
+          if v then
+            local at = read_entry(sh, v)
+            if at > theta then
+              a, stop = at, true
+              break
+            end
+            for j = 1, k do
+              local x = o + 4 * j + 4 + pi
+              S[x] = S[x] + E[first + j - 1]
+            end
           end
-          for j = 1, k do
-            local x = o + 4 * j + 4 + pi
-            S[x] = S[x] + E[first + j - 1]
-          end
+          c = c + 1
         end
-        c = c + 1
       end
     end
   else
@@ -560,14 +592,22 @@ local function earliest_with(st, l, base, cost, budget)
   local rest = S[so + SUM] - S[so + FP]
   local t = base
   local id = S[o + FC]
+  local chunk = 2
   while rest > allowed and id + 1 < nextid do
-    id = id + 1
-    local v = entry(st, id)
-    if v then
-      local at = read_entry(sh, v)
-      rest = rest - E[l]
-      local free = at + w
-      if free > t then t = free end
+    local n = nextid - id - 1
+    if n > chunk then n = chunk end
+    if chunk < 16 then chunk = 2 * chunk end
+    local vs = entries_from(st, id + 1, n)
+    for m = 1, n do
+      id = id + 1
+      local v = vs[m]
+      if v then
+        local at = read_entry(sh, v)
+        rest = rest - E[l]
+        local free = at + w
+        if free > t then t = free end
+        if rest <= allowed then break end
+      end
     end
   end
   return t

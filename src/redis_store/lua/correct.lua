@@ -8,7 +8,7 @@ local function correct(KEYS, ARGV)
   init()
   local h = KEYS[1]
   local id, input, output, pos = sunpack('<ddd', ARGV[1])
-  local sh = shape_of(ARGV[1], pos, ARGV, 2, false)
+  local sh = shape_of(ARGV[1], pos, {unpk(ARGV, 2)}, false)
   local f = idf(id)
   local r = rcall('HMGET', h, 's', f)
   local v, e = r[1], r[2]
@@ -19,8 +19,11 @@ local function correct(KEYS, ARGV)
   local changed = false
   for l = 1, sh.nl do
     local code, cost = sh.code[l], E[l]
-    -- The request charge stays.
-    if code == 't' then
+    -- The request charge stays, and so does a limit the reservation cost
+    -- nothing in when it was admitted (as in the in-memory window).
+    if none(cost) then
+      cost = NONE
+    elseif code == 't' then
       cost = input + output
     elseif code == 'i' then
       cost = input

@@ -6,7 +6,7 @@ local function gate(KEYS, ARGV)
   init()
   local h = KEYS[1]
   local rel, pos = sunpack('<d', ARGV[1])
-  local sh = shape_of(ARGV[1], pos, ARGV, 2, false)
+  local sh = shape_of(ARGV[1], pos, {unpk(ARGV, 2)}, false)
   local st = load_key(h, sh, rcall('HGET', h, 's'), nil)
   local u = st.T + rel
   if st.S[GATE] < u then

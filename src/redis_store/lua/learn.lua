@@ -35,7 +35,7 @@ local function learn(KEYS, ARGV)
   local P = ARGV[1]
   local l, cfg, limit, remaining, reset, learn_limits, ttl, margin, rid, rused, pos =
     sunpack('<dddddddddd', P)
-  local sh = shape_of(P, pos, ARGV, 2, false)
+  local sh = shape_of(P, pos, {unpk(ARGV, 2)}, false)
   sh.cfg[l] = cfg
   local tg = tag_of(sh, l)
   local r = rcall('HMGET', h, 's', 'xh:' .. tg)
