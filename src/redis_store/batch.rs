@@ -121,9 +121,10 @@ async fn call(core: &Core, batch: Vec<Job>) {
     match core.run::<Vec<i64>>(&call).await {
         Ok(r) => decode(&r, batch),
         Err(e) => {
-            let why = e.to_string();
+            // Each caller's error has the call's as its source.
+            let e = Arc::new(e);
             for j in batch {
-                let _ = j.reply.send(Err(Error::store_unavailable(why.clone())));
+                let _ = j.reply.send(Err(Error::store_unavailable(e.clone())));
             }
         }
     }

@@ -28,7 +28,8 @@
 --         cost the two cursors cover), fl (1: lim:/lu: fields may exist,
 --         2: xc:/xu: fields may exist, 3: both)
 --     <id, packed> = a reservation: its instant, its cost in each limit of
---         the shape, and its acquire's token; one entry for every group
+--         the shape (NONE where it cost nothing when admitted), and its
+--         acquire's token; one entry for every group
 --         (each counts it while it is in its window; the group that holds
 --         entries longest deletes it)
 --     t<token> = the reservation id (packed) of the acquire with that
@@ -69,7 +70,7 @@
 
 -- The standard functions, as upvalues. A library's top level cannot
 -- reach them (only `redis`), so each script's entry calls init().
-local rcall, spack, sunpack, ssub, sfind, sfmt, srep, tonum, unpk, floor, ceil, ipr, prs
+local rcall, spack, sunpack, ssub, sfind, sfmt, srep, tonum, unpk, floor, ceil, prs
 -- An entry's cost in a limit where the reservation cost nothing when it
 -- was admitted: -0, which counts as 0 but tells a correction that, as in
 -- the in-memory window (which keeps no entry there), there is nothing to
@@ -80,7 +81,7 @@ local function init()
   if rcall then return end
   rcall, spack, sunpack = redis.call, struct.pack, struct.unpack
   ssub, sfind, sfmt, srep = string.sub, string.find, string.format, string.rep
-  tonum, unpk, floor, ceil, ipr, prs = tonumber, unpack, math.floor, math.ceil, ipairs, pairs
+  tonum, unpk, floor, ceil, prs = tonumber, unpack, math.floor, math.ceil, pairs
   NONE = -tonum('0')
 end
 
