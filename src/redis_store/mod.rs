@@ -71,7 +71,11 @@
 //!   leaves this process only when the answer is back (or its wait after
 //!   that), so the provider counts it later than the admission by the
 //!   return trip as well as the trip to the provider; the margin covers
-//!   both. The reset is measured from that server instant.
+//!   both. The reset is measured from that server instant. A limit past
+//!   the reservation's snapshot (a key with more than
+//!   [`UsedAtAdmission::CAPACITY`](crate::rate_limit::UsedAtAdmission::CAPACITY)
+//!   limits) has its `remaining` not compared (the in-memory store reads
+//!   its own log's snapshot instead).
 //! - **A Retry-After gate**: nothing of the key is admitted before its
 //!   end, which the limiter takes from the 429 (bounded by the classifier).
 //!   The script holds the acquires made after it closed. The reservations
