@@ -10,14 +10,16 @@
 //!    acquire is cancelled, so the window holds the same entries
 //!    throughout a row; each correction hits a random reservation of the
 //!    window. Median and mean over `M` calls each.
-//! 2. Decisions per second from this one process, 1 task and 16 tasks (one
-//!    multiplexed connection: the calls of the 16 pipeline), next to the
-//!    in-memory store for scale, with the CPU each side spent per decision
-//!    (Redis's main thread from `INFO cpu`, this process from
+//! 2. Decisions per second from this one process, 1 task and 16 tasks (the
+//!    store sends the decisions asked meanwhile in one call; the bench
+//!    prints how many a call carried), next to the in-memory store for
+//!    scale, with the CPU each side spent per decision (Redis's main
+//!    thread from `INFO cpu`, this process from
 //!    `/proc/self/task/*/schedstat`): what each side's ceiling is, however
 //!    busy the machine, whose load average is printed too.
 //!
-//! `cargo bench --features redis --bench redis_store`
+//! `cargo bench --features redis --bench redis_store`; see
+//! `callgrind_driver` for Redis's instructions per acquire.
 
 #[path = "../tests/redis_support/mod.rs"]
 mod support;
@@ -295,13 +297,23 @@ fn client_cpu_us() -> f64 {
         / 1e3
 }
 
+/// The `FCALL`s Redis has run (`INFO commandstats`).
+fn fcalls(server: &RedisServer) -> u64 {
+    server
+        .command_stats()
+        .into_iter()
+        .find(|(n, ..)| n == "fcall")
+        .map_or(0, |(_, calls, _)| calls)
+}
+
 /// CPU per decision on both sides of a run: what each side's ceiling is,
 /// whatever else the machine runs (a busy machine stretches the wall
-/// time, not these).
+/// time, not these); and how many decisions each acquire call carried.
 struct Cpu<'a> {
     server: Option<&'a RedisServer>,
     redis: f64,
     client: f64,
+    calls: u64,
 }
 
 impl<'a> Cpu<'a> {
@@ -310,6 +322,7 @@ impl<'a> Cpu<'a> {
             server,
             redis: server.map_or(0.0, redis_cpu_us),
             client: client_cpu_us(),
+            calls: server.map_or(0, fcalls),
         }
     }
 
@@ -317,9 +330,10 @@ impl<'a> Cpu<'a> {
         let client = (client_cpu_us() - self.client) / n as f64;
         match self.server {
             Some(s) => format!(
-                "  cpu/decision: redis {:>5.1} µs, client {:>5.1} µs",
+                "  cpu/decision: redis {:>5.1} µs, client {:>5.1} µs; {:>4.1} decisions/call",
                 (redis_cpu_us(s) - self.redis) / n as f64,
-                client
+                client,
+                n as f64 / (fcalls(s) - self.calls).max(1) as f64
             ),
             None => format!("  cpu/decision: client {client:>5.1} µs"),
         }
@@ -452,18 +466,66 @@ fn load_average() -> String {
         .unwrap_or_else(|_| "unknown".to_owned())
 }
 
+/// `REDIS_CALLGRIND=<acquires>` with `REDIS_PORT`: only that many
+/// acquires (`REDIS_TASKS` tasks, default 16, on `REDIS_KEYS` keys,
+/// default 16) against a server already running there, e.g. under
+/// `valgrind --tool=callgrind redis-server`: two runs of different sizes
+/// give the server's instructions per acquire by their difference
+/// (start-up, connection and the library's load cancel out).
+async fn callgrind_driver(port: u16, n: usize) {
+    let url = format!("redis://127.0.0.1:{port}/");
+    let keys: usize = std::env::var("REDIS_KEYS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(16);
+    let redis = RedisStore::builder(limits(Duration::from_secs(60)))
+        .prefix(format!("cg{n}"))
+        .timeout(Duration::from_secs(30))
+        .build(&url)
+        .unwrap();
+    let keys: Vec<Key> = (0..keys).map(|i| Key::new(format!("k{i}"))).collect();
+    let tasks: usize = std::env::var("REDIS_TASKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(16);
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        let (s, key) = (redis.clone(), keys[t % keys.len()].clone());
+        handles.push(tokio::spawn(async move {
+            for _ in (t..n).step_by(tasks) {
+                s.acquire(&key, &Costs::new(500, 200), Instant::now(), None)
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let Some(server) = RedisServer::start("redis_store bench") else {
-        return;
-    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
+    let external = std::env::var("REDIS_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok());
+    let calls = std::env::var("REDIS_CALLGRIND")
+        .ok()
+        .and_then(|n| n.parse().ok());
+    if let (Some(port), Some(n)) = (external, calls) {
+        rt.block_on(callgrind_driver(port, n));
+        return;
+    }
+    let Some(server) = RedisServer::start("redis_store bench") else {
+        return;
+    };
     rt.block_on(async {
         time_per_decision(&server).await;
         throughput(&server).await;

@@ -168,6 +168,14 @@ async fn behaviour<S: Settle>(s: S) {
     assert!(fits_now(&s, &k, Costs::tokens(5)).await);
     assert!(!fits_now(&s, &k, Costs::tokens(6)).await);
 
+    // A limit the reservation cost nothing in when it was admitted has no
+    // charge to correct.
+    let k = Key::new("correct-none");
+    let r = acquire(&s, &k, Costs::new(0, 0)).await;
+    s.correct(&r, &Costs::tokens(60), Instant::now());
+    s.settle().await;
+    assert!(fits_now(&s, &k, Costs::tokens(100)).await);
+
     // The gate holds every request of the key, and only of the key.
     let k = Key::new("gate");
     let until = Instant::now() + Duration::from_millis(400);
@@ -216,6 +224,184 @@ async fn redis_store_behaviour() {
     behaviour(store).await;
 }
 
+/// Issue #13: `remaining` headers compared with the window as of the
+/// request's admission (the provider computed them when the request
+/// arrived), with the arrival margin; the same body runs against both
+/// stores. Each admission counts [`MARGIN`](admission::MARGIN) longer than
+/// its window.
+mod admission {
+    use super::*;
+
+    pub(super) const MARGIN: Duration = Duration::from_millis(400);
+    const TEN: Duration = Duration::from_secs(10);
+    const TK: Dimension = Dimension::Tokens;
+
+    pub(super) fn limits(key: &Key) -> Limits {
+        match key.as_str().unwrap_or("") {
+            "margin" => Limits::new().window(Dimension::Requests, W, 1),
+            "left" | "left-now" | "since" | "since-now" => Limits::new().window(TK, W, 1000),
+            _ => Limits::new().window(TK, TEN, 1000),
+        }
+    }
+
+    fn tokens_left(remaining: u64, reset: Duration) -> ReportedLimit {
+        ReportedLimit::new(Some(1000), Some(remaining), Some(reset))
+    }
+
+    /// Whether exactly `n` tokens fit at once on `key`, and not one more.
+    async fn room<S: Settle>(s: &S, key: &Key, n: u64) -> bool {
+        fits_now(s, key, Costs::tokens(n)).await && !fits_now(s, key, Costs::tokens(n + 1)).await
+    }
+
+    pub(super) async fn behaviour<S: Settle>(s: S) {
+        // Each admission counts its window plus the margin.
+        let k = Key::new("margin");
+        let one = Costs::new(0, 0);
+        let a = acquire(&s, &k, one).await;
+        let b = acquire(&s, &k, one).await;
+        assert!(
+            near(b.at, a.at + W + MARGIN),
+            "the second request when the first has counted a window and the margin: {:?}",
+            b.at - a.at
+        );
+
+        // Stale headers make no phantom usage: the first reservation
+        // leaves the window while the second's request runs; the provider
+        // said what remained at the second's admission (500 used).
+        for (name, as_of_admission) in [("left", true), ("left-now", false)] {
+            let k = Key::new(name);
+            let start = Instant::now();
+            acquire(&s, &k, Costs::tokens(300)).await;
+            tokio::time::sleep_until(start + Duration::from_millis(500)).await;
+            let second = acquire(&s, &k, Costs::tokens(200)).await;
+            // The first left at 1.4 s, the second leaves at 1.9 s.
+            tokio::time::sleep_until(start + Duration::from_millis(1_650)).await;
+            let said = ReportedLimit::new(Some(1000), Some(500), Some(W));
+            let admission = as_of_admission.then_some(&second);
+            let _ = s.learn(&k, TK, W, said, admission, Instant::now());
+            s.settle().await;
+            if as_of_admission {
+                assert!(room(&s, &k, 800).await, "only the second counts");
+            } else {
+                // The rule as of now takes the first's 300 for someone
+                // else's.
+                assert!(room(&s, &k, 500).await, "phantom usage as of now");
+            }
+        }
+
+        // Usage admitted since the admission hides external usage from the
+        // rule as of now: another client holds 100, which the provider
+        // counted at the first admission; 500 more were admitted since.
+        for (name, as_of_admission) in [("since", true), ("since-now", false)] {
+            let k = Key::new(name);
+            let first = acquire(&s, &k, Costs::tokens(200)).await;
+            acquire(&s, &k, Costs::tokens(500)).await;
+            let said = ReportedLimit::new(Some(1000), Some(700), Some(W));
+            let admission = as_of_admission.then_some(&first);
+            let _ = s.learn(&k, TK, W, said, admission, Instant::now());
+            s.settle().await;
+            if as_of_admission {
+                assert!(room(&s, &k, 200).await, "700 ours and 100 theirs");
+            } else {
+                assert!(room(&s, &k, 300).await, "the rule as of now misses them");
+            }
+        }
+
+        // A later admission's headers win; an older one's are stale; the
+        // same usage reported twice counts once.
+        let k = Key::new("stale");
+        let r1 = acquire(&s, &k, Costs::tokens(100)).await;
+        let r2 = acquire(&s, &k, Costs::tokens(100)).await;
+        let learn = |r: &Reservation, remaining| {
+            let _ = s.learn(
+                &k,
+                TK,
+                TEN,
+                tokens_left(remaining, TEN),
+                Some(r),
+                Instant::now(),
+            );
+        };
+        // Another client holds 100 all along; the newer response first.
+        learn(&r2, 700);
+        learn(&r2, 700);
+        // The older one's view, and a bogus one: stale.
+        learn(&r1, 800);
+        learn(&r1, 0);
+        s.settle().await;
+        assert!(room(&s, &k, 700).await, "200 ours, 100 theirs, once");
+        let r3 = acquire(&s, &k, Costs::tokens(100)).await;
+        let r4 = acquire(&s, &k, Costs::tokens(100)).await;
+        // Still 100 theirs as of the fourth; the third's view is stale.
+        learn(&r4, 500);
+        learn(&r3, 0);
+        s.settle().await;
+        assert!(room(&s, &k, 500).await, "400 ours, 100 theirs");
+        // A newer view with less external usage lowers it (it left).
+        let r5 = acquire(&s, &k, Costs::tokens(100)).await;
+        learn(&r5, 500);
+        s.settle().await;
+        assert!(room(&s, &k, 500).await, "500 ours, none theirs");
+
+        // External usage counts until the reset measured from the
+        // admission, plus the margin; not from the response.
+        for (name, as_of_admission) in [("reset", true), ("reset-now", false)] {
+            let k = Key::new(name);
+            let r = acquire(&s, &k, Costs::tokens(100)).await;
+            tokio::time::sleep_until(r.at + Duration::from_millis(1_000)).await;
+            let said = tokens_left(500, Duration::from_secs(2));
+            let admission = as_of_admission.then_some(&r);
+            let now = Instant::now();
+            let _ = s.learn(&k, TK, TEN, said, admission, now);
+            s.settle().await;
+            assert!(room(&s, &k, 500).await, "400 theirs");
+            let late = acquire(&s, &k, Costs::tokens(501)).await;
+            let expected = if as_of_admission {
+                r.at + Duration::from_secs(2) + MARGIN
+            } else {
+                now + Duration::from_secs(2)
+            };
+            assert!(
+                near(late.at, expected),
+                "theirs leaves {:?} after the admission",
+                late.at - r.at
+            );
+        }
+        // A response admitted longer ago than its reset and the margin
+        // teaches nothing: what the provider counted then has left.
+        let k = Key::new("late");
+        let r = acquire(&s, &k, Costs::tokens(100)).await;
+        tokio::time::sleep_until(r.at + Duration::from_millis(900)).await;
+        let said = tokens_left(0, Duration::from_millis(300));
+        let _ = s.learn(&k, TK, TEN, said, Some(&r), Instant::now());
+        s.settle().await;
+        assert!(room(&s, &k, 900).await, "nothing learned");
+    }
+}
+
+#[tokio::test]
+async fn memory_store_compares_remaining_as_of_the_admission() {
+    let s = MemoryStore::new(Limits::new())
+        .key_limits(admission::limits)
+        .arrival_margin(admission::MARGIN);
+    admission::behaviour(s).await;
+}
+
+#[tokio::test]
+async fn redis_store_compares_remaining_as_of_the_admission() {
+    let Some(server) = RedisServer::start("redis_store_compares_remaining_as_of_the_admission")
+    else {
+        return;
+    };
+    let store = RedisStore::builder(Limits::new())
+        .key_limits(admission::limits)
+        .arrival_margin(admission::MARGIN)
+        .prefix("admission")
+        .build(&server.url())
+        .unwrap();
+    admission::behaviour(store).await;
+}
+
 /// The tests' own connection, patient (a PING behind a `CLIENT PAUSE` on
 /// a busy machine outlasts the client's default response timeout).
 async fn client(server: &RedisServer) -> redis::aio::MultiplexedConnection {
@@ -227,6 +413,23 @@ async fn client(server: &RedisServer) -> redis::aio::MultiplexedConnection {
         )
         .await
         .unwrap()
+}
+
+/// The reservations a key's hash holds: its 8-byte fields (the others
+/// are the state `s`, the acquires' token records, `t` and 8 bytes, and
+/// `h`).
+async fn entries(con: &mut redis::aio::MultiplexedConnection, hash: &str) -> usize {
+    let fields: Vec<Vec<u8>> = con.hkeys(hash).await.unwrap();
+    fields.iter().filter(|f| f.len() == 8).count()
+}
+
+/// The token records a key's hash holds.
+async fn token_records(con: &mut redis::aio::MultiplexedConnection, hash: &str) -> usize {
+    let fields: Vec<Vec<u8>> = con.hkeys(hash).await.unwrap();
+    fields
+        .iter()
+        .filter(|f| f.len() == 9 && f[0] == b't')
+        .count()
 }
 
 #[tokio::test]
@@ -250,13 +453,16 @@ async fn keys_are_namespaced_tagged_and_expire() {
     let mut con = client(&server).await;
     let mut keys: Vec<String> = con.keys("*").await.unwrap();
     keys.sort();
-    // Requests and tokens per 200 ms are one group: one entries hash; the
-    // acquire's token is in the current token generation.
+    // Requests and tokens per 200 ms are one group: one hash, named after
+    // it, holds the state, the entry and the acquire's token record.
     assert_eq!(
         keys,
-        ["{ns:k1}:3:e:rt:200000", "{ns:k1}:3:s", "{ns:k1}:3:t0"],
+        ["{ns:k1}:4:rt:200000"],
         "one hash tag per limiter key, under the prefix"
     );
+    let hash = "{ns:k1}:4:rt:200000";
+    assert_eq!(entries(&mut con, hash).await, 1);
+    assert_eq!(token_records(&mut con, hash).await, 1);
     for k in &keys {
         let ttl: i64 = con.pttl(k).await.unwrap();
         assert!(ttl > 0 && ttl <= 1_400, "{k} expires (ttl {ttl} ms)");
@@ -598,6 +804,9 @@ mod differential {
         Cancel,
         Correct(usize, u64, u64),
         Sleep(u64),
+        /// Acquires asked all at once (no deadline: each is admitted), which
+        /// the store sends as one batch.
+        Burst(Vec<(u64, u64)>),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -608,8 +817,13 @@ mod differential {
             1 => Just(Op::Cancel),
             1 => (0usize..64, 0u64..450, 0u64..250).prop_map(|(i, a, b)| Op::Correct(i, a, b)),
             2 => (0u64..12).prop_map(Op::Sleep),
+            1 => prop::collection::vec((0u64..450, 0u64..250), 2..6).prop_map(Op::Burst),
         ]
     }
+
+    /// Each admission counts this much longer than its window, on both
+    /// sides.
+    const MARGIN: Duration = Duration::from_millis(3);
 
     fn limits() -> Limits {
         Limits::new()
@@ -656,6 +870,42 @@ mod differential {
                     }
                 }
                 Op::Cancel | Op::Correct(..) => {}
+                Op::Burst(costs) => {
+                    let now = Instant::now();
+                    let key = &key;
+                    let asks = costs.iter().map(|&(i, o)| {
+                        let costs = Costs::new(i, o);
+                        async move { (costs, store.decide(key, &costs, now, None).await) }
+                    });
+                    let mut got = Vec::new();
+                    for (costs, d) in futures::future::join_all(asks).await {
+                        let d = d.unwrap();
+                        let server_now = d.server_now_us.expect("decided by redis");
+                        let Decision::Admitted(r) = d.decision else {
+                            return Err(TestCaseError::fail(format!("{:?}", d.decision)));
+                        };
+                        got.push((r, costs, server_now, d.server_at_us));
+                    }
+                    // The server decided them in the order of their ids.
+                    got.sort_by_key(|(r, ..)| r.id);
+                    for (r, costs, server_now, server_at) in got {
+                        let (w, s0) = window.get_or_insert_with(|| {
+                            (
+                                SlidingWindow::new(&limits(), base).arrival_margin(MARGIN),
+                                server_now,
+                            )
+                        });
+                        let t = base + Duration::from_micros(server_now - *s0);
+                        last_t = last_t.max(t);
+                        let Decision::Admitted(b) = w.acquire(&costs, t, None) else {
+                            return Err(TestCaseError::fail("the window refused"));
+                        };
+                        let at = (b.at - base).as_micros() as u64 + *s0;
+                        prop_assert_eq!(server_at, Some(at));
+                        prop_assert_eq!(r.used, b.used);
+                        granted.push((r, b.id));
+                    }
+                }
                 Op::Acquire {
                     input,
                     output,
@@ -666,16 +916,22 @@ mod differential {
                     let deadline = deadline_us.map(|d| now + Duration::from_micros(d));
                     let d = store.decide(&key, &costs, now, deadline).await.unwrap();
                     let server_now = d.server_now_us.expect("decided by redis");
-                    let (w, s0) = window
-                        .get_or_insert_with(|| (SlidingWindow::new(&limits(), base), server_now));
+                    let (w, s0) = window.get_or_insert_with(|| {
+                        (
+                            SlidingWindow::new(&limits(), base).arrival_margin(MARGIN),
+                            server_now,
+                        )
+                    });
                     let t = base + Duration::from_micros(server_now - *s0);
                     last_t = t;
                     let wd = deadline_us.map(|d| t + Duration::from_micros(d));
                     let expected = w.acquire(&costs, t, wd);
                     let offset = |at: Instant| (at - base).as_micros() as u64 + *s0;
                     match (d.decision, expected) {
-                        (Decision::Admitted(r), Decision::Admitted(Booking { id, at, .. })) => {
+                        (Decision::Admitted(r), Decision::Admitted(Booking { id, at, used })) => {
                             prop_assert_eq!(d.server_at_us, Some(offset(at)));
+                            // What each limit held as of the admission.
+                            prop_assert_eq!(r.used, used);
                             granted.push((r, id));
                         }
                         (Decision::TooLate(_), Decision::TooLate(at)) => {
@@ -712,6 +968,7 @@ mod differential {
         let store = rt.block_on(async {
             RedisStore::builder(limits())
                 .prefix("differential")
+                .arrival_margin(MARGIN)
                 .timeout(Duration::from_secs(2))
                 .build(&server.url())
                 .unwrap()
@@ -746,10 +1003,12 @@ async fn cancel_and_correct_deep_in_a_long_log() {
     // 30,000 - 100 + 500 - 100 = 30,300 used.
     assert!(fits_now(&store, &key, Costs::tokens(69_700)).await);
     assert!(!fits_now(&store, &key, Costs::tokens(69_701)).await);
-    // One entry per reservation (for both limits): 299 remain.
+    // One entry per reservation (for both limits), and its token record:
+    // 299 remain.
     let mut con = client(&server).await;
-    let n: usize = con.hlen("{tlr:long}:3:e:rt:60000000").await.unwrap();
-    assert_eq!(n, 299);
+    let hash = "{tlr:long}:4:rt:60000000";
+    assert_eq!(entries(&mut con, hash).await, 299);
+    assert_eq!(token_records(&mut con, hash).await, 299);
 }
 
 /// Issue #11: what the Redis store learns from a provider has a floor, a
@@ -936,14 +1195,17 @@ mod learned {
         s.flush().await;
         let mut con = client(&server).await;
         let now = server_now_us(&mut con).await;
-        let lu: Option<u64> = con.hget("{ttl:k}:3:s", "lu:t:3600000000").await.unwrap();
+        let lu: Option<u64> = con
+            .hget("{ttl:k}:4:t:3600000000", "lu:t:3600000000")
+            .await
+            .unwrap();
         let lu = lu.expect("the learned limit's expiry is stored");
         let left = Duration::from_micros(lu.saturating_sub(now));
         assert!(
             left <= Duration::from_secs(600) && left > Duration::from_secs(590),
             "{left:?}"
         );
-        let ttl: i64 = con.pttl("{ttl:k}:3:s").await.unwrap();
+        let ttl: i64 = con.pttl("{ttl:k}:4:t:3600000000").await.unwrap();
         assert!(
             ttl >= 600_000,
             "the hash outlives the learned limit: {ttl} ms"
@@ -968,7 +1230,10 @@ mod learned {
         s.flush().await;
         let mut con = client(&server).await;
         let now = server_now_us(&mut con).await;
-        let lu: Option<u64> = con.hget("{ttl5:k}:3:s", "lu:t:3600000000").await.unwrap();
+        let lu: Option<u64> = con
+            .hget("{ttl5:k}:4:t:3600000000", "lu:t:3600000000")
+            .await
+            .unwrap();
         let left = Duration::from_micros(lu.expect("stored").saturating_sub(now));
         assert!(
             left <= Duration::from_secs(5) && left > Duration::from_secs(4),
@@ -982,7 +1247,10 @@ mod learned {
             .unwrap();
         let _ = s.learn(&k, Dimension::Tokens, hour, said(500), None, Instant::now());
         s.flush().await;
-        let lim: Option<u64> = con.hget("{ttl0:k}:3:s", "lim:t:3600000000").await.unwrap();
+        let lim: Option<u64> = con
+            .hget("{ttl0:k}:4:t:3600000000", "lim:t:3600000000")
+            .await
+            .unwrap();
         assert_eq!(lim, None);
         assert!(fits_now(&s, &k, Costs::tokens(1_000)).await);
     }
@@ -1013,9 +1281,7 @@ mod abandoned {
     }
 
     async fn used(con: &mut redis::aio::MultiplexedConnection, prefix: &str) -> usize {
-        con.hlen(format!("{{{prefix}:k}}:3:e:r:60000000"))
-            .await
-            .unwrap()
+        entries(con, &format!("{{{prefix}:k}}:4:r:60000000")).await
     }
 
     #[tokio::test]
@@ -1138,8 +1404,13 @@ async fn cancels_are_not_dropped_when_the_operation_queue_is_full() {
     }
     store.flush().await;
     let mut con = client(&server).await;
-    let n: usize = con.hlen("{full:k}:3:e:r:60000000").await.unwrap();
-    assert_eq!(n, 0, "every cancel ran");
+    let hash = "{full:k}:4:r:60000000";
+    assert_eq!(entries(&mut con, hash).await, 0, "every cancel ran");
+    assert_eq!(
+        token_records(&mut con, hash).await,
+        0,
+        "and took its record"
+    );
     for _ in 0..50 {
         let now = Instant::now();
         assert!(matches!(
@@ -1259,18 +1530,20 @@ async fn a_cancel_that_cannot_reach_redis_runs_once_it_is_back() {
     let k = Key::new("k");
     let r = acquire(&store, &k, Costs::new(0, 0)).await;
     let mut con = client(&server).await;
-    let log = "{partition:k}:3:e:r:60000000";
+    let log = "{partition:k}:4:r:60000000";
     proxy.cut();
     store.cancel(&r);
     store.flush().await;
-    let n: usize = con.hlen(log).await.unwrap();
-    assert_eq!(n, 1, "Redis unreachable: not cancelled yet");
+    assert_eq!(
+        entries(&mut con, log).await,
+        1,
+        "Redis unreachable: not cancelled yet"
+    );
     proxy.restore();
     // No flush: the store retries on its own once Redis is asked again.
     let start = std::time::Instant::now();
     loop {
-        let n: usize = con.hlen(log).await.unwrap();
-        if n == 0 {
+        if entries(&mut con, log).await == 0 {
             break;
         }
         assert!(
@@ -1522,9 +1795,10 @@ mod at_scale {
     }
 }
 
-/// Issue #12 changed the key layout twice: a process of an older version
-/// (list logs under `:s`, or one entries hash per limit under `:s2`) and
-/// one of this version never read or write each other's keys (neither can
+/// Issues #12 and #13 changed the key layout three times: a process of an
+/// older version (list logs under `:s`, one entries hash per limit under
+/// `:s2`, or layout 3 under `:3:`, with its token generations) and one of
+/// this version never read or write each other's keys (neither can
 /// corrupt the other's counts), and the new one says so, once per store,
 /// when it finds the old one's state on a key.
 #[tokio::test]
@@ -1601,13 +1875,30 @@ async fn an_old_layout_process_is_left_alone_and_warned_about() {
     let old: Vec<u8> = con.hget("{up2:k}:s2", "k").await.unwrap();
     let entry: String = con.hget("{up2:k}:e:r:60000000", "7").await.unwrap();
     assert_eq!((old, entry.as_str()), (vec![0u8; 40], "x"), "untouched");
+
+    // And with a process of layout 3 (`:3:`).
+    let () = con.hset("{up3:k}:3:s", "k", vec![0u8; 64]).await.unwrap();
+    let () = con.hset("{up3:k}:3:e:r:60000000", "7", "x").await.unwrap();
+    let store =
+        RedisStore::builder(Limits::new().window(Dimension::Requests, Duration::from_secs(60), 2))
+            .prefix("up3")
+            .build(&server.url())
+            .unwrap();
+    let a = acquire(&store, &k, Costs::new(0, 0)).await;
+    let b = acquire(&store, &k, Costs::new(0, 0)).await;
+    assert!(a.at <= Instant::now() && b.at <= Instant::now());
+    let log = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    assert_eq!(log.matches("older version").count(), 3, "{log}");
+    let old: Vec<u8> = con.hget("{up3:k}:3:s", "k").await.unwrap();
+    let entry: String = con.hget("{up3:k}:3:e:r:60000000", "7").await.unwrap();
+    assert_eq!((old, entry.as_str()), (vec![0u8; 64], "x"), "untouched");
 }
 
-/// The state hash of a key lost on its own (evicted under memory
-/// pressure) while its entries survive: the next decision counts the
-/// entries again (the one time a script reads a whole window) instead of
-/// starting from zero and over-admitting, and the ids go on from the
-/// entries' (a cancel of a reservation made before still finds it).
+/// The state of a key lost on its own while its entries survive: the
+/// next decision counts the entries again (the one time a script reads a
+/// whole window) instead of starting from zero and over-admitting, and the
+/// ids go on from the entries' (a cancel of a reservation made before
+/// still finds it).
 #[tokio::test]
 async fn a_lost_state_hash_is_recounted_from_the_entries() {
     let Some(server) = RedisServer::start("a_lost_state_hash_is_recounted_from_the_entries") else {
@@ -1626,7 +1917,7 @@ async fn a_lost_state_hash_is_recounted_from_the_entries() {
         rs.push(acquire(&store, &k, Costs::tokens(100)).await);
     }
     let mut con = client(&server).await;
-    let n: usize = con.del("{lost:k}:3:s").await.unwrap();
+    let n: usize = con.hdel("{lost:k}:4:rt:60000000", "s").await.unwrap();
     assert_eq!(n, 1);
     // 400 tokens and 4 requests still count.
     assert!(fits_now(&store, &k, Costs::tokens(600)).await);

@@ -210,7 +210,7 @@ impl<K, C, E> RateLimitLayer<K, C, E, MemoryStore> {
     ///
     /// Configures the in-memory store; a store given to
     /// [`store`](Self::store) keeps its own margin
-    /// ([`MemoryStore::arrival_margin`]; the Redis store has none yet).
+    /// ([`MemoryStore::arrival_margin`], `RedisStoreBuilder::arrival_margin`).
     pub fn arrival_margin(mut self, margin: Duration) -> Self {
         self.store = self.own_store().arrival_margin(margin);
         self

@@ -75,8 +75,7 @@
 //! Nothing learned from a provider is sticky: one odd response must never
 //! shut a key, since a key that sends nothing hears nothing that could
 //! correct it. Every part has a floor, a bound and an expiry (the rule is
-//! [`SlidingWindow::learn`]'s; the Redis store applies the same one, but
-//! compares `remaining` with its usage as of the response for now):
+//! [`SlidingWindow::learn`]'s; the Redis store applies the same one):
 //!
 //! | learned from | floor | bound | expires |
 //! | --- | --- | --- | --- |

@@ -259,9 +259,6 @@ pub trait Store: Send + Sync + 'static {
     /// request's admission, so it is compared with the key's usage as of
     /// then ([`Reservation::used`]). `None` (a caller that has no
     /// reservation) compares it with the usage as of `now`.
-    ///
-    /// The Redis store compares as of now for the time being, whatever
-    /// `reservation` says.
     fn learn(
         &self,
         key: &Key,

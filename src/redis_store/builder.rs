@@ -12,9 +12,11 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::batch;
 use super::core::{Core, KeyLimits};
 use super::fault::{fallback_store, FaultPolicy};
 use super::gates::Gates;
+use super::layout::Shape;
 use super::ops;
 use super::store::{Inner, RedisStore};
 use super::token::random_u64;
@@ -29,7 +31,8 @@ pub const DEFAULT_PREFIX: &str = "tlr";
 /// The bounded queue of corrections, gates and learns.
 const QUEUE: usize = 1024;
 
-/// The longest [`RedisStoreBuilder::learned_ttl`].
+/// The longest [`RedisStoreBuilder::learned_ttl`] and
+/// [`RedisStoreBuilder::arrival_margin`].
 const MAX_LEARNED_TTL: Duration = Duration::from_secs(366 * 24 * 60 * 60);
 
 /// Builds a [`RedisStore`]; every setting has a default.
@@ -39,6 +42,7 @@ pub struct RedisStoreBuilder {
     key_limits: Option<Arc<KeyLimits>>,
     learn_limits: bool,
     learned_ttl: Option<Duration>,
+    arrival_margin: Option<Duration>,
     prefix: String,
     timeout: Duration,
     retry_interval: Duration,
@@ -52,6 +56,7 @@ impl fmt::Debug for RedisStoreBuilder {
             .field("key_limits", &self.key_limits.is_some())
             .field("learn_limits", &self.learn_limits)
             .field("learned_ttl", &self.learned_ttl)
+            .field("arrival_margin", &self.arrival_margin)
             .field("prefix", &self.prefix)
             .field("timeout", &self.timeout)
             .field("retry_interval", &self.retry_interval)
@@ -68,6 +73,7 @@ impl RedisStore {
             key_limits: None,
             learn_limits: false,
             learned_ttl: None,
+            arrival_margin: None,
             prefix: DEFAULT_PREFIX.to_owned(),
             timeout: Duration::from_millis(250),
             retry_interval: Duration::from_secs(1),
@@ -98,6 +104,39 @@ impl RedisStoreBuilder {
     /// (default: the limit's window, at most 10 minutes). Cut to a year.
     pub fn learned_ttl(mut self, ttl: Duration) -> Self {
         self.learned_ttl = Some(ttl.min(MAX_LEARNED_TTL));
+        self
+    }
+
+    /// How much longer than its window each admission counts (default
+    /// [`default_arrival_margin`](crate::rate_limit::default_arrival_margin):
+    /// 250 ms, at most a twentieth of the window), as
+    /// [`MemoryStore::arrival_margin`](crate::rate_limit::MemoryStore::arrival_margin):
+    /// the provider counts a request when it arrives, the limiter when it
+    /// admits it. It costs `margin / window` of the throughput, and
+    /// external usage learned from a `remaining` header counts that much
+    /// longer too. Cut to a year. Every process on a key must set the
+    /// same (the fault policy's local store takes it too).
+    ///
+    /// On Redis the admission is the script's instant on the server's
+    /// clock: the request leaves this process when the answer is back (or
+    /// its wait after that), so the margin also covers that return trip.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_llm_resilience::rate_limit::Limits;
+    /// use tower_llm_resilience::redis_store::RedisStore;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let store = RedisStore::builder(Limits::new().requests_per_minute(60))
+    ///     .arrival_margin(Duration::from_millis(100))
+    ///     .build("redis://127.0.0.1:6379/")
+    ///     .unwrap();
+    /// // Connected lazily: nothing was sent yet.
+    /// assert!(format!("{store:?}").contains("arrival_margin: Some(100ms)"));
+    /// # }
+    /// ```
+    pub fn arrival_margin(mut self, margin: Duration) -> Self {
+        self.arrival_margin = Some(margin.min(MAX_LEARNED_TTL));
         self
     }
 
@@ -154,13 +193,20 @@ impl RedisStoreBuilder {
             &self.limits,
             self.key_limits.clone(),
             self.learn_limits,
+            self.arrival_margin,
         );
+        let margin = self.arrival_margin;
+        let shape = Arc::new(Shape::new(&self.limits, |w| {
+            margin.unwrap_or_else(|| crate::rate_limit::default_arrival_margin(w))
+        }));
         let core = Arc::new(Core {
             conn,
             limits: self.limits,
             key_limits: self.key_limits,
             learn_limits: self.learn_limits,
             learned_ttl: self.learned_ttl,
+            arrival_margin: self.arrival_margin,
+            shape,
             prefix: self.prefix,
             timeout: self.timeout,
             retry_interval: self.retry_interval,
@@ -171,12 +217,15 @@ impl RedisStoreBuilder {
         });
         let (tx, rx) = mpsc::channel(QUEUE);
         let (cancels, cancels_rx) = mpsc::unbounded_channel();
+        let (acquires, acquires_rx) = mpsc::unbounded_channel();
         tokio::spawn(ops::run(core.clone(), rx, cancels_rx));
+        tokio::spawn(batch::run(core.clone(), acquires_rx));
         Ok(RedisStore {
             inner: Arc::new(Inner {
                 core,
                 fallback,
                 policy: self.policy,
+                acquires,
                 ops: tx,
                 cancels,
                 token_base: random_u64(),

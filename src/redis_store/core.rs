@@ -1,8 +1,8 @@
 //! [`Core`]: what talks to Redis. The connection, the health of the
 //! server (down for a retry interval after a failure), how a script is
-//! called (`FCALL`, or `EVALSHA` on a server without functions) and the
-//! acquire script's invocation and answer. Shared by the store's handles
-//! and its background task, so it holds no queue.
+//! called (`FCALL`, or `EVALSHA` on a server without functions), and the
+//! settings every call needs. Shared by the store's handles and its
+//! background tasks, so it holds no queue.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -12,20 +12,20 @@ use redis::aio::ConnectionManager;
 use redis::FromRedisValue;
 use tokio::time::Instant;
 
-use super::layout::{cost_of, groups, tag};
+use super::layout::Shape;
 use super::scripts::{self, Call};
-use super::store::ServerDecision;
 use crate::key::Key;
-use crate::rate_limit::{Costs, Decision, Limit, Limits, Reservation, UsedAtAdmission};
+use crate::rate_limit::Limits;
 use crate::Error;
 
 /// Numbers above this lose precision in Lua's doubles: costs, limits and
 /// durations are clamped to it (2^53 - 1, about 285 years in µs).
 pub(super) const MAX_SAFE: u64 = (1 << 53) - 1;
 
-/// How long the server keeps the token of an acquire (the reservation it
-/// made, for a cancel by token from a caller that never got the answer),
-/// at most; and how long such a cancel is retried.
+/// How long a tombstone lasts (what a cancel by token leaves, so that its
+/// acquire, should it arrive later, reserves nothing), and how long such
+/// a cancel is retried while Redis is down. The token's record itself
+/// lives with its reservation's entry.
 pub(super) const TOKEN_TTL: Duration = Duration::from_secs(600);
 
 /// The default [`RedisStoreBuilder::learned_ttl`](super::RedisStoreBuilder::learned_ttl)
@@ -42,6 +42,10 @@ pub(super) struct Core {
     pub(super) key_limits: Option<Arc<KeyLimits>>,
     pub(super) learn_limits: bool,
     pub(super) learned_ttl: Option<Duration>,
+    /// The arrival margin set (`None`: the default per window).
+    pub(super) arrival_margin: Option<Duration>,
+    /// The shape of `limits`, made once.
+    pub(super) shape: Arc<Shape>,
     pub(super) prefix: String,
     pub(super) timeout: Duration,
     pub(super) retry_interval: Duration,
@@ -87,17 +91,20 @@ pub(super) fn safe(n: u64) -> u64 {
 }
 
 impl Core {
-    pub(super) fn limits_of(&self, key: &Key) -> Limits {
+    /// `key`'s limits as the scripts take them: the shape made once, or
+    /// with per-key limits, one made now.
+    pub(super) fn shape_of(&self, key: &Key) -> Arc<Shape> {
         match &self.key_limits {
-            Some(f) => f(key),
-            None => self.limits.clone(),
+            Some(f) => Arc::new(Shape::new(&f(key), |w| self.margin(w))),
+            None => self.shape.clone(),
         }
     }
 
-    /// How long a limit learned for `limit` holds after the provider said it.
-    pub(super) fn learned_ttl(&self, limit: &Limit) -> Duration {
+    /// How long a limit learned for a limit over `window` holds after the
+    /// provider said it.
+    pub(super) fn learned_ttl(&self, window: Duration) -> Duration {
         self.learned_ttl
-            .unwrap_or_else(|| limit.window.min(DEFAULT_LEARNED_TTL_MAX))
+            .unwrap_or_else(|| window.min(DEFAULT_LEARNED_TTL_MAX))
     }
 
     /// When Redis is asked again after a failure (`None`: it is up).
@@ -123,7 +130,7 @@ impl Core {
         until == 0 || self.elapsed_ms() >= until
     }
 
-    fn mark_down(&self) {
+    pub(super) fn mark_down(&self) {
         let ms = u64::try_from(self.retry_interval.as_millis()).unwrap_or(u64::MAX);
         let until = self.elapsed_ms().saturating_add(ms).max(1);
         if self.down_until.swap(until, Ordering::Relaxed) == 0 {
@@ -196,102 +203,6 @@ impl Core {
                 "redis store: the server takes no function library ({why}); scripts go as EVALSHA"
             );
         }
-    }
-
-    /// One acquire script call: the decision on the caller's clock, the
-    /// server's instants beside it.
-    pub(super) async fn acquire(
-        &self,
-        key: &Key,
-        costs: &Costs,
-        now: Instant,
-        deadline: Option<Instant>,
-        token: u64,
-    ) -> Result<ServerDecision, Error> {
-        let limits = self.limits_of(key);
-        let groups = groups(&limits);
-        let mut call = Call::new(scripts::acquire());
-        call.key(self.hash_key(key)).key(self.queue_key(key));
-        for g in &groups {
-            call.key(self.entries_key(key, g));
-        }
-        call.key(&self.token_keys(key)[..])
-            .key(self.tombstone_key(key, token))
-            .key(&self.old_hash_keys(key)[..]);
-        // The numbers go packed (as the script's doubles: every one is
-        // below 2^53, exact), the names after them.
-        let rel = deadline.map_or(-1.0, |d| micros(d.saturating_duration_since(now)) as f64);
-        let mut nums = Vec::with_capacity(8 * (3 + 2 * groups.len() + 2 * limits.iter().count()));
-        let mut num = |x: f64| nums.extend_from_slice(&x.to_le_bytes());
-        num(rel);
-        num(groups.len() as f64);
-        num(TOKEN_TTL.as_millis() as f64);
-        for g in &groups {
-            num(g.window_us as f64);
-            num(g.limits.len() as f64);
-            for l in &g.limits {
-                num(safe(l.limit) as f64);
-                num(safe(cost_of(l.dimension, costs)) as f64);
-            }
-        }
-        call.arg(nums).arg(&token.to_le_bytes()[..]);
-        for g in &groups {
-            call.arg(g.field());
-            for l in &g.limits {
-                call.arg(tag(l));
-            }
-        }
-        let r: Vec<i64> = self.run(&call).await?;
-        // Waits count from when the answer arrived: never early.
-        let received = Instant::now();
-        let get = |i: usize| {
-            r.get(i)
-                .copied()
-                .map_or(0, |v| u64::try_from(v).unwrap_or(0))
-        };
-        if get(5) == 1 && !self.warned_old_layout.swap(true, Ordering::Relaxed) {
-            tracing::warn!(
-                target: "tower_llm_resilience",
-                "redis store: a process of an older version (key layout 1 or 2) keeps state for the key {key} under the prefix {:?}; the two versions count separately and together may exceed the quota: stop the older processes (see the redis_store docs, \"Upgrading\")",
-                self.prefix
-            );
-        }
-        let after = |us: u64| {
-            received
-                .checked_add(Duration::from_micros(us))
-                .unwrap_or(received + Duration::from_secs(86_400 * 365))
-        };
-        let (decision, at) = match r.first() {
-            Some(0) => (
-                Decision::Admitted(Reservation {
-                    key: key.clone(),
-                    id: get(1),
-                    at: if get(2) == 0 { now } else { after(get(2)) },
-                    costs: *costs,
-                    // Not kept yet: `learn` compares as of now.
-                    used: UsedAtAdmission::UNKNOWN,
-                }),
-                Some(get(3)),
-            ),
-            Some(1) => (Decision::TooLate(after(get(1))), Some(get(3))),
-            Some(2) => (
-                Decision::Never {
-                    cost: get(1),
-                    capacity: get(2),
-                },
-                None,
-            ),
-            _ => {
-                return Err(Error::store_unavailable(
-                    "redis store: unexpected answer from the acquire script",
-                ))
-            }
-        };
-        Ok(ServerDecision {
-            decision,
-            server_now_us: Some(get(4)),
-            server_at_us: at,
-        })
     }
 }
 

@@ -5,6 +5,7 @@
 //! their way back to it.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -44,12 +45,16 @@ pub(super) fn fallback_store(
     limits: &Limits,
     key_limits: Option<Arc<KeyLimits>>,
     learn_limits: bool,
+    arrival_margin: Option<Duration>,
 ) -> Option<MemoryStore> {
     match policy {
         FaultPolicy::FailClosed => None,
         FaultPolicy::FailOpen { processes } => {
             let n = processes.max(1);
             let mut m = MemoryStore::new(divide(limits, n)).learn_limits(learn_limits);
+            if let Some(margin) = arrival_margin {
+                m = m.arrival_margin(margin);
+            }
             if let Some(f) = key_limits {
                 m = m.key_limits(move |k| divide(&f(k), n));
             }
@@ -64,13 +69,18 @@ fn divide(limits: &Limits, n: u64) -> Limits {
     })
 }
 
+/// Whether `r` was made by the local fallback store.
+pub(super) fn is_local(r: &Reservation) -> bool {
+    r.id & LOCAL != 0
+}
+
 /// For a reservation of the local fallback, the fallback and its own view
 /// of the reservation (`None`: a reservation of Redis).
 pub(super) fn local<'a>(
     fallback: Option<&'a MemoryStore>,
     r: &Reservation,
 ) -> Option<(&'a MemoryStore, Reservation)> {
-    if r.id & LOCAL == 0 {
+    if !is_local(r) {
         return None;
     }
     Some((
@@ -98,7 +108,10 @@ pub(super) async fn decide(
             token: inner.token(),
             armed: true,
         };
-        match core.acquire(&key, &costs, now, deadline, guard.token).await {
+        match inner
+            .acquire(&key, &costs, now, deadline, guard.token)
+            .await
+        {
             Ok(d) => {
                 // The decision reaches the caller in this same poll.
                 guard.armed = false;
@@ -131,7 +144,6 @@ pub(super) async fn decide(
 mod tests {
     use super::*;
     use crate::rate_limit::Dimension;
-    use std::time::Duration;
 
     #[test]
     fn fail_open_divides_every_limit_and_keeps_at_least_one() {

@@ -12,11 +12,15 @@
 //! sliding window per limit, first-come first-served reservations at the
 //! earliest instant that fits, cost correction, the shared Retry-After
 //! gate, learning from the provider's headers, oversize requests refused at
-//! once. Every decision is **one atomic Lua script** (a function of one
-//! library, `FCALL`, which the store loads on first use and after a
-//! restart; `EVALSHA` on a server without functions, before Redis 7) and
-//! its time is the Redis server's
-//! (`TIME`): processes with skewed clocks cannot over-admit. The script
+//! once, the [arrival margin](RedisStoreBuilder::arrival_margin), and
+//! `remaining` headers compared with the window as of the request's
+//! admission. Every decision is made by **one atomic Lua script** (a
+//! function of one library, `FCALL`, which the store loads on first use
+//! and after a restart; `EVALSHA` on a server without functions, before
+//! Redis 7), which takes the decisions that this process's callers ask for
+//! meanwhile in the same call (see [Cost per decision](#cost-per-decision)),
+//! and its time is the Redis server's (`TIME`): processes with skewed
+//! clocks cannot over-admit. The script
 //! answers "admitted now" or "admitted in *wait*", and the caller sleeps
 //! exactly that long instead of polling Redis. The wait is counted from
 //! when the answer arrived (not from the `now` passed in, as the trait's
@@ -51,8 +55,27 @@
 //!   lower learned one waits until the learned limit expires (or until
 //!   room frees under it), it is never refused for it.
 //! - **Usage we did not see** (`remaining` lower than we count: other
-//!   clients of the API key, or low estimates), per configured limit. The
-//!   difference counts until the provider's reset, at most one window.
+//!   clients of the API key, or low estimates), per configured limit, by
+//!   the rule of [`SlidingWindow::learn`](crate::rate_limit::SlidingWindow::learn):
+//!   `remaining` is compared with what the limit held **as of the
+//!   request's admission**, every process's reservations booked ahead of
+//!   it included (the reservation carries it: [`Reservation::used`](crate::rate_limit::Reservation::used)),
+//!   not with the window when the response comes back. The difference
+//!   replaces what an earlier admission's response taught, counts until
+//!   the provider's reset measured from the admission (at most one
+//!   window) plus the arrival margin, and a response of an older admission
+//!   than one already compared is stale. Without a reservation (or with
+//!   one of the fault policy's local store) it is compared as of now.
+//!   Where Redis's clock makes it differ from the in-memory store: the
+//!   admission is the script's instant on the server, and the request
+//!   leaves this process only when the answer is back (or its wait after
+//!   that), so the provider counts it later than the admission by the
+//!   return trip as well as the trip to the provider; the margin covers
+//!   both. The reset is measured from that server instant. A limit past
+//!   the reservation's snapshot (a key with more than
+//!   [`UsedAtAdmission::CAPACITY`](crate::rate_limit::UsedAtAdmission::CAPACITY)
+//!   limits) has its `remaining` not compared (the in-memory store reads
+//!   its own log's snapshot instead).
 //! - **A Retry-After gate**: nothing of the key is admitted before its
 //!   end, which the limiter takes from the 429 (bounded by the classifier).
 //!   The script holds the acquires made after it closed. The reservations
@@ -68,26 +91,26 @@
 //!
 //! Every key of one limiter key shares one hash tag, `{<prefix>:<key>}`, so
 //! that a Redis Cluster keeps them in one slot (one script touches them
-//! all), and the prefix `:3:` of this key layout (no name is one of an
-//! older layout's):
+//! all), and the prefix `:4:` of this key layout (no name is one of an
+//! older layout's). The hash is named after the key's limits grouped by
+//! window (the limits of one window, requests and tokens per minute, are
+//! one group, `rt:60000000`; several groups are joined by `,`), so that
+//! processes configured differently for one key keep apart:
 //!
-//! - `{<prefix>:<key>}:3:s`: a hash with the gate, the FIFO tail, the next
-//!   reservation id, per group of limits (the limits of one window:
-//!   requests and tokens per minute are one group) its running sums and
-//!   cursors (below), and per limit its learned limit (with its expiry)
-//!   and external usage (numbers packed as binary doubles, which Lua reads
-//!   far faster than decimal text);
-//! - `{<prefix>:<key>}:3:e:<limits>:<window µs>`: one hash per group, the
-//!   admissions still inside the window, by reservation id (their instant
-//!   and cost in each limit of the group): one entry per reservation, for
-//!   all the limits of its window;
-//! - `{<prefix>:<key>}:3:q`: a sorted set of the reservations booked ahead
-//!   of their acquire (the FIFO queue), to find the tail after a cancel;
-//! - `{<prefix>:<key>}:3:t0` and `:3:t1`: two generations of acquire tokens
-//!   (see below), each a hash token -> reservation id;
-//! - `{<prefix>:<key>}:3:k:<token>`: a tombstone left by a cancel by token
-//!   that arrived before its acquire (or the record of an acquire booked
-//!   further ahead than a token generation lasts).
+//! - `{<prefix>:<key>}:4:<groups>`: a hash with the state (one field `s`:
+//!   the gate, the FIFO tail, the next reservation id, per group its
+//!   cursors (below) and per limit its running sum, numbers packed as
+//!   binary doubles, which Lua reads far faster than decimal text), per
+//!   limit its learned limit (with its expiry) and external usage, and the
+//!   admissions still inside a window, by reservation id (their instant,
+//!   their cost in each limit and their acquire's token: one entry per
+//!   reservation, for all the limits), each with its token's record
+//!   (token -> reservation id, see below);
+//! - `{<prefix>:<key>}:4:<groups>:q`: a sorted set of the reservations
+//!   booked ahead of their acquire (the FIFO queue), to find the tail
+//!   after a cancel;
+//! - `{<prefix>:<key>}:4:<groups>:k:<token>`: a tombstone left by a cancel
+//!   by token (see below).
 //!
 //! A limiter key made by [`ByHeader`](crate::key::ByHeader) is a keyed
 //! fingerprint of the API key, under a secret that is random per process
@@ -101,7 +124,9 @@
 //! plus one second (and up to 250 ms more: the expiry is pushed forward
 //! in steps, so that most decisions touch no expiry). An idle limiter
 //! leaves nothing behind. The prefix defaults to [`DEFAULT_PREFIX`]. All
-//! processes sharing a prefix must configure the same limits for a key.
+//! processes sharing a prefix must configure the same limits and the same
+//! arrival margin for a key (processes whose limits differ count
+//! separately, and together may exceed the quota).
 //!
 //! # Cost per decision
 //!
@@ -110,10 +135,20 @@
 //! per-day limit holds a day of entries): the work per decision does not
 //! grow with the window's traffic.
 //!
-//! - An acquire that fits runs 5 Redis commands (read the state, the
-//!   time, write the entry, the token and the state) and no more for a
-//!   second limit of the same window. Expired entries are dropped oldest
-//!   first, each once: amortised O(1).
+//! - **Batches.** One task per store (and its clones) sends the decisions:
+//!   the first one waiting and every other that waits by then, up to 32
+//!   in one `FCALL`, with at most 2 calls in flight. A call costs Redis
+//!   more than a decision (the command, each argument, the clock), so 16
+//!   callers cost it a fraction of 16 calls: one `TIME`, one read and one
+//!   write of each key however many of its decisions the call holds. A
+//!   caller alone waits for nothing: its decision goes at once. The
+//!   decisions of a call are made in order, each as if alone at the
+//!   call's server time. (A call may hold several limiter keys: fine on
+//!   one server; a Redis Cluster port would batch by hash slot.)
+//! - An acquire that fits runs 2 Redis commands for its key (read the
+//!   state, write it with the entry and the token's record), and one
+//!   `TIME` for its call. Expired entries are dropped oldest first, each
+//!   once, reading up to 8 at a time: amortised O(1).
 //! - Reservation ids are consecutive per key and their instants never
 //!   decrease with the id, so an entry is read by its id in O(1): a
 //!   correction or a cancel changes its entry and the running sums by the
@@ -122,33 +157,43 @@
 //!   entry. One that waits starts from a "free" cursor (the entries that
 //!   no longer count at the queue's tail, with their sum) and reads only
 //!   the entries that must leave the window before it fits, not the queue
-//!   before it.
-//! - `learn` compares `remaining` with the usage started by now: a "used"
-//!   cursor (the entries started, with their sum) that every script moves
-//!   forward over the entries started since the previous one.
+//!   before it; its snapshot of the usage as of its admission is that
+//!   cursor's, moved to its instant.
+//! - `learn` compares `remaining` with the usage as of the reservation's
+//!   admission, which the reservation carries, and reads only the
+//!   reservation's entry (for its instant); without a reservation, with
+//!   the usage started by now: a "used" cursor (the entries started, with
+//!   their sum) that every script moves forward over the entries started
+//!   since the previous one.
+//! - A key's hash is made a hash table at once (a field longer than
+//!   Redis's list encoding takes): Redis otherwise keeps a hash of a few
+//!   hundred fields as a list that every read and write searches from the
+//!   front, the costliest size of all.
 //!
 //! The test `redis_work_per_decision_does_not_grow_with_the_window` counts
 //! the commands each script runs (`INFO commandstats`) at 100, 10,000 and
 //! 100,000 entries; `benches/redis_store.rs` shows Redis's own time per
-//! decision (`SLOWLOG`) at the same sizes.
+//! decision (`SLOWLOG`) at the same sizes, and decisions per second with
+//! the CPU each side spends per decision.
 //!
 //! # Upgrading from an older version
 //!
-//! The key layout changed twice: versions before issue #12 kept each
-//! window as a list (`:l:` keys) under a state hash named `:s`; the
-//! previous version (layout 2) kept one entries hash per limit under
-//! `:s2`. This version's keys (layout 3) have other names: processes of
-//! different layouts never read or write each other's keys, so none can
-//! corrupt another's counts, but **they also do not see each other's
-//! admissions**: while two versions run on one quota, each admits the
-//! whole of it. Stop the old processes before starting new ones (or give
-//! each version its share of the limits while both run). A new process
-//! that creates a key's state while an old process holds state for the
-//! same key logs a warning once (`tracing`, target
-//! `tower_llm_resilience`). The old keys expire on their own. The function
-//! library is named after a hash of its code (`tlr3_<hash>`), so versions
-//! never replace each other's; an old library stays on the server (a few
-//! kilobytes) until `FUNCTION DELETE`.
+//! The key layout changed three times: versions before issue #12 kept
+//! each window as a list (`:l:` keys) under a state hash named `:s`;
+//! layout 2 kept one entries hash per limit under `:s2`; layout 3 (before
+//! issue #13's usage as of admission) kept its keys under `:3:`, with
+//! acquire tokens in generations of their own. This version's keys
+//! (layout 4) have other names: processes of different layouts never read
+//! or write each other's keys, so none can corrupt another's counts, but
+//! **they also do not see each other's admissions**: while two versions
+//! run on one quota, each admits the whole of it. Stop the old processes
+//! before starting new ones (or give each version its share of the
+//! limits while both run). A new process that creates a key's state while
+//! an old process holds state for the same key logs a warning once
+//! (`tracing`, target `tower_llm_resilience`). The old keys expire on
+//! their own. The function library is named after a hash of its code
+//! (`tlr4_<hash>`), so versions never replace each other's; an old library
+//! stays on the server (a few kilobytes) until `FUNCTION DELETE`.
 //!
 //! # Faults
 //!
@@ -205,16 +250,16 @@
 //! is in flight never sees its answer: either way, a reservation may exist
 //! that nobody will use or cancel. So each acquire carries a token, unique
 //! to it (64 random bits per store, then a counter, mixed), and the script
-//! records token -> reservation id in the key's current token generation.
-//! A generation lasts the key's longest window (at most 10 minutes) and
-//! is dropped whole two generations later, so a record lasts as long as
-//! its reservation counts, at most 10 minutes, without a key (and an
-//! expiry) per acquire. When the call fails or times out, or its future is
+//! records token -> reservation id beside the reservation's entry, which
+//! carries the token too, so that the record goes when the entry does:
+//! it lasts exactly as long as the reservation counts, with no key and no
+//! expiry of its own. When the call fails or times out, or its future is
 //! dropped, before its decision reached the caller, the store cancels by
-//! token: it gives the reservation back if the script ran, and otherwise
+//! token: it gives the reservation back if the script ran, and either way
 //! leaves a tombstone (10 minutes) so that the script, should it still
-//! arrive, reserves nothing. A cancel by token is a cancel: never dropped
-//! for room, retried while Redis is down (for up to 10 minutes).
+//! arrive, reserves nothing, and a repeated cancel does nothing. A cancel
+//! by token is a cancel: never dropped for room, retried while Redis is
+//! down (for up to 10 minutes).
 //!
 //! # Example
 //!
@@ -233,13 +278,15 @@
 //! ```
 
 // One job per file: `builder` (settings, defaults, build), `store` (the
-// handle and its `Store` impl), `core` (the connection, health, the
-// acquire call), `layout` (key names, limits grouped by window), `fault`
-// (the fault policy and its local store), `ops` (the background task:
-// cancels, corrections, gates, learns), `token` (acquire tokens, the
+// handle and its `Store` impl), `core` (the connection, health, how a
+// script is called), `batch` (the acquire calls: decisions in batches),
+// `layout` (key names, limits grouped by window), `fault` (the fault
+// policy and its local store), `ops` (the background task: cancels,
+// corrections, gates, learns), `token` (acquire tokens, the
 // cancel-by-token guard), `gates` (the local record of gates for
 // `watch`), `scripts` (the Lua of `lua/`, as a function library or as
 // scripts).
+mod batch;
 mod builder;
 mod core;
 mod fault;

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, Sleep};
 
 use super::core::{micros as to_micros, safe as clamp, Core, TOKEN_TTL};
-use super::layout::{add_group_args, groups};
+use super::layout::pack;
 use super::scripts::{self, Call};
 use crate::classify::ReportedLimit;
 use crate::key::Key;
@@ -36,6 +36,10 @@ pub(super) enum Op {
         dimension: Dimension,
         window: Duration,
         state: ReportedLimit,
+        /// The reservation whose response said it: its id, and what the
+        /// limit held as of its admission (`None`: no snapshot, so
+        /// `remaining` is not compared). `None`: compared as of now.
+        admission: Option<(u64, Option<u64>)>,
         now: Instant,
     },
     /// Answers once everything queued before it ran, and every pending
@@ -79,13 +83,8 @@ impl Cancels {
         let give_up = match &cancel {
             // Nothing of it counts once its window slid past it.
             Cancel::Reservation(r) => {
-                let window = core
-                    .limits_of(&r.key)
-                    .iter()
-                    .map(|l| l.window)
-                    .max()
-                    .unwrap_or_default();
-                r.at.checked_add(window + Duration::from_secs(1))
+                let hold = core.shape_of(&r.key).longest_hold();
+                r.at.checked_add(hold + Duration::from_secs(1))
             }
             // The token record lives at most this long.
             Cancel::Token { issued, .. } => issued.checked_add(TOKEN_TTL),
@@ -226,20 +225,22 @@ pub(super) async fn run(
 pub(super) async fn cancel(core: &Core, c: &Cancel) -> Result<(), crate::Error> {
     match c {
         Cancel::Reservation(r) => {
-            let limits = core.limits_of(&r.key);
+            let shape = core.shape_of(&r.key);
             let mut call = Call::new(scripts::cancel());
-            call.arg(r.id);
-            core.add_groups(&mut call, &r.key, &groups(&limits));
+            call.key(core.hash_key(&r.key, &shape));
+            let mut nums = Vec::with_capacity(64);
+            pack(&mut nums, r.id as f64);
+            shape.add_groups(&mut call, nums);
             core.run::<i64>(&call).await.map(drop)
         }
         Cancel::Token { key, token, .. } => {
-            let limits = core.limits_of(key);
+            let shape = core.shape_of(key);
             let mut call = Call::new(scripts::cancel_token());
-            call.arg(&token.to_le_bytes()[..])
-                .arg(TOKEN_TTL.as_millis() as u64);
-            core.add_groups(&mut call, key, &groups(&limits));
-            call.key(&core.token_keys(key)[..])
-                .key(core.tombstone_key(key, *token));
+            call.key(core.hash_key(key, &shape))
+                .arg(&token.to_le_bytes()[..]);
+            let mut nums = Vec::with_capacity(64);
+            pack(&mut nums, TOKEN_TTL.as_millis() as f64);
+            shape.add_groups(&mut call, nums);
             core.run::<i64>(&call).await.map(drop)
         }
     }
@@ -250,12 +251,14 @@ async fn apply(core: &Core, op: Op) -> Result<(), crate::Error> {
         Op::Flush(_) => Ok(()),
         _ if !core.available() => Err(crate::Error::store_unavailable("redis store degraded")),
         Op::Correct(r, actual) => {
-            let limits = core.limits_of(&r.key);
+            let shape = core.shape_of(&r.key);
             let mut call = Call::new(scripts::correct());
-            call.arg(r.id)
-                .arg(clamp(actual.input_tokens))
-                .arg(clamp(actual.output_tokens));
-            core.add_groups(&mut call, &r.key, &groups(&limits));
+            call.key(core.hash_key(&r.key, &shape));
+            let mut nums = Vec::with_capacity(80);
+            pack(&mut nums, r.id as f64);
+            pack(&mut nums, clamp(actual.input_tokens) as f64);
+            pack(&mut nums, clamp(actual.output_tokens) as f64);
+            shape.add_groups(&mut call, nums);
             core.run::<i64>(&call).await.map(drop)
         }
         Op::Gate(key, until) => {
@@ -263,8 +266,12 @@ async fn apply(core: &Core, op: Op) -> Result<(), crate::Error> {
             if rel.is_zero() {
                 return Ok(());
             }
+            let shape = core.shape_of(&key);
             let mut call = Call::new(scripts::gate());
-            call.key(core.hash_key(&key)).arg(to_micros(rel));
+            call.key(core.hash_key(&key, &shape));
+            let mut nums = Vec::with_capacity(48);
+            pack(&mut nums, to_micros(rel) as f64);
+            shape.add_groups(&mut call, nums);
             core.run::<i64>(&call).await.map(drop)
         }
         Op::Learn {
@@ -272,39 +279,46 @@ async fn apply(core: &Core, op: Op) -> Result<(), crate::Error> {
             dimension,
             window,
             state,
+            admission,
             now,
         } => {
-            let limits = core.limits_of(&key);
-            let groups = groups(&limits);
-            let Some((g, j, l)) = groups.iter().find_map(|g| {
-                let j = g
-                    .limits
-                    .iter()
-                    .position(|l| l.dimension == dimension && l.window == window)?;
-                Some((g, j, g.limits[j]))
-            }) else {
+            let shape = core.shape_of(&key);
+            let Some((index, l, margin_us)) = shape.find(dimension, window) else {
                 return Ok(());
             };
-            // The report is `now`-relative; time spent in the queue has
-            // already passed on the provider's side too.
-            let queued = Instant::now().saturating_duration_since(now);
-            let opt = |v: Option<u64>| v.map_or(-1, |v| clamp(v) as i64);
+            let opt = |v: Option<u64>| v.map_or(-1.0, |v| clamp(v) as f64);
+            // As of now, the report is `now`-relative: the time spent in
+            // the queue has passed on the provider's side too. As of the
+            // admission, the reset counts from the admission.
+            let reset = match admission {
+                Some(_) => state.reset,
+                None => {
+                    let queued = Instant::now().saturating_duration_since(now);
+                    state.reset.map(|r| r.saturating_sub(queued))
+                }
+            };
+            let (id, used) = match admission {
+                Some((id, used)) => (id as f64, opt(used)),
+                None => (-1.0, -1.0),
+            };
+            let mut nums = Vec::with_capacity(160);
+            for x in [
+                index as f64,
+                l.configured as f64,
+                opt(state.limit),
+                opt(state.remaining),
+                reset.map_or(-1.0, |r| to_micros(r) as f64),
+                if core.learn_limits { 1.0 } else { 0.0 },
+                to_micros(core.learned_ttl(l.window)) as f64,
+                margin_us as f64,
+                id,
+                used,
+            ] {
+                pack(&mut nums, x);
+            }
             let mut call = Call::new(scripts::learn());
-            call.key(core.hash_key(&key))
-                .key(core.queue_key(&key))
-                .key(core.entries_key(&key, g));
-            add_group_args(&mut call, std::slice::from_ref(g));
-            call.arg(j + 1)
-                .arg(clamp(l.limit))
-                .arg(opt(state.limit))
-                .arg(opt(state.remaining))
-                .arg(
-                    state
-                        .reset
-                        .map_or(-1, |r| to_micros(r.saturating_sub(queued)) as i64),
-                )
-                .arg(if core.learn_limits { 1 } else { 0 })
-                .arg(to_micros(core.learned_ttl(l)));
+            call.key(core.hash_key(&key, &shape));
+            shape.add_groups(&mut call, nums);
             core.run::<i64>(&call).await.map(drop)
         }
     }

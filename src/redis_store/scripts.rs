@@ -63,7 +63,7 @@ pub(super) fn library() -> &'static Library {
         // The hash of the code (SHA-1, as Redis names scripts): a changed
         // script is another library.
         let hash = Script::new(&body).get_hash()[..16].to_owned();
-        let name = format!("tlr3_{hash}");
+        let name = format!("tlr4_{hash}");
         let mut code = format!("#!lua name={name}\n{body}");
         for s in all() {
             code.push_str(&format!(
@@ -150,7 +150,7 @@ mod tests {
     #[test]
     fn the_library_names_every_function_after_its_code() {
         let lib = library();
-        assert!(lib.name.starts_with("tlr3_") && lib.name.len() == 21);
+        assert!(lib.name.starts_with("tlr4_") && lib.name.len() == 21);
         assert!(lib.code.starts_with(&format!("#!lua name={}\n", lib.name)));
         for s in all() {
             let f = s.function();

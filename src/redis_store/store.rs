@@ -16,6 +16,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::batch::Job;
 use super::core::Core;
 use super::fault::{self, FaultPolicy};
 use super::gates::Gates;
@@ -29,9 +30,11 @@ use crate::Error;
 /// The limiter's state in Redis, shared by every process that uses the
 /// same prefix: see the [module docs](crate::redis_store).
 ///
-/// Clones share one connection (multiplexed) and one background task.
-/// Each `acquire` is one script round trip and a few small allocations (a
-/// boxed future, the key names, its token's among them), which the round
+/// Clones share one connection (multiplexed) and two background tasks:
+/// one sends the decisions in batches (see the module docs), one runs the
+/// fire-and-forget operations. Each `acquire` is one script round trip,
+/// shared with the other decisions asked meanwhile, and a few small
+/// allocations (a boxed future, a channel for the answer), which the round
 /// trip dwarfs.
 #[derive(Clone)]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
@@ -43,6 +46,8 @@ pub(super) struct Inner {
     pub(super) core: Arc<Core>,
     pub(super) fallback: Option<MemoryStore>,
     pub(super) policy: FaultPolicy,
+    /// Decisions, to the batch task.
+    pub(super) acquires: mpsc::UnboundedSender<Job>,
     /// Corrections, gates, learns: dropped when full.
     pub(super) ops: mpsc::Sender<Op>,
     /// Cancels: never dropped for room (bounded by the requests in flight).
@@ -144,6 +149,7 @@ impl fmt::Debug for RedisStore {
             .field("key_limits", &c.key_limits.is_some())
             .field("learn_limits", &c.learn_limits)
             .field("learned_ttl", &c.learned_ttl)
+            .field("arrival_margin", &c.arrival_margin)
             .field("prefix", &c.prefix)
             .field("timeout", &c.timeout)
             .field("retry_interval", &c.retry_interval)
@@ -234,14 +240,26 @@ impl Store for RedisStore {
         reservation: Option<&Reservation>,
         now: Instant,
     ) -> Option<u64> {
-        // Compared as of `now` for the time being: the scripts keep no
-        // usage as of a reservation's admission yet.
-        let _ = reservation;
+        // Compared as of the reservation's admission when it is one of
+        // Redis's for this key (a reservation of the local fallback, or of
+        // another key, says nothing of this key's window in Redis).
+        let admission = reservation
+            .filter(|r| r.key == *key && !fault::is_local(r))
+            .map(|r| {
+                let used = self
+                    .inner
+                    .core
+                    .shape_of(key)
+                    .find(dimension, window)
+                    .and_then(|(_, l, _)| r.used.get(l.index));
+                (r.id, used)
+            });
         self.enqueue(Op::Learn {
             key: key.clone(),
             dimension,
             window,
             state,
+            admission,
             now,
         });
         None
@@ -358,7 +376,6 @@ mod tests {
         ops::cancel(&store.inner.core, &cancel).await.unwrap();
         let late = store
             .inner
-            .core
             .acquire(&key, &Costs::tokens(1), Instant::now(), None, token)
             .await;
         assert!(late.is_err(), "{late:?}");
@@ -394,19 +411,25 @@ mod tests {
         };
         let token = store.inner.token();
         ops::cancel(core, &by_token(token)).await.unwrap();
-        let late = core.acquire(&key, &one, Instant::now(), None, token).await;
+        let late = store
+            .inner
+            .acquire(&key, &one, Instant::now(), None, token)
+            .await;
         assert!(late.is_err(), "cancelled before it ran: {late:?}");
         // The whole limit (1) is still free; then a cancel by token after
         // its acquire ran gives it back, twice is harmless.
         let token = store.inner.token();
-        let d = core.acquire(&key, &one, Instant::now(), None, token).await;
+        let d = store
+            .inner
+            .acquire(&key, &one, Instant::now(), None, token)
+            .await;
         assert!(matches!(d.unwrap().decision, Decision::Admitted(r) if r.at <= Instant::now()));
         ops::cancel(core, &by_token(token)).await.unwrap();
         ops::cancel(core, &by_token(token)).await.unwrap();
         for _ in 0..2 {
             let now = Instant::now();
             let token = store.inner.token();
-            let d = core.acquire(&key, &one, now, Some(now), token).await;
+            let d = store.inner.acquire(&key, &one, now, Some(now), token).await;
             assert!(
                 matches!(d.unwrap().decision, Decision::Admitted(_)),
                 "freed"

@@ -1,8 +1,9 @@
--- cancel: ARGV = id, ng, then per group (state field, window us, k) and
--- per limit of it (tag). KEYS = hash, queue, ng entries hashes.
+-- cancel: KEYS = the key's hash. ARGV[1] = packed numbers: id, ng, then
+-- per group its hold (us) and number of limits k; ARGV[2 ..] = the
+-- groups' names.
 local function cancel(KEYS, ARGV)
-  local h = KEYS[1]
-  if redis.call('EXISTS', h) == 0 then return 0 end
-  local groups, names = groups_of(KEYS, ARGV, tonumber(ARGV[2]), 3, 2)
-  return cancel_id(h, KEYS[2], tonumber(ARGV[1]), groups, names)
+  init()
+  local id, pos = sunpack('<d', ARGV[1])
+  local sh = shape_of(ARGV[1], pos, {unpk(ARGV, 2)}, false)
+  return cancel_id(KEYS[1], sh, id)
 end

@@ -1,57 +1,53 @@
--- correct: ARGV = id, input tokens, output tokens, ng, then per group
--- (state field, window us, k) and per limit of it (tag). KEYS = hash,
--- queue, ng entries hashes.
--- O(1) per group: the entry is read by its id, and the running sums and
--- the cursors that cover it move by the difference. A correction that
--- changes no cost writes nothing.
+-- correct: KEYS = the key's hash. ARGV[1] = packed numbers: id, input
+-- tokens, output tokens, ng, then per group its hold (us) and number of
+-- limits k; ARGV[2 ..] = the groups' names.
+-- O(1): the entry is read by its id, and the running sums and the
+-- cursors that cover it move by the difference, in each group that still
+-- counts it. A correction that changes no cost writes nothing.
 local function correct(KEYS, ARGV)
+  init()
   local h = KEYS[1]
-  local groups, names = groups_of(KEYS, ARGV, tonumber(ARGV[4]), 5, 2)
-  local v = redis.call('HMGET', h, unpack(names))
-  local id = tonumber(ARGV[1])
-  local input = tonumber(ARGV[2])
-  local output = tonumber(ARGV[3])
-  local found = 0
+  local id, input, output, pos = sunpack('<ddd', ARGV[1])
+  local sh = shape_of(ARGV[1], pos, {unpk(ARGV, 2)}, false)
   local f = idf(id)
-  local upd = {}
-  for i, g in ipairs(groups) do
-    -- No state (the key expired): nothing of it counts any more.
-    if v[i + 1] then
-      local e = redis.call('HGET', g.e, f)
-      if e then
-        found = 1
-        local at = read_entry(g, e)
-        local costs = {}
-        local changed = false
-        for j = 1, g.k do
-          local code = string.sub(g.d[4 * j - 4 + TAG], 1, 1)
-          local cost = g.c[j]
-          if code == 't' then
-            cost = input + output
-          elseif code == 'i' then
-            cost = input
-          elseif code == 'o' then
-            cost = output
-          end
-          costs[j] = cost
-          if cost ~= g.c[j] then changed = true end
-        end
-        if changed then
-          local s = {struct.unpack(GF[g.k], v[i + 1])}
-          g.s = s
-          redis.call('HSET', g.e, f, fmt_costs(g, at, costs))
-          for j = 1, g.k do
-            local o, delta = 4 * j + 4, costs[j] - g.c[j]
-            s[o + SUM] = s[o + SUM] + delta
-            if id <= s[FC] then s[o + FP] = s[o + FP] + delta end
-            if id <= s[UC] then s[o + UP] = s[o + UP] + delta end
-          end
-          upd[#upd + 1] = g.f
-          upd[#upd + 1] = pack_g(g)
-        end
+  local r = rcall('HMGET', h, 's', f)
+  local v, e = r[1], r[2]
+  -- No state (the key expired): nothing of it counts any more.
+  if not (e and v and #v == 8 * sh.ns) then return 0 end
+  local at = read_entry(sh, e)
+  local E, C = sh.E, sh.C
+  local changed = false
+  for l = 1, sh.nl do
+    local code, cost = sh.code[l], E[l]
+    -- The request charge stays, and so does a limit the reservation cost
+    -- nothing in when it was admitted (as in the in-memory window).
+    if none(cost) then
+      cost = NONE
+    elseif code == 't' then
+      cost = input + output
+    elseif code == 'i' then
+      cost = input
+    elseif code == 'o' then
+      cost = output
+    end
+    C[l] = cost
+    if cost ~= E[l] then changed = true end
+  end
+  if not changed then return 1 end
+  local S = {sunpack(sh.fs, v)}
+  for i = 1, sh.ng do
+    local o, first = sh.off[i], sh.first[i]
+    if id >= S[o + HD] then
+      for j = 1, sh.k[i] do
+        local so, delta = o + 4 * j + 4, C[first + j - 1] - E[first + j - 1]
+        S[so + SUM] = S[so + SUM] + delta
+        if id <= S[o + FC] then S[so + FP] = S[so + FP] + delta end
+        if id <= S[o + UC] then S[so + UP] = S[so + UP] + delta end
       end
     end
   end
-  if #upd > 0 then redis.call('HSET', h, unpack(upd)) end
-  return found
+  -- The token record stays with the entry.
+  rcall('HSET', h, f, fmt_entry(sh, at, C) .. (token_of(sh, e) or ''),
+    's', spack(sh.fs, unpk(S, 1, sh.ns)))
+  return 1
 end

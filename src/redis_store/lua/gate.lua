@@ -1,15 +1,17 @@
--- gate: ARGV = until (us after now). KEYS = hash.
+-- gate: KEYS = the key's hash. ARGV[1] = packed numbers: until (us after
+-- now), ng, then per group its hold (us) and number of limits k;
+-- ARGV[2 ..] = the groups' names. A later gate extends, an earlier one
+-- never shortens; the key lives at least until it opens.
 local function gate(KEYS, ARGV)
+  init()
   local h = KEYS[1]
-  local K = unpack_k(redis.call('HGET', h, 'k'))
-  local T = now_of(K[TM])
-  local u = T + tonumber(ARGV[1])
-  if K[GATE] < u then
-    K[GATE] = u
-    redis.call('HSET', h, 'k', pack_k(K))
+  local rel, pos = sunpack('<d', ARGV[1])
+  local sh = shape_of(ARGV[1], pos, {unpk(ARGV, 2)}, false)
+  local st = load_key(h, sh, rcall('HGET', h, 's'), nil)
+  local u = st.T + rel
+  if st.S[GATE] < u then
+    st.S[GATE] = u
+    save(st)
   end
-  local ttl = math.ceil((K[GATE] - T) / 1000) + 1000
-  local cur = redis.call('PTTL', h)
-  if cur < ttl then redis.call('PEXPIRE', h, ttl) end
   return 1
 end
