@@ -12,7 +12,7 @@ use http::header::{self, HeaderMap, HeaderName};
 use http::Uri;
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::OwnedSemaphorePermit;
-use tower_llm_resilience::rate_limit::BodyBytes;
+use tower_llm_resilience::rate_limit::{BodyBytes, BodyView};
 
 /// A request body read whole: cheap to clone (the retry layer replays
 /// it) and readable by the limiter's estimator.
@@ -46,8 +46,8 @@ impl Body for RequestBody {
 }
 
 impl BodyBytes for RequestBody {
-    fn body_bytes(&self) -> Option<&[u8]> {
-        Some(self.0.as_deref().unwrap_or_default())
+    fn body_bytes(&self) -> Option<BodyView<'_>> {
+        Some(BodyView::Borrowed(self.0.as_deref().unwrap_or_default()))
     }
 }
 
