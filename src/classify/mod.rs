@@ -77,6 +77,7 @@ mod classifier;
 mod future;
 #[doc(hidden)]
 pub mod fuzzing;
+mod grpc;
 mod layer;
 mod peek;
 mod provider;
@@ -92,6 +93,8 @@ pub use self::class::{ErrorClass, UnknownClass};
 pub use self::classification::{Classification, ReportedLimit, ReportedLimits};
 pub use self::classifier::{classify_transport_error, Classifier};
 pub use self::future::ResponseFuture;
+pub use self::grpc::classify_grpc;
+pub(crate) use self::grpc::is_grpc;
 pub use self::layer::ClassifyLayer;
 pub use self::peek::{BodyPrefix, PeekedBody};
 pub use self::provider::{ParseProviderError, Provider};
