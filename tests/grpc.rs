@@ -296,3 +296,98 @@ async fn a_watched_body_ends_failed_on_a_failed_status_in_its_trailers() {
     assert_eq!(ended("4").await, Ending::Failed(ErrorClass::Timeout));
     assert_eq!(ended("14").await, Ending::Failed(ErrorClass::Overloaded));
 }
+
+/// tonic's own client over the stack: tonic's `Channel` under `LlmLayer`,
+/// behind `BufferBodyLayer` (tonic's request body is a stream; the stack
+/// replays and estimates a `Full<Bytes>`). No protoc: the messages are
+/// bytes, with a codec that passes them as they are.
+mod tonic_client {
+    use super::*;
+    use bytes::Buf;
+    use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+    use tonic::{Code, Status};
+    use tower::ServiceBuilder;
+    use tower_llm_resilience::retry::BufferBodyLayer;
+
+    #[derive(Clone, Copy, Default)]
+    pub(super) struct Raw;
+
+    impl Encoder for Raw {
+        type Item = Bytes;
+        type Error = Status;
+        fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+            dst.put_slice(&item);
+            Ok(())
+        }
+    }
+
+    impl Decoder for Raw {
+        type Item = Bytes;
+        type Error = Status;
+        fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+            Ok(Some(src.copy_to_bytes(src.remaining())))
+        }
+    }
+
+    impl Codec for Raw {
+        type Encode = Bytes;
+        type Decode = Bytes;
+        type Encoder = Raw;
+        type Decoder = Raw;
+        fn encoder(&mut self) -> Raw {
+            Raw
+        }
+        fn decoder(&mut self) -> Raw {
+            Raw
+        }
+    }
+
+    #[tokio::test]
+    async fn a_tonic_channel_under_the_stack() {
+        let calls = Arc::new(AtomicU32::new(0));
+        let base = serve(calls.clone()).await;
+        let channel = tonic::transport::Endpoint::from_shared(base)
+            .unwrap()
+            .connect_lazy();
+        let stack = ServiceBuilder::new()
+            .layer(BufferBodyLayer::default())
+            .layer(
+                LlmLayer::new(Provider::Auto)
+                    .requests_per_minute(1_000)
+                    .circuit_breaker(|b| b.minimum_calls(4).failure_rate(0.5)),
+            )
+            .map_request(|r: Request<Full<Bytes>>| r.map(tonic::body::Body::new))
+            .service(channel);
+        let mut client = tonic::client::Grpc::new(stack);
+        let mut call = async |method: &'static str| {
+            client
+                .ready()
+                .await
+                .map_err(|e| Status::from_error(e.into()))?;
+            let path = http::uri::PathAndQuery::from_static(method);
+            let request = tonic::Request::new(Bytes::from_static(b"\x0a\x04text"));
+            client.unary(request, path, Raw).await
+        };
+
+        // A success: tonic decodes the message and reads grpc-status 0.
+        let answer = call("/llm.Classifier/Ok").await.unwrap();
+        assert_eq!(answer.into_inner(), Bytes::from_static(b"\x0a\x05label"));
+        // UNAVAILABLE in the trailers: tonic reads the status the server
+        // sent (the stack hands the trailers on), the breaker counts it.
+        for _ in 0..3 {
+            let status = call("/llm.Classifier/Unavailable").await.unwrap_err();
+            assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+            assert_eq!(status.message(), "the model is overloaded");
+        }
+        // 3 failures in 4 calls: the breaker is open, and says so through
+        // tonic as an Unknown status whose source is the stack's error.
+        let sent = calls.load(Relaxed);
+        let status = call("/llm.Classifier/Ok").await.unwrap_err();
+        assert_eq!(calls.load(Relaxed), sent, "refused without sending");
+        assert_eq!(status.code(), Code::Unknown);
+        let ours = std::error::Error::source(&status)
+            .and_then(|e| e.downcast_ref::<tower_llm_resilience::Error>())
+            .expect("the stack's error");
+        assert!(ours.is_circuit_open() && ours.class() == ErrorClass::Overloaded);
+    }
+}

@@ -21,7 +21,9 @@ use crate::rate_limit::OutputCharge;
 /// window a provider's headers describe (see
 /// [`request_limit_window`](Self::request_limit_window)).
 /// [`Auto`](Self::Auto), the default, detects the provider from each
-/// response's headers where they are unambiguous.
+/// response's headers where they are unambiguous. Every profile, also
+/// [`Generic`](Self::Generic), reads gRPC's `grpc-status` in the headers
+/// ([`classify_grpc`]), which then decides over the HTTP status.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Provider {
