@@ -346,19 +346,43 @@ mod tonic_client {
     async fn a_tonic_channel_under_the_stack() {
         let calls = Arc::new(AtomicU32::new(0));
         let base = serve(calls.clone()).await;
-        let channel = tonic::transport::Endpoint::from_shared(base)
-            .unwrap()
-            .connect_lazy();
-        let stack = ServiceBuilder::new()
-            .layer(BufferBodyLayer::default())
-            .layer(
-                LlmLayer::new(Provider::Auto)
-                    .requests_per_minute(1_000)
-                    .circuit_breaker(|b| b.minimum_calls(4).failure_rate(0.5)),
-            )
-            .map_request(|r: Request<Full<Bytes>>| r.map(tonic::body::Body::new))
-            .service(channel);
-        let mut client = tonic::client::Grpc::new(stack);
+        let layers = || {
+            ServiceBuilder::new()
+                .layer(BufferBodyLayer::default())
+                .layer(
+                    LlmLayer::new(Provider::Auto)
+                        .requests_per_minute(1_000)
+                        .circuit_breaker(|b| b.minimum_calls(4).failure_rate(0.5)),
+                )
+                .map_request(|r: Request<Full<Bytes>>| r.map(tonic::body::Body::new))
+        };
+        let channel = |base: String| {
+            tonic::transport::Endpoint::from_shared(base)
+                .unwrap()
+                .connect_lazy()
+        };
+
+        // A trailers-only UNAUTHENTICATED is the stack's typed error (not
+        // retried), which tonic shows as Unknown with it as the source.
+        let mut fresh = tonic::client::Grpc::new(layers().service(channel(base)));
+        fresh.ready().await.unwrap();
+        let path = http::uri::PathAndQuery::from_static("/llm.Classifier/Unauthenticated");
+        let request = tonic::Request::new(Bytes::from_static(b"\x0a\x04text"));
+        let status = fresh.unary(request, path, Raw).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unknown);
+        let ours = std::error::Error::source(&status)
+            .and_then(|e| e.downcast_ref::<tower_llm_resilience::Error>())
+            .expect("the stack's error");
+        assert_eq!(
+            (ours.class(), ours.code()),
+            (ErrorClass::Auth, Some("UNAUTHENTICATED"))
+        );
+        assert_eq!(calls.load(Relaxed), 1);
+
+        // The breaker opened on the bad key: a new stack for the rest.
+        let mut client =
+            tonic::client::Grpc::new(layers().service(channel(serve(calls.clone()).await)));
+        calls.store(0, Relaxed);
         let mut call = async |method: &'static str| {
             client
                 .ready()
