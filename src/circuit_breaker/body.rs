@@ -142,8 +142,8 @@ where
 
 /// A success whose body has not ended at its headers: a stream (a
 /// `text/event-stream` or gRPC body) waits for the end of its body,
-/// anything else is recorded now. Out of line: one header lookup, not on the path of an
-/// answer whose body is already complete.
+/// anything else is recorded now. Out of line: one header lookup, not on
+/// the path of an answer whose body is already complete.
 #[inline(never)]
 pub(crate) fn judge_success<C>(guard: &mut Guard<C>, headers: &HeaderMap) {
     if is_stream(headers) {

@@ -90,7 +90,6 @@ struct Peek<D> {
 /// response), by the classifier's [`Classifier::classify_trailers`],
 /// completed with what [`Classifier::classify`] reads in the headers
 /// (waits, rate limits).
-#[cold]
 fn trailers_only<C: Classifier, B>(
     classifier: &C,
     response: &Response<B>,

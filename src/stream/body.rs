@@ -267,9 +267,7 @@ where
             }
         };
         *this.state = State::Streaming;
-        if let Some(trailers) = frame.trailers_ref() {
-            trailers_ended(this.hook, this.watcher, trailers);
-        } else if let Some(data) = frame.data_ref() {
+        if let Some(data) = frame.data_ref() {
             let had_failed = this.watcher.failure().is_some();
             this.watcher.feed_buf(data);
             if let (Some(failure), false) = (this.watcher.failure(), had_failed) {
@@ -279,6 +277,8 @@ where
                 *this.state = State::Failing(error);
                 return Poll::Ready(Some(Ok(frame)));
             }
+        } else if let Some(trailers) = frame.trailers_ref() {
+            trailers_ended(this.hook, this.watcher, trailers);
         }
         if this.inner.is_end_stream() {
             // The inner body says it has nothing more: end now, so that a
