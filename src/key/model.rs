@@ -181,20 +181,13 @@ impl ByModel {
 
 impl<B: BodyBytes> KeyFn<Request<B>> for ByModel {
     fn key(&self, request: &Request<B>) -> Key {
-        let model = match self.find(request) {
-            Some(Found::Here(model)) => Some(model),
-            Some(Found::Shared(body)) => {
-                // The key is made while the view lives: no copy of the name
-                // but the key's own.
-                return match self.model_in_body(&body) {
-                    Some(model) => Key::new(&*model),
-                    None => Key::DEFAULT,
-                };
-            }
-            None => None,
-        };
-        match model {
-            Some(model) => Key::new(&*model),
+        match self.find(request) {
+            Some(Found::Here(model)) => Key::new(&*model),
+            // The key is made while the shared view lives: no copy of the
+            // name but the key's own.
+            Some(Found::Shared(body)) => self
+                .model_in_body(&body)
+                .map_or(Key::DEFAULT, |model| Key::new(&*model)),
             None => Key::DEFAULT,
         }
     }
