@@ -33,7 +33,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 ///   layer stops ([`is_retry_after_too_long`](Self::is_retry_after_too_long),
 ///   [`is_retry_budget_exhausted`](Self::is_retry_budget_exhausted),
 ///   [`is_deadline_exceeded`](Self::is_deadline_exceeded),
-///   [`is_body_too_large`](Self::is_body_too_large)), or the breaker is open
+///   [`is_body_too_large`](Self::is_body_too_large),
+///   [`is_body_unreadable`](Self::is_body_unreadable)), or the breaker is open
 ///   ([`is_circuit_open`](Self::is_circuit_open)). These still carry the
 ///   class of the provider's state that caused them (a breaker opened by
 ///   `insufficient_quota` says [`ErrorClass::QuotaExhausted`]).
@@ -73,6 +74,9 @@ enum Kind {
     DeadlineExceeded,
     /// A body to replay was larger than the buffering cap.
     BodyTooLarge { limit: usize },
+    /// A body to replay failed while it was read; the body's error is the
+    /// source.
+    BodyUnreadable,
     /// The circuit breaker of the request's key is open.
     CircuitOpen,
     /// The shared store (e.g. Redis) could not be reached.
@@ -206,6 +210,14 @@ impl Error {
             Kind::BodyTooLarge { limit },
             Classification::failure(ErrorClass::InvalidRequest),
         )
+    }
+
+    pub(crate) fn body_unreadable(source: BoxError) -> Self {
+        Error::new(
+            Kind::BodyUnreadable,
+            Classification::failure(ErrorClass::InvalidRequest),
+        )
+        .with_source(source)
     }
 
     pub(crate) fn circuit_open(class: ErrorClass, retry_after: Option<Duration>) -> Self {
@@ -351,7 +363,7 @@ impl Error {
     /// large) and for non-retryable classes.
     pub fn is_retryable(&self) -> bool {
         match self.inner.kind {
-            Kind::OverCapacity { .. } | Kind::BodyTooLarge { .. } => false,
+            Kind::OverCapacity { .. } | Kind::BodyTooLarge { .. } | Kind::BodyUnreadable => false,
             Kind::RateLimitTimeout { .. }
             | Kind::RetryAfterTooLong { .. }
             | Kind::RetryBudgetExhausted
@@ -456,6 +468,15 @@ impl Error {
     /// A request body to buffer for replay was larger than the cap.
     pub fn is_body_too_large(&self) -> bool {
         matches!(self.inner.kind, Kind::BodyTooLarge { .. })
+    }
+
+    /// A request body to buffer for replay failed while it was read (the
+    /// caller's stream broke; the body's error is the
+    /// [`source`](std::error::Error::source)). Its class is
+    /// [`ErrorClass::InvalidRequest`]: the request cannot be sent, and the
+    /// body is gone, so it is not retryable.
+    pub fn is_body_unreadable(&self) -> bool {
+        self.inner.kind == Kind::BodyUnreadable
     }
 
     /// The circuit breaker refused the call without sending it.
@@ -580,6 +601,9 @@ impl fmt::Display for Error {
             }
             Kind::BodyTooLarge { limit } => {
                 return write!(f, "request body larger than the {limit}-byte replay buffer")
+            }
+            Kind::BodyUnreadable => {
+                return f.write_str("request body could not be read into the replay buffer")
             }
             Kind::CircuitOpen => write!(f, "circuit breaker open ({class}")?,
             Kind::StoreUnavailable => return f.write_str("rate-limit store unavailable"),

@@ -9,7 +9,8 @@
 //! use tower_llm_resilience::{ErrorClass, LlmLayer, Provider};
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
-//! // Any tower HTTP client: hyper-util's `Client`, a tonic channel, a mock.
+//! // Any tower HTTP client: hyper-util's `Client`, reqwest's, a tonic
+//! // `Channel` (gRPC: see `classify`), a mock.
 //! // This one answers what OpenAI sends when the account's quota is gone.
 //! let calls = Arc::new(AtomicU32::new(0));
 //! let seen = calls.clone();

@@ -174,6 +174,53 @@ impl Service<Request<String>> for Sse {
     }
 }
 
+/// A gRPC answer's body: 7 messages, then trailers with `grpc-status: 0`,
+/// which the breaker reads to judge the call.
+struct Messages(u8);
+
+impl Body for Messages {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0 = self.0.saturating_sub(1);
+        Poll::Ready(match self.0 {
+            0 => None,
+            1 => {
+                // The trailers' map allocates: the inner service's cost.
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("grpc-status", HeaderValue::from_static("0"));
+                Some(Ok(Frame::trailers(trailers)))
+            }
+            _ => Some(Ok(Frame::data(Bytes::from_static(b"\0\0\0\0\x01x")))),
+        })
+    }
+}
+
+/// Answers a 200 `application/grpc` of 7 messages and its trailers.
+#[derive(Clone, Copy)]
+struct Grpc;
+
+impl Service<Request<String>> for Grpc {
+    type Response = Response<Messages>;
+    type Error = Infallible;
+    type Future = Ready<Result<Response<Messages>, Infallible>>;
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+    fn call(&mut self, _: Request<String>) -> Self::Future {
+        let mut r = Response::new(Messages(9));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        ready(Ok(r))
+    }
+}
+
 /// Calls `svc` `n` times and reads every body to its end.
 async fn stream_all<S, B>(svc: &mut S, n: usize) -> u64
 where
@@ -208,6 +255,22 @@ fn no_allocation_per_streamed_call() {
     let mut bare = Sse;
     futures::executor::block_on(async {
         // Warm up: the breaker and the clone's private reference.
+        stream_all(&mut watched, 2).await;
+        let inner = stream_all(&mut bare, 1_000).await;
+        assert!(inner > 0, "the counter counts (the header maps)");
+        assert_eq!(stream_all(&mut watched, 1_000).await, inner);
+    });
+    assert_eq!(
+        watched.state(&tower_llm_resilience::Key::DEFAULT),
+        tower_llm_resilience::events::CircuitState::Closed
+    );
+}
+
+#[test]
+fn no_allocation_per_grpc_call_judged_by_its_trailers() {
+    let mut watched = CircuitBreakerLayer::new().layer(Grpc);
+    let mut bare = Grpc;
+    futures::executor::block_on(async {
         stream_all(&mut watched, 2).await;
         let inner = stream_all(&mut bare, 1_000).await;
         assert!(inner > 0, "the counter counts (the header maps)");

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use proptest::prelude::*;
 use tower_llm_resilience::classify::{
-    parse_error_body, parse_go_duration, parse_retry_after, parse_retry_after_ms,
+    classify_grpc, parse_error_body, parse_go_duration, parse_retry_after, parse_retry_after_ms,
     parse_rfc3339_reset, Classification, Provider, MAX_SERVER_WAIT,
 };
 
@@ -109,7 +109,9 @@ proptest! {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(now_secs);
         let c = provider.classify_at(status, &headers, Some(&body), now);
         prop_assert!(within_clamp(&c), "{c:?}");
-        prop_assert_eq!(c.class.is_none(), status.as_u16() < 400);
+        // A failed gRPC status in the headers is a failure at any status.
+        let grpc = classify_grpc(&headers);
+        prop_assert_eq!(c.class.is_none(), status.as_u16() < 400 && grpc.is_none());
         let _ = parse_error_body(&body);
     }
 }

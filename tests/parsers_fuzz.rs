@@ -88,6 +88,18 @@ fn response() -> impl Strategy<Value = Vec<u8>> {
         })
 }
 
+/// A gRPC status, message and pushback as servers send them.
+fn grpc() -> impl Strategy<Value = Vec<u8>> {
+    let status = prop_oneof![(0u32..20).prop_map(|n| n.to_string()), "[ -~]{0,12}"];
+    let message = prop_oneof![
+        Just("Quota exceeded for quota metric 'requests per day'".to_owned()),
+        Just("insufficient_quota".to_owned()),
+        "[ -~]{0,40}",
+    ];
+    (status, message, header_like())
+        .prop_map(|(s, m, p)| [s.into_bytes(), m.into_bytes(), p].join(&b'\n'))
+}
+
 fn bytes() -> impl Strategy<Value = Vec<u8>> {
     proptest::collection::vec(any::<u8>(), 0..512)
 }
@@ -128,6 +140,11 @@ proptest! {
     #[test]
     fn error_body(data in prop_oneof![bytes(), body()]) {
         fuzzing::error_body(&data);
+    }
+
+    #[test]
+    fn grpc_status(data in prop_oneof![bytes(), lines(3), grpc()]) {
+        fuzzing::grpc_status(&data);
     }
 
     #[test]

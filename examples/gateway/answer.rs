@@ -9,6 +9,8 @@
 //! | a wait for a quota refused ([`is_rate_limit_timeout`](Error::is_rate_limit_timeout), [`is_too_many_keys`](Error::is_too_many_keys), or the retry layer's [`is_retry_after_too_long`](Error::is_retry_after_too_long) with no response behind it): the tenant's quota or the provider's | 429, `Retry-After`, code `tenant_rate_limit_exceeded` or `rate_limit_exceeded` |
 //! | an open circuit ([`is_circuit_open`](Error::is_circuit_open)) | 503, `Retry-After` (1 s when the breaker knows no time), code `circuit_open` |
 //! | a request larger than a whole window ([`is_over_capacity`](Error::is_over_capacity)) | 400, code `request_too_large` |
+//! | a request body over the gateway's bound ([`is_body_too_large`](Error::is_body_too_large)) | 413, code `request_too_large` |
+//! | a request body that broke while it was read ([`is_body_unreadable`](Error::is_body_unreadable)) | 400, code `invalid_body` |
 //! | the provider's error response (after the retries it deserved) | its status and body as it sent them (the body up to the classify layer's cap), `Retry-After` when it gave one |
 //! | a failure with no response (connect, timeout, reset) | 502, 504 for a timeout, 503 for an overload |
 //!
@@ -52,6 +54,8 @@ pub fn from_error(error: &Error, level: Level) -> Response<Body> {
         ours(StatusCode::BAD_REQUEST, "request_too_large", &message)
     } else if error.is_body_too_large() {
         ours(StatusCode::PAYLOAD_TOO_LARGE, "request_too_large", &message)
+    } else if error.is_body_unreadable() {
+        ours(StatusCode::BAD_REQUEST, "invalid_body", &message)
     } else if let Some(status) = error.status().filter(|s| s.as_u16() >= 400) {
         match error.body() {
             Some(body) => passed_through(status, body),

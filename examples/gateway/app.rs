@@ -17,8 +17,9 @@
 //! - **One provider quota** in front of the upstream, shared by all.
 //! - **The upstream key** is the gateway's: the clients' credentials never
 //!   cross (see [`upstream_headers`]).
-//! - **Bodies**: a request body is read whole (the retry layer replays
-//!   it, the limiters estimate its tokens), at most `max_body` bytes; a
+//! - **Bodies**: a request body is read whole by the crate's
+//!   [`BufferBodyLayer`], at most `max_body` bytes, into a `Full<Bytes>`
+//!   (the retry layer replays it, the limiters estimate its tokens); a
 //!   response body, streamed or not, passes through frame by frame, and
 //!   holds its concurrency slot until it ends.
 
@@ -30,8 +31,10 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::routing::any;
 use axum::Router;
+use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::{Response, StatusCode};
+use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::Semaphore;
@@ -41,10 +44,11 @@ use tower_llm_resilience::config::LlmConfig;
 use tower_llm_resilience::events::Events;
 use tower_llm_resilience::key::{ByHeader, Key, KeyFn};
 use tower_llm_resilience::rate_limit::{Limits, RateLimitLayer};
+use tower_llm_resilience::retry::BufferBodyLayer;
 use tower_llm_resilience::{Error, LlmLayer, Provider};
 
 use crate::answer::{self, Level};
-use crate::upstream::{client_headers, upstream_headers, Base, Permitted, RequestBody};
+use crate::upstream::{client_headers, upstream_headers, Base, Permitted};
 
 /// What the gateway needs to run.
 #[derive(Clone, Debug)]
@@ -119,9 +123,12 @@ pub struct Answers {
     pub other_errors: AtomicU64,
 }
 
-/// The whole stack, request in, response (or the stack's typed error)
-/// out.
-type Stack = BoxCloneSyncService<http::Request<RequestBody>, Response<Body>, Error>;
+/// A request body as the stack holds it: read whole, cheap to clone.
+type RequestBody = Full<Bytes>;
+
+/// The whole stack, the client's request in (its body read by
+/// [`BufferBodyLayer`]), response (or the stack's typed error) out.
+type Stack = BoxCloneSyncService<http::Request<Body>, Response<Body>, Error>;
 
 struct Shared {
     stack: Stack,
@@ -130,7 +137,6 @@ struct Shared {
     tenant_header: Option<HeaderName>,
     /// `Bearer <key>`, marked sensitive.
     authorization: Option<HeaderValue>,
-    max_body: usize,
     answers: Arc<Answers>,
 }
 
@@ -225,7 +231,9 @@ pub fn gateway(settings: Settings) -> Result<Gateway, String> {
         .max_wait(settings.max_wait)
         .events(tenant_events.clone())
         .layer(upstream);
-    let stack = BoxCloneSyncService::new(tenants.map_response(|r| r.map(Body::new)));
+    let stack =
+        BufferBodyLayer::new(settings.max_body).layer(tenants.map_response(|r| r.map(Body::new)));
+    let stack = BoxCloneSyncService::new(stack);
 
     let tenant = match &settings.tenant_header {
         Some(name) => ByHeader::new(name.clone()),
@@ -238,7 +246,6 @@ pub fn gateway(settings: Settings) -> Result<Gateway, String> {
         tenant,
         tenant_header: settings.tenant_header,
         authorization,
-        max_body: settings.max_body,
         answers: answers.clone(),
     });
     let router = Router::new()
@@ -273,13 +280,7 @@ enum Refused {
     Other(Response<Body>),
 }
 
-async fn send(gw: &Shared, request: Request) -> Result<Response<Body>, Refused> {
-    let (parts, body) = request.into_parts();
-    let bytes = match axum::body::to_bytes(body, gw.max_body).await {
-        Ok(bytes) => bytes,
-        Err(e) => return Err(Refused::Other(unreadable(e, gw.max_body))),
-    };
-    let mut request = http::Request::from_parts(parts, RequestBody::new(bytes));
+async fn send(gw: &Shared, mut request: Request) -> Result<Response<Body>, Refused> {
     let tenant = gw.tenant.key(&request);
     let rest = request.uri().path().strip_prefix("/v1").unwrap_or_default();
     let Some(uri) = gw.base.join(rest, request.uri().query()) else {
@@ -309,19 +310,6 @@ async fn send(gw: &Shared, request: Request) -> Result<Response<Body>, Refused> 
             Refused::Other(answer)
         }
     })
-}
-
-/// A request body that could not be read: too large, or broken.
-fn unreadable(error: axum::Error, max_body: usize) -> Response<Body> {
-    let too_large = std::error::Error::source(&error)
-        .is_some_and(|e| e.is::<http_body_util::LengthLimitError>());
-    if too_large {
-        let message = format!("the request body is larger than the gateway's {max_body} bytes");
-        answer::ours(StatusCode::PAYLOAD_TOO_LARGE, "request_too_large", &message)
-    } else {
-        let message = format!("the request body could not be read: {error}");
-        answer::ours(StatusCode::BAD_REQUEST, "invalid_body", &message)
-    }
 }
 
 async fn not_found(request: Request) -> Response<Body> {

@@ -1,55 +1,15 @@
 //! What the gateway sends upstream and what it hands back: the request's
-//! body, its URL under the upstream's base, the headers that cross (and
+//! URL under the upstream's base, the headers that cross (and
 //! those that never do), and a response body that holds its concurrency
 //! slot until it ends.
 
-use std::convert::Infallible;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName};
 use http::Uri;
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::OwnedSemaphorePermit;
-use tower_llm_resilience::rate_limit::BodyBytes;
-
-/// A request body read whole: cheap to clone (the retry layer replays
-/// it) and readable by the limiter's estimator.
-#[derive(Clone, Debug, Default)]
-pub struct RequestBody(Option<Bytes>);
-
-impl RequestBody {
-    pub fn new(bytes: Bytes) -> Self {
-        RequestBody((!bytes.is_empty()).then_some(bytes))
-    }
-}
-
-impl Body for RequestBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Poll::Ready(self.get_mut().0.take().map(|b| Ok(Frame::data(b))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.0.is_none()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.0.as_ref().map_or(0, |b| b.len() as u64))
-    }
-}
-
-impl BodyBytes for RequestBody {
-    fn body_bytes(&self) -> Option<&[u8]> {
-        Some(self.0.as_deref().unwrap_or_default())
-    }
-}
 
 /// The upstream's base URL (`https://api.openai.com/v1`), which a
 /// client's `/v1/...` path continues.

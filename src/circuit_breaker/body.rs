@@ -10,7 +10,7 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 use super::guard::Guard;
-use crate::classify::{Classifier, Provider};
+use crate::classify::{is_grpc, Classifier, Provider};
 use crate::{BoxError, Error};
 
 pin_project! {
@@ -19,11 +19,16 @@ pin_project! {
     /// breaker how a stream ended.
     ///
     /// A 2xx **stream** (a `text/event-stream` response, as every provider
-    /// streams a completion) is not judged at its headers: a stream that
-    /// breaks midway is a failure. Its outcome is recorded when the body
-    /// ends:
+    /// streams a completion, or a gRPC response, `application/grpc`, whose
+    /// status comes in its trailers) is not judged at its headers: a stream
+    /// that breaks midway is a failure. Its outcome is recorded when the
+    /// body ends:
     ///
     /// - **the end of the body** (the last frame, or `None`) is a success;
+    /// - **trailers** that report a failure (gRPC's `grpc-status` other
+    ///   than 0, by [`Classifier::classify_trailers`]) are that failure, by
+    ///   the same rule as an error response; the trailers still reach the
+    ///   caller as they are (a gRPC client reads its status there);
     /// - **an error item** (a reset connection, or what
     ///   [`WatchedBody`](crate::stream::WatchedBody) reports as a
     ///   [stream failure](crate::Error::is_stream_failure): an SSE `error`
@@ -102,11 +107,17 @@ where
         let mut this = self.project();
         match ready!(this.inner.as_mut().poll_frame(cx)) {
             Some(Ok(frame)) => {
-                // The last frame ends the body: no need to wait for a
-                // `None` that a reader who trusts `is_end_stream` never
-                // asks for.
-                if this.guard.is_pending() && this.inner.is_end_stream() {
-                    this.guard.end();
+                if this.guard.is_pending() {
+                    if let Some(trailers) = frame.trailers_ref() {
+                        // The trailers end the body, and may say it failed
+                        // (gRPC's `grpc-status`); they go on untouched.
+                        this.guard.end_with_trailers(trailers);
+                    } else if this.inner.is_end_stream() {
+                        // The last frame ends the body: no need to wait for
+                        // a `None` that a reader who trusts `is_end_stream`
+                        // never asks for.
+                        this.guard.end();
+                    }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -130,12 +141,12 @@ where
 }
 
 /// A success whose body has not ended at its headers: a stream (a
-/// `text/event-stream` body) waits for the end of its body, anything else
-/// is recorded now. Out of line: one header lookup, not on the path of an
-/// answer whose body is already complete.
+/// `text/event-stream` or gRPC body) waits for the end of its body,
+/// anything else is recorded now. Out of line: one header lookup, not on
+/// the path of an answer whose body is already complete.
 #[inline(never)]
 pub(crate) fn judge_success<C>(guard: &mut Guard<C>, headers: &HeaderMap) {
-    if is_event_stream(headers) {
+    if is_stream(headers) {
         guard.stream();
     } else {
         guard.succeed();
@@ -143,12 +154,12 @@ pub(crate) fn judge_success<C>(guard: &mut Guard<C>, headers: &HeaderMap) {
 }
 
 /// Whether the headers say `Content-Type: text/event-stream` (SSE, with
-/// or without parameters, in any case).
-fn is_event_stream(headers: &HeaderMap) -> bool {
+/// or without parameters, in any case) or gRPC's `application/grpc`.
+fn is_stream(headers: &HeaderMap) -> bool {
     const SSE: &[u8] = b"text/event-stream";
     headers.get(header::CONTENT_TYPE).is_some_and(|v| {
         let v = v.as_bytes();
-        v.len() >= SSE.len() && v[..SSE.len()].eq_ignore_ascii_case(SSE)
+        (v.len() >= SSE.len() && v[..SSE.len()].eq_ignore_ascii_case(SSE)) || is_grpc(v)
     })
 }
 
@@ -170,13 +181,15 @@ mod tests {
         let with = |v: &'static str| {
             let mut h = HeaderMap::new();
             h.insert(header::CONTENT_TYPE, http::HeaderValue::from_static(v));
-            is_event_stream(&h)
+            is_stream(&h)
         };
         assert!(with("text/event-stream"));
         assert!(with("text/event-stream; charset=utf-8"));
         assert!(with("Text/Event-Stream"));
         assert!(!with("application/json"));
         assert!(!with("text/event"));
-        assert!(!is_event_stream(&HeaderMap::new()));
+        assert!(with("application/grpc+proto"));
+        assert!(!with("application/grpc-web"));
+        assert!(!is_stream(&HeaderMap::new()));
     }
 }

@@ -128,6 +128,19 @@ impl<C: Classifier> Guard<C> {
     }
 }
 
+impl<C: Classifier> Guard<C> {
+    /// The trailers that end a body: the failure they report (gRPC's
+    /// status, by [`Classifier::classify_trailers`]) is recorded as one,
+    /// else the end is a success.
+    #[inline(never)]
+    pub(crate) fn end_with_trailers(&mut self, trailers: &http::HeaderMap) {
+        match self.classifier().classify_trailers(trailers) {
+            Some(c) => self.fail(&c),
+            None => self.succeed(),
+        }
+    }
+}
+
 impl<C> Drop for Guard<C> {
     #[inline]
     fn drop(&mut self) {

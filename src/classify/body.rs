@@ -147,6 +147,31 @@ pub(crate) fn code_class(word: &[u8]) -> Option<(&'static str, ErrorClass)> {
         .map(|&(code, class, _)| (code, class))
 }
 
+/// The class a free-text message names where a status code cannot (a
+/// gRPC `grpc-message`): a phrase of [`PHRASES`], a precise code of
+/// [`CODES`] written in it (`insufficient_quota`), or, for a rate limit
+/// (`class`), a per-day quota, which is spent until the day resets.
+pub(crate) fn message_class(
+    message: &[u8],
+    class: ErrorClass,
+) -> Option<(&'static str, ErrorClass)> {
+    let lower = std::str::from_utf8(message).ok()?.to_ascii_lowercase();
+    if let Some(&(phrase, class)) = PHRASES.iter().find(|(p, _)| lower.contains(p)) {
+        return Some((phrase, class));
+    }
+    let precise = CODES
+        .iter()
+        .find(|(code, _, rank)| *rank >= 3 && lower.contains(code));
+    if let Some(&(code, class, _)) = precise {
+        return Some((code, class));
+    }
+    let per_day = ["perday", "per_day", "per day"];
+    if class == ErrorClass::RateLimited && per_day.iter().any(|p| lower.contains(p)) {
+        return Some(("RESOURCE_EXHAUSTED", ErrorClass::QuotaExhausted));
+    }
+    None
+}
+
 fn from_json(value: &Value) -> ErrorBody {
     // Gemini sometimes wraps the body in an array.
     let value = match value {

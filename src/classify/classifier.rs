@@ -2,7 +2,7 @@ use std::time::SystemTime;
 
 use http::{HeaderMap, Response, StatusCode};
 
-use super::{Classification, ErrorClass};
+use super::{classify_grpc, Classification, ErrorClass};
 use crate::rate_limit::OutputCharge;
 
 /// Decides what a provider's response or a transport error means.
@@ -54,6 +54,32 @@ pub trait Classifier: Send + Sync {
     /// the `reqwest` feature).
     fn classify_error(&self, error: &(dyn std::error::Error + 'static)) -> Classification {
         classify_transport_error(error)
+    }
+
+    /// What a response's trailers (the last frame of its body) report:
+    /// `None` for a success, else the failure. The default reads gRPC's
+    /// status ([`classify_grpc`]): the circuit breaker counts a
+    /// `grpc-status` other than 0 at the end of a body as the failure it
+    /// is, and the rate limiter's [`StreamHook`](crate::stream::StreamHook)
+    /// hears of it, as of an error event in a stream; the trailers reach
+    /// the caller untouched, for a gRPC client reads its status from them.
+    /// [`ClassifyLayer`](super::ClassifyLayer) also asks it for the headers
+    /// of a gRPC response that carries its status there (a trailers-only
+    /// response, as a gRPC server answers an error before any message).
+    ///
+    /// ```
+    /// use http::HeaderMap;
+    /// use tower_llm_resilience::classify::{Classifier, ErrorClass, Provider};
+    ///
+    /// let mut trailers = HeaderMap::new();
+    /// trailers.insert("grpc-status", "14".parse().unwrap());
+    /// let c = Provider::Auto.classify_trailers(&trailers).unwrap();
+    /// assert_eq!(c.class, Some(ErrorClass::Overloaded));
+    /// trailers.insert("grpc-status", "0".parse().unwrap());
+    /// assert!(Provider::Auto.classify_trailers(&trailers).is_none());
+    /// ```
+    fn classify_trailers(&self, trailers: &HeaderMap) -> Option<Classification> {
+        classify_grpc(trailers)
     }
 
     /// How the provider charges output tokens against its token limits,
@@ -139,6 +165,10 @@ impl<C: Classifier + ?Sized> Classifier for std::sync::Arc<C> {
         (**self).output_charge(headers)
     }
 
+    fn classify_trailers(&self, trailers: &HeaderMap) -> Option<Classification> {
+        (**self).classify_trailers(trailers)
+    }
+
     fn classify_error(&self, error: &(dyn std::error::Error + 'static)) -> Classification {
         (**self).classify_error(error)
     }
@@ -160,6 +190,10 @@ impl<C: Classifier + ?Sized> Classifier for &C {
 
     fn output_charge(&self, headers: &HeaderMap) -> OutputCharge {
         (**self).output_charge(headers)
+    }
+
+    fn classify_trailers(&self, trailers: &HeaderMap) -> Option<Classification> {
+        (**self).classify_trailers(trailers)
     }
 
     fn classify_error(&self, error: &(dyn std::error::Error + 'static)) -> Classification {

@@ -6,12 +6,13 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
+use http::header::CONTENT_TYPE;
 use http::{response::Parts, Response};
 use http_body::{Body, Frame};
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 
-use super::{BodyPrefix, Classifier, PeekedBody};
+use super::{is_grpc, BodyPrefix, Classification, Classifier, PeekedBody};
 use crate::stream::{BodyShape, StreamWatcher};
 
 pin_project! {
@@ -144,6 +145,25 @@ impl<F, C, B: Body + std::fmt::Debug> std::fmt::Debug for ResponseFuture<F, C, B
     }
 }
 
+/// The failure a gRPC response reports in its headers (a trailers-only
+/// response), by the classifier's [`Classifier::classify_trailers`],
+/// completed with what [`Classifier::classify`] reads in the headers
+/// (waits, rate limits).
+fn trailers_only<C: Classifier, B>(
+    classifier: &C,
+    response: &Response<B>,
+) -> Option<Classification> {
+    let failure = classifier.classify_trailers(response.headers())?;
+    let mut c = classifier.classify(response.status(), response.headers(), None);
+    if c.class.is_none() {
+        c.class = failure.class;
+        c.code = failure.code;
+        c.retry_after = failure.retry_after.or(c.retry_after);
+        c.should_retry = failure.should_retry.or(c.should_retry);
+    }
+    Some(c)
+}
+
 /// The most frames read from one error body (or from an event stream before
 /// its first event), whatever their size.
 const MAX_FRAMES: usize = 64;
@@ -226,8 +246,20 @@ where
                 StateProj::Calling { future } => {
                     let response = ready!(future.poll(cx))?;
                     if !this.classifier.is_error_status(response.status()) {
+                        let content_type = response.headers().get(CONTENT_TYPE);
+                        if content_type.is_some_and(|v| is_grpc(v.as_bytes())) {
+                            // A gRPC answer may carry its status in its
+                            // headers (trailers-only): an error there is
+                            // stored, for every layer to see.
+                            let mut response = response.map(PeekedBody::new);
+                            if let Some(c) = trailers_only(&*this.classifier, &response) {
+                                response.extensions_mut().insert(c);
+                            }
+                            this.state.set(State::Done);
+                            return Poll::Ready(Ok(response));
+                        }
                         if *this.max_body > 0
-                            && BodyShape::of(response.headers()) == BodyShape::EventStream
+                            && BodyShape::of_content_type(content_type) == BodyShape::EventStream
                         {
                             // A stream is not a success yet: hold it until
                             // its first event says what it is.

@@ -16,7 +16,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use super::scan::Scan;
 use super::values::parse_count;
 use super::{
-    parse_error_body, parse_go_duration, parse_retry_after, parse_retry_after_ms,
+    classify_grpc, parse_error_body, parse_go_duration, parse_retry_after, parse_retry_after_ms,
     parse_rfc3339_reset, Classification, Classifier, ErrorClass, Provider, ReportedLimit,
     ReportedLimits, MAX_SERVER_WAIT,
 };
@@ -56,6 +56,9 @@ pub const HEADER_NAMES: &[&str] = &[
     "openai-processing-ms",
     "x-ms-region",
     "x-groq-region",
+    "grpc-status",
+    "grpc-message",
+    "grpc-retry-pushback-ms",
 ];
 
 const PROVIDERS: [Provider; 8] = [
@@ -351,6 +354,44 @@ impl Response {
     }
 }
 
+/// [`classify_grpc`]: the input holds `grpc-status`, `grpc-message` and
+/// `grpc-retry-pushback-ms` separated by newlines.
+pub fn grpc_status(data: &[u8]) {
+    let (status, rest) = split(data, b'\n');
+    let (message, pushback) = split(rest, b'\n');
+    let headers = header_map(&[
+        ("grpc-status", status),
+        ("grpc-message", message),
+        ("grpc-retry-pushback-ms", pushback),
+    ]);
+    let Some(c) = classify_grpc(&headers) else {
+        // No status, or the number 0 (OK): nothing else is a success.
+        let number = |v: &HeaderValue| {
+            std::str::from_utf8(v.as_bytes())
+                .ok()?
+                .trim()
+                .parse::<u32>()
+                .ok()
+        };
+        let status = headers.get("grpc-status");
+        assert!(status.is_none_or(|v| number(v) == Some(0)), "{status:?}");
+        return;
+    };
+    assert!(c.class.is_some(), "a failure has a class");
+    assert!(c.code.is_some(), "a failure names its code");
+    bounded(c.retry_after, "grpc-retry-pushback-ms", "");
+    assert_ne!(
+        c.should_retry,
+        Some(true),
+        "only a negative pushback speaks"
+    );
+    assert_eq!(
+        classify_grpc(&headers),
+        Some(c),
+        "the same trailers, the same answer"
+    );
+}
+
 /// [`Provider::classify_at`] and [`Classifier::classify`] on one response
 /// decoded by [`Response::decode`].
 pub fn classify(data: &[u8]) {
@@ -373,13 +414,19 @@ pub fn classify(data: &[u8]) {
 
 fn check_classification(c: &Classification, r: &Response) {
     assert_eq!(c.status, Some(r.status));
+    // A failed gRPC status in the headers is a failure whatever the HTTP
+    // status; without one, the status decides.
+    let grpc = classify_grpc(&r.headers);
     assert_eq!(
         c.class.is_some(),
-        r.status.as_u16() >= 400,
+        r.status.as_u16() >= 400 || grpc.is_some(),
         "{:?} for {}",
         c.class,
         r.status
     );
+    if let Some(g) = grpc {
+        assert_eq!(c.class, g.class, "gRPC's status decides");
+    }
     if c.class.is_none() {
         assert!(!c.is_retryable(), "a success is not retryable");
     }

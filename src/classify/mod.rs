@@ -52,6 +52,50 @@
 //! silent stream here. Other successful responses pass through untouched,
 //! with no allocation.
 //!
+//! # gRPC
+//!
+//! A gRPC answer is a 200 whose status comes in `grpc-status` (and
+//! `grpc-message`): in the trailers at the end of its body, or, for an
+//! error before any message, in its headers (a trailers-only answer).
+//! [`classify_grpc`] maps it to the taxonomy (`UNAVAILABLE` overloaded,
+//! `RESOURCE_EXHAUSTED` rate limited or, when its message says so, quota
+//! exhausted, `DEADLINE_EXCEEDED` timeout, `UNAUTHENTICATED` auth,
+//! `INVALID_ARGUMENT` invalid request, `INTERNAL` server error, ...), with
+//! `grpc-retry-pushback-ms` as the wait. Every [`Provider`] reads it in the
+//! headers; [`ClassifyLayer`] stores a trailers-only failure, so that the
+//! retry layer retries an `UNAVAILABLE` and the breaker counts it; and
+//! [`Classifier::classify_trailers`] judges the trailers, which the breaker
+//! and the limiter's stream watch read as a body ends (a failure there
+//! counts as one, as an error event in a stream does), while the trailers
+//! reach the caller as they were sent. An `application/grpc` success waits
+//! for its trailers in the breaker, as an event stream waits for its end.
+//!
+//! A tonic `Channel` goes under [`LlmLayer`](crate::LlmLayer) behind
+//! [`BufferBodyLayer`](crate::retry::BufferBodyLayer) (tonic's request
+//! body is a stream; the stack replays a `Full<Bytes>`), with the body
+//! mapped back for the channel:
+//! `ServiceBuilder::new().layer(BufferBodyLayer::default()).layer(llm_layer)
+//! .map_request(|r: Request<Full<Bytes>>| r.map(tonic::body::Body::new))
+//! .service(channel)`, then `tonic::client::Grpc::new(stack)` or a
+//! generated client's `with_origin`/`new`. A status the server sends
+//! reaches tonic as it is; a call the stack itself answers (an open
+//! circuit, a limiter's refusal, a trailers-only failure after its
+//! retries) reaches tonic as its `Status` `Unknown`, whose `source()` is
+//! this crate's [`Error`](crate::Error) with the class. The crate's tests
+//! drive tonic's client this way over loopback HTTP/2.
+//!
+//! ```
+//! use http::{HeaderMap, StatusCode};
+//! use tower_llm_resilience::classify::{Classifier, ErrorClass, Provider};
+//!
+//! let mut headers = HeaderMap::new();
+//! headers.insert("content-type", "application/grpc".parse().unwrap());
+//! headers.insert("grpc-status", "14".parse().unwrap());
+//! let c = Provider::Auto.classify(StatusCode::OK, &headers, None);
+//! assert_eq!(c.class, Some(ErrorClass::Overloaded));
+//! assert_eq!(c.code, Some("UNAVAILABLE"));
+//! ```
+//!
 //! # One rule for "is this a failure?"
 //!
 //! The retry layer, the circuit breaker and the rate limiter decide
@@ -77,6 +121,7 @@ mod classifier;
 mod future;
 #[doc(hidden)]
 pub mod fuzzing;
+mod grpc;
 mod layer;
 mod peek;
 mod provider;
@@ -92,6 +137,8 @@ pub use self::class::{ErrorClass, UnknownClass};
 pub use self::classification::{Classification, ReportedLimit, ReportedLimits};
 pub use self::classifier::{classify_transport_error, Classifier};
 pub use self::future::ResponseFuture;
+pub use self::grpc::classify_grpc;
+pub(crate) use self::grpc::is_grpc;
 pub use self::layer::ClassifyLayer;
 pub use self::peek::{BodyPrefix, PeekedBody};
 pub use self::provider::{ParseProviderError, Provider};

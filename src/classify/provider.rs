@@ -7,7 +7,7 @@ use http::{HeaderMap, StatusCode};
 use super::body::parse_error_body;
 use super::classifier::wall_clock;
 use super::scan::Scan;
-use super::{Classification, Classifier, ErrorClass, ReportedLimit};
+use super::{classify_grpc, Classification, Classifier, ErrorClass, ReportedLimit};
 use crate::rate_limit::OutputCharge;
 
 /// The AI providers whose signals this crate knows, as a [`Classifier`].
@@ -21,7 +21,9 @@ use crate::rate_limit::OutputCharge;
 /// window a provider's headers describe (see
 /// [`request_limit_window`](Self::request_limit_window)).
 /// [`Auto`](Self::Auto), the default, detects the provider from each
-/// response's headers where they are unambiguous.
+/// response's headers where they are unambiguous. Every profile, also
+/// [`Generic`](Self::Generic), reads gRPC's `grpc-status` in the headers
+/// ([`classify_grpc`]), which then decides over the HTTP status.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Provider {
@@ -158,8 +160,12 @@ impl Provider {
         clock: &dyn Fn() -> SystemTime,
     ) -> Classification {
         let mut c = Classification::success().with_status(status);
+        let mut grpc = None;
         if !headers.is_empty() {
             let scan = Scan::new(headers);
+            if scan.grpc {
+                grpc = classify_grpc(headers);
+            }
             let date = OnceCell::new();
             let now = || *date.get_or_init(|| scan.now(clock));
             c.provider = match self {
@@ -176,6 +182,15 @@ impl Provider {
             }
         } else if self != Provider::Auto {
             c.provider = Some(self);
+        }
+        if let Some(g) = grpc {
+            // gRPC's status is more precise than the HTTP status (a 200, or
+            // a proxy's): it decides, with its pushback as the wait.
+            c.class = g.class;
+            c.code = g.code;
+            c.retry_after = g.retry_after.or(c.retry_after);
+            c.should_retry = g.should_retry.or(c.should_retry);
+            return c;
         }
         let Some(by_status) = ErrorClass::from_status(status) else {
             return c; // success

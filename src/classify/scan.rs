@@ -32,6 +32,8 @@ pub(crate) struct Scan<'a> {
     /// The older IETF draft's limit, remaining, reset.
     legacy: [Option<&'a str>; 3],
     seen: Seen,
+    /// A `grpc-status` header is present (a trailers-only gRPC response).
+    pub(crate) grpc: bool,
 }
 
 /// Which provider-identifying headers a scan saw.
@@ -57,6 +59,10 @@ impl<'a> Scan<'a> {
                 }
                 "x-should-retry" => &mut scan.should_retry,
                 "date" => &mut scan.date,
+                "grpc-status" => {
+                    scan.grpc = true;
+                    continue;
+                }
                 "ratelimit" => {
                     scan.ratelimit.get_or_insert(value);
                     continue;

@@ -7,7 +7,7 @@ use http::Request;
 use memchr::{memchr, memchr2};
 
 use super::{Key, KeyFn};
-use crate::rate_limit::BodyBytes;
+use crate::rate_limit::{BodyBytes, BodyView};
 
 /// How many bytes of a request body [`ByModel`] scans by default for its
 /// top-level `"model"`: 1 MiB, as the token estimator. SDKs often write
@@ -41,7 +41,8 @@ const MAX_ESCAPED_LEN: usize = 6 * MAX_MODEL_LEN;
 ///
 /// A request without one (or with a name over 256 bytes, or not UTF-8) is
 /// counted under [`Key::DEFAULT`]. The body is read only when it is held in
-/// memory ([`BodyBytes`]: `String`, `Bytes`, `Vec<u8>`, ...).
+/// memory ([`BodyBytes`]: `String`, `Bytes`, `Vec<u8>`, `Full<Bytes>`;
+/// a streamed body behind [`BufferBodyLayer`](crate::retry::BufferBodyLayer)).
 ///
 /// Cost: the scan allocates nothing; the key is one allocation (its name),
 /// as for [`ByHost`](super::ByHost). The limiter and the breaker each ask
@@ -122,7 +123,8 @@ impl ByModel {
     }
 
     /// The model `request` names, as [`ByModel`] finds it; borrowed from
-    /// the request unless the body's string has escapes.
+    /// the request unless the body's string has escapes or the body only
+    /// shares its bytes ([`BodyView::Shared`], `Full<Bytes>`).
     ///
     /// ```
     /// use http::Request;
@@ -136,16 +138,34 @@ impl ByModel {
     /// assert_eq!(ByModel::new().model_of(&gemini).as_deref(), Some("gemini-2.0-flash"));
     /// ```
     pub fn model_of<'a, B: BodyBytes>(&self, request: &'a Request<B>) -> Option<Cow<'a, str>> {
+        match self.find(request)? {
+            Found::Here(model) => Some(model),
+            // A body that only shares its bytes (`Full<Bytes>`): the name
+            // outlives the view only as a copy.
+            Found::Shared(body) => self
+                .model_in_body(&body)
+                .map(|model| Cow::Owned(model.into_owned())),
+        }
+    }
+
+    /// The model from the header or the path, or the body that holds it.
+    fn find<'a, B: BodyBytes>(&self, request: &'a Request<B>) -> Option<Found<'a>> {
         if let Some(name) = &self.header {
             let value = request.headers().get(name).and_then(|v| v.to_str().ok());
             if let Some(model) = value.map(str::trim).filter(|m| is_name(m.as_bytes())) {
-                return Some(Cow::Borrowed(model));
+                return Some(Found::Here(Cow::Borrowed(model)));
             }
         }
         if let Some(model) = model_in_path(request.uri().path()) {
-            return Some(Cow::Borrowed(model));
+            return Some(Found::Here(Cow::Borrowed(model)));
         }
-        let body = request.body().body_bytes()?;
+        match request.body().body_bytes()? {
+            BodyView::Borrowed(body) => self.model_in_body(body).map(Found::Here),
+            BodyView::Shared(body) => Some(Found::Shared(body)),
+        }
+    }
+
+    fn model_in_body<'a>(&self, body: &'a [u8]) -> Option<Cow<'a, str>> {
         let raw = top_level_string(&body[..body.len().min(self.scan_limit)], b"model")?;
         if raw.len() > MAX_ESCAPED_LEN {
             return None; // too long even if every character were escaped
@@ -161,11 +181,23 @@ impl ByModel {
 
 impl<B: BodyBytes> KeyFn<Request<B>> for ByModel {
     fn key(&self, request: &Request<B>) -> Key {
-        match self.model_of(request) {
-            Some(model) => Key::new(&*model),
+        match self.find(request) {
+            Some(Found::Here(model)) => Key::new(&*model),
+            // The key is made while the shared view lives: no copy of the
+            // name but the key's own.
+            Some(Found::Shared(body)) => self
+                .model_in_body(&body)
+                .map_or(Key::DEFAULT, |model| Key::new(&*model)),
             None => Key::DEFAULT,
         }
     }
+}
+
+/// Where [`ByModel::find`] found the model: in the request (borrowed, or
+/// unescaped), or in a body that only shares its bytes.
+enum Found<'a> {
+    Here(Cow<'a, str>),
+    Shared(bytes::Bytes),
 }
 
 /// Whether `name` can be a model's name: not empty, not too long.

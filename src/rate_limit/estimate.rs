@@ -1,16 +1,17 @@
 //! What a request will cost before it is sent.
 
-use bytes::Bytes;
 use http::Request;
 
 use super::limits::Costs;
 
+mod body;
 #[cfg(test)]
 mod reference;
 mod scan;
 #[cfg(feature = "tiktoken")]
 mod tiktoken;
 
+pub use self::body::{BodyBytes, BodyView};
 #[cfg(feature = "tiktoken")]
 pub use self::tiktoken::TiktokenEstimator;
 
@@ -127,43 +128,6 @@ pub trait Estimator<Req>: Send + Sync {
 impl<Req, F: Fn(&Req) -> Costs + Send + Sync> Estimator<Req> for F {
     fn estimate(&self, request: &Req) -> Costs {
         self(request)
-    }
-}
-
-/// Request bodies whose bytes can be looked at without consuming them.
-pub trait BodyBytes {
-    /// The body's bytes, when they are in memory.
-    fn body_bytes(&self) -> Option<&[u8]>;
-}
-
-impl BodyBytes for String {
-    fn body_bytes(&self) -> Option<&[u8]> {
-        Some(self.as_bytes())
-    }
-}
-impl BodyBytes for &'static str {
-    fn body_bytes(&self) -> Option<&[u8]> {
-        Some(self.as_bytes())
-    }
-}
-impl BodyBytes for Vec<u8> {
-    fn body_bytes(&self) -> Option<&[u8]> {
-        Some(self)
-    }
-}
-impl BodyBytes for Bytes {
-    fn body_bytes(&self) -> Option<&[u8]> {
-        Some(self)
-    }
-}
-impl BodyBytes for () {
-    fn body_bytes(&self) -> Option<&[u8]> {
-        None
-    }
-}
-impl<D> BodyBytes for http_body_util::Empty<D> {
-    fn body_bytes(&self) -> Option<&[u8]> {
-        None
     }
 }
 
@@ -341,15 +305,15 @@ impl JsonEstimator {
 
 impl<B: BodyBytes> Estimator<Request<B>> for JsonEstimator {
     fn estimate(&self, request: &Request<B>) -> Costs {
-        self.estimate_bytes(request.body().body_bytes())
+        self.estimate_bytes(request.body().body_bytes().as_deref())
     }
 
     fn declared_output(&self, request: &Request<B>) -> Option<u64> {
-        self.declared_bytes(request.body().body_bytes()?)
+        self.declared_bytes(&request.body().body_bytes()?)
     }
 
     fn estimate_declared(&self, request: &Request<B>) -> (Costs, Option<u64>) {
-        self.estimate_declared_bytes(request.body().body_bytes())
+        self.estimate_declared_bytes(request.body().body_bytes().as_deref())
     }
 }
 

@@ -158,7 +158,7 @@ pub use self::calibrate::{ESTIMATE_FACTOR_TTL, MIN_ESTIMATE_FACTOR};
 #[cfg_attr(docsrs, doc(cfg(feature = "tiktoken")))]
 pub use self::estimate::TiktokenEstimator;
 pub use self::estimate::{
-    BodyBytes, Estimator, JsonEstimator, TokenEstimate, TokenUsage, DEFAULT_IMAGE_TOKENS,
+    BodyBytes, BodyView, Estimator, JsonEstimator, TokenEstimate, TokenUsage, DEFAULT_IMAGE_TOKENS,
 };
 pub use self::future::ResponseFuture;
 pub use self::layer::{RateLimitLayer, DEFAULT_MAX_GATE_WAIT};

@@ -74,6 +74,10 @@ where
         self.shared.classifier.classify_error(&**error)
     }
 
+    fn classify_trailers(&self, trailers: &http::HeaderMap) -> Option<Classification> {
+        self.shared.classifier.classify_trailers(trailers)
+    }
+
     fn on_end(self, end: StreamEnd) {
         let (Some(r), Some(usage)) = (self.reservation, end.report.usage) else {
             // Nothing reported (an interrupted stream, a body without

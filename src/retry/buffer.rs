@@ -22,13 +22,23 @@ use crate::{BoxError, Error};
 /// own limit on image inputs is 20 MB per request.
 pub const DEFAULT_BUFFER_LIMIT: usize = 16 * 1024 * 1024;
 
-/// Reads a request body that is not `Clone` (a stream, hyper's
-/// `Incoming`) once into a [`Full<Bytes>`], which clones by reference count,
-/// so that [`Retry`](super::Retry) placed inside this layer can replay it.
+/// Reads a request body that is not `Clone` (a stream: hyper's
+/// `Incoming` in a server, axum's `Body`, a `BoxBody`) once into a
+/// [`Full<Bytes>`], which clones by reference count, so that
+/// [`Retry`](super::Retry) placed inside this layer can replay it, and
+/// which the stack's [`JsonEstimator`](crate::rate_limit::JsonEstimator)
+/// and [`ByModel`](crate::key::ByModel) read
+/// ([`BodyBytes`](crate::rate_limit::BodyBytes)): put it in front of
+/// [`LlmLayer`](crate::LlmLayer) to stack that on a server's requests.
+/// The body is read with http-body-util's `Limited` and `collect`.
 ///
-/// A body larger than the cap is not sent at all: the caller gets an
-/// [`Error`] for which [`is_body_too_large`](Error::is_body_too_large)
-/// holds. Retries are never silently turned off.
+/// A body it cannot buffer is not sent at all, and the caller gets an
+/// [`Error`] of class [`InvalidRequest`](crate::ErrorClass::InvalidRequest),
+/// not retryable: larger than the cap,
+/// [`is_body_too_large`](Error::is_body_too_large); failed while it was
+/// read (the client's upload broke),
+/// [`is_body_unreadable`](Error::is_body_unreadable), with the body's error
+/// as its source. Retries are never silently turned off.
 ///
 /// ```
 /// use bytes::Bytes;
@@ -201,7 +211,7 @@ where
                             let error = if e.is::<LengthLimitError>() {
                                 Error::body_too_large(*this.limit)
                             } else {
-                                Error::from_transport(e, classify_transport_error)
+                                Error::body_unreadable(e)
                             };
                             return Poll::Ready(Err(error));
                         }

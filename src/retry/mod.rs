@@ -91,7 +91,8 @@
 //! the first attempt; `B` must be `Clone` (`String`, `Bytes`,
 //! `Full<Bytes>`...; `Bytes` clones by reference count). For a body that is
 //! not `Clone`, put [`BufferBodyLayer`] outside the retry: it reads the body
-//! once, up to a cap, into `Full<Bytes>`.
+//! once, up to a cap, into `Full<Bytes>` (which the rate limiter's
+//! estimator and [`ByModel`](crate::key::ByModel) read too).
 //!
 //! The copy is most of what the layer costs on the success path: a
 //! `String` body is copied byte for byte (one allocation), the header map

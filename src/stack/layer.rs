@@ -73,9 +73,12 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// breakers; the clones of the service it returns share them. Layer once,
 /// clone the service.
 ///
-/// The request body must be `Clone` (to replay it; see
-/// [`BufferBodyLayer`](crate::retry::BufferBodyLayer) otherwise) and
-/// readable by the [`JsonEstimator`] (`String`, `Bytes`, `Vec<u8>`).
+/// The request body must be `Clone` (to replay it) and readable by the
+/// [`JsonEstimator`] ([`BodyBytes`](crate::rate_limit::BodyBytes):
+/// `String`, `Vec<u8>`, `Bytes`, `Full<Bytes>`); a streamed body (hyper's
+/// `Incoming`, axum's `Body`) goes through
+/// [`BufferBodyLayer`](crate::retry::BufferBodyLayer) first, which reads
+/// it, up to a bound, into a `Full<Bytes>`.
 #[derive(Clone)]
 pub struct LlmLayer<K = SingleKey, C = Provider, St = MemoryStore> {
     classifier: C,

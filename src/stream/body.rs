@@ -9,7 +9,7 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 use super::{StreamReport, StreamWatcher};
-use crate::classify::{classify_transport_error, Classification, ErrorClass};
+use crate::classify::{classify_grpc, classify_transport_error, Classification, ErrorClass};
 use crate::{BoxError, Error};
 
 /// Told how a [`WatchedBody`] ended, exactly once: when the body ends,
@@ -23,6 +23,16 @@ pub trait StreamHook: Send {
     /// classifier). Errors of this crate keep their own class and are not
     /// passed here.
     fn classify_error(&self, error: &BoxError) -> Classification;
+
+    /// What the body's trailers report: `None` for a success, else the
+    /// failure, with which the body then ends ([`Ending::Failed`]). The
+    /// default reads gRPC's status ([`classify_grpc`]); the layers' hooks
+    /// ask their classifier ([`Classifier::classify_trailers`]).
+    ///
+    /// [`Classifier::classify_trailers`]: crate::Classifier::classify_trailers
+    fn classify_trailers(&self, trailers: &http::HeaderMap) -> Option<Classification> {
+        classify_grpc(trailers)
+    }
 
     /// The body ended; called once, with what was seen.
     fn on_end(self, end: StreamEnd);
@@ -82,8 +92,11 @@ pub enum Ending {
     /// The body ended normally.
     Complete,
     /// The body failed with this class: an error event, a truncated event
-    /// stream, a transport error or an idle timeout. The caller received
-    /// an [`Error`] that [`is_stream_failure`](Error::is_stream_failure).
+    /// stream, a transport error or an idle timeout, after which the
+    /// caller received an [`Error`] that
+    /// [`is_stream_failure`](Error::is_stream_failure); or trailers that
+    /// report a failure (gRPC's `grpc-status`), which the caller received
+    /// as they are.
     Failed(ErrorClass),
     /// The body was dropped before its end (the caller stopped reading).
     Dropped,
@@ -91,6 +104,10 @@ pub enum Ending {
 
 pin_project! {
     /// A response body watched by a [`StreamWatcher`] as it passes.
+    ///
+    /// Trailers that report a failure (gRPC's `grpc-status`, by the hook's
+    /// [`StreamHook::classify_trailers`]) end the body as that failure for
+    /// the hook, and reach the caller unchanged.
     ///
     /// Every frame is handed on as soon as the inner body yields it, never
     /// buffered; data frames are fed to the watcher on the way. The body
@@ -177,6 +194,22 @@ fn finish<H: StreamHook>(hook: &mut Option<H>, watcher: &StreamWatcher, ending: 
     }
 }
 
+/// The trailers came: the failure they report ends the body as one. They
+/// go on to the caller as they are: a gRPC client reads its status there,
+/// and an error item in their place would hide it.
+#[cold]
+fn trailers_ended<H: StreamHook>(
+    hook: &mut Option<H>,
+    watcher: &StreamWatcher,
+    trailers: &http::HeaderMap,
+) {
+    let failed = hook.as_ref().and_then(|h| h.classify_trailers(trailers));
+    if let Some(c) = failed {
+        let class = c.class.unwrap_or(ErrorClass::ServerError);
+        finish(hook, watcher, Ending::Failed(class));
+    }
+}
+
 /// The inner body ended: complete, or a truncated event stream's error.
 fn ended<H: StreamHook>(hook: &mut Option<H>, watcher: &StreamWatcher) -> Option<Error> {
     if watcher.report().is_truncated() {
@@ -244,6 +277,8 @@ where
                 *this.state = State::Failing(error);
                 return Poll::Ready(Some(Ok(frame)));
             }
+        } else if let Some(trailers) = frame.trailers_ref() {
+            trailers_ended(this.hook, this.watcher, trailers);
         }
         if this.inner.is_end_stream() {
             // The inner body says it has nothing more: end now, so that a

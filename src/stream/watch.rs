@@ -40,8 +40,12 @@ impl BodyShape {
     /// `text/event-stream` (any case, with or without parameters), else
     /// [`Json`](Self::Json).
     pub fn of(headers: &HeaderMap) -> Self {
-        let event_stream = headers
-            .get(http::header::CONTENT_TYPE)
+        Self::of_content_type(headers.get(http::header::CONTENT_TYPE))
+    }
+
+    /// [`of`](Self::of) from the `content-type` value itself.
+    pub(crate) fn of_content_type(content_type: Option<&http::HeaderValue>) -> Self {
+        let event_stream = content_type
             .map(|v| v.as_bytes().trim_ascii_start())
             .and_then(|v| v.get(..17))
             .is_some_and(|v| v.eq_ignore_ascii_case(b"text/event-stream"));

@@ -216,7 +216,7 @@ struct Part<'a> {
 
 impl<B: BodyBytes> Estimator<Request<B>> for TiktokenEstimator {
     fn estimate(&self, request: &Request<B>) -> Costs {
-        self.estimate_bytes(request.body().body_bytes())
+        self.estimate_bytes(request.body().body_bytes().as_deref())
     }
 
     /// The body's `max_tokens`, read by the fallback's scan.
