@@ -288,6 +288,7 @@
 // scripts).
 mod batch;
 mod builder;
+mod connect;
 mod core;
 mod fault;
 mod gates;
