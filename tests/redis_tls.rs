@@ -137,6 +137,46 @@ async fn malformed_tls_settings_fail_the_build() {
         .tls_root_certificates(certs.ca.clone())
         .build("redis://127.0.0.1:1/");
     assert!(plain.is_err());
+    #[cfg(feature = "redis-cluster")]
+    {
+        let mixed = RedisStore::builder(limits.clone())
+            .tls_root_certificates(certs.ca.clone())
+            .build_cluster([url, "redis://:secret@127.0.0.1:2/"]);
+        let e = mixed.unwrap_err();
+        assert!(
+            e.to_string().contains("not rediss://") || format!("{e:?}").contains("not rediss://")
+        );
+        assert!(
+            !format!("{e:?}").contains("secret"),
+            "no credentials in the error"
+        );
+        let bad = RedisStore::builder(limits.clone())
+            .tls_root_certificates("no PEM")
+            .build_cluster([url]);
+        assert!(bad.is_err());
+    }
     // A TLS URL alone is fine (the system's roots).
     assert!(RedisStore::builder(limits).build(url).is_ok());
+}
+
+/// A cluster whose nodes speak only TLS (their bus too) and ask for
+/// client certificates: the shared behaviour, through `build_cluster`
+/// with `rediss://` nodes.
+#[cfg(feature = "redis-cluster")]
+#[tokio::test]
+async fn the_store_behaves_the_same_on_a_tls_cluster() {
+    let certs = Certs::new();
+    let Some(cluster) = support::cluster::RedisCluster::start_tls(
+        "the_store_behaves_the_same_on_a_tls_cluster",
+        3,
+        &certs,
+    ) else {
+        return;
+    };
+    let store = trusted(&certs)
+        .prefix("tls-cluster")
+        .build_cluster(cluster.urls())
+        .unwrap();
+    warm_up(&store).await;
+    behaviour(store).await;
 }

@@ -408,7 +408,7 @@ mod tests {
         assert_eq!(
             slots[0].names,
             [
-                format!("{{p:a}}:4:r:1000000"),
+                "{p:a}:4:r:1000000".to_owned(),
                 format!("{{p:{same}}}:4:r:1000000")
             ]
         );

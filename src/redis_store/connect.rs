@@ -124,6 +124,8 @@ where
     for n in &nodes {
         ensure_crypto_provider(n);
     }
+    #[cfg(feature = "redis-tls")]
+    let node_urls = nodes.clone();
     #[allow(unused_mut)]
     let mut builder = redis::cluster::ClusterClient::builder(nodes)
         .connection_timeout(timeout)
@@ -131,6 +133,15 @@ where
     if tls.is_set() {
         #[cfg(feature = "redis-tls")]
         {
+            // As for one server: TLS settings with a plain-text node are
+            // a mistake to say at once (the cluster client would ignore
+            // them).
+            if let Some(n) = node_urls.iter().find(|n| !n.starts_with("rediss:")) {
+                return Err(Error::store_unavailable(format!(
+                    "redis store: TLS settings with a node that is not rediss:// ({})",
+                    n.split('@').next_back().unwrap_or("")
+                )));
+            }
             builder = builder.certs(tls.certificates()?);
         }
     }
