@@ -173,9 +173,9 @@ impl RedisStoreBuilder {
     }
 
     /// Trusts the certificates of `pem` (one or more, PEM), instead of
-    /// the system's roots, for a `rediss://` server: a private CA, or a
-    /// server's own self-signed certificate. The PEM is read when the
-    /// store is built (a malformed one fails `build`).
+    /// the system's roots, for a `rediss://` server whose certificate a
+    /// private CA signed. The PEM is read when the store is built (one
+    /// without a certificate, or malformed, fails `build`).
     #[cfg(feature = "redis-tls")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis-tls")))]
     pub fn tls_root_certificates(mut self, pem: impl Into<Vec<u8>>) -> Self {
@@ -300,7 +300,7 @@ impl RedisStoreBuilder {
 fn in_runtime() -> Result<(), Error> {
     if tokio::runtime::Handle::try_current().is_err() {
         return Err(Error::store_unavailable(
-            "RedisStore::build must be called inside a Tokio runtime",
+            "RedisStore::build (and build_cluster) must be called inside a Tokio runtime",
         ));
     }
     Ok(())
