@@ -18,8 +18,13 @@
 //!    `/proc/self/task/*/schedstat`): what each side's ceiling is, however
 //!    busy the machine, whose load average is printed too.
 //!
-//! `cargo bench --features redis --bench redis_store`; see
-//! `callgrind_driver` for Redis's instructions per acquire.
+//! 3. With feature `redis-cluster`, 16 tasks against a local 3-node Redis
+//!    Cluster beside the single node, on 1 key and on 16 keys
+//!    (`REDIS_BENCH=cluster` runs only this part).
+//!
+//! `cargo bench --features redis --bench redis_store` (`--features
+//! redis-cluster` for the cluster); see `callgrind_driver` for Redis's
+//! instructions per acquire.
 
 #[path = "../tests/redis_support/mod.rs"]
 mod support;
@@ -123,8 +128,8 @@ fn median_mean(v: &mut [u64]) -> (u64, f64) {
 
 /// The CPU time Redis's main thread has used, in µs (`INFO cpu`): unlike
 /// a duration, not inflated when the machine's other load preempts it.
-fn redis_cpu_us(server: &RedisServer) -> f64 {
-    let info = server.command(&["INFO", "cpu"]);
+fn redis_cpu_us(port: u16) -> f64 {
+    let info = support::command(port, &["INFO", "cpu"]);
     let field = |name: &str| {
         info.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
@@ -150,7 +155,7 @@ where
     store.flush().await;
     server.command(&["SLOWLOG", "RESET"]);
     server.command(&["CONFIG", "SET", "slowlog-log-slower-than", "0"]);
-    let cpu = redis_cpu_us(server);
+    let cpu = redis_cpu_us(server.port);
     for i in 0..M {
         op(i).await;
         if i % 256 == 255 {
@@ -158,7 +163,7 @@ where
         }
     }
     store.flush().await;
-    let cpu = (redis_cpu_us(server) - cpu) / M as f64;
+    let cpu = (redis_cpu_us(server.port) - cpu) / M as f64;
     server.command(&["CONFIG", "SET", "slowlog-log-slower-than", "-1"]);
     (slowlog(con).await, cpu)
 }
@@ -297,57 +302,61 @@ fn client_cpu_us() -> f64 {
         / 1e3
 }
 
-/// The `FCALL`s Redis has run (`INFO commandstats`).
-fn fcalls(server: &RedisServer) -> u64 {
-    server
-        .command_stats()
-        .into_iter()
-        .find(|(n, ..)| n == "fcall")
-        .map_or(0, |(_, calls, _)| calls)
+/// The `FCALL`s the server on `port` has run (`INFO commandstats`).
+fn fcalls(port: u16) -> u64 {
+    support::command(port, &["INFO", "commandstats"])
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_fcall:calls="))
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// CPU per decision on both sides of a run: what each side's ceiling is,
 /// whatever else the machine runs (a busy machine stretches the wall
 /// time, not these); and how many decisions each acquire call carried.
+/// `ports`: the servers (none for the in-memory store; every node of a
+/// cluster, summed).
 struct Cpu<'a> {
-    server: Option<&'a RedisServer>,
+    ports: &'a [u16],
     redis: f64,
     client: f64,
     calls: u64,
 }
 
 impl<'a> Cpu<'a> {
-    fn start(server: Option<&'a RedisServer>) -> Self {
+    fn start(ports: &'a [u16]) -> Self {
         Cpu {
-            server,
-            redis: server.map_or(0.0, redis_cpu_us),
+            ports,
+            redis: ports.iter().map(|&p| redis_cpu_us(p)).sum(),
             client: client_cpu_us(),
-            calls: server.map_or(0, fcalls),
+            calls: ports.iter().map(|&p| fcalls(p)).sum(),
         }
     }
 
     fn per(&self, n: usize) -> String {
         let client = (client_cpu_us() - self.client) / n as f64;
-        match self.server {
-            Some(s) => format!(
-                "  cpu/decision: redis {:>5.1} µs, client {:>5.1} µs; {:>4.1} decisions/call",
-                (redis_cpu_us(s) - self.redis) / n as f64,
-                client,
-                n as f64 / (fcalls(s) - self.calls).max(1) as f64
-            ),
-            None => format!("  cpu/decision: client {client:>5.1} µs"),
+        if self.ports.is_empty() {
+            return format!("  cpu/decision: client {client:>5.1} µs");
         }
+        let redis: f64 = self.ports.iter().map(|&p| redis_cpu_us(p)).sum();
+        let calls: u64 = self.ports.iter().map(|&p| fcalls(p)).sum();
+        format!(
+            "  cpu/decision: redis {:>5.1} µs, client {:>5.1} µs; {:>4.1} decisions/call",
+            (redis - self.redis) / n as f64,
+            client,
+            n as f64 / (calls - self.calls).max(1) as f64
+        )
     }
 }
 
-async fn sequential<S: Store>(name: &str, s: &S, key: &Key, server: Option<&RedisServer>) {
+async fn sequential<S: Store>(name: &str, s: &S, key: &Key, ports: &[u16]) {
     let costs = Costs::new(500, 200);
     // Warm up (script load, connection).
     for _ in 0..500 {
         s.acquire(key, &costs, Instant::now(), None).await.unwrap();
     }
     let mut lat = Vec::with_capacity(N);
-    let cpu = Cpu::start(server);
+    let cpu = Cpu::start(ports);
     let start = Instant::now();
     for _ in 0..N {
         let t = Instant::now();
@@ -371,7 +380,7 @@ async fn concurrent<S: Store + Clone>(
     s: &S,
     keys: &[Key],
     tasks: usize,
-    server: Option<&RedisServer>,
+    ports: &[u16],
 ) {
     let per = N / tasks;
     // Warm up: every key's state exists before the run.
@@ -380,7 +389,7 @@ async fn concurrent<S: Store + Clone>(
             .await
             .unwrap();
     }
-    let cpu = Cpu::start(server);
+    let cpu = Cpu::start(ports);
     let start = Instant::now();
     let mut handles = Vec::new();
     for t in 0..tasks {
@@ -424,22 +433,16 @@ async fn throughput(server: &RedisServer) {
         "Decisions per second from one process (acquire, admitted at once; load average {})",
         load_average()
     );
-    sequential("memory", &memory, &Key::new("m1"), None).await;
-    sequential("redis", &redis, &Key::new("r1"), Some(server)).await;
-    concurrent("memory", &memory, &[Key::new("m2")], 16, None).await;
-    concurrent(
-        "redis (one key)",
-        &redis,
-        &[Key::new("r2")],
-        16,
-        Some(server),
-    )
-    .await;
+    let port = [server.port];
+    sequential("memory", &memory, &Key::new("m1"), &[]).await;
+    sequential("redis", &redis, &Key::new("r1"), &port).await;
+    concurrent("memory", &memory, &[Key::new("m2")], 16, &[]).await;
+    concurrent("redis (one key)", &redis, &[Key::new("r2")], 16, &port).await;
     let keys: Vec<Key> = (0..16).map(|i| Key::new(format!("k{i}"))).collect();
-    concurrent("redis (16 keys)", &redis, &keys, 16, Some(server)).await;
+    concurrent("redis (16 keys)", &redis, &keys, 16, &port).await;
     // With a correction per request (as when responses carry usage): the
     // corrections run in the background, one script each.
-    let cpu = Cpu::start(Some(server));
+    let cpu = Cpu::start(&port);
     let start = Instant::now();
     let key = Key::new("r3");
     for _ in 0..N {
@@ -456,6 +459,62 @@ async fn throughput(server: &RedisServer) {
         N as f64 / start.elapsed().as_secs_f64(),
         cpu.per(N)
     );
+    println!("load average at the end: {}", load_average());
+}
+
+/// 16 tasks against a local 3-node Redis Cluster and against the single
+/// node, on one key and on 16 keys, each pair run back to back twice
+/// (the machine's load drifts), with the load average: on one machine
+/// the cluster's three servers share its cores, so this shows what the
+/// per-slot calls cost, not what three machines would give.
+#[cfg(feature = "redis-cluster")]
+async fn cluster_vs_single(server: &RedisServer) {
+    let Some(cluster) = support::cluster::RedisCluster::start("redis_store bench (cluster)", 3)
+    else {
+        return;
+    };
+    let minute = Duration::from_secs(60);
+    let single = RedisStore::builder(limits(minute))
+        .prefix("cmp")
+        .build(&server.url())
+        .unwrap();
+    let clustered = RedisStore::builder(limits(minute))
+        .prefix("cmp")
+        .build_cluster(cluster.urls())
+        .unwrap();
+    println!(
+        "A single node vs a 3-node cluster on this machine, 16 tasks (load average {})",
+        load_average()
+    );
+    let one = [Key::new("c1")];
+    let sixteen: Vec<Key> = (0..16).map(|i| Key::new(format!("c{i}"))).collect();
+    for _ in 0..2 {
+        concurrent("single node (1 key)", &single, &one, 16, &[server.port]).await;
+        concurrent(
+            "3-node cluster (1 key)",
+            &clustered,
+            &one,
+            16,
+            &cluster.ports,
+        )
+        .await;
+        concurrent(
+            "single node (16 keys)",
+            &single,
+            &sixteen,
+            16,
+            &[server.port],
+        )
+        .await;
+        concurrent(
+            "3-node cluster (16 keys)",
+            &clustered,
+            &sixteen,
+            16,
+            &cluster.ports,
+        )
+        .await;
+    }
     println!("load average at the end: {}", load_average());
 }
 
@@ -526,8 +585,14 @@ fn main() {
     let Some(server) = RedisServer::start("redis_store bench") else {
         return;
     };
+    // `REDIS_BENCH=cluster`: only the cluster's comparison.
+    let only_cluster = std::env::var("REDIS_BENCH").is_ok_and(|v| v == "cluster");
     rt.block_on(async {
-        time_per_decision(&server).await;
-        throughput(&server).await;
+        if !only_cluster {
+            time_per_decision(&server).await;
+            throughput(&server).await;
+        }
+        #[cfg(feature = "redis-cluster")]
+        cluster_vs_single(&server).await;
     });
 }

@@ -172,6 +172,10 @@
 //!   with sliding-window limits and seeded faults, in process or on loopback.
 //! - `redis` (off): `redis_store::RedisStore`, the rate limiter's windows in
 //!   Redis, so that many processes share one provider quota.
+//! - `redis-tls` (off): `rediss://` URLs for the Redis store (rustls with
+//!   `ring`; no OpenSSL).
+//! - `redis-cluster` (off): the Redis store on a Redis Cluster
+//!   (`RedisStoreBuilder::build_cluster`).
 //! - `reqwest` (off): `reqwest_client::ReqwestService`, the stack on a
 //!   `reqwest::Client`, with reqwest's errors classified from their chain.
 #![cfg_attr(docsrs, feature(doc_cfg))]

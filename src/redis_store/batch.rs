@@ -14,8 +14,11 @@
 //! one batch are made in its order, each as if it were its own call at the
 //! batch's server time.
 //!
-//! A batch may mix limiter keys. That is fine for one Redis server (this
-//! store's only mode); a Redis Cluster port would batch per hash slot.
+//! A batch may mix limiter keys. On one server it goes as one call; on a
+//! Redis Cluster, every key of a call must be in one hash slot, so the
+//! batch goes as one call per slot (each limiter key's keys share one
+//! hash tag, so one slot), sent together: the calls to one node share its
+//! connection, those to others run at the same time.
 
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
@@ -115,10 +118,69 @@ pub(super) async fn run(core: Arc<Core>, mut jobs: mpsc::UnboundedReceiver<Job>)
     }
 }
 
-/// One `acquire` call for the batch, and each job's answer.
+/// The batch's `acquire` calls (one, or on a cluster one per hash
+/// slot), and each job's answer.
 async fn call(core: &Core, batch: Vec<Job>) {
-    let call = encode(core, &batch);
-    match core.run::<Vec<i64>>(&call).await {
+    if !core.conn.is_cluster() {
+        let call = encode(&batch, |j| core.hash_key(&j.key, &j.shape));
+        return call_one(core, &call, batch).await;
+    }
+    #[cfg(feature = "redis-cluster")]
+    {
+        let slots = by_slot(batch, |j| core.hash_key(&j.key, &j.shape));
+        futures_util::future::join_all(slots.into_iter().map(|s| async move {
+            let mut names = s.names.into_iter();
+            let call = encode(&s.jobs, |_| names.next().unwrap_or_default());
+            call_one(core, &call, s.jobs).await
+        }))
+        .await;
+    }
+}
+
+/// The jobs of one hash slot, with their keys' hash names in the order of
+/// each key's first job (the order `encode` asks for them).
+#[cfg(feature = "redis-cluster")]
+struct SlotJobs {
+    slot: redis::cluster_routing::Slot,
+    jobs: Vec<Job>,
+    names: Vec<String>,
+}
+
+/// The batch split by hash slot, each slot's jobs in the batch's order
+/// (so each key's decisions keep theirs). Each key's name (`name`) is
+/// made once, as `encode` would, and handed to it.
+#[cfg(feature = "redis-cluster")]
+fn by_slot(batch: Vec<Job>, name: impl Fn(&Job) -> String) -> Vec<SlotJobs> {
+    use redis::cluster_routing::Slot;
+    let mut slots: Vec<SlotJobs> = Vec::new();
+    for j in batch {
+        if let Some(s) = slots
+            .iter_mut()
+            .find(|s| s.jobs.iter().any(|o| o.key == j.key))
+        {
+            s.jobs.push(j);
+            continue;
+        }
+        let name = name(&j);
+        let slot = Slot::for_key(&name);
+        match slots.iter_mut().find(|s| s.slot == slot) {
+            Some(s) => {
+                s.names.push(name);
+                s.jobs.push(j);
+            }
+            None => slots.push(SlotJobs {
+                slot,
+                jobs: vec![j],
+                names: vec![name],
+            }),
+        }
+    }
+    slots
+}
+
+/// One `acquire` call, and each of its jobs' answer.
+async fn call_one(core: &Core, call: &Call, batch: Vec<Job>) {
+    match core.run::<Vec<i64>>(call).await {
         Ok(r) => decode(&r, batch),
         Err(e) => {
             // Each caller's error has the call's as its source.
@@ -130,10 +192,10 @@ async fn call(core: &Core, batch: Vec<Job>) {
     }
 }
 
-/// The call: each key's hash once (KEYS), the numbers packed (the
-/// script's doubles: every one is below 2^53, exact), the tokens, each
-/// shape once.
-fn encode(core: &Core, batch: &[Job]) -> Call {
+/// The call: each key's hash once (KEYS, named by `name` at the key's
+/// first job), the numbers packed (the script's doubles: every one is
+/// below 2^53, exact), the tokens, each shape once.
+fn encode(batch: &[Job], mut name: impl FnMut(&Job) -> String) -> Call {
     let mut call = Call::new(scripts::acquire());
     let mut keys: Vec<&Key> = Vec::new();
     let mut shapes: Vec<&Arc<Shape>> = Vec::new();
@@ -144,7 +206,7 @@ fn encode(core: &Core, batch: &[Job]) -> Call {
             Some(i) => i,
             None => {
                 keys.push(&j.key);
-                call.key(core.hash_key(&j.key, &j.shape));
+                call.key(name(j));
                 keys.len() - 1
             }
         };
@@ -289,5 +351,82 @@ impl Inner {
             server_now_us: Some(answer.now_us),
             server_at_us: at,
         })
+    }
+}
+
+#[cfg(all(test, feature = "redis-cluster"))]
+mod tests {
+    use super::*;
+    use crate::rate_limit::Limits;
+    use redis::cluster_routing::Slot;
+
+    fn job(key: &str, shape: &Arc<Shape>) -> Job {
+        Job {
+            key: Key::new(key.to_owned()),
+            shape: shape.clone(),
+            costs: Costs::new(1, 0),
+            deadline_us: -1.0,
+            token: 0,
+            reply: oneshot::channel().0,
+        }
+    }
+
+    /// A name of the form the store makes, in the slot of `{p:<key>}`.
+    fn name(j: &Job) -> String {
+        format!("{{p:{}}}:4:r:1000000", j.key)
+    }
+
+    /// Keys named `k<n>` until one shares `first`'s slot, and one that
+    /// does not.
+    fn same_and_other(first: &str) -> (String, String) {
+        let slot = |k: &str| Slot::for_key(format!("{{p:{k}}}"));
+        let same = (0..1_000_000)
+            .map(|n| format!("k{n}"))
+            .find(|k| k != first && slot(k) == slot(first))
+            .expect("a key of the same slot");
+        let other = (0..)
+            .map(|n| format!("k{n}"))
+            .find(|k| slot(k) != slot(first))
+            .expect("a key of another slot");
+        (same, other)
+    }
+
+    #[test]
+    fn a_batch_goes_as_one_call_per_slot_in_its_order() {
+        let shape = Arc::new(Shape::new(&Limits::new().requests_per_minute(10), |_| {
+            Duration::ZERO
+        }));
+        let (same, other) = same_and_other("a");
+        let order = ["a", &other, &same, "a", &other, &same];
+        let batch: Vec<Job> = order.iter().map(|k| job(k, &shape)).collect();
+        let slots = by_slot(batch, name);
+        assert_eq!(slots.len(), 2, "two slots, two calls");
+        let keys = |s: &SlotJobs| s.jobs.iter().map(|j| j.key.to_string()).collect::<Vec<_>>();
+        // Each slot's jobs in the batch's order; each key named once, in
+        // the order of its first job (what `encode` asks for).
+        assert_eq!(keys(&slots[0]), ["a", &same, "a", &same]);
+        assert_eq!(
+            slots[0].names,
+            [
+                "{p:a}:4:r:1000000".to_owned(),
+                format!("{{p:{same}}}:4:r:1000000")
+            ]
+        );
+        assert_eq!(keys(&slots[1]), [other.as_str(), &other]);
+        assert_eq!(slots[1].names.len(), 1);
+        // The call of a slot has each key once, in the names' order.
+        let mut names = slots[0].names.clone().into_iter();
+        let call = encode(&slots[0].jobs, |_| names.next().unwrap_or_default());
+        let cmd = call.fcall();
+        let args: Vec<Vec<u8>> = cmd
+            .args_iter()
+            .filter_map(|a| match a {
+                redis::Arg::Simple(b) => Some(b.to_vec()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(args[2], b"2", "two keys");
+        assert_eq!(args[3], b"{p:a}:4:r:1000000");
+        assert_eq!(args[4], format!("{{p:{same}}}:4:r:1000000").into_bytes());
     }
 }

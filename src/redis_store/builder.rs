@@ -8,12 +8,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::batch;
-use super::core::{Core, KeyLimits};
+use super::connect::{self, Tls};
+use super::core::{Conn, Core, KeyLimits};
 use super::fault::{fallback_store, FaultPolicy};
 use super::gates::Gates;
 use super::layout::Shape;
@@ -47,6 +47,7 @@ pub struct RedisStoreBuilder {
     timeout: Duration,
     retry_interval: Duration,
     policy: FaultPolicy,
+    tls: Tls,
 }
 
 impl fmt::Debug for RedisStoreBuilder {
@@ -61,6 +62,7 @@ impl fmt::Debug for RedisStoreBuilder {
             .field("timeout", &self.timeout)
             .field("retry_interval", &self.retry_interval)
             .field("policy", &self.policy)
+            .field("tls_settings", &self.tls.is_set())
             .finish()
     }
 }
@@ -78,6 +80,7 @@ impl RedisStore {
             timeout: Duration::from_millis(250),
             retry_interval: Duration::from_secs(1),
             policy: FaultPolicy::FailClosed,
+            tls: Tls::default(),
         }
     }
 }
@@ -169,25 +172,81 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// The store, connected lazily to `url` (`redis://host:port/db`;
-    /// TLS `rediss://` is not enabled). Fails only on a malformed URL or
-    /// outside a Tokio runtime (the store spawns its background task):
-    /// an unreachable server is a fault handled per decision, so a process
-    /// may start while Redis is down.
+    /// Trusts the certificates of `pem` (one or more, PEM), instead of
+    /// the system's roots, for a `rediss://` server whose certificate a
+    /// private CA signed. The PEM is read when the store is built (one
+    /// without a certificate, or malformed, fails `build`).
+    #[cfg(feature = "redis-tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis-tls")))]
+    pub fn tls_root_certificates(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls.roots = Some(pem.into());
+        self
+    }
+
+    /// Shows this client certificate chain and its key (both PEM) to a
+    /// `rediss://` server that asks for one (mutual TLS: `redis-server`
+    /// asks by default, `tls-auth-clients yes`).
+    #[cfg(feature = "redis-tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis-tls")))]
+    pub fn tls_client_certificate(
+        mut self,
+        cert_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.tls.client = Some((cert_pem.into(), key_pem.into()));
+        self
+    }
+
+    /// The store, connected lazily to one server at `url`
+    /// (`redis://host:port/db`; with feature `redis-tls`, TLS as
+    /// `rediss://host:port/db`, see [TLS](crate::redis_store#tls)). Fails
+    /// only on a malformed URL (or TLS setting, or a `rediss://` URL
+    /// without feature `redis-tls`) or outside a Tokio runtime (the store
+    /// spawns its background task): an unreachable server is a fault
+    /// handled per decision, so a process may start while Redis is down.
     pub fn build(self, url: &str) -> Result<RedisStore, Error> {
-        if tokio::runtime::Handle::try_current().is_err() {
-            return Err(Error::store_unavailable(
-                "RedisStore::build must be called inside a Tokio runtime",
-            ));
-        }
-        let client = redis::Client::open(url).map_err(Error::store_unavailable)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(Error::store_unavailable)?;
+        in_runtime()?;
+        let conn = connect::single(url, &self.tls, self.timeout)?;
+        Ok(self.finish(conn))
+    }
+
+    /// The store, connected lazily to the Redis Cluster that `nodes`
+    /// belong to (one or more of its nodes' URLs, `redis://host:port`, or
+    /// with feature `redis-tls` all `rediss://`; the others are found from
+    /// the cluster's slot map). Each decision runs on the primary of its
+    /// key's hash slot, a batch of decisions as one call per slot, and the
+    /// function library is loaded on every primary (see
+    /// [Redis Cluster](crate::redis_store#redis-cluster)). Fails as
+    /// [`build`](Self::build) does, or when `nodes` is empty.
+    ///
+    /// ```
+    /// use tower_llm_resilience::rate_limit::Limits;
+    /// use tower_llm_resilience::redis_store::RedisStore;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let limits = Limits::new().requests_per_minute(500);
+    /// let store = RedisStore::builder(limits.clone())
+    ///     .build_cluster(["redis://127.0.0.1:7000", "redis://127.0.0.1:7001"]);
+    /// // Connected lazily: nothing was sent yet.
+    /// assert!(store.is_ok());
+    /// let none: [&str; 0] = [];
+    /// assert!(RedisStore::builder(limits).build_cluster(none).is_err());
+    /// # }
+    /// ```
+    #[cfg(feature = "redis-cluster")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis-cluster")))]
+    pub fn build_cluster<I, S>(self, nodes: I) -> Result<RedisStore, Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        in_runtime()?;
+        let conn = connect::cluster(nodes, &self.tls, self.timeout)?;
+        Ok(self.finish(conn))
+    }
+
+    /// The store over `conn`, with its background tasks spawned.
+    fn finish(self, conn: Conn) -> RedisStore {
         let fallback = fallback_store(
             self.policy,
             &self.limits,
@@ -220,7 +279,7 @@ impl RedisStoreBuilder {
         let (acquires, acquires_rx) = mpsc::unbounded_channel();
         tokio::spawn(ops::run(core.clone(), rx, cancels_rx));
         tokio::spawn(batch::run(core.clone(), acquires_rx));
-        Ok(RedisStore {
+        RedisStore {
             inner: Arc::new(Inner {
                 core,
                 fallback,
@@ -232,6 +291,17 @@ impl RedisStoreBuilder {
                 tokens: AtomicU64::new(0),
                 gates: Gates::default(),
             }),
-        })
+        }
     }
+}
+
+/// The store spawns its background tasks: outside a Tokio runtime that
+/// is an error, not a panic.
+fn in_runtime() -> Result<(), Error> {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Err(Error::store_unavailable(
+            "RedisStore::build (and build_cluster) must be called inside a Tokio runtime",
+        ));
+    }
+    Ok(())
 }

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
-use redis::FromRedisValue;
+use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, Value};
 use tokio::time::Instant;
 
 use super::layout::Shape;
@@ -34,10 +34,64 @@ const DEFAULT_LEARNED_TTL_MAX: Duration = Duration::from_secs(600);
 
 pub(super) type KeyLimits = dyn Fn(&Key) -> Limits + Send + Sync;
 
+/// The connection: to one server (reconnected by the connection
+/// manager), or to a Redis Cluster (routed by each call's first key,
+/// redirected and refreshed by the redis crate on `MOVED`/`ASK` and
+/// after a failover). Cheap to clone: both multiplex one connection per
+/// node.
+#[derive(Clone)]
+pub(super) enum Conn {
+    Single(ConnectionManager),
+    #[cfg(feature = "redis-cluster")]
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl Conn {
+    /// Whether every key of a call must be in one hash slot.
+    pub(super) fn is_cluster(&self) -> bool {
+        match self {
+            Conn::Single(_) => false,
+            #[cfg(feature = "redis-cluster")]
+            Conn::Cluster(_) => true,
+        }
+    }
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            #[cfg(feature = "redis-cluster")]
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            #[cfg(feature = "redis-cluster")]
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            #[cfg(feature = "redis-cluster")]
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 /// What the background task shares with the store (not the queue's
 /// sender, so that dropping the last store ends the task).
 pub(super) struct Core {
-    pub(super) conn: ConnectionManager,
+    pub(super) conn: Conn,
     pub(super) limits: Limits,
     pub(super) key_limits: Option<Arc<KeyLimits>>,
     pub(super) learn_limits: bool,
@@ -66,15 +120,21 @@ fn says(e: &redis::RedisError, what: &str) -> bool {
 }
 
 /// Loads the function library; one that another process loaded first is
-/// as good.
-async fn load_library(conn: &mut ConnectionManager) -> redis::RedisResult<()> {
+/// as good. On a cluster, on every primary (the redis crate routes
+/// `FUNCTION LOAD` to all of them and fails unless each succeeds): the
+/// node that lacked it (a new primary after a failover, a node added
+/// since) gets it, and the others have it replaced by the same code
+/// (`REPLACE`: the library is named after a hash of its code, so the
+/// replacement is identical), so that one node that already has it does
+/// not fail the load for the others.
+async fn load_library(conn: &mut Conn) -> redis::RedisResult<()> {
     let lib = scripts::library();
-    match redis::cmd("FUNCTION")
-        .arg("LOAD")
-        .arg(&lib.code)
-        .query_async::<String>(conn)
-        .await
-    {
+    let mut load = redis::cmd("FUNCTION");
+    load.arg("LOAD");
+    if conn.is_cluster() {
+        load.arg("REPLACE");
+    }
+    match load.arg(&lib.code).query_async::<Value>(conn).await {
         Err(e) if says(&e, "already exists") => Ok(()),
         r => r.map(drop),
     }
@@ -173,8 +233,10 @@ impl Core {
     }
 
     /// `FCALL` of the library's function, loading the library when the
-    /// server lacks it; `EVALSHA` on a server without functions (or that
-    /// refuses the library), from then on.
+    /// server (on a cluster: the node of the call's slot) lacks it;
+    /// `EVALSHA` on a server without functions (or that refuses the
+    /// library), from then on (on a cluster, the redis crate loads a
+    /// script missing on `NOSCRIPT` on every primary).
     async fn invoke<T: FromRedisValue>(&self, call: &Call) -> redis::RedisResult<T> {
         let mut conn = self.conn.clone();
         if !self.no_functions.load(Ordering::Relaxed) {

@@ -91,11 +91,12 @@
 //!
 //! Every key of one limiter key shares one hash tag, `{<prefix>:<key>}`, so
 //! that a Redis Cluster keeps them in one slot (one script touches them
-//! all), and the prefix `:4:` of this key layout (no name is one of an
-//! older layout's). The hash is named after the key's limits grouped by
-//! window (the limits of one window, requests and tokens per minute, are
-//! one group, `rt:60000000`; several groups are joined by `,`), so that
-//! processes configured differently for one key keep apart:
+//! all; see [Redis Cluster](#redis-cluster)), and the prefix `:4:` of this
+//! key layout (no name is one of an older layout's). The hash is named
+//! after the key's limits grouped by window (the limits of one window,
+//! requests and tokens per minute, are one group, `rt:60000000`; several
+//! groups are joined by `,`), so that processes configured differently
+//! for one key keep apart:
 //!
 //! - `{<prefix>:<key>}:4:<groups>`: a hash with the state (one field `s`:
 //!   the gate, the FIFO tail, the next reservation id, per group its
@@ -143,8 +144,9 @@
 //!   write of each key however many of its decisions the call holds. A
 //!   caller alone waits for nothing: its decision goes at once. The
 //!   decisions of a call are made in order, each as if alone at the
-//!   call's server time. (A call may hold several limiter keys: fine on
-//!   one server; a Redis Cluster port would batch by hash slot.)
+//!   call's server time. A call may hold several limiter keys; on a
+//!   Redis Cluster, it goes as one call per hash slot (see
+//!   [Redis Cluster](#redis-cluster)).
 //! - An acquire that fits runs 2 Redis commands for its key (read the
 //!   state, write it with the entry and the token's record), and one
 //!   `TIME` for its call. Expired entries are dropped oldest first, each
@@ -175,6 +177,89 @@
 //! 100,000 entries; `benches/redis_store.rs` shows Redis's own time per
 //! decision (`SLOWLOG`) at the same sizes, and decisions per second with
 //! the CPU each side spends per decision.
+//!
+//! # TLS
+//!
+//! With feature `redis-tls`, a `rediss://host:port/db` URL connects over
+//! TLS (the redis crate's rustls support, with rustls's `ring` provider:
+//! no OpenSSL, no aws-lc-sys). The server's certificate is checked against
+//! the system's roots, or against
+//! [`tls_root_certificates`](RedisStoreBuilder::tls_root_certificates) (a
+//! private CA); [`tls_client_certificate`](RedisStoreBuilder::tls_client_certificate)
+//! answers a server that asks for the client's (`redis-server` does by
+//! default). rustls needs a process-wide crypto provider: the store
+//! installs `ring`'s when it builds a `rediss://` store and none is
+//! installed yet (an application that installed its own keeps it). A
+//! handshake that fails (an unknown CA, a refused client) is a fault like
+//! an unreachable server: the [`FaultPolicy`] applies. Without the
+//! feature, a `rediss://` URL fails `build`.
+//!
+//! ```
+//! # #[cfg(feature = "redis-tls")]
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! use tower_llm_resilience::rate_limit::Limits;
+//! use tower_llm_resilience::redis_store::RedisStore;
+//! # let ca_pem = {
+//! #     let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+//! #     p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+//! #     p.self_signed(&rcgen::KeyPair::generate().unwrap()).unwrap().pem()
+//! # };
+//!
+//! // let ca_pem = std::fs::read("/etc/redis/ca.pem")?;
+//! let limits = Limits::new().requests_per_minute(500);
+//! let store = RedisStore::builder(limits.clone())
+//!     .tls_root_certificates(ca_pem)
+//!     .build("rediss://redis.internal:6380/");
+//! // Connected lazily: nothing was sent yet.
+//! assert!(store.is_ok());
+//! // Roots that hold no certificate are a mistake to say at once.
+//! let wrong = RedisStore::builder(limits)
+//!     .tls_root_certificates("/etc/redis/ca.pem")
+//!     .build("rediss://redis.internal:6380/");
+//! assert!(wrong.is_err());
+//! # }
+//! # #[cfg(not(feature = "redis-tls"))]
+//! # fn main() {}
+//! ```
+//!
+//! # Redis Cluster
+//!
+//! With feature `redis-cluster`,
+//! [`build_cluster`](RedisStoreBuilder::build_cluster) takes some of the
+//! cluster's nodes (`redis://` or, with `redis-tls`, `rediss://`) and
+//! connects through the redis crate's cluster client, which finds the
+//! others, sends each call to the primary of its slot, follows `MOVED` and
+//! `ASK`, and reads the slot map again after a failover.
+//!
+//! - **Key placement.** Redis Cluster places a key by the text between its
+//!   first `{` and the next `}` when there is one: every key of a limiter
+//!   key is named `{<prefix>:<key>}...`, so all of them (the state hash,
+//!   the queue, the tombstones) are in one slot, which a script that
+//!   touches them together requires, and different limiter keys spread
+//!   over the slots, so over the primaries. One limiter key is served by
+//!   one primary: a cluster spreads many keys' load, not one hot key's. A
+//!   prefix or a key with a `}` in it still keeps each limiter key in one
+//!   slot (the tag then ends there), but may put many keys in one.
+//! - **Batches** go as one `FCALL` per hash slot (the decisions of one
+//!   slot together, in their order), all sent at once: those to one node
+//!   share its connection.
+//! - **The function library** is loaded on every primary at the first
+//!   `Function not found` (`FUNCTION LOAD REPLACE`, routed to all
+//!   primaries, so that a node that has it does not fail the load for one
+//!   that lacks it: the library is named after its code, so the
+//!   replacement is the same code), and again whenever a node lacks it: a
+//!   replica promoted by a failover, a node added, a node restarted
+//!   without persistence. On servers without functions, scripts go as
+//!   `EVALSHA`, and the redis crate loads one missing on `NOSCRIPT` on
+//!   every primary.
+//! - **Health is the store's, not a node's.** A failed call marks the
+//!   whole store down for the [retry interval](RedisStoreBuilder::retry_interval),
+//!   as on one server: while one primary is unreachable, the keys of the
+//!   others go through the [`FaultPolicy`] too (for an interval at a
+//!   time), not only that node's.
+//! - Sentinel is not supported; a failover within a cluster is the redis
+//!   crate's (a decision in flight during one may fail with the timeout,
+//!   and the fault policy applies).
 //!
 //! # Upgrading from an older version
 //!
@@ -288,6 +373,7 @@
 // scripts).
 mod batch;
 mod builder;
+mod connect;
 mod core;
 mod fault;
 mod gates;

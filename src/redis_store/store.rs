@@ -154,6 +154,7 @@ impl fmt::Debug for RedisStore {
             .field("timeout", &c.timeout)
             .field("retry_interval", &c.retry_interval)
             .field("policy", &self.inner.policy)
+            .field("cluster", &c.conn.is_cluster())
             .finish_non_exhaustive()
     }
 }

@@ -1,8 +1,13 @@
 //! A real `redis-server` for the Redis store's tests: started on a free
 //! loopback port, killed on drop. When the binary is missing the tests are
 //! skipped with a clear message, except under `CI=true`, where they fail.
+//! `cluster` starts a local Redis Cluster, `tls` a server that speaks
+//! only TLS.
 
 #![allow(dead_code)]
+
+pub mod cluster;
+pub mod tls;
 
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -61,16 +66,52 @@ pub struct RedisServer {
 }
 
 fn find_binary() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("REDIS_SERVER") {
-        // An explicit choice: used if it exists, never second-guessed.
+    find("redis-server", "REDIS_SERVER")
+}
+
+/// The binary `name`: `$var` if set (an explicit choice: used if it
+/// exists, never second-guessed), else from `PATH` or `/usr/bin`.
+fn find(name: &str, var: &str) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(var) {
         let p = PathBuf::from(p);
         return p.is_file().then_some(p);
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
-        .map(|d| d.join("redis-server"))
-        .chain([PathBuf::from("/usr/bin/redis-server")])
+        .map(|d| d.join(name))
+        .chain([PathBuf::from("/usr/bin").join(name)])
         .find(|p| p.is_file())
+}
+
+/// `None` after saying that `test` is skipped because `what` is missing,
+/// or a panic under `CI`, where the Redis tests must run.
+fn skip<T>(test: &str, what: &str) -> Option<T> {
+    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
+    if ci {
+        panic!("{test}: {what} not found and CI is set: the Redis tests must run in CI");
+    }
+    // Written to the real stderr, past the test harness's capture, so
+    // that a skip is seen.
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: {what} not found; this Redis test did not run (set CI=true to make that a failure)"
+    );
+    None
+}
+
+/// A fresh directory under the system's temporary one, for a test's
+/// server files (removed by its owner's drop).
+fn temp_dir(what: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "tlr-{what}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    dir
 }
 
 fn free_port() -> u16 {
@@ -85,20 +126,7 @@ impl RedisServer {
     /// `redis-server` is not installed and `CI` is not set.
     pub fn start(test: &str) -> Option<RedisServer> {
         let Some(bin) = find_binary() else {
-            let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
-            if ci {
-                panic!(
-                    "{test}: redis-server not found (PATH, /usr/bin or REDIS_SERVER) and CI is set: the Redis tests must run in CI"
-                );
-            }
-            // Written to the real stderr, past the test harness's capture,
-            // so that a skip is seen.
-            use std::io::Write;
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED {test}: redis-server not found (PATH, /usr/bin or REDIS_SERVER); this Redis test did not run (set CI=true to make that a failure)"
-            );
-            return None;
+            return skip(test, "redis-server (PATH, /usr/bin or REDIS_SERVER)");
         };
         let mut s = RedisServer {
             child: None,
@@ -177,29 +205,7 @@ impl RedisServer {
     /// benches and tests need no client for it) and returns the reply's
     /// text: a simple or bulk string (an error reply panics).
     pub fn command(&self, args: &[&str]) -> String {
-        use std::io::{BufRead, BufReader, Read, Write};
-        let mut c = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
-        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut req = format!("*{}\r\n", args.len());
-        for a in args {
-            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-        }
-        c.write_all(req.as_bytes()).expect("send");
-        let mut r = BufReader::new(c);
-        let mut line = String::new();
-        r.read_line(&mut line).expect("reply");
-        let line = line.trim_end();
-        match line.as_bytes().first() {
-            Some(b'+') | Some(b':') => line[1..].to_owned(),
-            Some(b'$') => {
-                let n: usize = line[1..].parse().expect("bulk length");
-                let mut buf = vec![0; n + 2];
-                r.read_exact(&mut buf).expect("bulk");
-                buf.truncate(n);
-                String::from_utf8(buf).expect("utf-8")
-            }
-            _ => panic!("redis {args:?}: {line}"),
-        }
+        command(self.port, args)
     }
 
     /// `CONFIG RESETSTAT`: the command statistics start again from zero.
@@ -224,6 +230,36 @@ impl RedisServer {
                 Some((name.to_owned(), field("calls"), field("usec")))
             })
             .collect()
+    }
+}
+
+/// Sends one command to the server on `port` over a fresh connection
+/// (raw RESP, so that the benches and tests need no client for it) and
+/// returns the reply's text: a simple or bulk string (an error reply
+/// panics).
+pub fn command(port: u16, args: &[&str]) -> String {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    c.write_all(req.as_bytes()).expect("send");
+    let mut r = BufReader::new(c);
+    let mut line = String::new();
+    r.read_line(&mut line).expect("reply");
+    let line = line.trim_end();
+    match line.as_bytes().first() {
+        Some(b'+') | Some(b':') => line[1..].to_owned(),
+        Some(b'$') => {
+            let n: usize = line[1..].parse().expect("bulk length");
+            let mut buf = vec![0; n + 2];
+            r.read_exact(&mut buf).expect("bulk");
+            buf.truncate(n);
+            String::from_utf8(buf).expect("utf-8")
+        }
+        _ => panic!("redis {args:?}: {line}"),
     }
 }
 
