@@ -162,7 +162,7 @@ impl ByModel {
 impl<B: BodyBytes> KeyFn<Request<B>> for ByModel {
     fn key(&self, request: &Request<B>) -> Key {
         match self.model_of(request) {
-            Some(model) => Key::new(&*model),
+            Some(model) => Key::for_model(&*model),
             None => Key::DEFAULT,
         }
     }
