@@ -60,9 +60,10 @@
 //! [OpenTelemetry GenAI semantic conventions]: https://opentelemetry.io/docs/specs/semconv/gen-ai/gen-ai-metrics/
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
-use ::metrics::{Label, Unit};
+use ::metrics::{Label, Recorder, Unit};
 
 use crate::classify::{ErrorClass, Provider};
 use crate::events::{CircuitState, Event, Events};
@@ -98,20 +99,8 @@ pub const CIRCUIT_TRIPS: &str = "llm.circuit.trips";
 /// The bucket boundaries the GenAI conventions give for
 /// `gen_ai.client.token.usage`, for exporters that take buckets.
 pub const TOKEN_USAGE_BUCKETS: [f64; 14] = [
-    1.0,
-    4.0,
-    16.0,
-    64.0,
-    256.0,
-    1024.0,
-    4096.0,
-    16384.0,
-    65536.0,
-    262144.0,
-    1048576.0,
-    4194304.0,
-    16777216.0,
-    67108864.0,
+    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
+    16777216.0, 67108864.0,
 ];
 
 /// The bucket boundaries (seconds) the GenAI conventions give for
@@ -120,11 +109,13 @@ pub const DURATION_BUCKETS: [f64; 14] = [
     0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
 ];
 
-/// Records [`Event`]s as metrics (see the [module](self) for the names).
+/// Records [`Event`]s as metrics (see the [module](self) for the names),
+/// into the global recorder or one of its own.
 #[derive(Clone)]
 pub struct MetricsListener {
     system: &'static str,
     key_label: bool,
+    recorder: Option<Arc<dyn Recorder + Send + Sync>>,
 }
 
 impl fmt::Debug for MetricsListener {
@@ -132,6 +123,7 @@ impl fmt::Debug for MetricsListener {
         f.debug_struct("MetricsListener")
             .field("system", &self.system)
             .field("key_label", &self.key_label)
+            .field("recorder", &self.recorder.is_some())
             .finish()
     }
 }
@@ -143,7 +135,17 @@ impl MetricsListener {
         MetricsListener {
             system: system_name(provider),
             key_label: true,
+            recorder: None,
         }
+    }
+
+    /// Records into `recorder` instead of the global one (default: the
+    /// recorder installed with `metrics::set_global_recorder`): a gateway
+    /// that serves its own scrape, stacks that must not mix their
+    /// figures, tests.
+    pub fn recorder(mut self, recorder: Arc<dyn Recorder + Send + Sync>) -> Self {
+        self.recorder = Some(recorder);
+        self
     }
 
     /// Whether metrics carry the `llm.key` label (default `true`). Turn it
@@ -160,40 +162,71 @@ impl MetricsListener {
         Events::new().with_listener(move |event| self.record(event))
     }
 
-    /// Describes every metric (unit and help text) to the recorder now
-    /// installed; call it once after installing one, for exporters that
-    /// show descriptions (Prometheus' `# HELP`).
-    pub fn describe() {
-        use ::metrics::{describe_counter, describe_gauge, describe_histogram};
-        describe_histogram!(TOKEN_USAGE, Unit::Count, "Input and output tokens used");
-        describe_histogram!(
-            OPERATION_DURATION,
-            Unit::Seconds,
-            "GenAI operation duration (one attempt)"
-        );
-        describe_histogram!(RATE_LIMIT_WAIT, Unit::Seconds, "Wait for the rate limiter");
-        describe_gauge!(QUEUE_DEPTH, Unit::Count, "Requests waiting for the rate limiter");
-        describe_counter!(
-            RATE_LIMITED_RESPONSES,
-            Unit::Count,
-            "Rate-limit answers of the provider"
-        );
-        describe_counter!(GATES_CLOSED, Unit::Count, "Retry-After gates closed");
-        describe_gauge!(LIMIT, Unit::Count, "Limit learned from headers");
-        describe_gauge!(QUOTA_REMAINING, Unit::Count, "Remaining quota the provider reported");
-        describe_counter!(QUOTA_EXHAUSTED, Unit::Count, "Quota-exhausted signals");
-        describe_counter!(RETRIES, Unit::Count, "Retries scheduled");
-        describe_counter!(RETRIES_GAVE_UP, Unit::Count, "Requests the retry layer gave up on");
-        describe_gauge!(
-            CIRCUIT_STATE,
-            Unit::Count,
-            "Circuit breaker state: 0 closed, 1 half-open, 2 open"
-        );
-        describe_counter!(CIRCUIT_TRIPS, Unit::Count, "Circuit breaker openings");
+    /// Describes every metric (unit and help text) to the listener's
+    /// recorder; call it once, for exporters that show descriptions
+    /// (Prometheus' `# HELP`).
+    pub fn describe(&self) {
+        match &self.recorder {
+            Some(recorder) => ::metrics::with_local_recorder(&**recorder, describe),
+            None => describe(),
+        }
     }
 
     /// Records one event.
     pub fn record(&self, event: &Event<'_>) {
+        match &self.recorder {
+            Some(recorder) => {
+                ::metrics::with_local_recorder(&**recorder, || self.record_now(event))
+            }
+            None => self.record_now(event),
+        }
+    }
+}
+
+/// Describes every metric to the recorder in force.
+fn describe() {
+    use ::metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_histogram!(TOKEN_USAGE, Unit::Count, "Input and output tokens used");
+    describe_histogram!(
+        OPERATION_DURATION,
+        Unit::Seconds,
+        "GenAI operation duration (one attempt)"
+    );
+    describe_histogram!(RATE_LIMIT_WAIT, Unit::Seconds, "Wait for the rate limiter");
+    describe_gauge!(
+        QUEUE_DEPTH,
+        Unit::Count,
+        "Requests waiting for the rate limiter"
+    );
+    describe_counter!(
+        RATE_LIMITED_RESPONSES,
+        Unit::Count,
+        "Rate-limit answers of the provider"
+    );
+    describe_counter!(GATES_CLOSED, Unit::Count, "Retry-After gates closed");
+    describe_gauge!(LIMIT, Unit::Count, "Limit learned from headers");
+    describe_gauge!(
+        QUOTA_REMAINING,
+        Unit::Count,
+        "Remaining quota the provider reported"
+    );
+    describe_counter!(QUOTA_EXHAUSTED, Unit::Count, "Quota-exhausted signals");
+    describe_counter!(RETRIES, Unit::Count, "Retries scheduled");
+    describe_counter!(
+        RETRIES_GAVE_UP,
+        Unit::Count,
+        "Requests the retry layer gave up on"
+    );
+    describe_gauge!(
+        CIRCUIT_STATE,
+        Unit::Count,
+        "Circuit breaker state: 0 closed, 1 half-open, 2 open"
+    );
+    describe_counter!(CIRCUIT_TRIPS, Unit::Count, "Circuit breaker openings");
+}
+
+impl MetricsListener {
+    fn record_now(&self, event: &Event<'_>) {
         match *event {
             Event::AttemptEnded {
                 key,
@@ -204,7 +237,10 @@ impl MetricsListener {
             } => {
                 let mut labels = self.labels(Some(key), model);
                 if let Some(usage) = usage {
-                    for (kind, n) in [("input", usage.input_tokens), ("output", usage.output_tokens)] {
+                    for (kind, n) in [
+                        ("input", usage.input_tokens),
+                        ("output", usage.output_tokens),
+                    ] {
                         let mut labels = labels.clone();
                         labels.push(Label::from_static_parts("gen_ai.token.type", kind));
                         ::metrics::histogram!(TOKEN_USAGE, labels).record(n as f64);

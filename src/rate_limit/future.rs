@@ -212,7 +212,9 @@ fn gate_refusal<K, C, E, St>(
     wait: Duration,
 ) -> Error {
     let model = model_of(attempt, key);
-    shared.events.emit(Event::GateWaitRefused { key, model, wait });
+    shared
+        .events
+        .emit(Event::GateWaitRefused { key, model, wait });
     Error::rate_limit_timeout(wait).with_origin(key, attempt.and_then(Attempt::model_key))
 }
 
@@ -293,7 +295,8 @@ where
                         this.state.set(State::Calling { future });
                     } else {
                         let attempt = this.attempt.as_deref();
-                        let state = State::waiting(r, *this.started, this.key, attempt, this.shared);
+                        let state =
+                            State::waiting(r, *this.started, this.key, attempt, this.shared);
                         this.state.set(state);
                     }
                 }
@@ -331,7 +334,9 @@ where
                         this.state.set(State::Done);
                         // Not sent: the guard gives the reservation back.
                         let error = Error::from_transport(e, |e| classifier.classify_error(e));
-                        return Poll::Ready(Err(error.with_origin(this.key, model_key(this.attempt))));
+                        return Poll::Ready(Err(
+                            error.with_origin(this.key, model_key(this.attempt))
+                        ));
                     }
                     let now = Instant::now();
                     let waited = now.saturating_duration_since(*this.started);

@@ -9,8 +9,8 @@ use tokio::time::Instant;
 
 use super::config::Config;
 use crate::classify::{Classification, Classifier, ErrorClass};
-use crate::events::Event;
 use crate::error::Origin;
+use crate::events::Event;
 use crate::Error;
 
 /// The bookkeeping of one request across its attempts.

@@ -103,7 +103,8 @@ where
                     if let Some(error) =
                         after_failure(config, copy, this.attempts, state, failure, c, retryable)
                     {
-                        this.span.end(this.attempts.made.max(1), Some(error.class()));
+                        this.span
+                            .end(this.attempts.made.max(1), Some(error.class()));
                         return Poll::Ready(Err(error));
                     }
                 }
