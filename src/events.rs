@@ -5,7 +5,20 @@
 //! one is set, and into shared [`Counters`]. An `Event` is built only on the
 //! paths where something happened (a wait, a 429, a retry, a transition),
 //! never on the plain success path, and it borrows instead of cloning.
-//! Events carry [`Key`]s, which are names or fingerprints, never an API key.
+//! Events carry [`Key`]s, which are names or fingerprints, never an API key,
+//! and the request's model when it is known (see [`Event`]).
+//!
+//! # Observed
+//!
+//! While the events are *observed* (a listener is set, or a `tracing`
+//! subscriber wants the crate's `llm.attempt` span), the rate limiter also
+//! reports every attempt's end ([`Event::AttemptEnded`]: duration, class,
+//! token usage) and what each response said remains of a quota
+//! ([`Event::QuotaReported`]), and reads the model from the request's
+//! body when its key names none. Unobserved, a request pays one branch
+//! for all of it and allocates nothing; observed, one small allocation per
+//! attempt (see the `metrics` feature's `MetricsListener` for a listener
+//! that makes metrics of them).
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};

@@ -1,4 +1,4 @@
-//! Metrics of what the layers did, through the [`metrics`](::metrics)
+//! Metrics of what the layers did, through the [`metrics`](https://docs.rs/metrics)
 //! crate's facade: any exporter installed as its recorder (Prometheus,
 //! StatsD, OpenTelemetry) reads them; this crate brings none.
 //!
@@ -52,7 +52,7 @@
 //! "system" is `gen_ai.system`, from the [`Provider`] given to
 //! [`MetricsListener::new`]; "model" is `gen_ai.request.model`, present
 //! when the event knows the model (see [`Event`]); "key" is `llm.key`,
-//! the request's [`Key`](crate::Key) as it shows (a name, or the
+//! the request's [`Key`] as it shows (a name, or the
 //! fingerprint of an API key: never the key itself), left out with
 //! [`key_label(false)`](MetricsListener::key_label) when there are too many
 //! keys for a time series each.

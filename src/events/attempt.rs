@@ -109,12 +109,7 @@ impl Attempt {
     /// Ends the attempt: records its outcome on its span and reports
     /// [`Event::AttemptEnded`]. `class` is the outcome's failure class, if
     /// any (else the response's, set in [`class`](Self::class)).
-    pub(crate) fn end(
-        self: Box<Self>,
-        events: &Events,
-        class: Option<ErrorClass>,
-        usage: Option<TokenUsage>,
-    ) {
+    pub(crate) fn end(self, events: &Events, class: Option<ErrorClass>, usage: Option<TokenUsage>) {
         let class = class.or(self.class);
         let usage = usage.or(self.usage);
         if !self.span.is_disabled() {
