@@ -37,8 +37,8 @@
 //! ```
 //!
 //! ```text
-//! request ─▶ CircuitBreaker ─▶ Retry ─▶ RateLimit ─▶ Timeout ─▶ Classify ─▶ HTTP client ─▶ provider
-//! response ◀──────────────── typed Error / Response ◀─────────────────────────────────┘
+//! request ─▶ CircuitBreaker ─▶ Retry ─▶ RateLimit ─▶ Timeouts ─▶ Classify ─▶ HTTP client ─▶ provider
+//! response ◀─────────────────────────────── typed Error / Response ◀───────────────────────────────┘
 //! ```
 //!
 //! - the circuit breaker is outermost, so a provider that is down or out of
@@ -47,9 +47,10 @@
 //!   a permit and a retry storm can never exceed the quota;
 //! - the rate limiter sits next to the wire and learns from every
 //!   response's headers;
-//! - the timeout bounds each attempt (10 min by default), inside the
-//!   limiter so that waiting for the window does not count, and its expiry
-//!   is a retryable [`ErrorClass::Timeout`];
+//! - the timeouts bound each attempt's wait for the headers (10 min by
+//!   default) and each silence between a stream's frames, inside the
+//!   limiter so that waiting for the window does not count, and their
+//!   expiry is a retryable [`ErrorClass::Timeout`];
 //! - [`classify`] decides what a response means, once, for every layer.
 //!
 //! # Classifying a response

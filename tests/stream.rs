@@ -829,20 +829,28 @@ async fn the_stack_retries_a_stream_whose_first_event_is_an_error() {
 
 #[test]
 fn the_watcher_allocates_nothing_per_frame() {
+    // The scanner is boxed at the first byte (one allocation per body
+    // with data), then nothing per frame.
     let mut w = StreamWatcher::new(BodyShape::EventStream);
     let before = support::allocations();
+    w.feed(b"");
+    assert_eq!(
+        support::allocations() - before,
+        0,
+        "an empty frame makes nothing"
+    );
     for _ in 0..1_000 {
         w.feed(OPENAI_CHUNK.as_bytes());
         w.feed(ANTHROPIC_DELTA.as_bytes());
     }
-    assert_eq!(support::allocations() - before, 0);
-    // Usage is captured in one buffer, allocated once per response.
+    assert_eq!(support::allocations() - before, 1);
+    // Usage is captured in one more buffer, allocated once per response.
     let mut w = StreamWatcher::new(BodyShape::EventStream);
     let before = support::allocations();
     for _ in 0..10 {
         w.feed(GEMINI_SSE.as_bytes());
         w.feed(ANTHROPIC_SSE.as_bytes());
     }
-    assert_eq!(support::allocations() - before, 1);
+    assert_eq!(support::allocations() - before, 2);
     assert_eq!(w.report().usage, usage(30, 15));
 }

@@ -32,24 +32,89 @@ pin_project! {
             #[pin]
             future: F,
         },
+        // Boxed: the future of a response that is handed on at once (every
+        // success that is not a stream) stays small and cheap to move.
         Reading {
-            #[pin]
-            deadline: Sleep,
-            parts: Option<Parts>,
-            body: Option<B>,
-            read: VecDeque<Frame<B::Data>>,
-            prefix: BytesMut,
-        },
-        Peeking {
-            #[pin]
-            deadline: Sleep,
-            parts: Option<Parts>,
-            body: Option<B>,
-            peek: Box<Peek<B::Data>>,
-            read: VecDeque<Frame<B::Data>>,
+            read: Pin<Box<BodyRead<B>>>,
         },
         Done,
     }
+}
+
+pin_project! {
+    /// A response whose body is read before it is handed on: an error's
+    /// prefix, or an event stream's first event. One allocation per such
+    /// response, none per frame.
+    struct BodyRead<B: Body> {
+        #[pin]
+        deadline: Sleep,
+        parts: Option<Parts>,
+        body: Option<B>,
+        frames: Frames<B::Data>,
+    }
+}
+
+/// The frames read so far, and what they are read for.
+struct Frames<D> {
+    read: VecDeque<Frame<D>>,
+    max: usize,
+    purpose: Purpose<D>,
+}
+
+enum Purpose<D> {
+    /// An error body's prefix, for the classifier.
+    Error { prefix: BytesMut },
+    /// An event stream's first event (the watcher says what it is); the
+    /// first frame is kept apart to hand it on first.
+    Peek {
+        watcher: StreamWatcher,
+        first: Option<Frame<D>>,
+    },
+}
+
+impl<D: Buf> Frames<D> {
+    /// Whether to read another frame: bounded in bytes and in frames (a
+    /// hostile body of empty frames must not grow the buffer or spin
+    /// forever), and for a stream until its first event or failure.
+    fn want_more(&self) -> bool {
+        match &self.purpose {
+            Purpose::Error { prefix } => prefix.len() < self.max && self.read.len() < MAX_FRAMES,
+            Purpose::Peek { watcher, first } => {
+                watcher.delivered() < self.max as u64
+                    && self.read.len() + usize::from(first.is_some()) < MAX_FRAMES
+                    && watcher.events() == 0
+                    && watcher.failure().is_none()
+            }
+        }
+    }
+
+    fn push(&mut self, frame: Frame<D>) {
+        match &mut self.purpose {
+            Purpose::Error { prefix } => {
+                if let Some(data) = frame.data_ref() {
+                    copy_prefix(data, prefix, self.max);
+                }
+                self.read.push_back(frame);
+            }
+            Purpose::Peek { watcher, first } => {
+                if let Some(data) = frame.data_ref() {
+                    watcher.feed_buf(data);
+                }
+                match first {
+                    None => *first = Some(frame),
+                    Some(_) => self.read.push_back(frame),
+                }
+            }
+        }
+    }
+}
+
+/// How a bounded read ended.
+struct ReadEnd<E> {
+    /// The body ended (nothing is left to hand on).
+    ended: bool,
+    /// The body failed.
+    error: Option<E>,
 }
 
 impl<F, C, B: Body> ResponseFuture<F, C, B> {
@@ -67,22 +132,16 @@ impl<F, C, B: Body + std::fmt::Debug> std::fmt::Debug for ResponseFuture<F, C, B
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let state = match self.state {
             State::Calling { .. } => "calling",
-            State::Reading { .. } => "reading error body",
-            State::Peeking { .. } => "waiting for the first event",
+            State::Reading { ref read } => match read.frames.purpose {
+                Purpose::Error { .. } => "reading error body",
+                Purpose::Peek { .. } => "waiting for the first event",
+            },
             State::Done => "done",
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)
             .finish()
     }
-}
-
-/// What an event stream's first frames said, boxed so that the future of
-/// every other response stays small: one allocation per event-stream
-/// response, none per frame.
-struct Peek<D> {
-    watcher: StreamWatcher,
-    first: Option<Frame<D>>,
 }
 
 /// The most frames read from one error body (or from an event stream before
@@ -95,6 +154,60 @@ fn copy_prefix<D: Buf>(data: &D, prefix: &mut BytesMut, max: usize) {
     for slice in &slices[..n] {
         let room = max.saturating_sub(prefix.len());
         prefix.extend_from_slice(&slice[..slice.len().min(room)]);
+    }
+}
+
+impl<F, B: Body> State<F, B> {
+    /// The state that reads `response`'s body for `purpose` before it is
+    /// handed on, for at most `timeout` and `max` bytes.
+    fn reading(
+        response: Response<B>,
+        timeout: Duration,
+        max: usize,
+        purpose: Purpose<B::Data>,
+    ) -> Self {
+        let (parts, body) = response.into_parts();
+        State::Reading {
+            read: Box::pin(BodyRead {
+                deadline: tokio::time::sleep(timeout),
+                parts: Some(parts),
+                body: Some(body),
+                frames: Frames {
+                    read: VecDeque::new(),
+                    max,
+                    purpose,
+                },
+            }),
+        }
+    }
+}
+
+/// Reads `body` into `frames` while they want more, until it ends, fails,
+/// or stalls past `deadline` (then what came is used).
+fn read_frames<B: Body + Unpin>(
+    body: &mut Option<B>,
+    mut deadline: Pin<&mut Sleep>,
+    frames: &mut Frames<B::Data>,
+    cx: &mut Context<'_>,
+) -> Poll<ReadEnd<B::Error>> {
+    let end = |ended, error| Poll::Ready(ReadEnd { ended, error });
+    loop {
+        let Some(b) = body.as_mut().filter(|_| frames.want_more()) else {
+            return end(false, None);
+        };
+        if b.is_end_stream() {
+            return end(true, None);
+        }
+        match Pin::new(b).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => frames.push(frame),
+            Poll::Ready(Some(Err(error))) => return end(false, Some(error)),
+            Poll::Ready(None) => return end(true, None),
+            Poll::Pending => {
+                // A stalled body: what came is used.
+                ready!(deadline.as_mut().poll(cx));
+                return end(false, None);
+            }
+        }
     }
 }
 
@@ -118,18 +231,18 @@ where
                         {
                             // A stream is not a success yet: hold it until
                             // its first event says what it is.
-                            let (parts, body) = response.into_parts();
-                            this.state.set(State::Peeking {
-                                deadline: tokio::time::sleep(*this.read_timeout),
-                                parts: Some(parts),
-                                body: Some(body),
-                                peek: Box::new(Peek {
-                                    watcher: StreamWatcher::new(BodyShape::EventStream)
-                                        .without_usage(),
-                                    first: None,
-                                }),
-                                read: VecDeque::new(),
-                            });
+                            let watcher =
+                                StreamWatcher::new(BodyShape::EventStream).without_usage();
+                            let purpose = Purpose::Peek {
+                                watcher,
+                                first: None,
+                            };
+                            this.state.set(State::reading(
+                                response,
+                                *this.read_timeout,
+                                *this.max_body,
+                                purpose,
+                            ));
                             continue;
                         }
                         // Success: nothing to read, nothing stored (an
@@ -147,150 +260,65 @@ where
                         this.state.set(State::Done);
                         return Poll::Ready(Ok(response));
                     }
-                    let (parts, body) = response.into_parts();
-                    this.state.set(State::Reading {
-                        deadline: tokio::time::sleep(*this.read_timeout),
-                        parts: Some(parts),
-                        body: Some(body),
-                        read: VecDeque::new(),
+                    let purpose = Purpose::Error {
                         prefix: BytesMut::new(),
-                    });
+                    };
+                    this.state.set(State::reading(
+                        response,
+                        *this.read_timeout,
+                        *this.max_body,
+                        purpose,
+                    ));
                 }
-                StateProj::Reading {
-                    mut deadline,
-                    parts,
-                    body,
-                    read,
-                    prefix,
-                } => {
-                    let mut error = None;
-                    let mut ended = false;
-                    let max = *this.max_body;
-                    // Bounded in bytes and in frames: a hostile body of empty
-                    // frames must not grow the buffer or spin forever.
-                    while let Some(b) = body
-                        .as_mut()
-                        .filter(|_| prefix.len() < max && read.len() < MAX_FRAMES)
-                    {
-                        if b.is_end_stream() {
-                            ended = true;
-                            break;
-                        }
-                        match Pin::new(b).poll_frame(cx) {
-                            Poll::Ready(Some(Ok(frame))) => {
-                                if let Some(data) = frame.data_ref() {
-                                    copy_prefix(data, prefix, max);
-                                }
-                                read.push_back(frame);
-                            }
-                            Poll::Ready(Some(Err(e))) => {
-                                error = Some(e);
-                                break;
-                            }
-                            Poll::Ready(None) => {
-                                ended = true;
-                                break;
-                            }
-                            Poll::Pending => {
-                                // A stalled body: classify from what came.
-                                ready!(deadline.as_mut().poll(cx));
-                                break;
-                            }
-                        }
-                    }
-                    let Some(mut parts) = parts.take() else {
+                StateProj::Reading { read } => {
+                    let read = read.as_mut().project();
+                    let end = ready!(read_frames(read.body, read.deadline, read.frames, cx));
+                    let Some(mut parts) = read.parts.take() else {
                         unreachable!("parts are taken once, as the state ends");
                     };
-                    let c = this
-                        .classifier
-                        .classify(parts.status, &parts.headers, Some(prefix));
-                    parts.extensions.insert(c);
-                    parts
-                        .extensions
-                        .insert(BodyPrefix(std::mem::take(prefix).freeze()));
-                    let rest = if ended || error.is_some() {
+                    let frames = &mut *read.frames;
+                    let first = match &mut frames.purpose {
+                        Purpose::Error { prefix } => {
+                            let c = this.classifier.classify(
+                                parts.status,
+                                &parts.headers,
+                                Some(prefix),
+                            );
+                            parts.extensions.insert(c);
+                            parts
+                                .extensions
+                                .insert(BodyPrefix(std::mem::take(prefix).freeze()));
+                            None
+                        }
+                        Purpose::Peek { watcher, first } => {
+                            if let Some(failure) = watcher.failure() {
+                                // An error before anything reached the
+                                // caller: the response is that error, which
+                                // every layer sees (and the retry layer may
+                                // retry).
+                                let mut c =
+                                    this.classifier.classify(parts.status, &parts.headers, None);
+                                c.class = Some(failure.class);
+                                c.code = failure.code;
+                                parts.extensions.insert(c);
+                                let mut prefix = BytesMut::new();
+                                for frame in first.iter().chain(frames.read.iter()) {
+                                    if let Some(data) = frame.data_ref() {
+                                        copy_prefix(data, &mut prefix, frames.max);
+                                    }
+                                }
+                                parts.extensions.insert(BodyPrefix(prefix.freeze()));
+                            }
+                            first.take()
+                        }
+                    };
+                    let rest = if end.ended || end.error.is_some() {
                         None
                     } else {
-                        body.take()
+                        read.body.take()
                     };
-                    let body = PeekedBody::from_parts(None, std::mem::take(read), error, rest);
-                    this.state.set(State::Done);
-                    return Poll::Ready(Ok(Response::from_parts(parts, body)));
-                }
-                StateProj::Peeking {
-                    mut deadline,
-                    parts,
-                    body,
-                    peek,
-                    read,
-                } => {
-                    let Peek { watcher, first } = &mut **peek;
-                    let mut error = None;
-                    let mut ended = false;
-                    let max = *this.max_body as u64;
-                    // Bounded in bytes, frames and time (the read timeout):
-                    // a stream that sends nothing, or only comments, is
-                    // passed on as it is.
-                    while let Some(b) = body.as_mut().filter(|_| {
-                        watcher.delivered() < max
-                            && read.len() + usize::from(first.is_some()) < MAX_FRAMES
-                            && watcher.events() == 0
-                            && watcher.failure().is_none()
-                    }) {
-                        if b.is_end_stream() {
-                            ended = true;
-                            break;
-                        }
-                        match Pin::new(b).poll_frame(cx) {
-                            Poll::Ready(Some(Ok(frame))) => {
-                                if let Some(data) = frame.data_ref() {
-                                    watcher.feed_buf(data);
-                                }
-                                match first {
-                                    None => *first = Some(frame),
-                                    Some(_) => read.push_back(frame),
-                                }
-                            }
-                            Poll::Ready(Some(Err(e))) => {
-                                error = Some(e);
-                                break;
-                            }
-                            Poll::Ready(None) => {
-                                ended = true;
-                                break;
-                            }
-                            Poll::Pending => {
-                                ready!(deadline.as_mut().poll(cx));
-                                break;
-                            }
-                        }
-                    }
-                    let Some(mut parts) = parts.take() else {
-                        unreachable!("parts are taken once, as the state ends");
-                    };
-                    if let Some(failure) = watcher.failure() {
-                        // An error before anything reached the caller: the
-                        // response is that error, which every layer sees
-                        // (and the retry layer may retry).
-                        let mut c = this.classifier.classify(parts.status, &parts.headers, None);
-                        c.class = Some(failure.class);
-                        c.code = failure.code;
-                        parts.extensions.insert(c);
-                        let mut prefix = BytesMut::new();
-                        for frame in first.iter().chain(read.iter()) {
-                            if let Some(data) = frame.data_ref() {
-                                copy_prefix(data, &mut prefix, *this.max_body);
-                            }
-                        }
-                        parts.extensions.insert(BodyPrefix(prefix.freeze()));
-                    }
-                    let rest = if ended || error.is_some() {
-                        None
-                    } else {
-                        body.take()
-                    };
-                    let body =
-                        PeekedBody::from_parts(first.take(), std::mem::take(read), error, rest);
+                    let read = std::mem::take(&mut frames.read);
+                    let body = PeekedBody::from_parts(first, read, end.error, rest);
                     this.state.set(State::Done);
                     return Poll::Ready(Ok(Response::from_parts(parts, body)));
                 }

@@ -118,13 +118,18 @@ const MIN_LOG_CAPACITY: usize = 4;
 
 impl DimState {
     fn prune(&mut self, now: Instant) {
-        while let Some(e) = self.log.front() {
-            if e.at + self.hold <= now {
-                self.sum = self.sum.saturating_sub(e.cost);
-                self.log.pop_front();
-                self.skip.index = self.skip.index.saturating_sub(1);
-            } else {
-                break;
+        // `at + hold <= now`, with one subtraction instead of an addition
+        // per entry; before `hold` has passed since the clock's origin,
+        // nothing can have left.
+        if let Some(cutoff) = now.checked_sub(self.hold) {
+            while let Some(e) = self.log.front() {
+                if e.at <= cutoff {
+                    self.sum = self.sum.saturating_sub(e.cost);
+                    self.log.pop_front();
+                    self.skip.index = self.skip.index.saturating_sub(1);
+                } else {
+                    break;
+                }
             }
         }
         // Give a burst's buffer back once the log is far smaller: memory

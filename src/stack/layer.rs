@@ -2,7 +2,6 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tower::timeout::Timeout;
 use tower::Layer;
 
 use crate::circuit_breaker::{self, CircuitBreaker, CircuitBreakerLayer};
@@ -16,11 +15,8 @@ use crate::retry::{Retry, RetryLayer};
 use crate::stream::{IdleTimeout, IdleTimeoutBody};
 
 /// The service [`LlmLayer`] builds around an HTTP client `S`.
-pub type LlmService<S, K = SingleKey, C = Provider, St = MemoryStore> = CircuitBreaker<
-    Retry<RateLimit<Timeout<IdleTimeout<Classify<S, C>>>, K, C, JsonEstimator, St>, C>,
-    K,
-    C,
->;
+pub type LlmService<S, K = SingleKey, C = Provider, St = MemoryStore> =
+    CircuitBreaker<Retry<RateLimit<IdleTimeout<Classify<S, C>>, K, C, JsonEstimator, St>, C>, K, C>;
 
 /// The body of a response from [`LlmService`]: the HTTP client's body `B`,
 /// frame by frame, behind the stack's watchers (the idle timeout, the
@@ -470,8 +466,8 @@ where
             rate_limit = rate_limit.max_gate_wait(wait);
         }
         let classified = self.classify.layer(inner);
-        let idle = IdleTimeout::new(classified, self.idle_timeout);
-        let timed = Timeout::new(idle, self.attempt_timeout);
+        let timed =
+            IdleTimeout::new(classified, self.idle_timeout).headers_timeout(self.attempt_timeout);
         let limited = rate_limit.layer(timed);
         let retried = self.retry.layer(limited);
         self.breaker.layer(retried)

@@ -1,14 +1,16 @@
 //! The whole stack in one layer: [`LlmLayer`].
 //!
 //! ```text
-//! request ─▶ CircuitBreaker ─▶ Retry ─▶ RateLimit ─▶ Timeout ─▶ IdleTimeout ─▶ Classify ─▶ HTTP client ─▶ provider
+//! request ─▶ CircuitBreaker ─▶ Retry ─▶ RateLimit ─▶ Timeouts ─▶ Classify ─▶ HTTP client ─▶ provider
 //! ```
 //!
-//! The timeout bounds each attempt
+//! `Timeouts` is one layer, [`IdleTimeout`](crate::stream::IdleTimeout):
+//! it bounds each attempt's wait for the headers
 //! ([`attempt_timeout`](LlmLayer::attempt_timeout), default
-//! [`DEFAULT_ATTEMPT_TIMEOUT`]); it sits inside the rate limiter, so that
-//! waiting for the window does not count against it, and inside the retry,
-//! so that an attempt that timed out is retried.
+//! [`DEFAULT_ATTEMPT_TIMEOUT`]) and each silence between a stream's frames
+//! ([`idle_timeout`](LlmLayer::idle_timeout)); it sits inside the rate
+//! limiter, so that waiting for the window does not count against it, and
+//! inside the retry, so that an attempt that timed out is retried.
 //!
 //! One provider profile and a few limits give the stack of the crate's
 //! design, every part configurable:

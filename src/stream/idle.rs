@@ -50,15 +50,32 @@ use crate::{BoxError, Error};
 /// assert_eq!(error.delivered(), Some(0));
 /// # }
 /// ```
+///
+/// With [`headers_timeout`](Self::headers_timeout) it bounds the first
+/// silence too, the wait for the response headers (the attempt timeout of
+/// [`LlmLayer`](crate::LlmLayer)): the call fails with tower's
+/// [`Elapsed`](tower::timeout::error::Elapsed), a
+/// [timeout](crate::ErrorClass::Timeout), as with tower's `Timeout`.
 #[derive(Clone, Copy, Debug)]
 pub struct IdleTimeoutLayer {
     idle: Duration,
+    headers: Option<Duration>,
 }
 
 impl IdleTimeoutLayer {
     /// Bodies fail after `idle` without a frame.
     pub const fn new(idle: Duration) -> Self {
-        IdleTimeoutLayer { idle }
+        IdleTimeoutLayer {
+            idle,
+            headers: None,
+        }
+    }
+
+    /// Calls fail when the response headers take longer than `timeout`
+    /// (default: no bound). See [`IdleTimeout::headers_timeout`].
+    pub const fn headers_timeout(mut self, timeout: Duration) -> Self {
+        self.headers = Some(timeout);
+        self
     }
 }
 
@@ -66,22 +83,45 @@ impl<S> Layer<S> for IdleTimeoutLayer {
     type Service = IdleTimeout<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        IdleTimeout::new(inner, self.idle)
+        IdleTimeout {
+            inner,
+            idle: self.idle,
+            headers: self.headers,
+        }
     }
 }
 
 /// The service of [`IdleTimeoutLayer`]: wraps each response body in an
-/// [`IdleTimeoutBody`].
+/// [`IdleTimeoutBody`], and bounds the wait for the headers when told to.
 #[derive(Clone, Copy, Debug)]
 pub struct IdleTimeout<S> {
     inner: S,
     idle: Duration,
+    headers: Option<Duration>,
 }
 
 impl<S> IdleTimeout<S> {
     /// Wraps `inner`; its response bodies fail after `idle` without a frame.
     pub const fn new(inner: S, idle: Duration) -> Self {
-        IdleTimeout { inner, idle }
+        IdleTimeout {
+            inner,
+            idle,
+            headers: None,
+        }
+    }
+
+    /// Calls fail with tower's [`Elapsed`](tower::timeout::error::Elapsed)
+    /// when the response headers take longer than `timeout` (default: no
+    /// bound).
+    ///
+    /// Unlike tower's `Timeout`, the timer is armed only when the inner
+    /// future is not ready at its first poll, and its clock starts then:
+    /// a response that is there at once (an in-process service, a cache)
+    /// costs no clock read and no timer. The stack polls a call as soon as
+    /// it makes it, so the wait counted is the provider's.
+    pub const fn headers_timeout(mut self, timeout: Duration) -> Self {
+        self.headers = Some(timeout);
+        self
     }
 
     /// The inner service.
@@ -103,18 +143,23 @@ impl<S> IdleTimeout<S> {
 impl<S, Req, B> Service<Req> for IdleTimeout<S>
 where
     S: Service<Req, Response = Response<B>>,
+    S::Error: Into<BoxError>,
 {
     type Response = Response<IdleTimeoutBody<B>>;
-    type Error = S::Error;
+    type Error = BoxError;
     type Future = IdleTimeoutFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+        self.inner.poll_ready(cx).map_err(Into::into)
     }
 
+    #[inline]
     fn call(&mut self, request: Req) -> Self::Future {
         IdleTimeoutFuture {
             future: self.inner.call(request),
+            headers: HeadersTimer::Unarmed {
+                limit: self.headers,
+            },
             idle: self.idle,
         }
     }
@@ -125,7 +170,20 @@ pin_project! {
     pub struct IdleTimeoutFuture<F> {
         #[pin]
         future: F,
+        #[pin]
+        headers: HeadersTimer,
         idle: Duration,
+    }
+}
+
+pin_project! {
+    /// The wait for the headers: not yet armed (and maybe never, when the
+    /// response is ready at the first poll), or armed inline (no
+    /// allocation).
+    #[project = HeadersTimerProj]
+    enum HeadersTimer {
+        Unarmed { limit: Option<Duration> },
+        Armed { #[pin] sleep: Sleep },
     }
 }
 
@@ -133,6 +191,10 @@ impl<F> fmt::Debug for IdleTimeoutFuture<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IdleTimeoutFuture")
             .field("idle", &self.idle)
+            .field(
+                "headers_armed",
+                &matches!(self.headers, HeadersTimer::Armed { .. }),
+            )
             .finish()
     }
 }
@@ -140,14 +202,34 @@ impl<F> fmt::Debug for IdleTimeoutFuture<F> {
 impl<F, B, E> Future for IdleTimeoutFuture<F>
 where
     F: Future<Output = Result<Response<B>, E>>,
+    E: Into<BoxError>,
 {
-    type Output = Result<Response<IdleTimeoutBody<B>>, E>;
+    type Output = Result<Response<IdleTimeoutBody<B>>, BoxError>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let response = ready!(this.future.poll(cx))?;
-        let idle = *this.idle;
-        Poll::Ready(Ok(response.map(|body| IdleTimeoutBody::new(body, idle))))
+        let mut this = self.project();
+        // The response first: one that is ready is never lost to the timer.
+        if let Poll::Ready(result) = this.future.poll(cx) {
+            let idle = *this.idle;
+            return Poll::Ready(match result {
+                Ok(response) => Ok(response.map(|body| IdleTimeoutBody::new(body, idle))),
+                Err(error) => Err(error.into()),
+            });
+        }
+        loop {
+            match this.headers.as_mut().project() {
+                HeadersTimerProj::Unarmed { limit: None } => return Poll::Pending,
+                HeadersTimerProj::Unarmed { limit: Some(limit) } => {
+                    let sleep = tokio::time::sleep_until(deadline(*limit));
+                    this.headers.set(HeadersTimer::Armed { sleep });
+                }
+                HeadersTimerProj::Armed { sleep } => {
+                    ready!(sleep.poll(cx));
+                    return Poll::Ready(Err(Box::new(tower::timeout::error::Elapsed::new())));
+                }
+            }
+        }
     }
 }
 
@@ -278,4 +360,68 @@ fn deadline(idle: Duration) -> Instant {
     let now = Instant::now();
     now.checked_add(idle)
         .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use tower::ServiceExt;
+
+    use super::*;
+
+    /// A provider whose headers come after `delay`.
+    fn answering_after(
+        delay: Duration,
+    ) -> impl Service<(), Response = Response<String>, Error = Infallible, Future: Send> + Clone
+    {
+        tower::service_fn(move |()| async move {
+            tokio::time::sleep(delay).await;
+            Ok::<_, Infallible>(Response::new(String::from("ok")))
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn headers_within_the_bound_pass_and_later_ones_fail_at_the_bound() {
+        let bound = Duration::from_secs(30);
+        let layer = IdleTimeoutLayer::new(Duration::from_secs(300)).headers_timeout(bound);
+
+        let start = Instant::now();
+        let mut client = layer.layer(answering_after(bound - Duration::from_millis(1)));
+        let response = client.ready().await.unwrap().call(()).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(start.elapsed(), bound - Duration::from_millis(1));
+
+        let start = Instant::now();
+        let mut client = layer.layer(answering_after(bound + Duration::from_millis(1)));
+        let error = client.ready().await.unwrap().call(()).await.unwrap_err();
+        assert!(error.is::<tower::timeout::error::Elapsed>(), "{error}");
+        assert_eq!(start.elapsed(), bound);
+        let error = Error::from_transport(error, |e| {
+            crate::classify::Classifier::classify_error(&crate::Provider::OpenAi, e)
+        });
+        assert!(error.is_timeout() && error.is_retryable(), "{error}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_ready_response_arms_no_timer_and_no_bound_waits_as_long_as_it_takes() {
+        let layer = IdleTimeoutLayer::new(Duration::from_secs(1)).headers_timeout(Duration::ZERO);
+        let mut client = layer.layer(tower::service_fn(|()| {
+            std::future::ready(Ok::<_, Infallible>(Response::new(String::new())))
+        }));
+        // Even a zero bound lets a response that is there at once through:
+        // the timer is armed only when the response is not ready.
+        let mut future = std::pin::pin!(client.ready().await.unwrap().call(()));
+        let waker = futures_util::task::noop_waker();
+        let polled = future.as_mut().poll(&mut Context::from_waker(&waker));
+        assert!(matches!(polled, Poll::Ready(Ok(_))));
+
+        // Without `headers_timeout`, a slow answer is waited for.
+        let start = Instant::now();
+        let slow = Duration::from_secs(3_600);
+        let mut client = IdleTimeoutLayer::new(Duration::from_secs(1)).layer(answering_after(slow));
+        let response = client.ready().await.unwrap().call(()).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(start.elapsed(), slow);
+    }
 }

@@ -134,8 +134,23 @@ impl StreamReport {
 /// inside a JSON string, so a completion that talks about `"usage"` is
 /// not mistaken for one. Any bytes are accepted; garbage gives an empty
 /// report, never a panic.
+///
+/// The scanner's state (about 340 bytes) is boxed when the first byte
+/// comes, so that a response body carrying a watcher stays small while it
+/// moves through the layers: one allocation per body with data (and one
+/// more for a captured usage or error object), none per frame, none for an
+/// empty body.
 #[derive(Clone)]
 pub struct StreamWatcher {
+    shape: BodyShape,
+    watch_usage: bool,
+    capture_limit: usize,
+    scanner: Option<Box<Scanner>>,
+}
+
+/// The scanner behind a [`StreamWatcher`], made at its first byte.
+#[derive(Clone)]
+struct Scanner {
     shape: BodyShape,
     watch_usage: bool,
     capture_limit: usize,
@@ -368,6 +383,105 @@ impl StreamWatcher {
             shape,
             watch_usage: true,
             capture_limit: DEFAULT_CAPTURE_LIMIT,
+            scanner: None,
+        }
+    }
+
+    /// A watcher for a response with these headers (see [`BodyShape::of`]).
+    pub fn for_response(headers: &HeaderMap) -> Self {
+        StreamWatcher::new(BodyShape::of(headers))
+    }
+
+    /// How many bytes of a usage or error object to keep at most (default
+    /// [`DEFAULT_CAPTURE_LIMIT`]; 0 keeps none: no usage is read, and an
+    /// error event is classified only by a code outside an error object,
+    /// else as a [`ServerError`](ErrorClass::ServerError)).
+    pub fn capture_limit(mut self, bytes: usize) -> Self {
+        self.capture_limit = bytes;
+        if let Some(scanner) = &mut self.scanner {
+            scanner.capture_limit = bytes;
+        }
+        self
+    }
+
+    /// Watches for errors and the terminator only, not for usage: nothing
+    /// is captured on a success, so nothing is allocated.
+    pub(crate) fn without_usage(mut self) -> Self {
+        self.watch_usage = false;
+        if let Some(scanner) = &mut self.scanner {
+            scanner.watch_usage = false;
+        }
+        self
+    }
+
+    /// The shape the watcher reads.
+    pub fn shape(&self) -> BodyShape {
+        self.shape
+    }
+
+    /// The scanner, made at the first byte.
+    fn scanner(&mut self) -> &mut Scanner {
+        let (shape, watch_usage, limit) = (self.shape, self.watch_usage, self.capture_limit);
+        self.scanner
+            .get_or_insert_with(|| Box::new(Scanner::new(shape, watch_usage, limit)))
+    }
+
+    /// Reads the next bytes of the body. Any split of a body into chunks
+    /// gives the same report as the body in one chunk.
+    pub fn feed(&mut self, chunk: &[u8]) {
+        if !chunk.is_empty() {
+            self.scanner().feed(chunk);
+        }
+    }
+
+    /// Reads a frame's data: every contiguous part of it (up to 16; the
+    /// bytes of a buffer in more parts than that are counted, not read).
+    pub(crate) fn feed_buf<D: Buf>(&mut self, data: &D) {
+        if data.has_remaining() {
+            self.scanner().feed_buf(data);
+        }
+    }
+
+    /// Server-sent events that ended so far (the report's `events`).
+    pub(crate) fn events(&self) -> u64 {
+        self.scanner.as_ref().map_or(0, |s| s.events())
+    }
+
+    /// The first error the body reported, if any (the report's `failure`).
+    pub fn failure(&self) -> Option<StreamFailure> {
+        self.scanner.as_ref().and_then(|s| s.failure())
+    }
+
+    /// Bytes fed so far (the report's `delivered`).
+    pub fn delivered(&self) -> u64 {
+        self.scanner.as_ref().map_or(0, |s| s.delivered())
+    }
+
+    /// What the body said so far.
+    pub fn report(&self) -> StreamReport {
+        match &self.scanner {
+            Some(scanner) => scanner.report(),
+            None => StreamReport {
+                usage: None,
+                failure: None,
+                complete: false,
+                delivered: 0,
+                dialect: None,
+                events: 0,
+                shape: self.shape,
+            },
+        }
+    }
+}
+
+impl Scanner {
+    /// A watcher for a body of this shape, capturing up to
+    /// [`DEFAULT_CAPTURE_LIMIT`] bytes of a usage or error object.
+    fn new(shape: BodyShape, watch_usage: bool, capture_limit: usize) -> Self {
+        Scanner {
+            shape,
+            watch_usage,
+            capture_limit,
             delivered: 0,
             input: None,
             output: None,
@@ -383,35 +497,9 @@ impl StreamWatcher {
         }
     }
 
-    /// A watcher for a response with these headers (see [`BodyShape::of`]).
-    pub fn for_response(headers: &HeaderMap) -> Self {
-        StreamWatcher::new(BodyShape::of(headers))
-    }
-
-    /// How many bytes of a usage or error object to keep at most (default
-    /// [`DEFAULT_CAPTURE_LIMIT`]; 0 keeps none: no usage is read, and an
-    /// error event is classified only by a code outside an error object,
-    /// else as a [`ServerError`](ErrorClass::ServerError)).
-    pub fn capture_limit(mut self, bytes: usize) -> Self {
-        self.capture_limit = bytes;
-        self
-    }
-
-    /// Watches for errors and the terminator only, not for usage: nothing
-    /// is captured on a success, so nothing is allocated.
-    pub(crate) fn without_usage(mut self) -> Self {
-        self.watch_usage = false;
-        self
-    }
-
-    /// The shape the watcher reads.
-    pub fn shape(&self) -> BodyShape {
-        self.shape
-    }
-
     /// Reads the next bytes of the body. Any split of a body into chunks
     /// gives the same report as the body in one chunk.
-    pub fn feed(&mut self, chunk: &[u8]) {
+    fn feed(&mut self, chunk: &[u8]) {
         self.delivered = self.delivered.saturating_add(chunk.len() as u64);
         match self.shape {
             BodyShape::EventStream => self.feed_sse(chunk),
@@ -421,7 +509,7 @@ impl StreamWatcher {
 
     /// Reads a frame's data: every contiguous part of it (up to 16; the
     /// bytes of a buffer in more parts than that are counted, not read).
-    pub(crate) fn feed_buf<D: Buf>(&mut self, data: &D) {
+    fn feed_buf<D: Buf>(&mut self, data: &D) {
         let mut parts = [IoSlice::new(&[]); 16];
         let n = data.chunks_vectored(&mut parts);
         let mut fed = 0;
@@ -434,22 +522,22 @@ impl StreamWatcher {
     }
 
     /// Server-sent events that ended so far (the report's `events`).
-    pub(crate) fn events(&self) -> u64 {
+    fn events(&self) -> u64 {
         self.events
     }
 
     /// The first error the body reported, if any (the report's `failure`).
-    pub fn failure(&self) -> Option<StreamFailure> {
+    fn failure(&self) -> Option<StreamFailure> {
         self.failure
     }
 
     /// Bytes fed so far (the report's `delivered`).
-    pub fn delivered(&self) -> u64 {
+    fn delivered(&self) -> u64 {
         self.delivered
     }
 
     /// What the body said so far.
-    pub fn report(&self) -> StreamReport {
+    fn report(&self) -> StreamReport {
         let usage = (self.input.is_some() || self.output.is_some()).then(|| TokenUsage {
             input_tokens: self.input.unwrap_or(0),
             output_tokens: self.output.unwrap_or(0),
@@ -1323,11 +1411,33 @@ mod tests {
         // Allocated once for the whole response, never grown.
         let mut w = StreamWatcher::new(BodyShape::EventStream);
         w.feed(GEMINI_SSE.as_bytes());
-        assert_eq!(w.capture.capacity(), DEFAULT_CAPTURE_LIMIT);
+        assert_eq!(
+            w.scanner.as_ref().unwrap().capture.capacity(),
+            DEFAULT_CAPTURE_LIMIT
+        );
         // Without usage watching, a success captures nothing.
         let mut w = StreamWatcher::new(BodyShape::EventStream).without_usage();
         w.feed(ANTHROPIC_SSE.as_bytes());
-        assert_eq!((w.report().usage, w.capture.capacity()), (None, 0));
+        let capacity = w.scanner.as_ref().unwrap().capture.capacity();
+        assert_eq!((w.report().usage, capacity), (None, 0));
+        // An empty body makes no scanner at all, and reports nothing.
+        let mut w = StreamWatcher::new(BodyShape::Json);
+        w.feed(b"");
+        w.feed_buf(&bytes::Bytes::new());
+        assert!(w.scanner.is_none());
+        let fresh = StreamWatcher::new(BodyShape::Json);
+        let fed = {
+            let mut w = fresh.clone();
+            w.feed(b"{");
+            w
+        };
+        assert_eq!(
+            w.report(),
+            StreamReport {
+                delivered: 0,
+                ..fed.report()
+            }
+        );
     }
 
     #[test]
