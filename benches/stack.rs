@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::Request;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
+use tower_llm_resilience::metrics::MetricsListener;
 use tower_llm_resilience::rate_limit::{Dimension, Limits, TokenEstimate};
 use tower_llm_resilience::{LlmLayer, Provider};
 
@@ -132,6 +133,14 @@ fn profile() {
             run_with(&rt, &mut svc, n, make);
             profile_region(&rt, &mut svc, n, make);
         }
+        // Our stack with the `metrics` feature's listener on its events
+        // (into the metrics crate's no-op recorder: the listener's own
+        // cost, labels included, without an exporter's).
+        Ok("metrics") => {
+            let mut svc = observed();
+            run_with(&rt, &mut svc, n, make);
+            profile_region(&rt, &mut svc, n, make);
+        }
         _ => {
             let mut svc = ours();
             run_with(&rt, &mut svc, n, make);
@@ -206,6 +215,20 @@ fn ours() -> impl Service<Request<String>, Error = impl std::fmt::Debug> + Clone
                 .window(Dimension::Requests, window, u64::MAX / 4)
                 .window(Dimension::Tokens, window, u64::MAX / 4),
         )
+        .layer(Noop)
+}
+
+/// [`ours`] with a [`MetricsListener`] on its events.
+fn observed() -> impl Service<Request<String>, Error = impl std::fmt::Debug> + Clone + Send + 'static
+{
+    let window = Duration::from_millis(10);
+    LlmLayer::new(Provider::OpenAi)
+        .limits(
+            Limits::new()
+                .window(Dimension::Requests, window, u64::MAX / 4)
+                .window(Dimension::Tokens, window, u64::MAX / 4),
+        )
+        .events(MetricsListener::new(Provider::OpenAi).events())
         .layer(Noop)
 }
 

@@ -2,7 +2,7 @@
 # The gateway example as a harness runs it: its command line, its first
 # line on stdout, a completion with curl, the openai Python SDK
 # (scripts/gateway_openai_python.py) when Python and the package can be
-# had, and a clean stop on SIGTERM. Run from anywhere; CI runs it.
+# had, its /metrics, and a clean stop on SIGTERM. Run from anywhere; CI runs it.
 #
 # The SDK comes from the `openai` package of the Python that runs this
 # (GATEWAY_PYTHON, default python3), else from a venv made here with pip;
@@ -89,6 +89,22 @@ else
 fi
 if [ -n "$sdk" ]; then
   "$sdk" scripts/gateway_openai_python.py --base-url "$url/v1" --tenant-rpm "$tenant_rpm"
+fi
+
+# GET /metrics: the Prometheus scrape counts the attempts above, with the
+# GenAI conventions' names and the provider and model they were for.
+if command -v curl >/dev/null 2>&1; then
+  curl -sS --max-time 30 "$url/metrics" >"$work/metrics"
+  attempts="$(awk '/^gen_ai_client_operation_duration_count\{/ { n += $NF } END { print n + 0 }' "$work/metrics")"
+  if [ "$attempts" -lt 1 ] \
+    || ! grep -q '^gen_ai_client_token_usage_sum{gen_ai_system="openai",llm_key="default",gen_ai_request_model="gpt-4o-mini",gen_ai_token_type="output"}' "$work/metrics"; then
+    cat "$work/metrics" >&2
+    echo "gateway check: /metrics does not count the completions" >&2
+    exit 1
+  fi
+  echo "gateway check: /metrics counts $attempts attempts upstream"
+else
+  echo "gateway check: skipped /metrics: curl is missing"
 fi
 
 # SIGTERM: it finishes what is in flight, prints its summary, exits 0.

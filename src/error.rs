@@ -7,6 +7,7 @@ use bytes::Bytes;
 use http::{Response, StatusCode};
 
 use crate::classify::{BodyPrefix, Classification, ErrorClass};
+use crate::key::Key;
 
 /// A boxed error of any kind, as tower uses.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -54,6 +55,28 @@ struct Inner {
     classification: Classification,
     source: Option<BoxError>,
     body: Option<Bytes>,
+    /// The key (and model) of the attempt that failed, when a rate
+    /// limiter sent it.
+    origin: Option<Origin>,
+}
+
+/// Which key and model an attempt was for: set by the rate limiter on the
+/// errors it returns and (as an extension) on the failed responses it
+/// passes on, so that the layers above can say it in their events.
+#[derive(Clone, Debug)]
+pub(crate) struct Origin {
+    pub(crate) key: Key,
+    pub(crate) model: Option<Key>,
+}
+
+impl Origin {
+    /// The model: the one the key names, else the one read from the
+    /// request.
+    pub(crate) fn model(&self) -> Option<&str> {
+        self.key
+            .model()
+            .or_else(|| self.model.as_ref().and_then(Key::as_str))
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,6 +139,7 @@ impl Error {
                 classification,
                 source: None,
                 body: None,
+                origin: None,
             }),
         }
     }
@@ -148,7 +172,39 @@ impl Error {
         if let Some(BodyPrefix(body)) = response.extensions().get::<BodyPrefix>() {
             error.inner.body = Some(body.clone());
         }
+        error.inner.origin = response.extensions().get::<Origin>().cloned();
         error
+    }
+
+    /// The key of the attempt that failed, when a rate limiter sent it
+    /// (its [`KeyFn`](crate::KeyFn)'s key): which quota, model or tenant
+    /// the error concerns.
+    pub fn key(&self) -> Option<&Key> {
+        self.inner.origin.as_ref().map(|o| &o.key)
+    }
+
+    /// The model of the attempt that failed, when known: the one its
+    /// [`key`](Self::key) names ([`Key::model`]), else the body's
+    /// `"model"` as the limiter read it while its events were observed.
+    pub fn model(&self) -> Option<&str> {
+        self.inner.origin.as_ref().and_then(Origin::model)
+    }
+
+    /// Where the failed attempt came from (see [`Origin`]).
+    pub(crate) fn origin(&self) -> Option<&Origin> {
+        self.inner.origin.as_ref()
+    }
+
+    /// Marks the error with the attempt's key and model, unless a layer
+    /// below already did.
+    pub(crate) fn with_origin(mut self, key: &Key, model: Option<&Key>) -> Self {
+        if self.inner.origin.is_none() {
+            self.inner.origin = Some(Origin {
+                key: key.clone(),
+                model: model.cloned(),
+            });
+        }
+        self
     }
 
     /// The first bytes of the provider's error body (up to the

@@ -5,7 +5,20 @@
 //! one is set, and into shared [`Counters`]. An `Event` is built only on the
 //! paths where something happened (a wait, a 429, a retry, a transition),
 //! never on the plain success path, and it borrows instead of cloning.
-//! Events carry [`Key`]s, which are names or fingerprints, never an API key.
+//! Events carry [`Key`]s, which are names or fingerprints, never an API key,
+//! and the request's model when it is known (see [`Event`]).
+//!
+//! # Observed
+//!
+//! While the events are *observed* (a listener is set, or a `tracing`
+//! subscriber wants the crate's `llm.attempt` span), the rate limiter also
+//! reports every attempt's end ([`Event::AttemptEnded`]: duration, class,
+//! token usage) and what each response said remains of a quota
+//! ([`Event::QuotaReported`]), and reads the model from the request's
+//! body when its key names none. Unobserved, a request pays one branch
+//! for all of it and allocates nothing; observed, one small allocation per
+//! attempt (see the `metrics` feature's `MetricsListener` for a listener
+//! that makes metrics of them).
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -14,6 +27,13 @@ use std::time::Duration;
 
 use crate::classify::ErrorClass;
 use crate::key::Key;
+use crate::rate_limit::TokenUsage;
+
+mod attempt;
+mod models;
+
+pub(crate) use self::attempt::{model_of, Attempt, RequestSpan};
+use self::models::ModelNames;
 
 /// The state of a circuit breaker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -37,6 +57,14 @@ impl fmt::Display for CircuitState {
 }
 
 /// One thing a layer did.
+///
+/// Every event names the [`Key`] it concerns and the model, when known:
+/// the model a [`ByModel`](crate::key::ByModel) key names
+/// ([`Key::model`]), else, while the events are observed (a listener is
+/// set, or a `tracing` subscriber wants the crate's spans), the body's
+/// `"model"` as the limiter's estimator reads it. The retry layer's events
+/// take both from the failed attempt, as the rate limiter below reported
+/// it (`None` without one).
 #[derive(Clone, Copy, Debug)]
 #[non_exhaustive]
 pub enum Event<'a> {
@@ -44,6 +72,8 @@ pub enum Event<'a> {
     RateLimitWait {
         /// The request's key.
         key: &'a Key,
+        /// The request's model, when known.
+        model: Option<&'a str>,
         /// How long it will wait (the earliest admission).
         wait: Duration,
     },
@@ -51,13 +81,30 @@ pub enum Event<'a> {
     RateLimitAdmitted {
         /// The request's key.
         key: &'a Key,
+        /// The request's model, when known.
+        model: Option<&'a str>,
         /// How long it waited.
+        waited: Duration,
+    },
+    /// A request that waited for the limiter left before it was admitted:
+    /// dropped by its caller, refused on a gate past the bound, or its
+    /// inner service failed. With [`RateLimitAdmitted`](Event::RateLimitAdmitted)
+    /// it ends every [`RateLimitWait`](Event::RateLimitWait), so that
+    /// waits minus both is the number waiting.
+    RateLimitWaitEnded {
+        /// The request's key.
+        key: &'a Key,
+        /// The request's model, when known.
+        model: Option<&'a str>,
+        /// How long it had waited.
         waited: Duration,
     },
     /// The provider answered 429 (or another rate-limit signal).
     RateLimitedResponse {
         /// The request's key.
         key: &'a Key,
+        /// The request's model, when known.
+        model: Option<&'a str>,
         /// Its class (rate limited, slow down, quota exhausted).
         class: ErrorClass,
         /// The wait the server asked for.
@@ -67,6 +114,8 @@ pub enum Event<'a> {
     LimitLearned {
         /// The key whose limit changed.
         key: &'a Key,
+        /// The request's model, when known.
+        model: Option<&'a str>,
         /// `"requests"`, `"tokens"`, `"input_tokens"` or `"output_tokens"`.
         dimension: &'static str,
         /// The limit now in force.
@@ -74,15 +123,37 @@ pub enum Event<'a> {
         /// What the provider says remains.
         remaining: Option<u64>,
     },
+    /// A response said what remains of a limit (`x-ratelimit-remaining-*`,
+    /// `anthropic-ratelimit-*-remaining`). Reported only while the events
+    /// are observed (see [`Event`]).
+    QuotaReported {
+        /// The request's key.
+        key: &'a Key,
+        /// The request's model, when known.
+        model: Option<&'a str>,
+        /// `"requests"`, `"tokens"`, `"input_tokens"` or `"output_tokens"`.
+        dimension: &'static str,
+        /// What the provider says remains.
+        remaining: u64,
+        /// The limit it reports, if any.
+        limit: Option<u64>,
+    },
     /// A quota is exhausted: calls of the key stop until the given time.
     QuotaExhausted {
         /// The key out of quota.
         key: &'a Key,
+        /// The model, when known.
+        model: Option<&'a str>,
         /// How long until the quota resets, when known.
         until: Option<Duration>,
     },
     /// The retry layer will send the request again.
     RetryScheduled {
+        /// The failed attempt's key, as the rate limiter below it
+        /// reported it (`None` without one).
+        key: Option<&'a Key>,
+        /// The failed attempt's model, when known.
+        model: Option<&'a str>,
         /// The attempt about to be made (2 for the first retry).
         attempt: u32,
         /// The class of the failure that caused it.
@@ -94,6 +165,11 @@ pub enum Event<'a> {
     },
     /// The retry layer stopped retrying.
     RetryGaveUp {
+        /// The failed attempt's key, as the rate limiter below it
+        /// reported it (`None` without one).
+        key: Option<&'a Key>,
+        /// The failed attempt's model, when known.
+        model: Option<&'a str>,
         /// Attempts made.
         attempts: u32,
         /// The class of the last failure.
@@ -108,6 +184,8 @@ pub enum Event<'a> {
     GateClosed {
         /// The key whose gate closed.
         key: &'a Key,
+        /// The model, when known.
+        model: Option<&'a str>,
         /// How long the gate stays closed, from now.
         until: Duration,
     },
@@ -117,6 +195,8 @@ pub enum Event<'a> {
     GateWaitRefused {
         /// The request's key.
         key: &'a Key,
+        /// The request's model, when known.
+        model: Option<&'a str>,
         /// How long it would have waited.
         wait: Duration,
     },
@@ -124,12 +204,34 @@ pub enum Event<'a> {
     CircuitTransition {
         /// The breaker's key.
         key: &'a Key,
+        /// The model the key names ([`Key::model`]), if any: a breaker
+        /// belongs to its key, not to one request.
+        model: Option<&'a str>,
         /// The state before.
         from: CircuitState,
         /// The state after.
         to: CircuitState,
         /// The class that caused an opening, if any.
         class: Option<ErrorClass>,
+    },
+    /// An attempt the rate limiter sent ended: its response's body ended
+    /// (read to its end, failed midway or dropped), or it failed before a
+    /// response. Reported only while the events are observed (see
+    /// [`Event`]), once per attempt.
+    AttemptEnded {
+        /// The request's key.
+        key: &'a Key,
+        /// The request's model, when known.
+        model: Option<&'a str>,
+        /// From the send to the end of the response's body (or the
+        /// failure); the wait for the limiter does not count.
+        duration: Duration,
+        /// The failure's class (a failed response, a transport error, a
+        /// stream that failed midway); `None` for a success, also for a
+        /// body its caller dropped before its end.
+        class: Option<ErrorClass>,
+        /// The token usage the response reported, if any.
+        usage: Option<TokenUsage>,
     },
 }
 
@@ -156,6 +258,8 @@ type Listener = dyn Fn(&Event<'_>) + Send + Sync;
 /// // A layer given a clone reports to the same listener and counters.
 /// let layer_events = events.clone();
 /// layer_events.emit(Event::RetryScheduled {
+///     key: None,
+///     model: None,
 ///     attempt: 2,
 ///     class: ErrorClass::Overloaded,
 ///     wait: Duration::from_millis(500),
@@ -168,6 +272,7 @@ type Listener = dyn Fn(&Event<'_>) + Send + Sync;
 pub struct Events {
     listener: Option<Arc<Listener>>,
     counters: Arc<Counters>,
+    models: Arc<ModelNames>,
 }
 
 impl Events {
@@ -186,6 +291,19 @@ impl Events {
     /// The counters this handle adds to.
     pub fn counters(&self) -> &Arc<Counters> {
         &self.counters
+    }
+
+    /// Whether a listener is set: events reported only while observed
+    /// ([`Event::AttemptEnded`], [`Event::QuotaReported`]) go out, and
+    /// the model is read from requests that do not name it in their key.
+    pub fn has_listener(&self) -> bool {
+        self.listener.is_some()
+    }
+
+    /// The key that names `model`, shared by every request for it: no
+    /// allocation once a model was seen (up to a bound of names).
+    pub(crate) fn model_key(&self, model: &str) -> Key {
+        self.models.get(model)
     }
 
     /// Reports one event.
@@ -211,60 +329,96 @@ fn trace(event: &Event<'_>) {
     use tracing::{debug, info, warn};
     const T: &str = "tower_llm_resilience";
     match *event {
-        Event::RateLimitWait { key, wait } => {
-            debug!(target: T, %key, wait_ms = wait.as_millis() as u64, "rate limit: waiting")
+        Event::RateLimitWait { key, model, wait } => {
+            debug!(target: T, %key, model, wait_ms = wait.as_millis() as u64, "rate limit: waiting")
         }
-        Event::RateLimitAdmitted { key, waited } => {
-            debug!(target: T, %key, waited_ms = waited.as_millis() as u64, "rate limit: admitted")
+        Event::RateLimitAdmitted { key, model, waited } => {
+            debug!(target: T, %key, model, waited_ms = waited.as_millis() as u64, "rate limit: admitted")
         }
+        Event::RateLimitWaitEnded { key, model, waited } => debug!(
+            target: T, %key, model, waited_ms = waited.as_millis() as u64,
+            "rate limit: left the queue before its admission"
+        ),
         Event::RateLimitedResponse {
             key,
+            model,
             class,
             retry_after,
         } => info!(
-            target: T, %key, %class, retry_after_ms = retry_after.map(|d| d.as_millis() as u64),
+            target: T, %key, model, %class, retry_after_ms = retry_after.map(|d| d.as_millis() as u64),
             "provider rate-limited a request"
         ),
         Event::LimitLearned {
             key,
+            model,
             dimension,
             limit,
             remaining,
         } => {
-            debug!(target: T, %key, dimension, limit, remaining, "rate limit learned")
+            debug!(target: T, %key, model, dimension, limit, remaining, "rate limit learned")
         }
-        Event::QuotaExhausted { key, until } => warn!(
-            target: T, %key, until_s = until.map(|d| d.as_secs()), "quota exhausted"
+        Event::QuotaReported {
+            key,
+            model,
+            dimension,
+            remaining,
+            limit,
+        } => tracing::trace!(
+            target: T, %key, model, dimension, remaining, limit, "rate limit: provider's remaining quota"
         ),
-        Event::GateClosed { key, until } => info!(
-            target: T, %key, until_ms = until.as_millis() as u64, "rate limit: gate closed"
+        Event::QuotaExhausted { key, model, until } => warn!(
+            target: T, %key, model, until_s = until.map(|d| d.as_secs()), "quota exhausted"
         ),
-        Event::GateWaitRefused { key, wait } => warn!(
-            target: T, %key, wait_ms = wait.as_millis() as u64,
+        Event::GateClosed { key, model, until } => info!(
+            target: T, %key, model, until_ms = until.as_millis() as u64, "rate limit: gate closed"
+        ),
+        Event::GateWaitRefused { key, model, wait } => warn!(
+            target: T, %key, model, wait_ms = wait.as_millis() as u64,
             "rate limit: refused a wait on the gate longer than its bound"
         ),
         Event::RetryScheduled {
+            key,
+            model,
             attempt,
             class,
             wait,
             server_chose,
         } => debug!(
-            target: T, attempt, %class, wait_ms = wait.as_millis() as u64, server_chose, "retry scheduled"
+            target: T, key = key.map(tracing::field::display), model, attempt, %class,
+            wait_ms = wait.as_millis() as u64, server_chose, "retry scheduled"
         ),
         Event::RetryGaveUp {
+            key,
+            model,
             attempts,
             class,
             reason,
-        } => {
-            info!(target: T, attempts, %class, reason, "retry gave up")
-        }
+        } => info!(
+            target: T, key = key.map(tracing::field::display), model, attempts, %class, reason,
+            "retry gave up"
+        ),
         Event::CircuitTransition {
             key,
+            model,
             from,
             to,
             class,
         } => warn!(
-            target: T, %key, %from, %to, class = class.map(ErrorClass::as_str), "circuit breaker transition"
+            target: T, %key, model, %from, %to, class = class.map(ErrorClass::as_str),
+            "circuit breaker transition"
+        ),
+        Event::AttemptEnded {
+            key,
+            model,
+            duration,
+            class,
+            usage,
+        } => tracing::trace!(
+            target: T, %key, model, duration_ms = duration.as_millis() as u64,
+            class = class.map(ErrorClass::as_str),
+            input_tokens = usage.map(|u| u.input_tokens),
+            output_tokens = usage.map(|u| u.output_tokens),
+            "attempt ended"
         ),
     }
 }
@@ -314,6 +468,11 @@ impl Counters {
                     add(&self.circuit_opened, 1);
                 }
             }
+            // Reported only while observed: not in the summary, which
+            // counts the same whether or not anyone listens.
+            Event::RateLimitWaitEnded { .. }
+            | Event::QuotaReported { .. }
+            | Event::AttemptEnded { .. } => {}
         }
     }
 
@@ -380,13 +539,17 @@ mod tests {
         let clone = events.clone();
         clone.emit(Event::RateLimitWait {
             key: &key,
+            model: None,
             wait: Duration::from_secs(1),
         });
         clone.emit(Event::RateLimitAdmitted {
             key: &key,
+            model: Some("gpt-4o"),
             waited: Duration::from_millis(1500),
         });
         events.emit(Event::RetryScheduled {
+            key: Some(&key),
+            model: None,
             attempt: 2,
             class: ErrorClass::RateLimited,
             wait: Duration::from_secs(1),
@@ -394,6 +557,7 @@ mod tests {
         });
         events.emit(Event::CircuitTransition {
             key: &key,
+            model: None,
             from: CircuitState::Closed,
             to: CircuitState::Open,
             class: Some(ErrorClass::ServerError),

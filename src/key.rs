@@ -54,6 +54,9 @@ pub struct Key(Repr);
 enum Repr {
     Static(&'static str),
     Shared(Arc<str>),
+    /// A model's name ([`ByModel`]): equal to a named key of the same
+    /// name, and found by [`Key::model`].
+    Model(Arc<str>),
     Fingerprint([u8; FINGERPRINT_LEN]),
     /// A key made of several (a tuple of key functions).
     Parts(Arc<[Key]>),
@@ -79,6 +82,34 @@ impl Key {
     /// A key named by a string (one allocation).
     pub fn new(name: impl Into<Arc<str>>) -> Key {
         Key(Repr::Shared(name.into()))
+    }
+
+    /// A key that names a model (what [`ByModel`] makes; one allocation):
+    /// equal to [`Key::new`] of the same name, and found by
+    /// [`model`](Key::model), so that events and metrics can say which
+    /// model a request was for.
+    ///
+    /// ```
+    /// use tower_llm_resilience::Key;
+    ///
+    /// let key = Key::join([Key::for_model("gpt-4o"), Key::from_static("api.openai.com")]);
+    /// assert_eq!(key.model(), Some("gpt-4o"));
+    /// assert_eq!(Key::for_model("gpt-4o"), Key::new("gpt-4o"));
+    /// assert_eq!(Key::new("gpt-4o").model(), None);
+    /// ```
+    pub fn for_model(name: impl Into<Arc<str>>) -> Key {
+        Key(Repr::Model(name.into()))
+    }
+
+    /// The model this key names: its own name when it was made by
+    /// [`for_model`](Key::for_model) (as [`ByModel`] does), or that of its
+    /// first such [part](Key::parts); `None` otherwise.
+    pub fn model(&self) -> Option<&str> {
+        match &self.0 {
+            Repr::Model(name) => Some(name),
+            Repr::Parts(parts) => parts.iter().find_map(Key::model),
+            _ => None,
+        }
     }
 
     /// A key that stands for a secret `value` (an API key) without holding
@@ -152,7 +183,7 @@ impl Key {
     pub fn as_str(&self) -> Option<&str> {
         match &self.0 {
             Repr::Static(s) => Some(s),
-            Repr::Shared(s) => Some(s),
+            Repr::Shared(s) | Repr::Model(s) => Some(s),
             Repr::Fingerprint(_) | Repr::Parts(_) => None,
         }
     }
@@ -246,7 +277,7 @@ impl fmt::Display for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.0 {
             Repr::Static(s) => f.write_str(s),
-            Repr::Shared(s) => f.write_str(s),
+            Repr::Shared(s) | Repr::Model(s) => f.write_str(s),
             Repr::Fingerprint(fp) => {
                 // `{:#}` shows every kept bit, `{}` a prefix.
                 let shown = if f.alternate() {

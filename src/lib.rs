@@ -178,6 +178,20 @@
 //!   (`RedisStoreBuilder::build_cluster`).
 //! - `reqwest` (off): `reqwest_client::ReqwestService`, the stack on a
 //!   `reqwest::Client`, with reqwest's errors classified from their chain.
+//! - `metrics` (off): `metrics::MetricsListener`, the layers' events as
+//!   metrics through the `metrics` crate (the OpenTelemetry GenAI names
+//!   where they exist), for any exporter.
+//!
+//! # Traces
+//!
+//! With a `tracing` subscriber that wants them (target
+//! `tower_llm_resilience`, level `INFO`), the retry layer opens a span
+//! `llm.request` per request and the rate limiter a span `llm.attempt`
+//! per attempt inside it (until the response's body ends), with the
+//! fields `llm.key`, `gen_ai.request.model`, `error.type` (on failures),
+//! `gen_ai.usage.input_tokens` and `gen_ai.usage.output_tokens` (the
+//! attempt), `llm.attempts` (the request). Without such a subscriber a
+//! span costs `tracing`'s own check and nothing is allocated.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![warn(
@@ -195,6 +209,9 @@ pub mod config;
 mod error;
 pub mod events;
 pub mod key;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
 mod per_clone;
 pub mod rate_limit;
 #[cfg(feature = "redis")]

@@ -2,7 +2,8 @@
 //! an OpenAI SDK (async-openai) and by a raw HTTP client: completions and
 //! streams through it, the tenants' and the provider's quotas, an open
 //! circuit, a fault mix with no 429 at the upstream, streams passed frame
-//! by frame, a broken stream, and a graceful stop.
+//! by frame, a broken stream, a graceful stop, and a `/metrics` scrape
+//! that agrees with the run.
 //!
 //! Real time over loopback, and nothing checked depends on how fast the
 //! machine is: quotas are spent by count within windows far longer than
@@ -732,5 +733,151 @@ async fn bad_requests_get_answers_in_openais_shape() {
         json_of(response).await["error"]["type"],
         "invalid_request_error"
     );
+    gateway.stop().await;
+}
+
+/// The gateway's `GET /metrics`, as `(series, value)` pairs: each series
+/// is the metric's name with its labels, as Prometheus' text shows it.
+async fn scrape(addr: SocketAddr) -> Vec<(String, f64)> {
+    let client = Client::builder(TokioExecutor::new()).build_http::<String>();
+    let request = Request::get(format!("http://{addr}/metrics"))
+        .body(String::new())
+        .unwrap();
+    let response = timeout(PATIENCE, client.request(request))
+        .await
+        .expect("an answer")
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let text = std::str::from_utf8(&body).unwrap();
+    text.lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').unwrap();
+            (series.to_owned(), value.parse().unwrap())
+        })
+        .collect()
+}
+
+/// The sum of a metric's series whose labels contain every one of
+/// `labels` (`name="value"`).
+fn total(scraped: &[(String, f64)], metric: &str, labels: &[&str]) -> f64 {
+    scraped
+        .iter()
+        .filter(|(series, _)| {
+            let (name, rest) = series.split_once('{').unwrap_or((series, ""));
+            name == metric && labels.iter().all(|l| rest.contains(l))
+        })
+        .map(|(_, v)| v)
+        .sum()
+}
+
+#[tokio::test]
+async fn the_metrics_scrape_agrees_with_what_the_run_did() {
+    // An upstream stricter than the gateway's quota (4 requests a second
+    // against 100): it answers 429s, which the gateway waits out and
+    // retries, and a server error now and then.
+    let sim = SimProvider::builder()
+        .rpm(4)
+        .tpm(100_000)
+        .window(Duration::from_secs(1))
+        .seed(11)
+        .fault(Fault::ServerError, 0.1)
+        .build();
+    let server = sim.serve().await.unwrap();
+    let mut settings = settings(&server, limits(Duration::from_secs(1), 100, 100_000));
+    settings.config.provider = Some(tower_llm_resilience::Provider::OpenAi);
+    let gateway = Running::start(settings).await;
+    let client = gateway.sdk_once("sk-tenant");
+
+    let calls = (0..12).map(|i| {
+        let client = &client;
+        async move {
+            let text = format!("I love it, number {i}");
+            if i % 2 == 0 {
+                client.chat().create(ask(&text)).await.map(|_| ())
+            } else {
+                read_stream(client, &text).await.map(|s| {
+                    let streamed = s.expect("no stream breaks");
+                    assert!(streamed.finished && streamed.usage_last.is_some());
+                })
+            }
+        }
+    });
+    let outcomes = timeout(PATIENCE, futures::future::join_all(calls))
+        .await
+        .expect("every call ends");
+    let answered = outcomes.iter().filter(|o| o.is_ok()).count() as u64;
+
+    // Every attempt is counted when its response's body ends, which the
+    // server may see a moment after the client read it.
+    let stats = sim.stats();
+    let scraped = timeout(PATIENCE, async {
+        loop {
+            let scraped = scrape(gateway.addr).await;
+            if total(&scraped, "gen_ai_client_operation_duration_count", &[]) as u64
+                == stats.requests
+            {
+                break scraped;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("every attempt is counted");
+    let summary = gateway.events.counters().snapshot();
+    let m = |metric, labels: &[&str]| total(&scraped, metric, labels) as u64;
+
+    assert!(stats.rate_limited() > 0, "the upstream said 429: {stats:?}");
+    // requests: one attempt per call and per retry, each one the upstream saw
+    let attempts = m("gen_ai_client_operation_duration_count", &[]);
+    assert_eq!(attempts, 12 + summary.retries);
+    let system = r#"gen_ai_system="openai""#;
+    let model = r#"gen_ai_request_model="gpt-4o-mini""#;
+    assert_eq!(
+        m("gen_ai_client_operation_duration_count", &[system, model]),
+        attempts
+    );
+    // the failed ones, by class
+    let failed = |class: &str| {
+        let label = format!("error_type=\"{class}\"");
+        m("gen_ai_client_operation_duration_count", &[&label])
+    };
+    assert_eq!(failed("rate_limited"), stats.rate_limited());
+    assert_eq!(failed("server_error"), stats.server_errors);
+    assert_eq!(
+        attempts - failed("rate_limited") - failed("server_error"),
+        stats.completed
+    );
+    // 429s and retries, as the summary counts them
+    assert_eq!(m("llm_rate_limit_responses", &[]), stats.rate_limited());
+    assert_eq!(summary.rate_limited_responses, stats.rate_limited());
+    assert_eq!(m("llm_retries", &[]), summary.retries);
+    assert_eq!(
+        m("llm_retries", &[r#"error_type="rate_limited""#]),
+        m("llm_retries", &[]) - m("llm_retries", &[r#"error_type="server_error""#])
+    );
+    // tokens: what the upstream served
+    let log = sim.log();
+    let completed = log.iter().filter(|s| s.completion_tokens > 0);
+    let output: u64 = completed.clone().map(|s| s.completion_tokens).sum();
+    let served_input: u64 = completed.map(|s| s.prompt_tokens).sum();
+    let tokens = |kind: &str| {
+        let label = format!("gen_ai_token_type=\"{kind}\"");
+        m("gen_ai_client_token_usage_sum", &[system, model, &label])
+    };
+    assert_eq!(tokens("input"), served_input);
+    assert_eq!(tokens("output"), output);
+    assert_eq!(
+        m(
+            "gen_ai_client_token_usage_count",
+            &[r#"gen_ai_token_type="output""#]
+        ),
+        stats.completed
+    );
+    // nobody waits any more; the breaker never opened
+    assert_eq!(m("llm_rate_limit_queue_depth", &[]), 0);
+    assert_eq!(m("llm_circuit_trips", &[]), summary.circuit_opened);
+    assert_eq!(gateway.answers()[0], answered);
     gateway.stop().await;
 }

@@ -22,6 +22,10 @@
 //!   (the retry layer replays it, the limiters estimate its tokens); a
 //!   response body, streamed or not, passes through frame by frame, and
 //!   holds its concurrency slot until it ends.
+//! - **`GET /metrics`**: the provider level's metrics (the crate's
+//!   `metrics` feature: tokens, attempt durations, waits, 429s, retries,
+//!   breakers, quotas) in Prometheus' text format, from a recorder of the
+//!   gateway's own (no global one is installed).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -29,7 +33,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::routing::any;
+use axum::routing::{any, get};
 use axum::Router;
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
@@ -37,12 +41,14 @@ use http::{Response, StatusCode};
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::sync::Semaphore;
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, ServiceExt};
 use tower_llm_resilience::config::LlmConfig;
 use tower_llm_resilience::events::Events;
 use tower_llm_resilience::key::{ByHeader, Key, KeyFn};
+use tower_llm_resilience::metrics::{self as llm_metrics, MetricsListener};
 use tower_llm_resilience::rate_limit::{Limits, RateLimitLayer};
 use tower_llm_resilience::retry::BufferBodyLayer;
 use tower_llm_resilience::{Error, LlmLayer, Provider};
@@ -138,6 +144,7 @@ struct Shared {
     /// `Bearer <key>`, marked sensitive.
     authorization: Option<HeaderValue>,
     answers: Arc<Answers>,
+    metrics: PrometheusHandle,
 }
 
 /// The tenant of a request, as [`forward`] fingerprinted it before it
@@ -200,9 +207,11 @@ pub fn gateway(settings: Settings) -> Result<Gateway, String> {
     // or the wait of a quota refusal, which it would otherwise sleep
     // through and try again).
     let provider = settings.config.provider.unwrap_or(Provider::Auto);
+    let (metrics, listener) = prometheus(provider)?;
     let layer = settings
         .config
         .apply(LlmLayer::new(provider))
+        .events(listener.events())
         .limits(settings.limits)
         .max_wait(settings.max_wait)
         .retry(|retry| retry.max_retry_after(settings.max_wait));
@@ -247,9 +256,11 @@ pub fn gateway(settings: Settings) -> Result<Gateway, String> {
         tenant_header: settings.tenant_header,
         authorization,
         answers: answers.clone(),
+        metrics,
     });
     let router = Router::new()
         .route("/v1/{*path}", any(forward))
+        .route("/metrics", get(scrape))
         .fallback(not_found)
         .with_state(shared);
     Ok(Gateway {
@@ -258,6 +269,41 @@ pub fn gateway(settings: Settings) -> Result<Gateway, String> {
         tenant_events,
         answers,
     })
+}
+
+/// A Prometheus recorder of the gateway's own, with the GenAI
+/// conventions' buckets, and the listener that records the stack's
+/// events into it.
+fn prometheus(provider: Provider) -> Result<(PrometheusHandle, MetricsListener), String> {
+    let buckets = [
+        (llm_metrics::TOKEN_USAGE, &llm_metrics::TOKEN_USAGE_BUCKETS),
+        (
+            llm_metrics::OPERATION_DURATION,
+            &llm_metrics::DURATION_BUCKETS,
+        ),
+        (llm_metrics::RATE_LIMIT_WAIT, &llm_metrics::DURATION_BUCKETS),
+    ];
+    let mut builder = PrometheusBuilder::new();
+    for (name, buckets) in buckets {
+        builder = builder
+            .set_buckets_for_metric(Matcher::Full(name.to_owned()), buckets)
+            .map_err(|e| format!("cannot set the buckets of {name}: {e}"))?;
+    }
+    let recorder = builder.build_recorder();
+    let handle = recorder.handle();
+    let listener = MetricsListener::new(provider).recorder(Arc::new(recorder));
+    listener.describe();
+    Ok((handle, listener))
+}
+
+/// `GET /metrics`: the Prometheus text format.
+async fn scrape(State(gw): State<Arc<Shared>>) -> Response<Body> {
+    let mut response = Response::new(Body::from(gw.metrics.render()));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    response
 }
 
 /// Sends a client's `/v1/...` request through the stack to the upstream.

@@ -139,6 +139,7 @@ impl<C> Cell<C> {
         let events = &self.context.events;
         events.emit(Event::CircuitTransition {
             key: &self.key,
+            model: self.key.model(),
             from: t.from,
             to: t.to,
             class: t.class,
@@ -146,6 +147,7 @@ impl<C> Cell<C> {
         if t.class == Some(ErrorClass::QuotaExhausted) {
             events.emit(Event::QuotaExhausted {
                 key: &self.key,
+                model: self.key.model(),
                 until: t.open_for,
             });
         }

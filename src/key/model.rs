@@ -182,12 +182,12 @@ impl ByModel {
 impl<B: BodyBytes> KeyFn<Request<B>> for ByModel {
     fn key(&self, request: &Request<B>) -> Key {
         match self.find(request) {
-            Some(Found::Here(model)) => Key::new(&*model),
+            Some(Found::Here(model)) => Key::for_model(&*model),
             // The key is made while the shared view lives: no copy of the
             // name but the key's own.
             Some(Found::Shared(body)) => self
                 .model_in_body(&body)
-                .map_or(Key::DEFAULT, |model| Key::new(&*model)),
+                .map_or(Key::DEFAULT, |model| Key::for_model(&*model)),
             None => Key::DEFAULT,
         }
     }

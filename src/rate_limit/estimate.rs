@@ -123,6 +123,17 @@ pub trait Estimator<Req>: Send + Sync {
     fn estimate_declared(&self, request: &Req) -> (Costs, Option<u64>) {
         (self.estimate(request), self.declared_output(request))
     }
+
+    /// The model the request names, for events, metrics and spans: asked
+    /// only while the limiter's events are observed (a listener, or a
+    /// `tracing` subscriber that wants its spans) and only when the
+    /// request's key names no model ([`Key::model`](crate::Key::model)).
+    /// The default says `None`; the JSON estimators read it as
+    /// [`ByModel`](crate::key::ByModel) does.
+    fn model<'r>(&self, request: &'r Req) -> Option<std::borrow::Cow<'r, str>> {
+        let _ = request;
+        None
+    }
 }
 
 impl<Req, F: Fn(&Req) -> Costs + Send + Sync> Estimator<Req> for F {
@@ -314,6 +325,10 @@ impl<B: BodyBytes> Estimator<Request<B>> for JsonEstimator {
 
     fn estimate_declared(&self, request: &Request<B>) -> (Costs, Option<u64>) {
         self.estimate_declared_bytes(request.body().body_bytes().as_deref())
+    }
+
+    fn model<'r>(&self, request: &'r Request<B>) -> Option<std::borrow::Cow<'r, str>> {
+        crate::key::ByModel::new().model_of(request)
     }
 }
 

@@ -18,21 +18,31 @@ use super::service::Shared;
 use super::store::{Decision, Reservation, Store};
 use super::usage::{ResponseBody, UsageHook};
 use crate::classify::Classifier;
-use crate::events::Event;
+use crate::error::Origin;
+use crate::events::{model_of, Attempt, Event, Events};
 use crate::key::Key;
 use crate::stream::{StreamWatcher, WatchedBody};
 use crate::{BoxError, Error};
 
-/// Gives a reservation back if the request was never sent.
+/// Gives a reservation back if the request was never sent (and says the
+/// wait ended).
 struct Guard<St: Store> {
     store: Arc<St>,
     reservation: Option<Reservation>,
+    events: Events,
+    model: Option<Key>,
+    started: Instant,
 }
 
 impl<St: Store> Drop for Guard<St> {
     fn drop(&mut self) {
         if let Some(r) = self.reservation.take() {
             self.store.cancel(&r);
+            self.events.emit(Event::RateLimitWaitEnded {
+                key: &r.key,
+                model: r.key.model().or(self.model.as_ref().and_then(Key::as_str)),
+                waited: Instant::now().saturating_duration_since(self.started),
+            });
         }
     }
 }
@@ -58,6 +68,8 @@ pin_project! {
         declared: Option<u64>,
         // The input estimate before calibration, to learn from the usage.
         estimated_input: u64,
+        // Only while the events are observed: the model, the span.
+        attempt: Option<Box<Attempt>>,
         shared: Arc<Shared<K, C, E, St>>,
     }
 }
@@ -88,6 +100,7 @@ where
         key: Key,
         costs: Costs,
         declared: Option<u64>,
+        attempt: Option<Box<Attempt>>,
         shared: &Arc<Shared<K, C, E, St>>,
     ) -> Self
     where
@@ -114,11 +127,12 @@ where
                     reservation: Some(r),
                     declared,
                     estimated_input,
+                    attempt,
                     shared: shared.clone(),
                 };
             }
             Some(Ok(Decision::Admitted(r))) => {
-                let state = State::waiting(r, now, &key, shared);
+                let state = State::waiting(r, now, &key, attempt.as_deref(), shared);
                 let clone = inner.clone();
                 return ResponseFuture {
                     state,
@@ -128,11 +142,12 @@ where
                     reservation: None,
                     declared,
                     estimated_input,
+                    attempt,
                     shared: shared.clone(),
                 };
             }
             Some(decision) => State::Failed {
-                error: Some(refused(decision, now)),
+                error: Some(refused(decision, now).with_origin(&key, model_key(&attempt))),
             },
         };
         let clone = inner.clone();
@@ -144,6 +159,7 @@ where
             reservation: None,
             declared,
             estimated_input,
+            attempt,
             shared: shared.clone(),
         }
     }
@@ -157,6 +173,7 @@ impl<F, A, St: Store> State<F, A, St> {
         r: Reservation,
         started: Instant,
         key: &Key,
+        attempt: Option<&Attempt>,
         shared: &Arc<Shared<K, C, E, St>>,
     ) -> Self {
         let now = Instant::now();
@@ -165,12 +182,13 @@ impl<F, A, St: Store> State<F, A, St> {
             if wait > shared.max_gate_wait {
                 shared.store.cancel(&r);
                 return State::Failed {
-                    error: Some(gate_refusal(shared, key, wait)),
+                    error: Some(gate_refusal(shared, key, attempt, wait)),
                 };
             }
         }
         shared.events.emit(Event::RateLimitWait {
             key,
+            model: model_of(attempt, key),
             wait: r.at - started,
         });
         State::Waiting {
@@ -178,15 +196,31 @@ impl<F, A, St: Store> State<F, A, St> {
             guard: Box::new(Guard {
                 store: shared.store.clone(),
                 reservation: Some(r),
+                events: shared.events.clone(),
+                model: attempt.and_then(Attempt::model_key).cloned(),
+                started,
             }),
         }
     }
 }
 
 /// Reports and makes the error of a wait on a gate past the gate bound.
-fn gate_refusal<K, C, E, St>(shared: &Shared<K, C, E, St>, key: &Key, wait: Duration) -> Error {
-    shared.events.emit(Event::GateWaitRefused { key, wait });
-    Error::rate_limit_timeout(wait)
+fn gate_refusal<K, C, E, St>(
+    shared: &Shared<K, C, E, St>,
+    key: &Key,
+    attempt: Option<&Attempt>,
+    wait: Duration,
+) -> Error {
+    let model = model_of(attempt, key);
+    shared
+        .events
+        .emit(Event::GateWaitRefused { key, model, wait });
+    Error::rate_limit_timeout(wait).with_origin(key, attempt.and_then(Attempt::model_key))
+}
+
+/// The shared model name an observed attempt read from its request.
+fn model_key(attempt: &Option<Box<Attempt>>) -> Option<&Key> {
+    attempt.as_deref().and_then(Attempt::model_key)
 }
 
 /// The error for a decision that admits nothing.
@@ -236,6 +270,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        let _entered = this.attempt.as_deref().map(|a| a.span().clone().entered());
         loop {
             match this.state.as_mut().project() {
                 StateProj::Acquiring { acquire } => {
@@ -243,17 +278,25 @@ where
                         Ok(Decision::Admitted(r)) => r,
                         refusal => {
                             this.state.set(State::Done);
-                            return Poll::Ready(Err(refused(refusal, *this.started)));
+                            let error = refused(refusal, *this.started);
+                            return Poll::Ready(Err(
+                                error.with_origin(this.key, model_key(this.attempt))
+                            ));
                         }
                     };
                     if r.at <= Instant::now() {
                         *this.reservation = Some(r);
+                        if let Some(attempt) = this.attempt.as_deref_mut() {
+                            attempt.sent = Instant::now();
+                        }
                         let (mut inner, req) =
                             *this.parked.take().expect("polled after completion");
                         let future = inner.call(req);
                         this.state.set(State::Calling { future });
                     } else {
-                        let state = State::waiting(r, *this.started, this.key, this.shared);
+                        let attempt = this.attempt.as_deref();
+                        let state =
+                            State::waiting(r, *this.started, this.key, attempt, this.shared);
                         this.state.set(state);
                     }
                 }
@@ -272,7 +315,8 @@ where
                             if at > booked {
                                 let wait = at.saturating_duration_since(Instant::now());
                                 if wait > this.shared.max_gate_wait {
-                                    let error = gate_refusal(this.shared, this.key, wait);
+                                    let attempt = this.attempt.as_deref();
+                                    let error = gate_refusal(this.shared, this.key, attempt, wait);
                                     // Dropping the guard gives the reservation back.
                                     this.state.set(State::Done);
                                     return Poll::Ready(Err(error));
@@ -289,15 +333,21 @@ where
                     if let Err(e) = ready!(parked.0.poll_ready(cx)) {
                         this.state.set(State::Done);
                         // Not sent: the guard gives the reservation back.
-                        return Poll::Ready(Err(Error::from_transport(e, |e| {
-                            classifier.classify_error(e)
-                        })));
+                        let error = Error::from_transport(e, |e| classifier.classify_error(e));
+                        return Poll::Ready(Err(
+                            error.with_origin(this.key, model_key(this.attempt))
+                        ));
                     }
-                    let waited = Instant::now().saturating_duration_since(*this.started);
+                    let now = Instant::now();
+                    let waited = now.saturating_duration_since(*this.started);
                     this.shared.events.emit(Event::RateLimitAdmitted {
                         key: this.key,
+                        model: model_of(this.attempt.as_deref(), this.key),
                         waited,
                     });
+                    if let Some(attempt) = this.attempt.as_deref_mut() {
+                        attempt.sent = now;
+                    }
                     *this.reservation = guard.reservation.take();
                     if let Some(r) = this.reservation.as_ref() {
                         this.shared.store.unwatch(r);
@@ -311,15 +361,29 @@ where
                     this.state.set(State::Done);
                     let shared = &**this.shared;
                     return Poll::Ready(match result {
-                        Ok(response) => {
+                        Ok(mut response) => {
+                            let attempt = this.attempt.as_deref();
                             let class = after_response(
                                 shared,
                                 this.key,
+                                attempt,
                                 this.reservation.as_ref(),
                                 *this.declared,
                                 &response,
                             );
                             refund(shared, this.reservation.as_ref(), class);
+                            if class.is_some() {
+                                // For the layers above, which report it.
+                                response.extensions_mut().insert(Origin {
+                                    key: this.key.clone(),
+                                    model: model_key(this.attempt).cloned(),
+                                });
+                            }
+                            let mut attempt = this.attempt.take();
+                            if let Some(attempt) = attempt.as_deref_mut() {
+                                attempt.class = class;
+                                attempt.usage = response.extensions().get().copied();
+                            }
                             // A success's charge is settled when its body
                             // ends, from the usage the body reports.
                             let reservation = this.reservation.take().filter(|_| class.is_none());
@@ -331,6 +395,7 @@ where
                                 *this.declared,
                                 *this.estimated_input,
                                 rule,
+                                attempt,
                             );
                             Ok(response.map(|body| WatchedBody::new(body, watcher, hook)))
                         }
@@ -338,6 +403,10 @@ where
                             let error =
                                 Error::from_transport(e, |e| shared.classifier.classify_error(e));
                             refund(shared, this.reservation.as_ref(), Some(error.class()));
+                            let error = error.with_origin(this.key, model_key(this.attempt));
+                            if let Some(attempt) = this.attempt.take() {
+                                attempt.end(&shared.events, Some(error.class()), None);
+                            }
                             Err(error)
                         }
                     });

@@ -15,7 +15,7 @@ use super::service::Shared;
 use super::store::{Reservation, Store};
 use super::usage::{corrected, Seen};
 use crate::classify::{Classifier, ErrorClass, ReportedLimit};
-use crate::events::Event;
+use crate::events::{model_of, Attempt, Event};
 use crate::key::Key;
 
 /// Whether a response may tell the limiter anything: any non-2xx status,
@@ -82,6 +82,7 @@ pub(super) fn refund<K, C, E, St: Store>(
 pub(super) fn after_response<K, C, E, St, RB>(
     shared: &Shared<K, C, E, St>,
     key: &Key,
+    attempt: Option<&Attempt>,
     reservation: Option<&Reservation>,
     declared: Option<u64>,
     response: &Response<RB>,
@@ -111,6 +112,7 @@ where
         return None;
     }
     let now = Instant::now();
+    let model = model_of(attempt, key);
     let request_window = c
         .provider
         .and_then(|p| p.request_limit_window())
@@ -123,6 +125,15 @@ where
     ];
     for (dimension, state, default_window) in dims {
         let Some(state) = state else { continue };
+        if let (Some(remaining), Some(_)) = (state.remaining, attempt) {
+            shared.events.emit(Event::QuotaReported {
+                key,
+                model,
+                dimension: dimension.as_str(),
+                remaining,
+                limit: state.limit,
+            });
+        }
         let window = state.window.unwrap_or(default_window);
         if let Some(limit) = shared
             .store
@@ -130,6 +141,7 @@ where
         {
             shared.events.emit(Event::LimitLearned {
                 key,
+                model,
                 dimension: dimension.as_str(),
                 limit,
                 remaining: state.remaining,
@@ -143,19 +155,25 @@ where
         ) {
             shared.events.emit(Event::RateLimitedResponse {
                 key,
+                model,
                 class,
                 retry_after: c.retry_after,
             });
             if class == ErrorClass::QuotaExhausted {
                 shared.events.emit(Event::QuotaExhausted {
                     key,
+                    model,
                     until: c.retry_after,
                 });
             }
             if let Some(wait) = c.retry_after {
                 if let Some(until) = now.checked_add(wait) {
                     if !wait.is_zero() {
-                        shared.events.emit(Event::GateClosed { key, until: wait });
+                        shared.events.emit(Event::GateClosed {
+                            key,
+                            model,
+                            until: wait,
+                        });
                     }
                     shared.store.gate(key, until);
                 }

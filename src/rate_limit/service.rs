@@ -16,7 +16,7 @@ use super::memory::MemoryStore;
 use super::store::Store;
 use super::usage::ResponseBody;
 use crate::classify::{Classifier, Provider};
-use crate::events::Events;
+use crate::events::{Attempt, Events};
 use crate::key::{KeyFn, SingleKey};
 use crate::{BoxError, Error};
 
@@ -135,6 +135,7 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let shared = &self.shared;
         let key = shared.key_fn.key(&request);
+        let attempt = Attempt::start(&shared.events, &key, || shared.estimator.model(&request));
         let (costs, declared) = match request.extensions().get::<TokenEstimate>() {
             Some(&estimate) => (
                 Costs::from(estimate),
@@ -143,6 +144,14 @@ where
             None if shared.estimate => shared.estimator.estimate_declared(&request),
             None => (Costs::new(0, 0), None),
         };
-        ResponseFuture::start(&mut self.inner, request, key, costs, declared, shared)
+        ResponseFuture::start(
+            &mut self.inner,
+            request,
+            key,
+            costs,
+            declared,
+            attempt,
+            shared,
+        )
     }
 }

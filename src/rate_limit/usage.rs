@@ -11,6 +11,7 @@ use super::limits::Costs;
 use super::service::Shared;
 use super::store::{Reservation, Store};
 use crate::classify::{Classification, Classifier};
+use crate::events::Attempt;
 use crate::stream::{Ending, StreamEnd, StreamHook, WatchedBody};
 use crate::BoxError;
 
@@ -33,6 +34,8 @@ pub struct UsageHook<K, C, E, St> {
     /// The input estimate before the limiter's calibration scaled it.
     estimated_input: u64,
     rule: OutputCharge,
+    /// The attempt, while the events are observed: it ends with the body.
+    attempt: Option<Box<Attempt>>,
 }
 
 impl<K, C, E, St> UsageHook<K, C, E, St> {
@@ -42,6 +45,7 @@ impl<K, C, E, St> UsageHook<K, C, E, St> {
         declared: Option<u64>,
         estimated_input: u64,
         rule: OutputCharge,
+        attempt: Option<Box<Attempt>>,
     ) -> Self {
         UsageHook {
             shared,
@@ -49,6 +53,7 @@ impl<K, C, E, St> UsageHook<K, C, E, St> {
             declared,
             estimated_input,
             rule,
+            attempt,
         }
     }
 }
@@ -78,7 +83,14 @@ where
         self.shared.classifier.classify_trailers(trailers)
     }
 
-    fn on_end(self, end: StreamEnd) {
+    fn on_end(mut self, end: StreamEnd) {
+        if let Some(attempt) = self.attempt.take() {
+            let class = match end.ending {
+                Ending::Failed(class) => Some(class),
+                Ending::Complete | Ending::Dropped => None,
+            };
+            attempt.end(&self.shared.events, class, end.report.usage);
+        }
         let (Some(r), Some(usage)) = (self.reservation, end.report.usage) else {
             // Nothing reported (an interrupted stream, a body without
             // `usage`): the estimate stands.

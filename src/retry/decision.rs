@@ -9,6 +9,7 @@ use tokio::time::Instant;
 
 use super::config::Config;
 use crate::classify::{Classification, Classifier, ErrorClass};
+use crate::error::Origin;
 use crate::events::Event;
 use crate::Error;
 
@@ -62,12 +63,26 @@ impl<C> Config<C> {
     /// Decides after a failure classified as `c`; `retryable` is the
     /// default rule's answer (the predicate, when set, replaces it).
     /// Updates `attempts` and reports what it decided.
+    #[cfg(test)]
     pub(crate) fn decide(
         &self,
         c: &Classification,
         retryable: bool,
         attempts: &mut Attempts,
         now: Instant,
+    ) -> Decision {
+        self.decide_for(c, retryable, attempts, now, None)
+    }
+
+    /// [`decide`](Self::decide) for a failed attempt of `origin` (its key
+    /// and model, for the events), when known.
+    pub(crate) fn decide_for(
+        &self,
+        c: &Classification,
+        retryable: bool,
+        attempts: &mut Attempts,
+        now: Instant,
+        origin: Option<&Origin>,
     ) -> Decision {
         let made = attempts.made.max(1);
         attempts.made = made;
@@ -79,6 +94,8 @@ impl<C> Config<C> {
                 attempts.previous = wait;
                 if let Some(events) = &self.events {
                     events.emit(Event::RetryScheduled {
+                        key: origin.map(|o| &o.key),
+                        model: origin.and_then(Origin::model),
                         attempt: attempts.made,
                         class,
                         wait,
@@ -95,6 +112,8 @@ impl<C> Config<C> {
                 let report = !(why == GiveUp::NotRetryable && made == 1);
                 if let (true, Some(events)) = (report, &self.events) {
                     events.emit(Event::RetryGaveUp {
+                        key: origin.map(|o| &o.key),
+                        model: origin.and_then(Origin::model),
                         attempts: made,
                         class,
                         reason: why.reason(),

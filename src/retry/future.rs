@@ -14,6 +14,8 @@ use super::config::Config;
 use super::decision::{Attempts, Decision, Failure, GiveUp};
 use super::replay::replay;
 use crate::classify::{Classification, Classifier};
+use crate::error::Origin;
+use crate::events::RequestSpan;
 use crate::per_clone::Handle;
 use crate::{BoxError, Error};
 
@@ -30,6 +32,7 @@ pin_project! {
         request: Option<Request<B>>,
         config: Handle<Config<C>>,
         attempts: Attempts,
+        span: RequestSpan,
     }
 }
 
@@ -55,6 +58,7 @@ where
         request: Option<Request<B>>,
         config: Handle<Config<C>>,
         attempts: Attempts,
+        span: RequestSpan,
     ) -> Self {
         ResponseFuture {
             state: State::Called { future },
@@ -62,6 +66,7 @@ where
             request,
             config,
             attempts,
+            span,
         }
     }
 }
@@ -78,13 +83,17 @@ where
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        let _entered = this.span.enter();
         loop {
             match this.state.as_mut().project() {
                 StateProj::Called { future } => {
                     let config = &**this.config;
                     let (failure, c, retryable) = match ready!(future.poll(cx)) {
                         Ok(response) => match config.classifier.failure_of(&response) {
-                            None => return Poll::Ready(Ok(response)),
+                            None => {
+                                this.span.end(this.attempts.made.max(1), None);
+                                return Poll::Ready(Ok(response));
+                            }
                             Some(c) => (Failure::Response(response), c, c.is_retryable()),
                         },
                         Err(e) => transport_failure(config, e),
@@ -94,6 +103,8 @@ where
                     if let Some(error) =
                         after_failure(config, copy, this.attempts, state, failure, c, retryable)
                     {
+                        this.span
+                            .end(this.attempts.made.max(1), Some(error.class()));
                         return Poll::Ready(Err(error));
                     }
                 }
@@ -157,7 +168,11 @@ fn after_failure<F, C: Classifier, ResB>(
     // retry, this was the last attempt any class allows, and `decide`
     // gives up and says so.
     let decision = if copy || attempts.made > 1 {
-        config.decide(&c, retryable, attempts, Instant::now())
+        let origin = match &failure {
+            Failure::Response(response) => response.extensions().get::<Origin>(),
+            Failure::Error(error) => error.origin(),
+        };
+        config.decide_for(&c, retryable, attempts, Instant::now(), origin)
     } else {
         Decision::GiveUp(GiveUp::MaxAttempts)
     };

@@ -11,6 +11,7 @@ use super::config::Config;
 use super::decision::{Attempts, Decision};
 use super::ClassifiableError;
 use crate::classify::Classifier;
+use crate::error::Origin;
 #[cfg(doc)]
 use crate::Error;
 
@@ -97,15 +98,21 @@ where
         _request: &mut Request<B>,
         result: &mut Result<Response<ResB>, E>,
     ) -> Option<Self::Future> {
-        let (c, retryable) = match result {
+        let (c, retryable, origin) = match result {
             Ok(response) => {
                 let c = self.config.classifier.failure_of(response)?;
-                (c, c.is_retryable())
+                (c, c.is_retryable(), response.extensions().get::<Origin>())
             }
-            Err(error) => error.classify_with(&self.config.classifier),
+            Err(error) => {
+                let (c, retryable) = error.classify_with(&self.config.classifier);
+                (c, retryable, None)
+            }
         };
         let now = Instant::now();
-        match self.config.decide(&c, retryable, &mut self.attempts, now) {
+        match self
+            .config
+            .decide_for(&c, retryable, &mut self.attempts, now, origin)
+        {
             Decision::Retry { wait, .. } => Some(tokio::time::sleep(wait)),
             Decision::GiveUp(_) => None,
         }

@@ -9,6 +9,7 @@ use super::config::Config;
 use super::future::ResponseFuture;
 use super::replay::replay;
 use crate::classify::Classifier;
+use crate::events::RequestSpan;
 use crate::per_clone::PerClone;
 use crate::{BoxError, Error};
 
@@ -104,7 +105,11 @@ where
         let attempts = config.first_attempt();
         // No copy when no request is ever sent again (max attempts 1).
         let copy = (config.most_attempts > 1).then(|| replay(&request));
-        let future = inner.call(request);
-        ResponseFuture::new(future, inner, copy, config, attempts)
+        let span = RequestSpan::new();
+        let future = {
+            let _entered = span.enter();
+            inner.call(request)
+        };
+        ResponseFuture::new(future, inner, copy, config, attempts, span)
     }
 }

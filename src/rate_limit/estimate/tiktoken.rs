@@ -223,6 +223,10 @@ impl<B: BodyBytes> Estimator<Request<B>> for TiktokenEstimator {
     fn declared_output(&self, request: &Request<B>) -> Option<u64> {
         self.fallback.declared_output(request)
     }
+
+    fn model<'r>(&self, request: &'r Request<B>) -> Option<std::borrow::Cow<'r, str>> {
+        self.fallback.model(request)
+    }
 }
 
 #[cfg(test)]
