@@ -102,6 +102,10 @@ impl<Req: Clone, Res, E> tower::retry::Policy<Req, Res, E> for Never {
 /// `STACK_PROFILE=N`: runs N minimal requests through our stack inside
 /// `profile_region` (after as many to warm up) and exits, for
 /// `valgrind --tool=callgrind --toggle-collect='*profile_region*'`.
+/// `STACK_PROFILE_STACK=noop`, `metrics`, `tower` or `tower-resilience` profiles that
+/// stack instead, `STACK_PROFILE_REQUEST=chat` the 1 KiB chat request.
+/// Callgrind counts the warm-up too (the compiler merges the two loops
+/// into one function): divide by 2N, or read the calls of `request`.
 #[inline(never)]
 fn profile_region<S>(
     rt: &tokio::runtime::Runtime,
@@ -127,6 +131,7 @@ fn profile() {
         Ok("chat") => chat_request as fn() -> Request<String>,
         _ => request,
     };
+    let _runtime = rt.enter(); // tower's rate limit makes its timer at once
     match std::env::var("STACK_PROFILE_STACK").as_deref() {
         Ok("noop") => {
             let mut svc = Noop;
@@ -138,6 +143,16 @@ fn profile() {
         // cost, labels included, without an exporter's).
         Ok("metrics") => {
             let mut svc = observed();
+            run_with(&rt, &mut svc, n, make);
+            profile_region(&rt, &mut svc, n, make);
+        }
+        Ok("tower") => {
+            let mut svc = tower_stack();
+            run_with(&rt, &mut svc, n, make);
+            profile_region(&rt, &mut svc, n, make);
+        }
+        Ok("tower-resilience") => {
+            let mut svc = tower_resilience();
             run_with(&rt, &mut svc, n, make);
             profile_region(&rt, &mut svc, n, make);
         }
@@ -185,11 +200,7 @@ fn per_request(c: &mut Criterion) {
     // tower's `Retry` needs a `Clone` inner service and its `RateLimit` is
     // not `Clone`, so the stock stack can only put the limiter outside.
     let _runtime = rt.enter(); // tower's `RateLimit` makes a timer when built
-    let mut tower_stack = ServiceBuilder::new()
-        .rate_limit(u64::MAX / 4, Duration::from_secs(60))
-        .concurrency_limit(1_000)
-        .retry(Never)
-        .service(Noop);
+    let mut tower_stack = tower_stack();
     g.bench_function("tower: rate limit + concurrency limit + retry", |b| {
         b.iter_custom(|n| run(&rt, &mut tower_stack, n))
     });
@@ -230,6 +241,16 @@ fn observed() -> impl Service<Request<String>, Error = impl std::fmt::Debug> + C
         )
         .events(MetricsListener::new(Provider::OpenAi).events())
         .layer(Noop)
+}
+
+/// tower's stock stack: rate limit, concurrency limit, retry (never
+/// retrying).
+fn tower_stack() -> impl Service<Request<String>, Error = impl std::fmt::Debug> {
+    ServiceBuilder::new()
+        .rate_limit(u64::MAX / 4, Duration::from_secs(60))
+        .concurrency_limit(1_000)
+        .retry(Never)
+        .service(Noop)
 }
 
 /// tower-resilience's stack: circuit breaker and rate limiter (its retry
